@@ -1,0 +1,148 @@
+defmodule Sykli.CLI do
+  @moduledoc """
+  The `sykli` command line. `bin/sykli` runs it with the user's working directory as the
+  repository; `mix sykli …` runs the same code.
+  """
+
+  @usage """
+  usage: sykli <command> [options]
+
+  commands:
+    info            show the git context a Kubernetes run would use
+    help            show this help
+
+  options for info:
+    -C, --dir DIR   the repository (default: the current directory)
+    --json          print JSON instead of text
+    --max-paths N   how many changed paths to list (default 10)
+  """
+
+  @doc "Runs the command line and halts the VM with its exit status."
+  @spec main([String.t()]) :: no_return()
+  def main(argv \\ System.argv()) do
+    System.halt(run(argv))
+  end
+
+  @doc "Runs the command line; returns the exit status."
+  @spec run([String.t()]) :: non_neg_integer()
+  def run(argv) do
+    case argv do
+      ["info" | rest] -> info(rest)
+      [help] when help in ["help", "-h", "--help"] -> out(@usage)
+      [] -> usage_error("no command given")
+      [other | _] -> usage_error("unknown command #{inspect(other)}")
+    end
+  end
+
+  defp info(argv) do
+    switches = [json: :boolean, dir: :string, max_paths: :integer, help: :boolean]
+
+    case OptionParser.parse(argv, strict: switches, aliases: [C: :dir, h: :help]) do
+      {opts, [], []} ->
+        if opts[:help], do: out(@usage), else: do_info(opts)
+
+      {_, [extra | _], _} ->
+        usage_error("info takes no argument #{inspect(extra)} (use -C DIR for another repository)")
+
+      {_, _, [{flag, _} | _]} ->
+        usage_error("info does not understand #{flag}")
+    end
+  end
+
+  defp do_info(opts) do
+    dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
+
+    case Sykli.GitContext.detect(dir, max_paths: opts[:max_paths] || 10) do
+      {:ok, ctx} ->
+        if opts[:json], do: print_json(info_map(ctx)), else: IO.write(render_info(ctx))
+        Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
+        0
+
+      {:error, %Sykli.Error{message: message}} ->
+        IO.puts(:stderr, "sykli: " <> message)
+        1
+    end
+  end
+
+  @doc false
+  def info_map(ctx), do: ctx |> Map.from_struct() |> Map.put(:root, ctx.root)
+
+  @doc "The human-readable `sykli info` text for a git context."
+  @spec render_info(Sykli.GitContext.t()) :: String.t()
+  def render_info(ctx) do
+    rows = [
+      {"Repository", ctx.root},
+      {"Git URL", url_line(ctx)},
+      {"Branch", branch_line(ctx)},
+      {"SHA", ctx.sha},
+      {"Status", status_line(ctx)},
+      {"Pushed", pushed_line(ctx)},
+      {"Submodules", if(ctx.submodules == [], do: "none", else: Enum.join(ctx.submodules, ", "))},
+      {"LFS", yes_no(ctx.lfs)},
+      {"Shallow", yes_no(ctx.shallow)}
+    ]
+
+    rows = if ctx.worktree, do: rows ++ [{"Worktree", "linked worktree"}], else: rows
+    Enum.map_join(rows, &row/1)
+  end
+
+  defp row({label, value}) do
+    [first | rest] = String.split(value, "\n")
+    pad = String.duplicate(" ", 12)
+    String.pad_trailing(label, 12) <> first <> "\n" <> Enum.map_join(rest, &(pad <> &1 <> "\n"))
+  end
+
+  defp url_line(%{url: nil}), do: "(none)"
+  defp url_line(%{url: url, remote: remote}), do: "#{url} (remote #{remote})"
+
+  defp branch_line(%{branch: nil}), do: "(detached HEAD)"
+  defp branch_line(%{branch: b, branch_source: "HEAD"}), do: b
+  defp branch_line(%{branch: b, branch_source: var}), do: "#{b} (detached HEAD; from #{var})"
+
+  defp status_line(%{dirty: false}), do: "clean"
+
+  defp status_line(%{changes: c}) do
+    kinds =
+      [
+        staged: c.staged,
+        modified: c.modified,
+        deleted: c.deleted,
+        untracked: c.untracked,
+        conflicted: c.conflicted
+      ]
+      |> Enum.reject(fn {_, n} -> n == 0 end)
+      |> Enum.map_join(", ", fn {kind, n} -> "#{n} #{kind}" end)
+
+    header = "#{c.total} #{plural(c.total, "change")} (#{kinds})"
+    paths = Enum.map(c.paths, &"  #{&1.status} #{&1.path}")
+    more = c.total - length(c.paths)
+    more = if more > 0, do: ["  … and #{more} more"], else: []
+    Enum.join([header | paths ++ more], "\n")
+  end
+
+  defp pushed_line(%{pushed: true}), do: "yes"
+  defp pushed_line(%{pushed: false}), do: "no: HEAD is on no remote-tracking branch (git push)"
+  defp pushed_line(%{pushed: :unknown, shallow: true}), do: "unknown: the clone is shallow"
+  defp pushed_line(%{pushed: :unknown}), do: "unknown: no remote-tracking branches (git fetch)"
+
+  defp yes_no(true), do: "yes"
+  defp yes_no(false), do: "no"
+
+  defp plural(1, word), do: word
+  defp plural(_, word), do: word <> "s"
+
+  defp print_json(data) do
+    {:ok, json} = Sykli.Native.json_encode(data, true)
+    IO.puts(json)
+  end
+
+  defp out(text) do
+    IO.write(text)
+    0
+  end
+
+  defp usage_error(message) do
+    IO.puts(:stderr, "sykli: #{message}\n\n" <> @usage)
+    2
+  end
+end

@@ -1,0 +1,134 @@
+defmodule Sykli.GitContext do
+  @moduledoc """
+  What a cluster needs to put the exact source at a task's mount path: the remote URL
+  (credentials stripped), branch, exact SHA, and whether the working tree or the commit
+  differs from what the remote has.
+
+  Detection runs in Rust (git2) on a dirty I/O scheduler; the status part is spread over
+  every core and is faster than `git status` itself (see BENCHMARKS.md).
+  """
+
+  @ci_branch_vars ~w(GITHUB_HEAD_REF GITHUB_REF_NAME CI_COMMIT_REF_NAME BUILDKITE_BRANCH GIT_BRANCH)
+
+  defstruct [
+    :root,
+    :remote,
+    :url,
+    :branch,
+    :branch_source,
+    :sha,
+    dirty: false,
+    changes: %{total: 0, staged: 0, modified: 0, deleted: 0, untracked: 0, conflicted: 0, paths: []},
+    pushed: :unknown,
+    submodules: [],
+    lfs: false,
+    shallow: false,
+    worktree: false,
+    warnings: []
+  ]
+
+  @typedoc "A changed path with its two-letter `git status --porcelain` code (`\" M\"`, `\"??\"`…)."
+  @type changed_path :: %{path: String.t(), status: String.t()}
+
+  @type t :: %__MODULE__{
+          root: String.t(),
+          remote: String.t() | nil,
+          url: String.t() | nil,
+          branch: String.t() | nil,
+          branch_source: String.t() | nil,
+          sha: String.t(),
+          dirty: boolean(),
+          changes: %{
+            total: non_neg_integer(),
+            staged: non_neg_integer(),
+            modified: non_neg_integer(),
+            deleted: non_neg_integer(),
+            untracked: non_neg_integer(),
+            conflicted: non_neg_integer(),
+            paths: [changed_path()]
+          },
+          pushed: true | false | :unknown,
+          submodules: [String.t()],
+          lfs: boolean(),
+          shallow: boolean(),
+          worktree: boolean(),
+          warnings: [String.t()]
+        }
+
+  @doc "The CI variables consulted, in order, for the branch of a detached HEAD."
+  def ci_branch_vars, do: @ci_branch_vars
+
+  @doc """
+  Detects the git context of the repository containing `path` (any subdirectory, linked
+  worktree or `.git` file works).
+
+  Options:
+    * `:env` — the CI variables to consult for a detached HEAD (default: this process's
+      environment);
+    * `:max_paths` — how many changed paths to return (default 10; the counts are always
+      complete).
+  """
+  @spec detect(Path.t(), keyword()) :: {:ok, t()} | {:error, Sykli.Error.t()}
+  def detect(path \\ ".", opts \\ []) do
+    path = path |> chardata!("path") |> Path.expand()
+    env = Keyword.get_lazy(opts, :env, fn -> System.get_env() end) |> Map.new()
+    ci_env = Map.take(env, @ci_branch_vars)
+    max_paths = Keyword.get(opts, :max_paths, 10)
+
+    unless is_integer(max_paths) and max_paths >= 0 do
+      raise ArgumentError, ":max_paths must be a non-negative integer, got: #{inspect(max_paths)}"
+    end
+
+    Sykli.Error.wrap(Sykli.Native.git_detect(path, ci_env, max_paths))
+  end
+
+  @doc "Like `detect/2`, but raises `Sykli.Error`."
+  @spec detect!(Path.t(), keyword()) :: t()
+  def detect!(path \\ ".", opts \\ []) do
+    case detect(path, opts) do
+      {:ok, ctx} -> ctx
+      {:error, error} -> raise error
+    end
+  end
+
+  @doc """
+  Parses a remote URL: `https://`, `http://`, `ssh://[user@]host[:port]/path`, scp-like
+  `git@host:path` and `git://`, nested groups included. Credentials are never returned.
+  `file://` URLs and local paths give `{:error, %Sykli.Error{kind: :local_remote}}`: a
+  cluster cannot clone them.
+  """
+  @spec parse_remote_url(String.t()) ::
+          {:ok,
+           %{
+             scheme: String.t(),
+             user: String.t() | nil,
+             host: String.t(),
+             port: :inet.port_number() | nil,
+             path: String.t(),
+             owner: String.t(),
+             repo: String.t(),
+             https_url: String.t()
+           }}
+          | {:error, Sykli.Error.t()}
+  def parse_remote_url(url) do
+    Sykli.Error.wrap(Sykli.Native.git_parse_remote_url(chardata!(url, "url")))
+  end
+
+  @doc """
+  The HTTPS URL of the same repository (`git@github.com:org/repo.git` →
+  `https://github.com/org/repo.git`), or nil when `url` is not a remote URL.
+  """
+  @spec to_https_url(String.t()) :: String.t() | nil
+  def to_https_url(url) do
+    case parse_remote_url(url) do
+      {:ok, %{https_url: https}} -> https
+      {:error, _} -> nil
+    end
+  end
+
+  defp chardata!(value, what) do
+    IO.chardata_to_string(value)
+  rescue
+    _ -> raise ArgumentError, "#{what} must be a string, got: #{inspect(value)}"
+  end
+end

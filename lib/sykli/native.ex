@@ -1,0 +1,66 @@
+defmodule Sykli.Native do
+  @moduledoc false
+  # The NIF stubs. The library is loaded from priv/ when this module loads; if it is missing
+  # or was built from other sources, every stub raises a message that says how to build it.
+
+  @on_load :load_nif
+
+  for file <- Mix.Tasks.Compile.SykliNative.native_files(), do: @external_resource(file)
+  @fingerprint Mix.Tasks.Compile.SykliNative.fingerprint()
+
+  @doc false
+  def load_nif do
+    case library_path() do
+      {:ok, path} ->
+        case :erlang.load_nif(String.to_charlist(path), @fingerprint) do
+          :ok -> :ok
+          {:error, {reason, text}} -> not_loaded(explain(reason, to_string(text), path))
+        end
+
+      {:error, why} ->
+        not_loaded(why)
+    end
+  end
+
+  @doc false
+  def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
+
+  defp not_loaded(message) do
+    :persistent_term.put({__MODULE__, :load_error}, message)
+    :ok
+  end
+
+  defp library_path do
+    case :code.priv_dir(:sykli) do
+      {:error, _} -> {:error, "the :sykli application is not on the code path"}
+      dir -> {:ok, Path.join(to_string(dir), "native/libsykli_native")}
+    end
+  end
+
+  defp explain(:load, _text, path) do
+    "sykli's native library at #{path}.so was built from other sources than this code " <>
+      "(stale): rebuild it with `mix compile` in the sykli checkout"
+  end
+
+  defp explain(_reason, text, path) do
+    if File.exists?(path <> ".so") do
+      "sykli's native library at #{path}.so could not be loaded (#{text}): " <>
+        "rebuild it with `mix compile` in the sykli checkout"
+    else
+      "sykli's native library is missing (expected #{path}.so): " <>
+        "build it with `mix compile` in the sykli checkout (needs cargo)"
+    end
+  end
+
+  defp fail, do: raise(Sykli.NativeError, load_error() || "sykli's native library is not loaded")
+
+  def native_info, do: fail()
+  def git_detect(_path, _ci_env, _max_paths), do: fail()
+  def git_parse_remote_url(_url), do: fail()
+  def json_encode(_term, _pretty), do: fail()
+end
+
+defmodule Sykli.NativeError do
+  @moduledoc "Raised when sykli's native library is missing or stale."
+  defexception [:message]
+end

@@ -1,0 +1,59 @@
+//! One error type for everything the core does. Each variant maps to the atom kind that
+//! reaches Elixir as `{:error, {kind, message}}`; the message names the object and the fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} is not inside a git repository (run sykli from your repository, or pass its path)", .path.display())]
+    NotAGitRepo { path: PathBuf },
+
+    #[error("{} does not exist", .path.display())]
+    PathNotFound { path: PathBuf },
+
+    #[error("the repository at {} has no commits yet: commit something first", .path.display())]
+    NoCommits { path: PathBuf },
+
+    #[error("git refuses the repository at {}: {message} (if you trust it: git config --global --add safe.directory {})", .path.display(), .path.display())]
+    UnsafeRepository { path: PathBuf, message: String },
+
+    #[error("the remote URL {url:?} is a local path: a cluster cannot clone it; push to a server and add it as a remote")]
+    LocalRemote { url: String },
+
+    #[error("invalid remote URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    #[error("git: {0}")]
+    Git(String),
+
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The atom kind Elixir matches on.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotAGitRepo { .. } => "not_a_git_repo",
+            Error::PathNotFound { .. } => "not_found",
+            Error::NoCommits { .. } => "no_commits",
+            Error::UnsafeRepository { .. } => "unsafe_repository",
+            Error::LocalRemote { .. } => "local_remote",
+            Error::InvalidUrl { .. } => "invalid_url",
+            Error::Git(_) => "git",
+            Error::Io { .. } => "io",
+        }
+    }
+}
+
+impl From<git2::Error> for Error {
+    fn from(e: git2::Error) -> Self {
+        Error::Git(e.message().to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,7 @@
+//! sykli's Kubernetes source mounting, free of rustler types so that it is tested with plain
+//! `cargo test`. The NIF crate (`sykli_native`) is a thin layer over this one.
+
+pub mod error;
+pub mod git;
+
+pub use error::Error;

@@ -1,0 +1,106 @@
+//! Real git repositories for tests, made with the git command line in temporary directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct Repo {
+    pub dir: PathBuf,
+}
+
+/// A git command isolated from the developer's own configuration.
+pub fn git_cmd(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "protocol.file.allow=always",
+        ]);
+    cmd
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_cmd(dir).args(args).output().expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+impl Repo {
+    pub fn init(dir: &Path) -> Repo {
+        std::fs::create_dir_all(dir).unwrap();
+        git(dir, &["init", "-q"]);
+        Repo {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.dir, args)
+    }
+
+    pub fn write(&self, path: &str, content: &str) {
+        let p = self.dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    pub fn commit_all(&self, msg: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// What `git status` itself reports, as (code, path) pairs in porcelain order.
+    pub fn porcelain(&self) -> Vec<(String, String)> {
+        let out = git_cmd(&self.dir)
+            .args([
+                "status",
+                "--porcelain=v1",
+                "-z",
+                "--no-renames",
+                "--untracked-files=normal",
+                "--ignore-submodules=none",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+            .split(|b| *b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let e = String::from_utf8_lossy(e);
+                (e[..2].to_string(), e[3..].to_string())
+            })
+            .collect()
+    }
+}
+
+/// A repository with one commit pushed to a bare repository that serves as `origin`.
+pub fn with_origin(tmp: &Path) -> (Repo, PathBuf) {
+    let bare = tmp.join("origin.git");
+    git(tmp, &["init", "-q", "--bare", bare.to_str().unwrap()]);
+    let repo = Repo::init(&tmp.join("work"));
+    repo.write("README.md", "hello\n");
+    repo.commit_all("first");
+    repo.git(&["remote", "add", "origin", bare.to_str().unwrap()]);
+    repo.git(&["push", "-q", "-u", "origin", "main"]);
+    (repo, bare)
+}

@@ -1,0 +1,3 @@
+mod nif;
+
+rustler::init!("Elixir.Sykli.Native", load = nif::load);
