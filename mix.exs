@@ -9,11 +9,15 @@ defmodule Sykli.MixProject do
       version: "0.1.0",
       elixir: "~> 1.14",
       compilers: [:sykli_native | Mix.compilers()],
+      elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       deps: [],
       test_coverage: [summary: [threshold: 0]]
     ]
   end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
 
   def application do
     [extra_applications: [:logger]]

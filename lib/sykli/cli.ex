@@ -131,10 +131,7 @@ defmodule Sykli.CLI do
   defp plural(1, word), do: word
   defp plural(_, word), do: word <> "s"
 
-  defp print_json(data) do
-    {:ok, json} = Sykli.Native.json_encode(data, true)
-    IO.puts(json)
-  end
+  defp print_json(data), do: IO.puts(Sykli.JSON.encode!(data, pretty: true))
 
   defp out(text) do
     IO.write(text)

@@ -58,6 +58,7 @@ defmodule Sykli.Native do
   def git_detect(_path, _ci_env, _max_paths), do: fail()
   def git_parse_remote_url(_url), do: fail()
   def json_encode(_term, _pretty), do: fail()
+  def json_decode(_text), do: fail()
 end
 
 defmodule Sykli.NativeError do

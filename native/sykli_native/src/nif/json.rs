@@ -61,7 +61,9 @@ fn to_value(term: Term, depth: usize) -> Result<Value, String> {
                 .ok_or("a float that is not finite cannot be JSON")?,
         ),
         TermType::List => Value::Array(
-            term.decode::<ListIterator>()
+            // Improper lists are refused before iterating: the iterator would panic at the tail.
+            term.list_length()
+                .and_then(|_| term.decode::<ListIterator>())
                 .map_err(|_| "an improper list cannot be JSON".to_string())?
                 .map(|t| to_value(t, depth + 1))
                 .collect::<Result<_, _>>()?,
@@ -85,4 +87,39 @@ fn to_value(term: Term, depth: usize) -> Result<Value, String> {
         }
         other => return Err(format!("a {other:?} cannot be JSON")),
     })
+}
+
+/// Decodes JSON text into plain Elixir data: objects become maps with string keys.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, text: rustler::Binary<'a>) -> Term<'a> {
+    use rustler::Encoder;
+    match serde_json::from_slice::<Value>(text.as_slice()) {
+        Ok(value) => (rustler::types::atom::ok(), from_value(env, &value)).encode(env),
+        Err(e) => (
+            rustler::types::atom::error(),
+            super::error_tuple(env, "invalid_json", &format!("invalid JSON: {e}")),
+        )
+            .encode(env),
+    }
+}
+
+fn from_value<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
+    use rustler::Encoder;
+    match value {
+        Value::Null => rustler::types::atom::nil().encode(env),
+        Value::Bool(b) => b.encode(env),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.encode(env),
+            (_, Some(u), _) => u.encode(env),
+            (_, _, Some(f)) => f.encode(env),
+            _ => rustler::types::atom::nil().encode(env),
+        },
+        Value::String(s) => s.encode(env),
+        Value::Array(items) => items.iter().map(|v| from_value(env, v)).collect::<Vec<_>>().encode(env),
+        Value::Object(map) => {
+            let (keys, values): (Vec<Term>, Vec<Term>) =
+                map.iter().map(|(k, v)| (k.encode(env), from_value(env, v))).unzip();
+            Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| rustler::types::atom::nil().encode(env))
+        }
+    }
 }

@@ -1,0 +1,115 @@
+defmodule Sykli.CLITest do
+  # Runs bin/sykli as a user would: a real process started in the user's repository.
+  use ExUnit.Case, async: true
+
+  import Sykli.Test.GitRepo
+
+  @sykli Path.expand("../../bin/sykli", __DIR__)
+
+  setup do
+    {:ok, tmp: tmp_dir!()}
+  end
+
+  defp sykli(args, opts) do
+    # The CI variables of the machine running the tests are unset: only a test's own count.
+    unset = Map.new([{"SYKLI_CWD", nil} | Enum.map(Sykli.GitContext.ci_branch_vars(), &{&1, nil})])
+    env = unset |> Map.merge(Map.new(Keyword.get(opts, :env, []))) |> Enum.to_list()
+    System.cmd(@sykli, args, cd: Keyword.fetch!(opts, :cd), env: env)
+  end
+
+  test "info on a clean, pushed repository", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    git!(work, ["remote", "set-url", "origin", "git@github.com:org/repo.git"])
+    sha = head!(work)
+    {out, 0} = sykli(["info"], cd: work)
+
+    assert out == """
+           Repository  #{work}
+           Git URL     git@github.com:org/repo.git (remote origin)
+           Branch      main
+           SHA         #{sha}
+           Status      clean
+           Pushed      yes
+           Submodules  none
+           LFS         no
+           Shallow     no
+           """
+  end
+
+  test "info from a subdirectory of a dirty repository lists the first paths", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    write!(work, "README.md", "changed\n")
+    for i <- 1..12, do: write!(work, "src/u#{String.pad_leading("#{i}", 2, "0")}.txt", "u\n")
+    git!(work, ["add", "src/u01.txt"])
+    write!(work, "notes.txt", "n\n")
+
+    {out, 0} = sykli(["info"], cd: Path.join(work, "src"))
+    assert out =~ "Repository  #{work}\n"
+
+    assert out =~
+             "Status      14 changes (1 staged, 1 modified, 12 untracked)\n" <>
+               "               M README.md\n" <>
+               "              A  src/u01.txt\n" <>
+               "              ?? notes.txt\n" <>
+               "              ?? src/u02.txt\n"
+
+    assert out =~ "              … and 4 more\n"
+  end
+
+  test "info --json parses and carries every field", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    write!(work, "local.txt", "x\n")
+    sha = commit_all!(work)
+    git!(work, ["checkout", "-q", "--detach"])
+
+    {out, 0} = sykli(["info", "--json"], cd: work, env: [{"GITHUB_HEAD_REF", "feature/login"}])
+    json = Sykli.JSON.decode!(out)
+
+    assert %{
+             "root" => ^work,
+             "sha" => ^sha,
+             "branch" => "feature/login",
+             "branch_source" => "GITHUB_HEAD_REF",
+             "dirty" => false,
+             "pushed" => false,
+             "remote" => "origin",
+             "submodules" => [],
+             "lfs" => false,
+             "shallow" => false,
+             "worktree" => false,
+             "changes" => %{"total" => 0, "paths" => []}
+           } = json
+
+    assert String.ends_with?(json["url"], "origin.git")
+  end
+
+  test "-C points at another repository", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    {out, 0} = sykli(["info", "-C", work], cd: tmp)
+    assert out =~ "SHA         #{head!(work)}\n"
+  end
+
+  test "outside a git repository: exit 1 and one clear line", %{tmp: tmp} do
+    {out, status} = System.cmd(@sykli, ["info"], cd: tmp, stderr_to_stdout: true, env: [{"SYKLI_CWD", nil}])
+    assert status == 1
+    assert [line] = out |> String.split("\n", trim: true) |> Enum.reject(&(&1 =~ ~r/^(Compiling|Generated)/))
+
+    assert line ==
+             "sykli: #{tmp} is not inside a git repository (run sykli from your repository, or pass its path)"
+  end
+
+  test "warnings go to stderr, not into --json", %{tmp: tmp} do
+    dir = init!(Path.join(tmp, "r"))
+    commit_all!(dir)
+    {out, 0} = sykli(["info", "--json"], cd: dir)
+    assert %{"url" => nil, "warnings" => ["no remote" <> _]} = Sykli.JSON.decode!(out)
+  end
+
+  test "usage errors exit 2", %{tmp: tmp} do
+    assert {_, 2} = sykli(["frobnicate"], cd: tmp)
+    assert {_, 2} = sykli(["info", "--bogus"], cd: tmp)
+    assert {_, 2} = sykli([], cd: tmp)
+    assert {help, 0} = sykli(["help"], cd: tmp)
+    assert help =~ "usage: sykli"
+  end
+end
