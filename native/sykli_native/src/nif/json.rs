@@ -115,11 +115,18 @@ fn from_value<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
             _ => rustler::types::atom::nil().encode(env),
         },
         Value::String(s) => s.encode(env),
-        Value::Array(items) => items.iter().map(|v| from_value(env, v)).collect::<Vec<_>>().encode(env),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| from_value(env, v))
+            .collect::<Vec<_>>()
+            .encode(env),
         Value::Object(map) => {
-            let (keys, values): (Vec<Term>, Vec<Term>) =
-                map.iter().map(|(k, v)| (k.encode(env), from_value(env, v))).unzip();
-            Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| rustler::types::atom::nil().encode(env))
+            let (keys, values): (Vec<Term>, Vec<Term>) = map
+                .iter()
+                .map(|(k, v)| (k.encode(env), from_value(env, v)))
+                .unzip();
+            Term::map_from_term_arrays(env, &keys, &values)
+                .unwrap_or_else(|_| rustler::types::atom::nil().encode(env))
         }
     }
 }
