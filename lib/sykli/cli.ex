@@ -9,12 +9,23 @@ defmodule Sykli.CLI do
 
   commands:
     info            show the git context a Kubernetes run would use
+    run             run a pipeline (--target=k8s --dry-run prints the Jobs)
     help            show this help
 
   options for info:
     -C, --dir DIR   the repository (default: the current directory)
     --json          print JSON instead of text
     --max-paths N   how many changed paths to list (default 10)
+
+  options for run:
+    --target k8s        run on Kubernetes (the only target here)
+    --dry-run           print the Jobs that would be submitted, submit nothing
+    --pipeline FILE     the pipeline JSON the sykli SDKs emit, or - for stdin
+                        (default: .sykli/pipeline.json in the repository)
+    -o, --output FMT    yaml (default; multi-document) or json (a v1 List)
+    --allow-dirty       build HEAD as committed despite uncommitted changes
+    -n, --namespace NS  the namespace (default: SYKLI_K8S_NAMESPACE, else sykli)
+    -C, --dir DIR       the repository (default: the current directory)
   """
 
   @doc "Runs the command line and halts the VM with its exit status."
@@ -28,6 +39,7 @@ defmodule Sykli.CLI do
   def run(argv) do
     case argv do
       ["info" | rest] -> info(rest)
+      ["run" | rest] -> run_cmd(rest)
       [help] when help in ["help", "-h", "--help"] -> out(@usage)
       [] -> usage_error("no command given")
       [other | _] -> usage_error("unknown command #{inspect(other)}")
@@ -61,6 +73,100 @@ defmodule Sykli.CLI do
       {:error, %Sykli.Error{message: message}} ->
         IO.puts(:stderr, "sykli: " <> message)
         1
+    end
+  end
+
+  defp run_cmd(argv) do
+    switches = [
+      target: :string,
+      dry_run: :boolean,
+      pipeline: :string,
+      output: :string,
+      allow_dirty: :boolean,
+      namespace: :string,
+      dir: :string,
+      help: :boolean
+    ]
+
+    case OptionParser.parse(argv, strict: switches, aliases: [o: :output, n: :namespace, C: :dir, h: :help]) do
+      {opts, [], []} -> if opts[:help], do: out(@usage), else: do_run(opts)
+      {_, [extra | _], _} -> usage_error("run takes no argument #{inspect(extra)}")
+      {_, _, [{flag, _} | _]} -> usage_error("run does not understand #{flag}")
+    end
+  end
+
+  defp do_run(opts) do
+    format = opts[:output] || "yaml"
+
+    cond do
+      opts[:target] != "k8s" ->
+        usage_error("run needs --target=k8s (the Kubernetes target is the one this build has)")
+
+      format not in ["yaml", "json"] ->
+        usage_error("--output must be yaml or json, not #{inspect(format)}")
+
+      !opts[:dry_run] ->
+        usage_error(
+          "submitting Jobs to a cluster is not part of this build yet: use --dry-run to print them " <>
+            "(and kubectl apply -f - to submit them yourself)"
+        )
+
+      true ->
+        dry_run(opts, String.to_atom(format))
+    end
+  end
+
+  defp dry_run(opts, format) do
+    dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
+
+    with {:ok, ctx} <- Sykli.GitContext.detect(dir),
+         {:ok, pipeline} <- read_pipeline(opts[:pipeline], ctx.root),
+         {:ok, state} <- Sykli.Target.K8s.setup(k8s_state(opts, ctx)),
+         {:ok, text} <-
+           Sykli.Target.K8s.render_pipeline(pipeline, state, format,
+             run_id: Sykli.Target.K8s.run_id(),
+             allow_dirty: opts[:allow_dirty] || false
+           ) do
+      Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
+
+      if ctx.dirty do
+        IO.puts(
+          :stderr,
+          "warning: building HEAD #{ctx.sha}: #{Sykli.Target.K8s.dirty_summary(ctx)} are not included"
+        )
+      end
+
+      IO.write(text)
+      0
+    else
+      {:error, %Sykli.Error{message: message}} ->
+        IO.puts(:stderr, "sykli: " <> message)
+        1
+    end
+  end
+
+  defp k8s_state(opts, ctx) do
+    [git_context: ctx, workdir: ctx.root] ++
+      if(opts[:namespace], do: [namespace: opts[:namespace]], else: [])
+  end
+
+  defp read_pipeline("-", _root), do: {:ok, IO.read(:stdio, :eof) |> to_string()}
+
+  defp read_pipeline(path, root) do
+    path = path || Path.join([root, ".sykli", "pipeline.json"])
+
+    case File.read(path) do
+      {:ok, text} ->
+        {:ok, text}
+
+      {:error, reason} ->
+        {:error,
+         %Sykli.Error{
+           kind: :not_found,
+           message:
+             "cannot read the pipeline #{path}: #{:file.format_error(reason)} " <>
+               "(pass --pipeline FILE, or --pipeline - to read the JSON your sykli SDK emits on stdin)"
+         }}
     end
   end
 

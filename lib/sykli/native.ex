@@ -5,7 +5,9 @@ defmodule Sykli.Native do
 
   @on_load :load_nif
 
-  for file <- Mix.Tasks.Compile.SykliNative.native_files(), do: @external_resource(file)
+  for path <- Mix.Tasks.Compile.SykliNative.native_files() ++ Mix.Tasks.Compile.SykliNative.native_dirs(),
+      do: @external_resource(path)
+
   @fingerprint Mix.Tasks.Compile.SykliNative.fingerprint()
 
   @doc false
@@ -59,6 +61,9 @@ defmodule Sykli.Native do
   def git_parse_remote_url(_url), do: fail()
   def json_encode(_term, _pretty), do: fail()
   def json_decode(_text), do: fail()
+  def k8s_job_name(_task_name, _run_id), do: fail()
+  def k8s_build_job(_task_json, _resources_json, _job_name, _options_json), do: fail()
+  def k8s_render_pipeline(_pipeline_json, _options_json, _format), do: fail()
 end
 
 defmodule Sykli.NativeError do

@@ -80,13 +80,34 @@ defmodule Mix.Tasks.Compile.SykliNative do
   @doc "The project root (where the cargo workspace and mix.exs live)."
   def root, do: Path.expand("../..", __DIR__)
 
+  # The crates linked into the NIF; test infrastructure and benchmarks are not.
+  @crates ["sykli_core", "sykli_native"]
+
   @doc "Every file whose change means the library must be rebuilt."
   def native_files do
     root = root()
 
     [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")] ++
-      Path.wildcard(Path.join(root, "native/*/{Cargo.toml,build.rs}")) ++
-      Path.wildcard(Path.join(root, "native/*/src/**/*.rs"))
+      Enum.flat_map(@crates, fn crate ->
+        dir = Path.join([root, "native", crate])
+
+        Path.wildcard(Path.join(dir, "{Cargo.toml,build.rs}")) ++
+          Path.wildcard(Path.join(dir, "src/**/*.{rs,sh}"))
+      end)
+  end
+
+  @doc """
+  The directories holding the native sources: a file added to one changes its mtime, so
+  code compiled against `native_files/0` is recompiled when the set of files changes.
+  """
+  def native_dirs do
+    root = root()
+
+    Enum.flat_map(@crates, fn crate ->
+      src = Path.join([root, "native", crate, "src"])
+      [src | Path.wildcard(Path.join(src, "**/"))]
+    end)
+    |> Enum.filter(&File.dir?/1)
   end
 
   @doc "A digest of the native sources (paths and contents)."

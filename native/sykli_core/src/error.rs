@@ -26,6 +26,24 @@ pub enum Error {
     #[error("git: {0}")]
     Git(String),
 
+    /// The pipeline (or one task of it) cannot run as given; every problem is listed.
+    #[error("{}", .problems.join("\n"))]
+    InvalidPipeline { problems: Vec<String> },
+
+    /// A task cannot become a Job as given; every problem is listed.
+    #[error("task {task:?}: {}", .problems.join("; "))]
+    InvalidTask { task: String, problems: Vec<String> },
+
+    /// An option has a value Kubernetes (or sykli) would refuse.
+    #[error("{key}: {message}")]
+    InvalidOption { key: String, message: String },
+
+    #[error("the working tree has uncommitted changes ({summary}); the cluster would build {sha} without them. Commit and push them, or allow a dirty tree (--allow-dirty, allow_dirty: true) to build HEAD as committed")]
+    DirtyWorkdir { summary: String, sha: String },
+
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -45,6 +63,11 @@ impl Error {
             Error::LocalRemote { .. } => "local_remote",
             Error::InvalidUrl { .. } => "invalid_url",
             Error::Git(_) => "git",
+            Error::InvalidPipeline { .. } => "invalid_pipeline",
+            Error::InvalidOption { .. } => "invalid_option",
+            Error::InvalidTask { .. } => "invalid_task",
+            Error::DirtyWorkdir { .. } => "dirty_workdir",
+            Error::Unsupported(_) => "unsupported",
             Error::Io { .. } => "io",
         }
     }

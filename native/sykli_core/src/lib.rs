@@ -3,5 +3,8 @@
 
 pub mod error;
 pub mod git;
+pub mod manifest;
+pub mod pipeline;
+pub mod source;
 
 pub use error::Error;

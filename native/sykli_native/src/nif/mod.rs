@@ -2,6 +2,7 @@
 
 mod git;
 mod json;
+mod k8s;
 
 use rustler::{Encoder, Env, Term};
 

@@ -1,0 +1,377 @@
+//! The pipeline JSON the sykli SDKs emit, as typed data, and the checks a Kubernetes run
+//! needs before anything is built. Fields the Kubernetes target does not use are ignored,
+//! so newer SDKs keep working; the `k8s` options are strict, so a typo is an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pipeline {
+    #[serde(default)]
+    pub version: Option<String>,
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub resources: BTreeMap<String, Resource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Resource {
+    Directory {
+        #[serde(default = "dot")]
+        path: String,
+        #[serde(default)]
+        globs: Vec<String>,
+    },
+    Cache {
+        name: String,
+    },
+}
+
+fn dot() -> String {
+    ".".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Task {
+    pub name: String,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Seconds.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub k8s: Option<K8sOptions>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Directory,
+    Cache,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Mount {
+    pub resource: String,
+    pub path: String,
+    #[serde(rename = "type", default = "directory")]
+    pub kind: MountKind,
+}
+
+fn directory() -> MountKind {
+    MountKind::Directory
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Service {
+    pub image: String,
+    pub name: String,
+}
+
+/// A resource quantity as written (`"4"`, `"500m"`, `"32Gi"`); SDKs also emit plain numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity(pub String);
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(serde_json::Number),
+        }
+        Ok(Quantity(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+        }))
+    }
+}
+
+/// A task's Kubernetes options (`Sykli.Target.K8sOptions`), strict about unknown keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K8sOptions {
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    pub affinity: Option<Affinity>,
+    pub priority_class_name: Option<String>,
+    pub resources: Option<ResourceOptions>,
+    pub gpu: Option<u32>,
+    pub service_account: Option<String>,
+    pub security_context: Option<SecurityContext>,
+    pub host_network: Option<bool>,
+    pub dns_policy: Option<String>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeOption>,
+    /// The flat form some SDKs emit: `"k8s": {"memory": "32Gi", "cpu": "4", "gpu": 2}`.
+    pub memory: Option<Quantity>,
+    pub cpu: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    pub key: Option<String>,
+    pub operator: Option<String>,
+    pub value: Option<String>,
+    pub effect: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Affinity {
+    pub node_affinity: Option<NodeAffinity>,
+    pub pod_affinity: Option<PodAffinity>,
+    pub pod_anti_affinity: Option<PodAffinity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAffinity {
+    #[serde(default)]
+    pub required_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub preferred_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodAffinity {
+    #[serde(default)]
+    pub required_labels: BTreeMap<String, String>,
+    pub topology_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceOptions {
+    pub request_cpu: Option<Quantity>,
+    pub request_memory: Option<Quantity>,
+    pub limit_cpu: Option<Quantity>,
+    pub limit_memory: Option<Quantity>,
+    /// Shorthand: request and limit.
+    pub cpu: Option<Quantity>,
+    /// Shorthand: request and limit.
+    pub memory: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_non_root: Option<bool>,
+    pub privileged: Option<bool>,
+    pub read_only_root_filesystem: Option<bool>,
+    #[serde(default)]
+    pub add_capabilities: Vec<String>,
+    #[serde(default)]
+    pub drop_capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeOption {
+    pub name: String,
+    pub mount_path: String,
+    pub config_map: Option<NamedRef>,
+    pub secret: Option<NamedRef>,
+    pub empty_dir: Option<EmptyDirOption>,
+    pub host_path: Option<HostPathOption>,
+    pub pvc: Option<PvcRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyDirOption {
+    pub medium: Option<String>,
+    pub size_limit: Option<Quantity>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostPathOption {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvcRef {
+    pub claim_name: String,
+}
+
+/// Parses JSON, naming the exact place of a type error (`tasks[2].k8s.memroy`).
+pub fn from_json<T: for<'de> Deserialize<'de>>(text: &[u8], what: &str) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path}")
+        };
+        Error::InvalidPipeline {
+            problems: vec![format!("{what}{at}: {}", e.inner())],
+        }
+    })
+}
+
+impl Pipeline {
+    pub fn from_json(text: &[u8]) -> Result<Pipeline> {
+        let pipeline: Pipeline = from_json(text, "pipeline")?;
+        pipeline.validate()?;
+        Ok(pipeline)
+    }
+
+    /// Everything wrong with the pipeline for a Kubernetes run, all at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut names = BTreeSet::new();
+        for (id, resource) in &self.resources {
+            if let Resource::Directory { path, .. } = resource {
+                if let Err(why) = normalize_resource_path(path) {
+                    problems.push(format!("resource {id:?}: path {path:?} {why}"));
+                }
+            }
+        }
+        for task in &self.tasks {
+            if !names.insert(task.name.as_str()) {
+                problems.push(format!("task {:?} is defined twice", task.name));
+            }
+            problems.extend(task.problems(&self.resources));
+        }
+        for task in &self.tasks {
+            for dep in &task.depends_on {
+                if !names.contains(dep.as_str()) {
+                    problems.push(format!(
+                        "task {:?} depends on {dep:?}, which is not a task of this pipeline",
+                        task.name
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidPipeline { problems })
+        }
+    }
+}
+
+impl Task {
+    /// What is wrong with this task, each problem naming the task and the field.
+    pub fn problems(&self, resources: &BTreeMap<String, Resource>) -> Vec<String> {
+        let t = &self.name;
+        let mut problems = Vec::new();
+        if self.name.trim().is_empty() {
+            problems.push("a task has an empty name".to_string());
+        }
+        match &self.command {
+            None => problems.push(format!(
+                "task {t:?}: no command (every task run on Kubernetes needs one)"
+            )),
+            Some(c) if c.trim().is_empty() => {
+                problems.push(format!("task {t:?}: the command is empty"))
+            }
+            Some(_) => {}
+        }
+        let mut paths = BTreeSet::new();
+        for m in &self.mounts {
+            if !m.path.starts_with('/') {
+                problems.push(format!(
+                    "task {t:?}: mount path {:?} must be absolute (like \"/app\")",
+                    m.path
+                ));
+            } else if m.path == "/" {
+                problems.push(format!(
+                    "task {t:?}: cannot mount over the container's root \"/\""
+                ));
+            } else if m.path.split('/').any(|c| c == "..") {
+                problems.push(format!(
+                    "task {t:?}: mount path {:?} contains \"..\"",
+                    m.path
+                ));
+            }
+            if !paths.insert(m.path.trim_end_matches('/')) {
+                problems.push(format!("task {t:?}: two mounts at {:?}", m.path));
+            }
+            match (resources.get(&m.resource), m.kind) {
+                (None, _) => problems.push(format!(
+                    "task {t:?}: mount at {:?} uses resource {:?}, which the pipeline does not define",
+                    m.path, m.resource
+                )),
+                (Some(Resource::Directory { .. }), MountKind::Cache) | (Some(Resource::Cache { .. }), MountKind::Directory) => {
+                    problems.push(format!(
+                        "task {t:?}: mount at {:?} has type {:?} but resource {:?} is not one",
+                        m.path,
+                        format!("{:?}", m.kind).to_lowercase(),
+                        m.resource
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(workdir) = &self.workdir {
+            if workdir.split('/').any(|c| c == "..") {
+                problems.push(format!("task {t:?}: workdir {workdir:?} contains \"..\""));
+            }
+        }
+        for s in &self.services {
+            if s.image.trim().is_empty() {
+                problems.push(format!("task {t:?}: service {:?} has no image", s.name));
+            }
+        }
+        problems
+    }
+}
+
+/// `./frontend/` → `frontend`, `.` → `` (the repository root). Refuses absolute paths and
+/// `..`: a resource is a directory of the repository.
+pub fn normalize_resource_path(path: &str) -> std::result::Result<String, &'static str> {
+    if path.starts_with('/') {
+        return Err("is absolute; resource paths are relative to the repository root");
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Err("contains control characters");
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err("contains \"..\"; resources stay inside the repository"),
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}

@@ -1,0 +1,94 @@
+//! Source strategies: how the exact source gets to a task's mount paths.
+
+pub mod git_clone;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    GitClone,
+    Pvc,
+    S3,
+}
+
+/// What the caller knows about the source: the git context and the user's choices.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceOptions {
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// The remote URL to clone (credential-free).
+    pub url: Option<String>,
+    /// The exact commit.
+    pub sha: Option<String>,
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub dirty: bool,
+    /// A one-line summary of the changes, for the dirty-tree error.
+    #[serde(default)]
+    pub dirty_summary: Option<String>,
+    #[serde(default)]
+    pub allow_dirty: bool,
+    #[serde(default)]
+    pub clone: git_clone::CloneOptions,
+}
+
+/// The source, ready to be put into a Job.
+#[derive(Debug, Clone)]
+pub enum SourcePlan {
+    GitClone(git_clone::GitClonePlan),
+}
+
+impl SourcePlan {
+    pub fn from_options(opts: &SourceOptions) -> Result<SourcePlan> {
+        match opts.strategy {
+            Strategy::GitClone => {
+                let sha = opts.sha.as_deref().ok_or_else(|| Error::InvalidOption {
+                    key: "sha".into(),
+                    message: "the git-clone strategy needs the commit to clone".into(),
+                })?;
+                if opts.dirty && !opts.allow_dirty {
+                    return Err(Error::DirtyWorkdir {
+                        summary: opts
+                            .dirty_summary
+                            .clone()
+                            .unwrap_or_else(|| "uncommitted changes".into()),
+                        sha: sha.to_string(),
+                    });
+                }
+                let url = opts.url.as_deref().ok_or_else(|| Error::InvalidOption {
+                    key: "url".into(),
+                    message: "the repository has no remote to clone from: add one (git remote add origin URL) or give a clone URL".into(),
+                })?;
+                Ok(SourcePlan::GitClone(git_clone::GitClonePlan::new(
+                    url,
+                    sha,
+                    opts.branch.as_deref(),
+                    &opts.clone,
+                )?))
+            }
+            Strategy::Pvc => Err(Error::Unsupported("the pvc source strategy".into())),
+            Strategy::S3 => Err(Error::Unsupported("the s3 source strategy".into())),
+        }
+    }
+
+    /// Annotations recording what the Job runs.
+    pub fn annotations(&self) -> Vec<(String, String)> {
+        match self {
+            SourcePlan::GitClone(p) => {
+                let mut a = vec![
+                    ("sykli.io/git-sha".to_string(), p.sha.clone()),
+                    ("sykli.io/git-url".to_string(), p.url.clone()),
+                ];
+                if let Some(b) = &p.branch {
+                    a.push(("sykli.io/git-branch".to_string(), b.clone()));
+                }
+                a
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The Job builder: wiring of the source into the task, options, and every error path.
+
+use serde_json::{json, Value};
+use sykli_core::manifest::{build_job, build_pipeline, names, yaml, BuildOptions};
+use sykli_core::pipeline::Pipeline;
+use sykli_core::source::SourcePlan;
+use sykli_core::Error;
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn opts() -> BuildOptions {
+    serde_json::from_value(json!({
+        "namespace": "ci",
+        "run_id": "r1x2",
+        "source": {"url": "https://git.example.com/org/repo.git", "sha": SHA, "branch": "main"}
+    }))
+    .unwrap()
+}
+
+fn pipeline(v: Value) -> Pipeline {
+    Pipeline::from_json(v.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn job_json(task: Value, resources: Value) -> Result<Value, Error> {
+    let p: Pipeline =
+        serde_json::from_value(json!({"version": "2", "tasks": [task], "resources": resources}))
+            .unwrap();
+    let o = opts();
+    let plan = SourcePlan::from_options(&o.source)?;
+    build_job(&p.tasks[0], &p.resources, "sykli-build-r1x2", &plan, &o)
+        .map(|j| serde_json::to_value(j).unwrap())
+}
+
+fn build(task: Value) -> Value {
+    job_json(task, json!({"src:.": {"type": "directory", "path": "."}, "fe": {"type": "directory", "path": "./frontend/"}, "cargo": {"type": "cache", "name": "cargo-registry"}}))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_err(task: Value) -> String {
+    match job_json(task, json!({"src:.": {"type": "directory", "path": "."}})) {
+        Err(e) => {
+            assert_eq!(e.kind(), "invalid_task");
+            e.to_string()
+        }
+        Ok(j) => panic!("expected an error, got {j}"),
+    }
+}
+
+#[test]
+fn the_sdk_example_mounts_the_cloned_workspace_at_app() {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [{"name": "build", "command": "cargo build", "container": "rust:1.75",
+                   "mounts": [{"resource": "src:.", "path": "/app", "type": "directory"}]}],
+        "resources": {"src:.": {"type": "directory", "path": "."}}}));
+    let jobs = build_pipeline(&p, &opts()).unwrap();
+    let j = serde_json::to_value(&jobs[0]).unwrap();
+    assert_eq!(j["apiVersion"], "batch/v1");
+    assert_eq!(j["kind"], "Job");
+    assert_eq!(j["metadata"]["name"], "sykli-build-r1x2");
+    assert_eq!(j["metadata"]["namespace"], "ci");
+    let spec = &j["spec"]["template"]["spec"];
+    let task = &spec["containers"][0];
+    assert_eq!(task["image"], "rust:1.75");
+    assert_eq!(task["command"], json!(["sh", "-c", "cargo build"]));
+    assert_eq!(task["workingDir"], "/app");
+    assert_eq!(
+        task["volumeMounts"],
+        json!([{"name": "sykli-workspace", "mountPath": "/app"}])
+    );
+    // The volume at /app is the one the clone init container fills.
+    let clone = &spec["initContainers"][0];
+    assert_eq!(clone["name"], "sykli-clone");
+    assert!(clone["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "sykli-workspace", "mountPath": "/workspace"})));
+    let env: Vec<(String, String)> = clone["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(env.contains(&("SYKLI_GIT_SHA".into(), SHA.into())));
+    assert!(env.contains(&(
+        "SYKLI_GIT_URL".into(),
+        "https://git.example.com/org/repo.git".into()
+    )));
+    assert!(env.contains(&("SYKLI_GIT_REF".into(), "main".into())));
+    assert!(env.contains(&("SYKLI_GIT_DEPTH".into(), "1".into())));
+    // No directory mount is an empty directory that nothing fills.
+    for m in task["volumeMounts"].as_array().unwrap() {
+        let filled = spec["initContainers"].as_array().unwrap().iter().any(|c| {
+            c["volumeMounts"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|cm| cm["name"] == m["name"]))
+        });
+        assert!(filled, "{m} is filled by an init container");
+    }
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(j["spec"]["backoffLimit"], 0);
+    assert_eq!(j["spec"]["ttlSecondsAfterFinished"], 300);
+}
+
+#[test]
+fn a_sub_directory_resource_is_a_sub_path_and_caches_get_their_own_volume() {
+    let j = build(
+        json!({"name": "fe", "command": "npm test", "container": "node:20", "workdir": "src",
+        "mounts": [{"resource": "fe", "path": "/app", "type": "directory"}, {"resource": "src:.", "path": "/repo"},
+                   {"resource": "cargo", "path": "/cache", "type": "cache"}]}),
+    );
+    let c = &j["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["volumeMounts"],
+        json!([
+            {"name": "sykli-workspace", "mountPath": "/app", "subPath": "frontend"},
+            {"name": "sykli-workspace", "mountPath": "/repo"},
+            {"name": "sykli-cache-cargo-registry", "mountPath": "/cache"},
+        ])
+    );
+    assert_eq!(c["workingDir"], "/app/src");
+    let vols: Vec<&str> = j["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        vols,
+        ["sykli-workspace", "sykli-tmp", "sykli-cache-cargo-registry"]
+    );
+}
+
+#[test]
+fn labels_annotations_and_names() {
+    let j = build(
+        json!({"name": "Build & Test: all!", "command": "make", "container": "alpine:3.20",
+        "mounts": [{"resource": "src:.", "path": "/src"}],
+        "k8s": {"labels": {"team": "core"}, "annotations": {"example.com/owner": "me"}}}),
+    );
+    let labels = &j["metadata"]["labels"];
+    assert_eq!(labels["sykli.io/task"], "Build---Test--all");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "sykli");
+    assert_eq!(labels["sykli.io/run"], "r1x2");
+    assert_eq!(labels["team"], "core");
+    let ann = &j["metadata"]["annotations"];
+    assert_eq!(ann["sykli.io/task-name"], "Build & Test: all!");
+    assert_eq!(ann["sykli.io/git-sha"], SHA);
+    assert_eq!(
+        ann["sykli.io/git-url"],
+        "https://git.example.com/org/repo.git"
+    );
+    assert_eq!(ann["example.com/owner"], "me");
+    assert_eq!(j["spec"]["template"]["metadata"]["labels"], *labels);
+    assert!(names::is_dns_label(&names::job_name(
+        "Build & Test: all!",
+        "r1x2"
+    )));
+}
+
+#[test]
+fn every_k8s_option_lands_where_kubernetes_expects_it() {
+    let j = build(
+        json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
+        "env": {"B": "2", "A": "1"},
+        "services": [{"name": "db", "image": "postgres:16"}, {"name": "DB", "image": "redis:7"}],
+        "k8s": {
+            "namespace": "gpu-jobs", "node_selector": {"gpu": "a100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}],
+            "affinity": {"node_affinity": {"required_labels": {"zone": "a"}, "preferred_labels": {"disk": "ssd"}},
+                         "pod_anti_affinity": {"required_labels": {"app": "gpu"}}},
+            "priority_class_name": "high", "resources": {"request_cpu": "500m", "limit_cpu": "2", "memory": "32Gi"},
+            "gpu": 2, "service_account": "builder",
+            "security_context": {"run_as_user": 1000, "run_as_non_root": true, "drop_capabilities": ["ALL"]},
+            "host_network": false, "dns_policy": "ClusterFirst",
+            "volumes": [{"name": "cfg", "mount_path": "/etc/cfg", "config_map": {"name": "app-config"}},
+                        {"name": "scratch", "mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "1Gi"}},
+                        {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
+        }}),
+    );
+    let spec = &j["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    assert_eq!(j["metadata"]["namespace"], "gpu-jobs");
+    assert_eq!(j["spec"]["activeDeadlineSeconds"], 600);
+    assert_eq!(
+        c["env"],
+        json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+    );
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "500m", "memory": "32Gi"}, "limits": {"cpu": "2", "memory": "32Gi", "nvidia.com/gpu": "2"}})
+    );
+    assert_eq!(
+        c["securityContext"],
+        json!({"runAsUser": 1000, "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]}})
+    );
+    assert_eq!(spec["nodeSelector"], json!({"gpu": "a100"}));
+    assert_eq!(
+        spec["tolerations"],
+        json!([{"key": "nvidia.com/gpu", "operator": "Equal", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}])
+    );
+    assert_eq!(
+        spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"],
+        json!([{"key": "zone", "operator": "In", "values": ["a"]}])
+    );
+    assert_eq!(
+        spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+            ["topologyKey"],
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(spec["priorityClassName"], "high");
+    assert_eq!(spec["serviceAccountName"], "builder");
+    assert_eq!(spec["automountServiceAccountToken"], true);
+    assert_eq!(spec["dnsPolicy"], "ClusterFirst");
+    let sidecars: Vec<(&str, &str)> = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .map(|c| (c["name"].as_str().unwrap(), c["image"].as_str().unwrap()))
+        .collect();
+    assert_eq!(sidecars, [("db", "postgres:16"), ("db-2", "redis:7")]);
+    let vols = spec["volumes"].as_array().unwrap();
+    assert!(vols.contains(&json!({"name": "cfg", "configMap": {"name": "app-config"}})));
+    assert!(vols.contains(
+        &json!({"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}})
+    ));
+    assert!(
+        vols.contains(&json!({"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}}))
+    );
+}
+
+#[test]
+fn the_flat_k8s_form_and_shorthands() {
+    let j = build(
+        json!({"name": "t", "command": "x", "container": "a", "k8s": {"memory": "8Gi", "cpu": 4, "gpu": 1}}),
+    );
+    assert_eq!(
+        j["spec"]["template"]["spec"]["containers"][0]["resources"],
+        json!({
+        "requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"}})
+    );
+    // No source mount: no clone, no service account token.
+    assert!(j["spec"]["template"]["spec"]["initContainers"].is_null());
+    assert_eq!(
+        j["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+}
+
+#[test]
+fn bad_values_are_clear_errors_naming_the_key() {
+    let cases = [
+        (
+            json!({"memory": "32gb"}),
+            "k8s.resources memory \"32gb\" has the unknown unit \"gb\"",
+        ),
+        (json!({"memory": "32gb"}), "did you mean \"32Gi\"?"),
+        (
+            json!({"resources": {"memory": "512m"}}),
+            "did you mean \"512Mi\"?",
+        ),
+        (
+            json!({"resources": {"request_cpu": "4", "limit_cpu": "2"}}),
+            "the cpu request is more than its limit",
+        ),
+        (
+            json!({"namespace": "Bad_NS"}),
+            "k8s.namespace \"Bad_NS\" is not a valid namespace name",
+        ),
+        (
+            json!({"labels": {"sykli.io/task": "x"}}),
+            "\"sykli.io/task\" is set by sykli",
+        ),
+        (
+            json!({"labels": {"team": "has space"}}),
+            "is not a valid label value",
+        ),
+        (
+            json!({"tolerations": [{"key": "k", "operator": "Maybe"}]}),
+            "k8s.tolerations[0].operator \"Maybe\"",
+        ),
+        (
+            json!({"dns_policy": "Cluster"}),
+            "k8s.dns_policy \"Cluster\" is not one of",
+        ),
+        (
+            json!({"volumes": [{"name": "v", "mount_path": "/app", "secret": {"name": "s"}}]}),
+            "something else is already mounted at \"/app\"",
+        ),
+        (
+            json!({"volumes": [{"name": "v", "mount_path": "/v"}]}),
+            "give exactly one of",
+        ),
+        (
+            json!({"volumes": [{"name": "sykli-x", "mount_path": "/v", "empty_dir": {}}]}),
+            "the name is taken",
+        ),
+    ];
+    for (k8s, expected) in cases {
+        let err = build_err(
+            json!({"name": "build", "command": "make", "container": "alpine",
+            "mounts": [{"resource": "src:.", "path": "/app"}], "k8s": k8s}),
+        );
+        assert!(err.contains(expected), "{k8s}: {err}");
+        assert!(err.starts_with("task \"build\": "), "{err}");
+    }
+}
+
+#[test]
+fn all_problems_of_a_task_are_reported_together() {
+    let err = build_err(
+        json!({"name": "t", "container": "alpine", "env": {"1BAD": "x"},
+        "mounts": [{"resource": "nope", "path": "app"}], "k8s": {"memory": "1gb"}}),
+    );
+    for part in [
+        "no command",
+        "mount path \"app\" must be absolute",
+        "resource \"nope\", which the pipeline does not define",
+        "env \"1BAD\"",
+        "did you mean \"1Gi\"",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+}
+
+#[test]
+fn unknown_k8s_keys_name_the_place() {
+    let text =
+        json!({"tasks": [{"name": "a", "command": "x", "k8s": {"memroy": "1Gi"}}]}).to_string();
+    let err = Pipeline::from_json(text.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tasks[0].k8s") && err.contains("unknown field `memroy`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pipeline_errors() {
+    let bad = json!({"tasks": [
+        {"name": "a", "command": "x", "mounts": [{"resource": "r", "path": "/app"}, {"resource": "r", "path": "/app/"}]},
+        {"name": "a", "command": ""},
+        {"name": "b", "command": "y", "depends_on": ["zzz"]}],
+        "resources": {"r": {"type": "directory", "path": "../outside"}, "abs": {"type": "directory", "path": "/etc"}}});
+    let err = Pipeline::from_json(bad.to_string().as_bytes()).unwrap_err();
+    assert_eq!(err.kind(), "invalid_pipeline");
+    let msg = err.to_string();
+    for part in [
+        "resource \"r\": path \"../outside\" contains \"..\"",
+        "resource \"abs\": path \"/etc\" is absolute",
+        "task \"a\": two mounts at \"/app/\"",
+        "task \"a\" is defined twice",
+        "task \"a\": the command is empty",
+        "task \"b\" depends on \"zzz\"",
+    ] {
+        assert!(msg.contains(part), "{part}: {msg}");
+    }
+}
+
+#[test]
+fn a_dirty_tree_is_refused_unless_allowed() {
+    let mut o = opts();
+    o.source.dirty = true;
+    o.source.dirty_summary = Some("2 changes: M a.rs, ?? b.txt".into());
+    let err = SourcePlan::from_options(&o.source).unwrap_err();
+    assert_eq!(err.kind(), "dirty_workdir");
+    assert!(
+        err.to_string().contains("2 changes: M a.rs, ?? b.txt")
+            && err.to_string().contains("--allow-dirty")
+    );
+    o.source.allow_dirty = true;
+    assert!(SourcePlan::from_options(&o.source).is_ok());
+}
+
+#[test]
+fn yaml_output_is_multi_document() {
+    let p = pipeline(
+        json!({"tasks": [{"name": "a", "command": "x", "container": "i"}, {"name": "b", "command": "y", "container": "i"}]}),
+    );
+    let jobs: Vec<Value> = build_pipeline(&p, &opts())
+        .unwrap()
+        .iter()
+        .map(|j| serde_json::to_value(j).unwrap())
+        .collect();
+    let y = yaml::to_multi_doc(&jobs);
+    assert_eq!(y.matches("---\napiVersion: \"batch/v1\"\n").count(), 2);
+}
+
+#[test]
+fn ssh_and_local_urls_and_missing_sha() {
+    let mut o = opts();
+    o.source.url = Some("/srv/repo.git".into());
+    assert_eq!(
+        SourcePlan::from_options(&o.source).unwrap_err().kind(),
+        "local_remote"
+    );
+    o.source.url = None;
+    assert!(SourcePlan::from_options(&o.source)
+        .unwrap_err()
+        .to_string()
+        .contains("no remote"));
+    o.source.sha = None;
+    assert!(SourcePlan::from_options(&o.source)
+        .unwrap_err()
+        .to_string()
+        .contains("needs the commit"));
+}
