@@ -26,6 +26,7 @@ defmodule Sykli.CLI do
     --allow-dirty       build HEAD as committed despite uncommitted changes
     -n, --namespace NS  the namespace (default: SYKLI_K8S_NAMESPACE, else sykli)
     -C, --dir DIR       the repository (default: the current directory)
+    --run-id ID         the run id in Job names and labels (default: random)
   """
 
   @doc "Runs the command line and halts the VM with its exit status."
@@ -85,6 +86,7 @@ defmodule Sykli.CLI do
       allow_dirty: :boolean,
       namespace: :string,
       dir: :string,
+      run_id: :string,
       help: :boolean
     ]
 
@@ -124,7 +126,7 @@ defmodule Sykli.CLI do
          {:ok, state} <- Sykli.Target.K8s.setup(k8s_state(opts, ctx)),
          {:ok, text} <-
            Sykli.Target.K8s.render_pipeline(pipeline, state, format,
-             run_id: Sykli.Target.K8s.run_id(),
+             run_id: opts[:run_id] || Sykli.Target.K8s.run_id(),
              allow_dirty: opts[:allow_dirty] || false
            ) do
       Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))

@@ -1,6 +1,9 @@
 //! The Job builder: wiring of the source into the task, options, and every error path.
 
+mod support;
+
 use serde_json::{json, Value};
+use support::validate::{kube_validate, parse_yaml};
 use sykli_core::manifest::{build_job, build_pipeline, names, yaml, BuildOptions};
 use sykli_core::pipeline::Pipeline;
 use sykli_core::source::SourcePlan;
@@ -27,8 +30,10 @@ fn job_json(task: Value, resources: Value) -> Result<Value, Error> {
             .unwrap();
     let o = opts();
     let plan = SourcePlan::from_options(&o.source)?;
-    build_job(&p.tasks[0], &p.resources, "sykli-build-r1x2", &plan, &o)
-        .map(|j| serde_json::to_value(j).unwrap())
+    let job = build_job(&p.tasks[0], &p.resources, "sykli-build-r1x2", &plan, &o)?;
+    let job = serde_json::to_value(job).unwrap();
+    kube_validate(std::slice::from_ref(&job));
+    Ok(job)
 }
 
 fn build(task: Value) -> Value {
@@ -54,6 +59,7 @@ fn the_sdk_example_mounts_the_cloned_workspace_at_app() {
         "resources": {"src:.": {"type": "directory", "path": "."}}}));
     let jobs = build_pipeline(&p, &opts()).unwrap();
     let j = serde_json::to_value(&jobs[0]).unwrap();
+    kube_validate(std::slice::from_ref(&j));
     assert_eq!(j["apiVersion"], "batch/v1");
     assert_eq!(j["kind"], "Job");
     assert_eq!(j["metadata"]["name"], "sykli-build-r1x2");
@@ -391,6 +397,86 @@ fn yaml_output_is_multi_document() {
         .collect();
     let y = yaml::to_multi_doc(&jobs);
     assert_eq!(y.matches("---\napiVersion: \"batch/v1\"\n").count(), 2);
+    assert_eq!(
+        parse_yaml(&y),
+        jobs,
+        "a real YAML parser reads back exactly the Jobs"
+    );
+    kube_validate(&jobs);
+}
+
+/// Deterministic pseudo-random values, hostile to shells and YAML alike.
+fn hostile(seed: u64, len: usize) -> String {
+    const PARTS: &[&str] = &[
+        "'",
+        "\"",
+        "$(touch /tmp/pwned)",
+        "`id`",
+        "\n",
+        ";",
+        "|",
+        "&&",
+        " ",
+        "\\",
+        "#",
+        ": ",
+        "- ",
+        "{}",
+        "[]",
+        "*",
+        "~",
+        "é",
+        "\t",
+        "\r",
+        "%",
+        "!",
+        "yes",
+        "null",
+        "0x1f",
+        "${HOME}",
+        "\u{7f}",
+        "\u{85}",
+        "\u{2028}",
+        "\u{feff}",
+        "\u{1}",
+    ];
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            PARTS[(x >> 33) as usize % PARTS.len()]
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_values_stay_data_in_yaml_and_never_reach_a_script() {
+    for seed in 0..40u64 {
+        let value = hostile(seed, 1 + (seed as usize * 7) % 60);
+        let task = json!({"name": value, "command": value, "container": "alpine",
+            "env": {"HOSTILE": value}, "mounts": [{"resource": "src:.", "path": "/app"}],
+            "k8s": {"annotations": {"example.com/v": value}}});
+        let job = build(task);
+        // Through a real YAML parser, every value comes back byte for byte.
+        assert_eq!(
+            parse_yaml(&yaml::to_yaml(&job)),
+            vec![job.clone()],
+            "seed {seed}"
+        );
+        // The clone script is the constant; the value only travels as data.
+        let clone = &job["spec"]["template"]["spec"]["initContainers"][0];
+        assert_eq!(
+            clone["command"][2],
+            sykli_core::source::git_clone::CLONE_SCRIPT
+        );
+    }
+    // A value as long as a whole script.
+    let long = hostile(99, 5000);
+    let job =
+        build(json!({"name": "t", "command": long, "container": "alpine", "env": {"X": long}}));
+    assert_eq!(parse_yaml(&yaml::to_yaml(&job)), vec![job]);
 }
 
 #[test]

@@ -99,8 +99,32 @@ fn scalar_text(value: &Value, indent: usize) -> String {
     }
 }
 
+/// Characters YAML 1.1 lets stand raw in a scalar without reading them as something else:
+/// its printable set, less the Unicode line breaks (U+0085, U+2028, U+2029).
+fn printable(c: char) -> bool {
+    (matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}')
+        || c >= '\u{10000}')
+        && !matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// A double-quoted scalar: JSON-like escapes, plus escapes for what YAML cannot hold raw.
 fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if printable(c) => out.push(c),
+            c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{:04x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Literal blocks keep text byte for byte only when it has no characters YAML folds or
@@ -108,7 +132,8 @@ fn quoted(s: &str) -> String {
 /// control characters.
 fn literal_block_ok(s: &str) -> bool {
     s.contains('\n')
-        && !s.chars().any(|c| c.is_control() && c != '\n')
+        && s.chars()
+            .all(|c| c == '\n' || (printable(c) && !c.is_control()))
         && s.lines().all(|l| !l.ends_with(' '))
         && !s.starts_with('\n')
         && !s.starts_with(' ')

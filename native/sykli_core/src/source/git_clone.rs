@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Error, Result};
-use crate::git::url::{strip_credentials, RemoteUrl};
+use crate::git::url::{strip_credentials, RemoteUrl, Scheme};
 
 /// The init container's script (POSIX sh; runs under dash and busybox ash).
 pub const CLONE_SCRIPT: &str = include_str!("clone.sh");
@@ -138,7 +138,14 @@ impl GitClonePlan {
                 "the clone URL embeds credentials, which would end up in the Job: use a URL without them and a git_token_secret".into(),
             ));
         }
-        RemoteUrl::parse(url)?;
+        let parsed = RemoteUrl::parse(url)?;
+        // Without SSH credentials for the cluster, an ssh remote is cloned over https: that
+        // works for public repositories, and fails with a clear "refused access" otherwise.
+        let url = if parsed.scheme == Scheme::Ssh {
+            parsed.to_https()
+        } else {
+            url.to_string()
+        };
         if let Some(b) = branch {
             check_branch(b).map_err(|why| invalid("branch", format!("{b:?} {why}")))?;
         }
@@ -160,7 +167,7 @@ impl GitClonePlan {
             ));
         }
         Ok(GitClonePlan {
-            url: url.to_string(),
+            url,
             sha: sha.to_string(),
             branch: branch.map(str::to_string),
             depth: opts.depth,
@@ -322,6 +329,22 @@ mod tests {
         ] {
             assert!(plan("https://h/r.git", SHA, Some(b)).is_err(), "{b:?}");
         }
+    }
+
+    #[test]
+    fn ssh_remotes_are_cloned_over_https_without_ssh_credentials() {
+        assert_eq!(
+            plan("git@github.com:acme/shop.git", SHA, None).unwrap().url,
+            "https://github.com/acme/shop.git"
+        );
+        assert_eq!(
+            plan("ssh://git@h:2222/a/b.git", SHA, None).unwrap().url,
+            "https://h/a/b.git"
+        );
+        assert_eq!(
+            plan("git://h/a.git", SHA, None).unwrap().url,
+            "git://h/a.git"
+        );
     }
 
     #[test]

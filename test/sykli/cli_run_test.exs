@@ -1,0 +1,133 @@
+defmodule Sykli.CLIRunTest do
+  # `sykli run --target=k8s --dry-run`, through the real bin/sykli.
+  use ExUnit.Case, async: true
+
+  import Sykli.Test.GitRepo
+  import Sykli.Test.Tools
+
+  @sykli Path.expand("../../bin/sykli", __DIR__)
+
+  @pipeline ~s({"version": "2",
+    "tasks": [
+      {"name": "build", "command": "cargo build", "container": "rust:1.75",
+       "mounts": [{"resource": "src:.", "path": "/app", "type": "directory"}]},
+      {"name": "web", "command": "npm test", "container": "node:20", "depends_on": ["build"],
+       "mounts": [{"resource": "fe", "path": "/app", "type": "directory"}], "k8s": {"memory": "2Gi"}}],
+    "resources": {"src:.": {"type": "directory", "path": "."}, "fe": {"type": "directory", "path": "frontend"}}})
+
+  setup do
+    tmp = tmp_dir!()
+    {work, _} = with_origin!(tmp)
+    git!(work, ["remote", "set-url", "origin", "git@github.com:acme/shop.git"])
+    write!(work, ".sykli/pipeline.json", @pipeline)
+    commit_all!(work, "pipeline")
+    git!(work, ["update-ref", "refs/remotes/origin/main", "HEAD"])
+    {:ok, tmp: tmp, work: work}
+  end
+
+  defp sykli(args, cd) do
+    System.cmd(@sykli, args, cd: cd, env: [{"SYKLI_CWD", nil}, {"SYKLI_K8S_NAMESPACE", nil}])
+  end
+
+  defp sykli_err(args, cd) do
+    System.cmd(@sykli, args, cd: cd, env: [{"SYKLI_CWD", nil}], stderr_to_stdout: true)
+  end
+
+  test "prints kubectl-ready YAML that validates strictly and matches -o json", %{tmp: tmp, work: work} do
+    {yaml, 0} = sykli(~w(run --target=k8s --dry-run --run-id r1), work)
+    {json, 0} = sykli(~w(run --target=k8s --dry-run --run-id r1 -o json), work)
+
+    yaml_file = Path.join(tmp, "jobs.yaml")
+    json_file = Path.join(tmp, "jobs.json")
+    File.write!(yaml_file, yaml)
+    File.write!(json_file, json)
+    kube_validate!(yaml_file, 2)
+
+    list = Sykli.JSON.decode!(json)
+    assert %{"apiVersion" => "v1", "kind" => "List", "items" => [build, web]} = list
+    assert parse_yaml!(yaml_file) == [build, web]
+
+    sha = head!(work)
+    assert build["metadata"]["name"] == "sykli-build-r1"
+    assert web["metadata"]["name"] == "sykli-web-r1"
+    assert build["metadata"]["namespace"] == "sykli"
+    assert build["metadata"]["annotations"]["sykli.io/git-sha"] == sha
+    [clone] = build["spec"]["template"]["spec"]["initContainers"]
+    # No ssh credentials configured: the public https form of the remote is cloned.
+    assert %{"name" => "SYKLI_GIT_URL", "value" => "https://github.com/acme/shop.git"} in clone["env"]
+    [task] = web["spec"]["template"]["spec"]["containers"]
+
+    assert task["volumeMounts"] == [
+             %{"name" => "sykli-workspace", "mountPath" => "/app", "subPath" => "frontend"}
+           ]
+
+    assert task["resources"] == %{"requests" => %{"memory" => "2Gi"}, "limits" => %{"memory" => "2Gi"}}
+  end
+
+  test "--pipeline -, --namespace, and a subdirectory as cwd", %{tmp: tmp, work: work} do
+    file = Path.join(tmp, "p.json")
+    File.write!(file, @pipeline)
+    script = ~s(cat "$1" | "$2" run --target=k8s --dry-run --pipeline - -n team-a -o json)
+    File.mkdir_p!(Path.join(work, "frontend"))
+
+    {out, 0} =
+      System.cmd("sh", ["-c", script, "sh", file, @sykli],
+        cd: Path.join(work, "frontend"),
+        env: [{"SYKLI_CWD", nil}]
+      )
+
+    %{"items" => items} = Sykli.JSON.decode!(out)
+    assert Enum.map(items, & &1["metadata"]["namespace"]) == ["team-a", "team-a"]
+  end
+
+  test "a dirty tree fails before anything is built, listing the changes", %{work: work} do
+    write!(work, "src/main.rs", "fn main() {}\n")
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run), work)
+    assert out =~ "sykli: the working tree has uncommitted changes (1 change: ?? src/)"
+    assert out =~ "--allow-dirty"
+    refute out =~ "apiVersion"
+
+    {out, 0} = sykli_err(~w(run --target=k8s --dry-run --allow-dirty), work)
+    assert out =~ "warning: building HEAD #{head!(work)}: 1 change: ?? src/ are not included"
+    assert out =~ "apiVersion"
+  end
+
+  test "pipeline errors are listed together", %{tmp: tmp, work: work} do
+    bad = ~s({"tasks": [{"name": "a", "mounts": [{"resource": "nope", "path": "app"}]},
+                        {"name": "b", "command": "x", "depends_on": ["zzz"]}],
+              "resources": {"r": {"type": "directory", "path": "../up"}}})
+
+    file = Path.join(tmp, "bad.json")
+    File.write!(file, bad)
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+
+    for part <- [
+          ~s(resource "r": path "../up" contains ".."),
+          ~s(task "a": no command),
+          ~s(task "a": mount path "app" must be absolute),
+          ~s(task "a": mount at "app" uses resource "nope", which the pipeline does not define),
+          ~s(task "b" depends on "zzz")
+        ] do
+      assert out =~ part
+    end
+
+    File.write!(file, "{not json")
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+    assert out =~ "sykli: pipeline"
+  end
+
+  test "a missing pipeline file says how to give one", %{work: work} do
+    File.rm!(Path.join(work, ".sykli/pipeline.json"))
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --allow-dirty), work)
+    assert out =~ "cannot read the pipeline #{work}/.sykli/pipeline.json: no such file or directory"
+    assert out =~ "--pipeline -"
+  end
+
+  test "usage errors", %{work: work} do
+    {out, 2} = sykli_err(~w(run --target=k8s), work)
+    assert out =~ "use --dry-run"
+    {_, 2} = sykli_err(~w(run --target=local --dry-run), work)
+    {out, 2} = sykli_err(~w(run --target=k8s --dry-run -o xml), work)
+    assert out =~ "--output must be yaml or json"
+  end
+end
