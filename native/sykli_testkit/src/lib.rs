@@ -1,0 +1,11 @@
+//! Test infrastructure for sykli. Never linked into the NIF.
+//!
+//! * [`pod_runner`]: runs a Kubernetes Pod spec (or a Job's pod template) locally, every
+//!   container in a bubblewrap sandbox over the host's userland.
+
+pub mod pod_runner;
+
+pub use pod_runner::{
+    run_pod, ContainerKind, ContainerResult, Fixtures, LogSink, PodPhase, PodResult, RunOptions,
+    RunnerError, Shell, DEFAULT_TIMEOUT,
+};

@@ -1,0 +1,823 @@
+//! The pod runner: executes a Kubernetes Pod spec (or the pod template of a Job) on this machine.
+//!
+//! Images are ignored. Every container runs the host's userland inside a bubblewrap sandbox
+//! (`/usr/bin/bwrap`): host `/usr` and `/etc` read-only, fresh pid/ipc/uts namespaces, the host
+//! network, and the container's identity taken on with `setpriv` (no user namespace, so files a
+//! container writes into a volume are owned by its uid on the host). Volumes are directories
+//! under [`RunOptions::work_dir`] and are left there for the caller to inspect.
+//!
+//! The semantics follow the kubelet: init containers in order (a failure stops the pod),
+//! native sidecars (`restartPolicy: Always` init containers) kept running until the main
+//! containers have exited, main containers run concurrently, Kubernetes `$(VAR)` expansion,
+//! secret/configMap projection with modes, `CreateContainerConfigError` for what the kubelet
+//! would refuse, termination messages, and a deadline.
+//!
+//! Known differences from a real node: no restarts (`restartPolicy` of the pod and of sidecars
+//! is not acted on), no probes or lifecycle hooks, secret and configMap volumes are plain files
+//! (no `..data` symlinks), and the image's user database is the host's `/etc/passwd`.
+
+mod expand;
+mod fixtures;
+mod process;
+mod sandbox;
+mod spec;
+mod volumes;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use fixtures::Fixtures;
+
+use process::{Control, Outcome};
+use sandbox::{Launch, PodContext, BUSYBOX, BWRAP, SETPRIV};
+use volumes::io_err;
+
+/// Receives container log lines as they are produced: `(container name, line)`, the line
+/// without its newline.
+pub type LogSink = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// The deadline used when neither the caller nor the manifest sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Which `sh` the containers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shell {
+    /// The host's userland as is (on Debian, `/bin/sh` is dash).
+    #[default]
+    Host,
+    /// Stands in for a minimal image: busybox applets first in `PATH` (plus the host's `git`,
+    /// `ssh` and `git-lfs`), and a command of `sh`/`/bin/sh` runs `busybox sh` (ash).
+    Busybox,
+}
+
+/// How to run a pod.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Where volumes and per-container files are created (and left after the run). Empty: a
+    /// fresh directory under the system temp dir ([`PodResult::work_dir`] says which).
+    pub work_dir: PathBuf,
+    /// Secrets by name: key → bytes.
+    pub secrets: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// ConfigMaps by name: key → bytes.
+    pub config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// PersistentVolumeClaims by claimName: the host directory that backs each.
+    pub pvcs: HashMap<String, PathBuf>,
+    pub shell: Shell,
+    /// Overall deadline. None: the Job's (or pod's) `activeDeadlineSeconds`, else
+    /// [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
+    /// Live log lines.
+    pub on_log: Option<LogSink>,
+}
+
+impl fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut secret_names: Vec<&String> = self.secrets.keys().collect();
+        secret_names.sort();
+        f.debug_struct("RunOptions")
+            .field("work_dir", &self.work_dir)
+            .field("secrets", &secret_names)
+            .field("config_maps", &self.config_maps.keys().collect::<Vec<_>>())
+            .field("pvcs", &self.pvcs)
+            .field("shell", &self.shell)
+            .field("timeout", &self.timeout)
+            .field("on_log", &self.on_log.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl RunOptions {
+    /// Options with volumes under `work_dir` and nothing else set.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            work_dir: work_dir.into(),
+            ..RunOptions::default()
+        }
+    }
+
+    /// Adds a secret.
+    pub fn secret<K: Into<String>, V: Into<Vec<u8>>>(
+        mut self,
+        name: impl Into<String>,
+        data: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.secrets.insert(
+            name.into(),
+            data.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Adds a config map.
+    pub fn config_map<K: Into<String>, V: Into<Vec<u8>>>(
+        mut self,
+        name: impl Into<String>,
+        data: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.config_maps.insert(
+            name.into(),
+            data.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        );
+        self
+    }
+
+    /// Backs a PersistentVolumeClaim with a host directory.
+    pub fn pvc(mut self, claim_name: impl Into<String>, host_dir: impl Into<PathBuf>) -> Self {
+        self.pvcs.insert(claim_name.into(), host_dir.into());
+        self
+    }
+
+    pub fn shell(mut self, shell: Shell) -> Self {
+        self.shell = shell;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn on_log(mut self, sink: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_log = Some(Arc::new(sink));
+        self
+    }
+
+    /// Adds the secrets, config maps and claims of `fixtures`.
+    pub fn fixtures(mut self, fixtures: Fixtures) -> Self {
+        self.secrets.extend(fixtures.secrets);
+        self.config_maps.extend(fixtures.config_maps);
+        self.pvcs.extend(fixtures.pvcs);
+        self
+    }
+}
+
+/// The pod's final phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PodPhase {
+    Succeeded,
+    Failed,
+}
+
+/// Where a container sits in the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerKind {
+    Init,
+    /// An init container with `restartPolicy: Always`.
+    Sidecar,
+    Main,
+}
+
+/// What happened to one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerResult {
+    pub name: String,
+    pub kind: ContainerKind,
+    /// Whether its process was started (false when the pod ended before its turn, or when it
+    /// could not be created).
+    pub started: bool,
+    /// The exit code (128+N when killed by signal N). None if it never ran.
+    pub exit_code: Option<i32>,
+    /// "Completed", "Error", "CreateContainerConfigError", "StartError", "DeadlineExceeded".
+    /// None if it never ran.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub termination_message: String,
+    /// stdout and stderr, interleaved as written, one `\n`-terminated line at a time.
+    pub log: String,
+}
+
+/// What happened to the pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodResult {
+    pub phase: PodPhase,
+    /// "DeadlineExceeded" when the deadline passed.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    /// Init containers (and sidecars) in order, then the main containers in order.
+    pub containers: Vec<ContainerResult>,
+    /// Volume name → the host directory (or file) that backed it.
+    pub volumes: BTreeMap<String, PathBuf>,
+    /// Where volumes and per-container files were created.
+    pub work_dir: PathBuf,
+}
+
+impl PodResult {
+    /// The container named `name`.
+    pub fn container(&self, name: &str) -> Option<&ContainerResult> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The host directory of volume `name`.
+    pub fn volume(&self, name: &str) -> Option<&Path> {
+        self.volumes.get(name).map(PathBuf::as_path)
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.phase == PodPhase::Succeeded
+    }
+}
+
+/// Why a pod could not be run at all (as opposed to a pod that ran and failed).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The manifest is not a pod the API server would accept.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    /// The fixtures (secrets, config maps, claims) are unusable.
+    #[error("invalid fixtures: {0}")]
+    InvalidFixtures(String),
+    #[error("volume {volume:?}: volume type {kind:?} is not supported by the pod runner")]
+    UnsupportedVolume { volume: String, kind: String },
+    #[error("not supported by the pod runner: {0}")]
+    Unsupported(String),
+    #[error("{path} is missing: {hint}")]
+    MissingTool { path: String, hint: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs `manifest` (a Job, a Pod or a PodSpec) to completion.
+pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerError> {
+    let start = Instant::now();
+    let m = spec::extract(manifest)?;
+    spec::validate(&m.spec)?;
+    check_tool(BWRAP, "install the Debian package bubblewrap")?;
+    check_tool(SETPRIV, "install the Debian package util-linux")?;
+    if opts.shell == Shell::Busybox {
+        check_tool(BUSYBOX, "install the Debian package busybox")?;
+    }
+    let timeout = match opts.timeout {
+        Some(t) => t,
+        None => {
+            let mut secs = None;
+            for (what, v) in [
+                ("the Job's activeDeadlineSeconds", m.job_deadline),
+                (
+                    "the pod's activeDeadlineSeconds",
+                    m.spec.active_deadline_seconds,
+                ),
+            ] {
+                if let Some(v) = v {
+                    let v = u64::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+                        RunnerError::InvalidManifest(format!("{what} must be positive"))
+                    })?;
+                    secs = Some(secs.map_or(v, |s: u64| s.min(v)));
+                }
+            }
+            secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+        }
+    };
+    let deadline = start + timeout;
+    let grace = Duration::from_secs(
+        m.spec
+            .termination_grace_period_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(30),
+    );
+
+    let work_dir = if opts.work_dir.as_os_str().is_empty() {
+        fresh_temp_dir()?
+    } else {
+        fs::create_dir_all(&opts.work_dir)
+            .map_err(io_err(format!("creating {}", opts.work_dir.display())))?;
+        opts.work_dir.clone()
+    };
+    let volumes = volumes::prepare(&m.spec, opts, &work_dir)?;
+    let busybox_bin = match opts.shell {
+        Shell::Busybox => Some(busybox_links(&work_dir)?),
+        Shell::Host => None,
+    };
+    let pod_name = m.meta.name.clone().unwrap_or_else(|| "pod".to_string());
+    let hostname: String = m
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod_name.clone())
+        .chars()
+        .take(63)
+        .collect();
+    let ctx = PodContext {
+        meta: &m.meta,
+        pod_name,
+        namespace: m
+            .meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
+        hostname,
+        spec: &m.spec,
+        volumes: &volumes,
+        opts,
+        work_dir: &work_dir,
+        busybox_bin,
+    };
+
+    let mut pod = Pod::new(&m.spec, opts.on_log.clone(), deadline);
+    let outcome = pod.run(&ctx, grace);
+    // Whatever happened, nothing may outlive the call.
+    pod.shut_down();
+    outcome?;
+
+    let failed = pod.deadline_exceeded
+        || pod.slots.iter().any(|s| match s.result.kind {
+            ContainerKind::Sidecar => s.result.reason.as_deref() == Some(CONFIG_ERROR),
+            ContainerKind::Init | ContainerKind::Main => s.result.exit_code != Some(0),
+        });
+    let (reason, message) = if pod.deadline_exceeded {
+        (
+            Some("DeadlineExceeded".to_string()),
+            Some(format!(
+                "Pod was active on the node longer than the specified deadline ({}s)",
+                timeout.as_secs_f64()
+            )),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(PodResult {
+        phase: if failed {
+            PodPhase::Failed
+        } else {
+            PodPhase::Succeeded
+        },
+        reason,
+        message,
+        containers: pod.slots.into_iter().map(|s| s.result).collect(),
+        volumes: volumes
+            .into_iter()
+            .map(|(name, v)| (name, v.host_path))
+            .collect(),
+        work_dir,
+    })
+}
+
+const CONFIG_ERROR: &str = "CreateContainerConfigError";
+const TERMINATION_MESSAGE_MAX: u64 = 4096;
+const FALLBACK_LINES: usize = 80;
+const FALLBACK_BYTES: usize = 2048;
+
+fn check_tool(path: &str, hint: &str) -> Result<(), RunnerError> {
+    if Path::new(path).is_file() {
+        Ok(())
+    } else {
+        Err(RunnerError::MissingTool {
+            path: path.to_string(),
+            hint: hint.to_string(),
+        })
+    }
+}
+
+fn fresh_temp_dir() -> Result<PathBuf, RunnerError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = std::env::temp_dir();
+    loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!(
+            "sykli-pod-runner-{}-{n}-{nanos:08x}",
+            std::process::id()
+        ));
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(RunnerError::Io {
+                    context: format!("creating {}", dir.display()),
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// work_dir/busybox-bin: a link to busybox for every applet, plus the host's git tooling.
+fn busybox_links(work_dir: &Path) -> Result<PathBuf, RunnerError> {
+    let dir = work_dir.join("busybox-bin");
+    if !dir.is_dir() {
+        volumes::mkdir(&dir, 0o755)?;
+    }
+    let out = std::process::Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(io_err(format!("running {BUSYBOX} --list")))?;
+    if !out.status.success() {
+        return Err(RunnerError::MissingTool {
+            path: BUSYBOX.into(),
+            hint: format!("`busybox --list` failed ({})", out.status),
+        });
+    }
+    let mut links: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/') && *a != "." && *a != "..")
+        .map(|a| (a.to_string(), BUSYBOX.to_string()))
+        .collect();
+    for (tool, candidates) in [
+        ("git", &["/usr/bin/git", "/usr/local/bin/git"][..]),
+        ("ssh", &["/usr/bin/ssh", "/usr/local/bin/ssh"][..]),
+        (
+            "git-lfs",
+            &["/usr/bin/git-lfs", "/usr/local/bin/git-lfs"][..],
+        ),
+    ] {
+        if let Some(found) = candidates.iter().find(|c| Path::new(c).is_file()) {
+            links.retain(|(name, _)| name != tool);
+            links.push((tool.to_string(), (*found).to_string()));
+        }
+    }
+    for (name, target) in links {
+        let link = dir.join(&name);
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).map_err(io_err(format!("replacing {}", link.display())))?;
+        }
+        std::os::unix::fs::symlink(&target, &link)
+            .map_err(io_err(format!("linking {} -> {target}", link.display())))?;
+    }
+    Ok(dir)
+}
+
+/// A container that has been started.
+struct Running {
+    control: Arc<Control>,
+    join: JoinHandle<Outcome>,
+    termination_file: PathBuf,
+    fallback_to_logs: bool,
+}
+
+struct Slot {
+    result: ContainerResult,
+    running: Option<Running>,
+    /// Started and ended (its result is final).
+    finished: bool,
+}
+
+impl Slot {
+    fn is_running(&self) -> bool {
+        self.running.is_some() && !self.finished
+    }
+}
+
+struct Pod<'s> {
+    spec: &'s spec::PodSpec,
+    slots: Vec<Slot>,
+    tx: Sender<usize>,
+    rx: Receiver<usize>,
+    on_log: Option<LogSink>,
+    deadline: Instant,
+    deadline_exceeded: bool,
+}
+
+enum Wait {
+    Done,
+    DeadlinePassed,
+}
+
+impl<'s> Pod<'s> {
+    fn new(spec: &'s spec::PodSpec, on_log: Option<LogSink>, deadline: Instant) -> Self {
+        let slot = |c: &spec::Container, kind| Slot {
+            result: ContainerResult {
+                name: c.name.clone(),
+                kind,
+                started: false,
+                exit_code: None,
+                reason: None,
+                message: None,
+                termination_message: String::new(),
+                log: String::new(),
+            },
+            running: None,
+            finished: false,
+        };
+        let mut slots: Vec<Slot> = spec
+            .init_containers
+            .iter()
+            .map(|c| {
+                let kind = if c.restart_policy.as_deref() == Some("Always") {
+                    ContainerKind::Sidecar
+                } else {
+                    ContainerKind::Init
+                };
+                slot(c, kind)
+            })
+            .collect();
+        slots.extend(spec.containers.iter().map(|c| slot(c, ContainerKind::Main)));
+        let (tx, rx) = mpsc::channel();
+        Pod {
+            spec,
+            slots,
+            tx,
+            rx,
+            on_log,
+            deadline,
+            deadline_exceeded: false,
+        }
+    }
+
+    fn container(&self, index: usize) -> &'s spec::Container {
+        let n = self.spec.init_containers.len();
+        if index < n {
+            &self.spec.init_containers[index]
+        } else {
+            &self.spec.containers[index - n]
+        }
+    }
+
+    /// Plans and starts container `index`; false if it could not be created.
+    fn launch(&mut self, ctx: &PodContext<'_>, index: usize) -> Result<bool, RunnerError> {
+        let container = self.container(index);
+        match sandbox::plan(ctx, container)? {
+            Err(message) => {
+                let r = &mut self.slots[index].result;
+                r.reason = Some(CONFIG_ERROR.to_string());
+                r.message = Some(message);
+                self.slots[index].finished = true;
+                Ok(false)
+            }
+            Ok(Launch {
+                args,
+                termination_file,
+                fallback_to_logs,
+            }) => {
+                let (control, join) = process::start(
+                    container.name.clone(),
+                    args,
+                    self.on_log.clone(),
+                    index,
+                    self.tx.clone(),
+                )
+                .map_err(io_err("starting a container thread"))?;
+                self.slots[index].result.started = true;
+                self.slots[index].running = Some(Running {
+                    control,
+                    join,
+                    termination_file,
+                    fallback_to_logs,
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    /// Waits until `done` holds or `until` passes, collecting containers as they end.
+    fn wait(&mut self, done: impl Fn(&Self) -> bool, until: Instant) -> Wait {
+        loop {
+            if done(self) {
+                return Wait::Done;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(index) => self.collect(index),
+                Err(RecvTimeoutError::Timeout) => return Wait::DeadlinePassed,
+                // Unreachable while `self.tx` exists.
+                Err(RecvTimeoutError::Disconnected) => return Wait::Done,
+            }
+        }
+    }
+
+    fn wait_finished(&mut self, index: usize, until: Instant) -> Wait {
+        self.wait(|p| p.slots[index].finished, until)
+    }
+
+    /// Turns the outcome of container `index` into its result.
+    fn collect(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.finished {
+            return;
+        }
+        let Some(running) = slot.running.take() else {
+            return;
+        };
+        slot.finished = true;
+        let outcome = running.join.join().unwrap_or_else(|_| Outcome {
+            exit_code: None,
+            bwrap_status: None,
+            spawn_error: Some("the container's supervising thread panicked".into()),
+            deadline_killed: false,
+            log: String::new(),
+        });
+        let r = &mut slot.result;
+        let mut log = outcome.log;
+        if let Some(e) = outcome.spawn_error {
+            r.started = false;
+            if outcome.deadline_killed {
+                r.reason = Some("DeadlineExceeded".into());
+            } else {
+                r.reason = Some("StartError".into());
+                r.message = Some(e);
+            }
+        } else if outcome.deadline_killed && outcome.exit_code != Some(0) {
+            r.exit_code = Some(outcome.exit_code.unwrap_or(128 + libc::SIGKILL));
+            r.reason = Some("DeadlineExceeded".into());
+            r.message = Some("killed when the pod's deadline passed".into());
+        } else if let Some(code) = outcome.exit_code.filter(|c| !is_exec_failure(*c, &log)) {
+            r.exit_code = Some(code);
+            r.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+        } else {
+            // The command never ran: bwrap could not build the sandbox, or setpriv could not
+            // exec the command. Runtimes report that as StartError with exit code 128.
+            let message = take_runner_lines(&mut log);
+            r.exit_code = Some(128);
+            r.reason = Some("StartError".into());
+            r.message = Some(if message.is_empty() {
+                format!(
+                    "the sandbox failed to start (bwrap exit status {})",
+                    outcome
+                        .bwrap_status
+                        .map_or_else(|| "unknown".to_string(), |s| s.to_string())
+                )
+            } else {
+                message
+            });
+        }
+        r.termination_message = read_termination_message(&running.termination_file);
+        if running.fallback_to_logs
+            && r.termination_message.is_empty()
+            && r.exit_code.is_some_and(|c| c != 0)
+        {
+            r.termination_message = log_tail(&log);
+        }
+        r.log = log;
+    }
+
+    fn run(&mut self, ctx: &PodContext<'_>, grace: Duration) -> Result<(), RunnerError> {
+        let n_init = self.spec.init_containers.len();
+        // Init containers, in order.
+        for index in 0..n_init {
+            if Instant::now() >= self.deadline {
+                return self.deadline_passed();
+            }
+            if !self.launch(ctx, index)? {
+                return Ok(());
+            }
+            if self.slots[index].result.kind == ContainerKind::Sidecar {
+                continue;
+            }
+            if let Wait::DeadlinePassed = self.wait_finished(index, self.deadline) {
+                return self.deadline_passed();
+            }
+            if self.slots[index].result.exit_code != Some(0) {
+                return Ok(());
+            }
+        }
+        // Main containers, together.
+        for index in n_init..self.slots.len() {
+            self.launch(ctx, index)?;
+        }
+        let mains: Vec<usize> = (n_init..self.slots.len()).collect();
+        if let Wait::DeadlinePassed = self.wait(
+            |p| mains.iter().all(|&i| !p.slots[i].is_running()),
+            self.deadline,
+        ) {
+            return self.deadline_passed();
+        }
+        // Sidecars are stopped in reverse order once the main containers are done.
+        for index in (0..n_init).rev() {
+            if !self.slots[index].is_running() {
+                continue;
+            }
+            if let Some(r) = &self.slots[index].running {
+                r.control.terminate();
+            }
+            let until = (Instant::now() + grace).min(self.deadline.max(Instant::now()));
+            if let Wait::DeadlinePassed = self.wait_finished(index, until) {
+                if let Some(r) = &self.slots[index].running {
+                    r.control.kill(false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deadline_passed(&mut self) -> Result<(), RunnerError> {
+        self.deadline_exceeded = true;
+        for slot in &self.slots {
+            if let Some(r) = slot.running.as_ref().filter(|_| !slot.finished) {
+                r.control.kill(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills whatever still runs and collects every started container.
+    fn shut_down(&mut self) {
+        for slot in &self.slots {
+            if let Some(r) = slot.running.as_ref().filter(|_| !slot.finished) {
+                r.control.kill(false);
+            }
+        }
+        // A SIGKILLed sandbox ends promptly; the bound is only a safety net.
+        let until = Instant::now() + Duration::from_secs(60);
+        let _ = self.wait(|p| p.slots.iter().all(|s| !s.is_running()), until);
+    }
+}
+
+/// setpriv's report that it could not exec the container's command (exit 126 or 127).
+fn is_exec_failure(code: i32, log: &str) -> bool {
+    (code == 126 || code == 127)
+        && log
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("setpriv: failed to execute "))
+}
+
+/// Removes the trailing lines the runner's tools (bwrap, setpriv) wrote about a failed start,
+/// and returns them.
+fn take_runner_lines(log: &mut String) -> String {
+    let mut lines: Vec<&str> = log.lines().collect();
+    let mut taken = Vec::new();
+    while let Some(last) = lines.last() {
+        if last.starts_with("bwrap: ") || last.starts_with("setpriv: ") {
+            taken.push(last.to_string());
+            lines.pop();
+        } else {
+            break;
+        }
+    }
+    taken.reverse();
+    let mut rest = lines.join("\n");
+    if !rest.is_empty() {
+        rest.push('\n');
+    }
+    *log = rest;
+    taken.join("\n")
+}
+
+fn read_termination_message(path: &Path) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.take(TERMINATION_MESSAGE_MAX).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The kubelet's FallbackToLogsOnError message: the last 80 lines, at most 2048 bytes.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines.len().saturating_sub(FALLBACK_LINES);
+    let mut tail = lines[start..].join("\n");
+    if !tail.is_empty() {
+        tail.push('\n');
+    }
+    if tail.len() > FALLBACK_BYTES {
+        let mut cut = tail.len() - FALLBACK_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_string();
+    }
+    tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_80_lines_and_2048_bytes() {
+        let log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log);
+        assert!(tail.starts_with("line 20\n"));
+        assert!(tail.ends_with("line 99\n"));
+        let long: String = (0..10)
+            .map(|i| format!("{i}{}\n", "x".repeat(500)))
+            .collect();
+        let tail = log_tail(&long);
+        assert_eq!(tail.len(), FALLBACK_BYTES);
+        assert!(tail.ends_with(&format!("9{}\n", "x".repeat(500))));
+    }
+
+    #[test]
+    fn runner_lines_are_moved_out_of_the_log() {
+        let mut log = "hello\nbwrap: Can't mkdir /usr/x: Read-only file system\n".to_string();
+        assert_eq!(
+            take_runner_lines(&mut log),
+            "bwrap: Can't mkdir /usr/x: Read-only file system"
+        );
+        assert_eq!(log, "hello\n");
+    }
+}
