@@ -40,7 +40,7 @@ use serde_json::Value;
 pub use fixtures::Fixtures;
 
 use process::{Control, Outcome};
-use sandbox::{Launch, PodContext, BUSYBOX, BWRAP, SETPRIV};
+use sandbox::{Launch, PodContext, BUSYBOX, BWRAP, ENV, SETPRIV};
 use volumes::io_err;
 
 /// Receives container log lines as they are produced: `(container name, line)`, the line
@@ -264,6 +264,7 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
     spec::validate(&m.spec)?;
     check_tool(BWRAP, "install the Debian package bubblewrap")?;
     check_tool(SETPRIV, "install the Debian package util-linux")?;
+    check_tool(ENV, "install the Debian package coreutils")?;
     if opts.shell == Shell::Busybox {
         check_tool(BUSYBOX, "install the Debian package busybox")?;
     }
@@ -334,7 +335,10 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
     };
 
     let mut pod = Pod::new(&m.spec, opts.on_log.clone(), deadline);
-    let outcome = pod.run(&ctx, grace);
+    let outcome = pod.run(&ctx);
+    if outcome.is_ok() && !pod.deadline_exceeded {
+        pod.stop_sidecars(grace);
+    }
     // Whatever happened, nothing may outlive the call.
     pod.shut_down();
     outcome?;
@@ -617,6 +621,7 @@ impl<'s> Pod<'s> {
             bwrap_status: None,
             spawn_error: Some("the container's supervising thread panicked".into()),
             deadline_killed: false,
+            signal_sent: None,
             log: String::new(),
         });
         let r = &mut slot.result;
@@ -636,6 +641,10 @@ impl<'s> Pod<'s> {
         } else if let Some(code) = outcome.exit_code.filter(|c| !is_exec_failure(*c, &log)) {
             r.exit_code = Some(code);
             r.reason = Some(if code == 0 { "Completed" } else { "Error" }.into());
+        } else if let Some(signal) = outcome.signal_sent {
+            // Stopped or killed by the runner before bwrap could report the command's status.
+            r.exit_code = Some(128 + signal);
+            r.reason = Some("Error".into());
         } else {
             // The command never ran: bwrap could not build the sandbox, or setpriv could not
             // exec the command. Runtimes report that as StartError with exit code 128.
@@ -663,7 +672,7 @@ impl<'s> Pod<'s> {
         r.log = log;
     }
 
-    fn run(&mut self, ctx: &PodContext<'_>, grace: Duration) -> Result<(), RunnerError> {
+    fn run(&mut self, ctx: &PodContext<'_>) -> Result<(), RunnerError> {
         let n_init = self.spec.init_containers.len();
         // Init containers, in order.
         for index in 0..n_init {
@@ -694,8 +703,13 @@ impl<'s> Pod<'s> {
         ) {
             return self.deadline_passed();
         }
-        // Sidecars are stopped in reverse order once the main containers are done.
-        for index in (0..n_init).rev() {
+        Ok(())
+    }
+
+    /// Stops the sidecars that still run, in reverse order, as the kubelet does once the main
+    /// containers are done (or the pod has failed): SIGTERM, then SIGKILL after the grace period.
+    fn stop_sidecars(&mut self, grace: Duration) {
+        for index in (0..self.spec.init_containers.len()).rev() {
             if !self.slots[index].is_running() {
                 continue;
             }
@@ -709,7 +723,6 @@ impl<'s> Pod<'s> {
                 }
             }
         }
-        Ok(())
     }
 
     fn deadline_passed(&mut self) -> Result<(), RunnerError> {

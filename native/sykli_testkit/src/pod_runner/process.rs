@@ -32,6 +32,8 @@ struct ControlState {
     cancelled: bool,
     /// Killed because the pod's deadline passed.
     deadline_killed: bool,
+    /// The last signal the runner sent (SIGTERM to stop, SIGKILL to kill).
+    signal_sent: Option<i32>,
 }
 
 impl Control {
@@ -48,6 +50,7 @@ impl Control {
         if deadline {
             st.deadline_killed = true;
         }
+        st.signal_sent = Some(libc::SIGKILL);
         match st.pid {
             // SAFETY: plain kill(2) on a process group we created and have not reaped.
             Some(pid) => unsafe {
@@ -67,6 +70,7 @@ impl Control {
             st.cancelled = true;
             return;
         };
+        st.signal_sent = Some(libc::SIGTERM);
         let targets = st.init_pid.map(children_of).unwrap_or_default();
         if targets.is_empty() {
             // The command is not running yet (or already gone): bwrap dies of SIGTERM and takes
@@ -125,6 +129,8 @@ pub(crate) struct Outcome {
     pub bwrap_status: Option<i32>,
     pub spawn_error: Option<String>,
     pub deadline_killed: bool,
+    /// The last signal the runner sent the sandbox, if any.
+    pub signal_sent: Option<i32>,
     pub log: String,
 }
 
@@ -156,6 +162,7 @@ fn failed(e: String) -> Outcome {
         bwrap_status: None,
         spawn_error: Some(e),
         deadline_killed: false,
+        signal_sent: None,
         log: String::new(),
     }
 }
@@ -244,10 +251,10 @@ fn supervise(
             break;
         }
     }
-    let deadline_killed = {
+    let (deadline_killed, signal_sent) = {
         let mut st = ctl.lock();
         st.exited = true;
-        st.deadline_killed
+        (st.deadline_killed, st.signal_sent)
     };
     let bwrap_status = child.wait().ok().and_then(|s| {
         use std::os::unix::process::ExitStatusExt;
@@ -260,6 +267,7 @@ fn supervise(
         bwrap_status,
         spawn_error: None,
         deadline_killed,
+        signal_sent,
         log,
     }
 }

@@ -16,6 +16,7 @@ use super::{RunOptions, RunnerError, Shell};
 pub(crate) const BWRAP: &str = "/usr/bin/bwrap";
 pub(crate) const SETPRIV: &str = "/usr/bin/setpriv";
 pub(crate) const BUSYBOX: &str = "/usr/bin/busybox";
+pub(crate) const ENV: &str = "/usr/bin/env";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const BUSYBOX_MOUNT: &str = "/sykli-busybox/bin";
 const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
@@ -324,6 +325,19 @@ pub(crate) fn plan(
         );
     }
     for op in mounts {
+        // bwrap would create missing parents of a mount point with mode 0700; runtimes make
+        // them 0755.
+        if let Op::Bind { dst, .. } = &op {
+            if let Some(parent) = dst.parent().filter(|p| needs_dir(p)) {
+                push_op(
+                    &mut args,
+                    Op::Dir {
+                        path: parent.to_path_buf(),
+                        mode: 0o755,
+                    },
+                );
+            }
+        }
         push_op(&mut args, op);
     }
     if let Some(wd) = container.working_dir.as_deref().filter(|w| !w.is_empty()) {
@@ -376,12 +390,31 @@ pub(crate) fn plan(
         args.push(name.into());
         args.push(OsString::from_vec(value.to_vec()));
     }
-    if let Some(wd) = container.working_dir.as_deref().filter(|w| !w.is_empty()) {
-        args.push("--chdir".into());
-        args.push(wd.into());
-    }
+    // Without a workingDir, runtimes start in /.
+    args.push("--chdir".into());
+    args.push(
+        container
+            .working_dir
+            .as_deref()
+            .filter(|w| !w.is_empty())
+            .unwrap_or("/")
+            .into(),
+    );
 
     args.push("--".into());
+    // bwrap exports PWD; a runtime does not (unless the container sets it).
+    args.push(ENV.into());
+    match env.get(b"PWD") {
+        Some(pwd) => {
+            let mut assignment = b"PWD=".to_vec();
+            assignment.extend_from_slice(pwd);
+            args.push(OsString::from_vec(assignment));
+        }
+        None => {
+            args.push("-u".into());
+            args.push("PWD".into());
+        }
+    }
     args.push(SETPRIV.into());
     args.push("--reuid".into());
     args.push(uid.to_string().into());
@@ -411,6 +444,16 @@ pub(crate) fn plan(
         fallback_to_logs: container.termination_message_policy.as_deref()
             == Some("FallbackToLogsOnError"),
     }))
+}
+
+/// Whether a mount point's parent must be created with `--dir` (it is not provided by the
+/// host binds, /proc or /).
+fn needs_dir(parent: &Path) -> bool {
+    if parent == Path::new("/") || parent.starts_with("/proc") {
+        return false;
+    }
+    let under_host = HOST_TREES.iter().any(|t| parent.starts_with(t));
+    !(under_host && fs::symlink_metadata(parent).is_ok())
 }
 
 /// The primary group of `uid` in the "image" (the host's /etc/passwd), as runtimes use when
