@@ -235,26 +235,53 @@ impl PodResult {
 }
 
 /// Why a pod could not be run at all (as opposed to a pod that ran and failed).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum RunnerError {
     /// The manifest is not a pod the API server would accept.
-    #[error("invalid manifest: {0}")]
     InvalidManifest(String),
     /// The fixtures (secrets, config maps, claims) are unusable.
-    #[error("invalid fixtures: {0}")]
     InvalidFixtures(String),
-    #[error("volume {volume:?}: volume type {kind:?} is not supported by the pod runner")]
-    UnsupportedVolume { volume: String, kind: String },
-    #[error("not supported by the pod runner: {0}")]
+    /// A volume type the runner does not implement (`kind` is its key, e.g. "nfs").
+    UnsupportedVolume {
+        volume: String,
+        kind: String,
+    },
+    /// Valid Kubernetes the runner does not implement.
     Unsupported(String),
-    #[error("{path} is missing: {hint}")]
-    MissingTool { path: String, hint: String },
-    #[error("{context}: {source}")]
+    /// A host tool the runner needs (bwrap, setpriv, busybox) is missing.
+    MissingTool {
+        path: String,
+        hint: String,
+    },
     Io {
         context: String,
-        #[source]
         source: io::Error,
     },
+}
+
+impl fmt::Display for RunnerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunnerError::InvalidManifest(m) => write!(f, "invalid manifest: {m}"),
+            RunnerError::InvalidFixtures(m) => write!(f, "invalid fixtures: {m}"),
+            RunnerError::UnsupportedVolume { volume, kind } => write!(
+                f,
+                "volume {volume:?}: volume type {kind:?} is not supported by the pod runner"
+            ),
+            RunnerError::Unsupported(m) => write!(f, "not supported by the pod runner: {m}"),
+            RunnerError::MissingTool { path, hint } => write!(f, "{path} is missing: {hint}"),
+            RunnerError::Io { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for RunnerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RunnerError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// Runs `manifest` (a Job, a Pod or a PodSpec) to completion.
@@ -302,7 +329,20 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
     } else {
         fs::create_dir_all(&opts.work_dir)
             .map_err(io_err(format!("creating {}", opts.work_dir.display())))?;
-        opts.work_dir.clone()
+        let dir = fs::canonicalize(&opts.work_dir)
+            .map_err(io_err(format!("resolving {}", opts.work_dir.display())))?;
+        for used in ["containers", "volumes"] {
+            if fs::symlink_metadata(dir.join(used)).is_ok() {
+                return Err(RunnerError::Io {
+                    context: format!(
+                        "work dir {} was used by an earlier run (it has {used}/); use a fresh one",
+                        dir.display()
+                    ),
+                    source: io::Error::from(io::ErrorKind::AlreadyExists),
+                });
+            }
+        }
+        dir
     };
     let volumes = volumes::prepare(&m.spec, opts, &work_dir)?;
     let busybox_bin = match opts.shell {
@@ -370,6 +410,7 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
         containers: pod.slots.into_iter().map(|s| s.result).collect(),
         volumes: volumes
             .into_iter()
+            .filter(|(_, v)| !v.host_path.as_os_str().is_empty())
             .map(|(name, v)| (name, v.host_path))
             .collect(),
         work_dir,

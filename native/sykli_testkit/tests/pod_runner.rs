@@ -936,6 +936,13 @@ fn unsupported_volume_types_and_invalid_manifests_are_runner_errors() {
         "{err}"
     );
     assert!(err.to_string().contains("nfs"));
+    // Volumes are fresh for every pod: a work dir cannot be reused.
+    let pod = json!({"containers": [{"name": "main", "command": ["true"]}],
+        "volumes": [{"name": "v", "emptyDir": {}}]});
+    let reused = TempDir::new().expect("tempdir");
+    assert!(run(pod.clone(), &opts(&reused)).succeeded());
+    let err = run_pod(&pod, &opts(&reused)).expect_err("reused work dir");
+    assert!(err.to_string().contains("earlier run"), "{err}");
     for bad in [
         json!({"kind": "Service", "spec": {}}),
         json!({"containers": []}),

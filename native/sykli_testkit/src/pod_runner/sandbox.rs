@@ -467,13 +467,6 @@ fn primary_gid_of(uid: u32) -> Option<u32> {
     })
 }
 
-fn lookup<'a>(
-    map: &'a std::collections::HashMap<String, std::collections::HashMap<String, Vec<u8>>>,
-    name: &str,
-) -> Option<&'a std::collections::HashMap<String, Vec<u8>>> {
-    map.get(name)
-}
-
 /// The container's environment as the spec defines it: envFrom first, then env in order.
 fn container_env(
     ctx: &PodContext<'_>,
@@ -491,18 +484,18 @@ fn container_env(
                 )))
             }
         };
-        match lookup(store, &obj_ref.name) {
+        match store.get(&obj_ref.name) {
             Some(data) => {
-                let mut keys: Vec<&String> = data.keys().collect();
-                keys.sort();
+                let mut entries: Vec<(&String, &Vec<u8>)> = data.iter().collect();
+                entries.sort();
                 let prefix = from.prefix.as_deref().unwrap_or("");
-                for key in keys {
+                for (key, value) in entries {
                     let name = format!("{prefix}{key}");
                     // The kubelet skips keys that are not valid variable names.
                     if name.is_empty() || name.contains(['=', '\0']) {
                         continue;
                     }
-                    env.set(&name, data[key].clone());
+                    env.set(&name, value.clone());
                 }
             }
             None if obj_ref.optional.unwrap_or(false) => {}
@@ -528,7 +521,7 @@ fn container_env(
                         ("configmap", &ctx.opts.config_maps)
                     };
                     let optional = r.optional.unwrap_or(false);
-                    match lookup(store, &r.name).map(|d| d.get(&r.key)) {
+                    match store.get(&r.name).map(|d| d.get(&r.key)) {
                         Some(Some(v)) => v.clone(),
                         _ if optional => continue,
                         None => {

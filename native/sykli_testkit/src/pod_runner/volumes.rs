@@ -286,16 +286,16 @@ fn materialize(
         }));
     };
     let files: Vec<(String, &[u8], u32)> = if items.is_empty() {
-        let mut keys: Vec<&String> = data.keys().collect();
-        keys.sort();
+        let mut entries: Vec<(&String, &Vec<u8>)> = data.iter().collect();
+        entries.sort();
         let mut files = Vec::new();
-        for key in keys {
+        for (key, value) in entries {
             if key.is_empty() || key == "." || key == ".." || key.contains(['/', '\0']) {
                 return Err(RunnerError::InvalidFixtures(format!(
                     "{kind} {name:?} has key {key:?}, which is not a valid file name"
                 )));
             }
-            files.push((key.clone(), data[key].as_slice(), default_mode));
+            files.push((key.clone(), value.as_slice(), default_mode));
         }
         files
     } else {
