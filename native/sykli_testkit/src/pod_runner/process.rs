@@ -318,3 +318,18 @@ fn read_status(pipe: io::PipeReader, ctl: &Control) -> Option<i32> {
     }
     exit_code
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_child_processes() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let kids = children_of(me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+    }
+}

@@ -756,3 +756,43 @@ fn emit_host_dir(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binds(ops: &[Op]) -> Vec<&Path> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Bind { dst, .. } => Some(dst.as_path()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_trees_are_bound_whole_unless_a_mount_point_is_missing_inside() {
+        let ops = host_root_ops(&[Path::new("/workspace"), Path::new("/dev/termination-log")])
+            .expect("ops");
+        let b = binds(&ops);
+        assert!(b.contains(&Path::new("/usr")) && b.contains(&Path::new("/etc")));
+
+        let ops = host_root_ops(&[Path::new("/etc/sykli-test-not-there/config")]).expect("ops");
+        let b = binds(&ops);
+        assert!(b.contains(&Path::new("/usr")));
+        assert!(!b.contains(&Path::new("/etc")));
+        assert!(b.contains(&Path::new("/etc/passwd")));
+        assert!(ops
+            .iter()
+            .any(|op| matches!(op, Op::Dir { path, .. } if path == Path::new("/etc"))));
+    }
+
+    #[test]
+    fn mount_point_parents() {
+        assert!(!needs_dir(Path::new("/")));
+        assert!(!needs_dir(Path::new("/etc")));
+        assert!(!needs_dir(Path::new("/proc/sys")));
+        assert!(needs_dir(Path::new("/var/run/sykli")));
+        assert!(needs_dir(Path::new("/etc/sykli-test-not-there")));
+    }
+}
