@@ -949,6 +949,15 @@ fn unsupported_volume_types_and_invalid_manifests_are_runner_errors() {
         json!({"containers": [{"name": "a", "command": ["true"]}, {"name": "a", "command": ["true"]}]}),
         json!({"containers": [{"name": "a", "command": ["true"],
             "volumeMounts": [{"name": "undefined", "mountPath": "/x"}]}]}),
+        json!({"containers": [{"name": "a", "command": ["true"],
+            "env": [{"name": "X", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}),
+        json!({"containers": [{"name": "a", "command": ["true"],
+            "env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.nope"}}}]}]}),
+        json!({"containers": [{"name": "a", "command": ["true"],
+            "volumeMounts": [{"name": "v", "mountPath": "relative"}]}],
+            "volumes": [{"name": "v", "emptyDir": {}}]}),
+        json!({"containers": [{"name": "a", "command": ["true"]}],
+            "volumes": [{"name": "v", "emptyDir": {}, "secret": {"secretName": "s"}}]}),
     ] {
         let err = run_pod(&bad, &opts(&dir)).expect_err("invalid");
         assert!(matches!(err, RunnerError::InvalidManifest(_)), "{err}");

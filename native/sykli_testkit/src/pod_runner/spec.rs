@@ -364,6 +364,34 @@ pub(crate) fn validate(spec: &PodSpec) -> Result<(), RunnerError> {
         if !volume_names.insert(v.name.as_str()) {
             return invalid(format!("volume name {:?} is used twice", v.name));
         }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.secret.is_some(),
+            v.config_map.is_some(),
+            v.persistent_volume_claim.is_some(),
+            v.host_path.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        // Keys that are not a supported source: another volume type (or a typo).
+        let other = v.other.iter().find(|(_, value)| !value.is_null());
+        match (sources, other) {
+            (1, None) => {}
+            (0, Some((kind, _))) => {
+                return Err(RunnerError::UnsupportedVolume {
+                    volume: v.name.clone(),
+                    kind: kind.clone(),
+                })
+            }
+            (0, None) => return invalid(format!("volume {:?} has no volume source", v.name)),
+            _ => {
+                return invalid(format!(
+                    "volume {:?} has more than one volume source",
+                    v.name
+                ))
+            }
+        }
     }
     let mut names = HashSet::new();
     for c in &spec.init_containers {
@@ -447,6 +475,26 @@ pub(crate) fn validate(spec: &PodSpec) -> Result<(), RunnerError> {
                     "container {:?}: invalid env var name {:?}",
                     c.name, e.name
                 ));
+            }
+            if e.value.as_deref().is_some_and(|v| !v.is_empty()) && e.value_from.is_some() {
+                return invalid(format!(
+                    "container {:?}: env {}: value and valueFrom are mutually exclusive",
+                    c.name, e.name
+                ));
+            }
+            if let Some(from) = &e.value_from {
+                let sources = [
+                    from.secret_key_ref.is_some(),
+                    from.config_map_key_ref.is_some(),
+                    from.field_ref.is_some(),
+                    from.resource_field_ref.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    return invalid(format!(
+                        "container {:?}: env {}: valueFrom needs exactly one source",
+                        c.name, e.name
+                    ));
+                }
             }
         }
     }
