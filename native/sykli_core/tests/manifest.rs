@@ -1,13 +1,11 @@
 //! The Job builder: wiring of the source into the task, options, and every error path.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::validate::{kube_validate, parse_yaml};
 use sykli_core::manifest::{build_job, build_pipeline, names, yaml, BuildOptions};
 use sykli_core::pipeline::Pipeline;
 use sykli_core::source::SourcePlan;
 use sykli_core::Error;
+use sykli_testkit::validate::{kube_validate, parse_yaml};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 

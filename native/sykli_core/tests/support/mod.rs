@@ -104,4 +104,3 @@ pub fn with_origin(tmp: &Path) -> (Repo, PathBuf) {
     repo.git(&["push", "-q", "-u", "origin", "main"]);
     (repo, bare)
 }
-pub mod validate;

@@ -28,7 +28,10 @@ fn venv_bin(name: &str) -> PathBuf {
 pub fn kube_validate(docs: &[Value]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("manifests.yaml");
-    std::fs::write(&file, sykli_core::manifest::yaml::to_multi_doc(docs)).unwrap();
+    // JSON is YAML (one JSON document per YAML document) once every character YAML cannot
+    // hold raw is escaped; outside strings JSON is plain ASCII, so escaping is safe.
+    let text: String = docs.iter().map(|d| format!("---\n{}\n", yaml_safe(&d.to_string()))).collect();
+    std::fs::write(&file, text).unwrap();
     let out = Command::new(venv_bin("kubernetes-validate"))
         .args(["--strict", "-k", KUBERNETES_VERSION])
         .arg(&file)
@@ -48,6 +51,16 @@ pub fn kube_validate(docs: &[Value]) {
         docs.len(),
         "every document validated:\n{text}"
     );
+}
+
+fn yaml_safe(json: &str) -> String {
+    json.chars()
+        .map(|c| match c {
+            ' '..='~' => c.to_string(),
+            c if (c as u32) <= 0xffff => format!("\\u{:04x}", c as u32),
+            c => format!("\\U{:08x}", c as u32),
+        })
+        .collect()
 }
 
 /// Parses YAML with PyYAML (a real YAML parser) into JSON values.
