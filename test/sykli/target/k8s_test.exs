@@ -4,6 +4,15 @@ defmodule Sykli.Target.K8sTest do
   import Sykli.Test.GitRepo
   alias Sykli.Target.K8s
 
+  # Every manifest these tests build is validated strictly against the Kubernetes schema.
+  defp build!(task, name, state, opts) do
+    {:ok, job} = K8s.build_job_manifest(task, name, state, opts)
+    file = Path.join(tmp_dir!(), "job.json")
+    File.write!(file, Sykli.JSON.encode!(job))
+    Sykli.Test.Tools.kube_validate!(file, 1)
+    job
+  end
+
   setup do
     tmp = tmp_dir!()
     {work, _} = with_origin!(tmp)
@@ -26,7 +35,7 @@ defmodule Sykli.Target.K8sTest do
   @resources %{"src:." => %{type: "directory", path: "."}, "fe" => %{type: "directory", path: "frontend"}}
 
   test "the task container finds the exact commit at its mount paths", %{ctx: ctx, state: state} do
-    {:ok, job} = K8s.build_job_manifest(@task, "sykli-build-abc", state, resources: @resources, run_id: "abc")
+    job = build!(@task, "sykli-build-abc", state, resources: @resources, run_id: "abc")
 
     assert %{"apiVersion" => "batch/v1", "kind" => "Job", "metadata" => meta, "spec" => spec} = job
     assert meta["name"] == "sykli-build-abc"
@@ -62,7 +71,7 @@ defmodule Sykli.Target.K8sTest do
         git_image: "registry.local/git:2@sha256:" <> String.duplicate("a", 64)
       )
 
-    {:ok, job} = K8s.build_job_manifest(@task, "j", state, resources: @resources)
+    job = build!(@task, "j", state, resources: @resources)
     [clone] = job["spec"]["template"]["spec"]["initContainers"]
     assert clone["image"] =~ "registry.local/git:2@sha256:"
     assert %{"name" => "SYKLI_GIT_DEPTH", "value" => "full"} in clone["env"]
@@ -79,12 +88,12 @@ defmodule Sykli.Target.K8sTest do
 
     assert message =~ "2 changes: M README.md, ?? new.txt"
     assert message =~ "--allow-dirty"
-    assert {:ok, _} = K8s.build_job_manifest(@task, "j", state, resources: @resources, allow_dirty: true)
+    assert %{"kind" => "Job"} = build!(@task, "j", state, resources: @resources, allow_dirty: true)
   end
 
   test "detects the git context from the state's workdir when none is given", %{work: work, ctx: ctx} do
     {:ok, state} = K8s.setup(workdir: Path.join(work, "."))
-    {:ok, job} = K8s.build_job_manifest(@task, "j", state, resources: @resources)
+    job = build!(@task, "j", state, resources: @resources)
     assert job["metadata"]["annotations"]["sykli.io/git-sha"] == ctx.sha
   end
 
