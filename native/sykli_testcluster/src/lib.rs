@@ -1,0 +1,1 @@
+//! A strict Kubernetes API subset for tests. Never linked into the NIF.
