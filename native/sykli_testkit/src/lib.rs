@@ -4,6 +4,7 @@
 //!   container in a bubblewrap sandbox over the host's userland.
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
+pub mod git_server;
 pub mod pod_runner;
 pub mod validate;
 

@@ -30,7 +30,10 @@ pub fn kube_validate(docs: &[Value]) {
     let file = dir.path().join("manifests.yaml");
     // JSON is YAML (one JSON document per YAML document) once every character YAML cannot
     // hold raw is escaped; outside strings JSON is plain ASCII, so escaping is safe.
-    let text: String = docs.iter().map(|d| format!("---\n{}\n", yaml_safe(&d.to_string()))).collect();
+    let text: String = docs
+        .iter()
+        .map(|d| format!("---\n{}\n", yaml_safe(&d.to_string())))
+        .collect();
     std::fs::write(&file, text).unwrap();
     let out = Command::new(venv_bin("kubernetes-validate"))
         .args(["--strict", "-k", KUBERNETES_VERSION])
