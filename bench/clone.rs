@@ -36,11 +36,47 @@ fn git_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// How the history is made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shape {
+    /// Every commit changes one line of one small file: history is nearly free to send.
+    OneLine,
+    /// Every commit rewrites a paragraph of varied text in three files, like code changes.
+    Realistic,
+}
+
+/// Deterministic words, so the text does not compress to nothing.
+struct Words(u64);
+impl Words {
+    fn next(&mut self, n: usize) -> String {
+        const W: &[&str] = &[
+            "fn", "let", "match", "impl", "self", "return", "value", "error", "config", "parse",
+            "build", "cluster", "source", "mount", "clone", "retry", "index", "status", "commit",
+            "branch", "option", "result", "stream", "token", "header", "buffer", "context",
+            "runtime", "schema", "event",
+        ];
+        (0..n)
+            .map(|i| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let w = W[(self.0 >> 33) as usize % W.len()];
+                if i % 12 == 11 {
+                    format!("{w}_{}\n", self.0 % 9973)
+                } else {
+                    format!("{w}_{} ", self.0 % 97)
+                }
+            })
+            .collect()
+    }
+}
+
 /// A bare repository with `files` files in its first commit and `commits` commits in all,
-/// each later one changing one file, written with git fast-import.
-fn generate(root: &Path, commits: usize, files: usize) -> PathBuf {
-    let bare = root.join("big.git");
-    git_ok(root, &["init", "-q", "--bare", "big.git"]);
+/// written with git fast-import.
+fn generate(root: &Path, commits: usize, files: usize, shape: Shape) -> PathBuf {
+    let bare = root.join(format!("{shape:?}.git").to_lowercase());
+    git_ok(root, &["init", "-q", "--bare", bare.to_str().unwrap()]);
     let mut child = Command::new("git")
         .current_dir(&bare)
         .args(["fast-import", "--quiet"])
@@ -48,34 +84,35 @@ fn generate(root: &Path, commits: usize, files: usize) -> PathBuf {
         .spawn()
         .expect("git fast-import runs");
     let mut s = std::io::BufWriter::new(child.stdin.take().unwrap());
+    let mut words = Words(42);
     let path = |i: usize| format!("src/d{}/e{}/file{i}.txt", i / 1000, (i / 50) % 20);
-    let body = |i: usize, rev: usize| {
-        format!(
-            "file {i} revision {rev}\n{}\n",
-            "lorem ipsum dolor sit amet ".repeat(6)
-        )
-    };
     writeln!(
         s,
         "commit refs/heads/main\ncommitter Bench <b@example.com> 1700000000 +0000\ndata 4\ninit"
     )
     .unwrap();
     for i in 0..files {
-        let b = body(i, 0);
+        let b = format!("file {i}\n{}", words.next(30));
         write!(s, "M 100644 inline {}\ndata {}\n{b}\n", path(i), b.len()).unwrap();
     }
     for c in 1..commits {
-        let i = (c * 7919) % files;
-        let b = body(i, c);
+        let msg = format!("change {c}");
         write!(
             s,
-            "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata 9\nchange {:03}\nM 100644 inline {}\ndata {}\n{b}\n",
+            "commit refs/heads/main\ncommitter Bench <b@example.com> {} +0000\ndata {}\n{msg}\n",
             1700000000 + c,
-            c % 1000,
-            path(i),
-            b.len()
+            msg.len()
         )
         .unwrap();
+        let touched = if shape == Shape::OneLine { 1 } else { 3 };
+        for t in 0..touched {
+            let i = (c * 7919 + t * 104729) % files;
+            let b = match shape {
+                Shape::OneLine => format!("file {i} revision {c}\n"),
+                Shape::Realistic => format!("file {i} revision {c}\n{}", words.next(60)),
+            };
+            write!(s, "M 100644 inline {}\ndata {}\n{b}\n", path(i), b.len()).unwrap();
+        }
     }
     drop(s);
     assert!(child.wait().unwrap().success());
@@ -137,86 +174,93 @@ fn main() {
     );
     let tmp = std::env::temp_dir().join(format!("sykli-bench-clone-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let gen_start = Instant::now();
-    let bare = generate(&tmp, commits, files);
-    eprintln!(
-        "generated {commits} commits, {files} files in {:.1}s",
-        gen_start.elapsed().as_secs_f64()
-    );
-    let tip = git_ok(&bare, &["rev-parse", "main"]);
-    let sha = git_ok(&bare, &["rev-parse", "main~1"]); // the branch moved on by one commit
     let daemon = GitDaemon::start(&tmp, ServerOptions::default()).expect("git daemon starts");
-    let url = daemon.url("big.git");
     let scratch = tmp.join("scratch");
-
-    type Method<'a> = (&'a str, Box<dyn Fn(&Path) -> bool + 'a>);
-    let methods: Vec<Method> = vec![
-        (
-            "git fetch --depth=1 origin <sha> (floor)",
-            Box::new(|d: &Path| {
-                git_ok(d, &["init", "-q"]);
-                git(d, &["fetch", "-q", "--depth=1", &url, &sha])
-                    .status
-                    .success()
-                    && git(d, &["checkout", "-q", "--detach", &sha])
-                        .status
-                        .success()
-            }),
-        ),
-        (
-            "sykli clone script, depth 1",
-            Box::new(|d: &Path| sykli_clone(&url, &sha, "main", d)),
-        ),
-        (
-            "anchor: clone --depth=1 --branch main && checkout SHA",
-            Box::new(|d: &Path| {
-                git(
-                    d,
-                    &["clone", "-q", "--depth=1", "--branch", "main", &url, "w"],
-                )
-                .status
-                .success()
-                    && git(&d.join("w"), &["checkout", "-q", &sha])
-                        .status
-                        .success()
-            }),
-        ),
-        (
-            "full clone",
-            Box::new(|d: &Path| {
-                git(d, &["clone", "-q", "--no-checkout", &url, "w"])
-                    .status
-                    .success()
-                    && git(&d.join("w"), &["checkout", "-q", &sha])
-                        .status
-                        .success()
-            }),
-        ),
-    ];
-    let mut results: Vec<Vec<Outcome>> = methods.iter().map(|_| Vec::new()).collect();
-    for _ in 0..ROUNDS {
-        for (i, (_, f)) in methods.iter().enumerate() {
-            results[i].push(measure(&daemon, &scratch, f.as_ref()));
-        }
-    }
-    let floor_bytes = results[0].iter().map(|o| o.bytes).min().unwrap_or(1).max(1) as f64;
-    println!(
-        "commit = tip~1 of main ({commits} commits, {files} files; tip {})",
-        &tip[..12]
-    );
-    println!("| method | succeeds | bytes received | vs floor | median time |");
-    println!("|---|---|---:|---:|---:|");
-    for ((name, _), outcomes) in methods.iter().zip(&results) {
-        let mut times: Vec<Duration> = outcomes.iter().map(|o| o.time).collect();
-        times.sort();
-        let bytes = outcomes.iter().map(|o| o.bytes).min().unwrap_or(0);
-        let ok = outcomes.iter().all(|o| o.ok);
-        println!(
-            "| {name} | {} | {bytes} | {:.3}× | {:.0} ms |",
-            if ok { "yes" } else { "**no**" },
-            bytes as f64 / floor_bytes,
-            times[times.len() / 2].as_secs_f64() * 1e3
+    for shape in [Shape::Realistic, Shape::OneLine] {
+        let gen_start = Instant::now();
+        let bare = generate(&tmp, commits, files, shape);
+        eprintln!(
+            "generated {shape:?}: {commits} commits, {files} files in {:.1}s",
+            gen_start.elapsed().as_secs_f64()
         );
+        let repo = bare.file_name().unwrap().to_string_lossy().into_owned();
+        let tip = git_ok(&bare, &["rev-parse", "main"]);
+        let sha = git_ok(&bare, &["rev-parse", "main~1"]); // the branch moved on by one commit
+        let url = daemon.url(&repo);
+
+        type Method<'a> = (&'a str, Box<dyn Fn(&Path) -> bool + 'a>);
+        let methods: Vec<Method> = vec![
+            (
+                "git fetch --depth=1 origin <sha> (floor)",
+                Box::new(|d: &Path| {
+                    git_ok(d, &["init", "-q"]);
+                    git(d, &["fetch", "-q", "--depth=1", &url, &sha])
+                        .status
+                        .success()
+                        && git(d, &["checkout", "-q", "--detach", &sha])
+                            .status
+                            .success()
+                }),
+            ),
+            (
+                "sykli clone script, depth 1",
+                Box::new(|d: &Path| sykli_clone(&url, &sha, "main", d)),
+            ),
+            (
+                "anchor: clone --depth=1 --branch main && checkout SHA",
+                Box::new(|d: &Path| {
+                    git(
+                        d,
+                        &["clone", "-q", "--depth=1", "--branch", "main", &url, "w"],
+                    )
+                    .status
+                    .success()
+                        && git(&d.join("w"), &["checkout", "-q", &sha])
+                            .status
+                            .success()
+                }),
+            ),
+            (
+                "full clone",
+                Box::new(|d: &Path| {
+                    git(d, &["clone", "-q", "--no-checkout", &url, "w"])
+                        .status
+                        .success()
+                        && git(&d.join("w"), &["checkout", "-q", &sha])
+                            .status
+                            .success()
+                }),
+            ),
+        ];
+        let mut results: Vec<Vec<Outcome>> = methods.iter().map(|_| Vec::new()).collect();
+        for _ in 0..ROUNDS {
+            for (i, (_, f)) in methods.iter().enumerate() {
+                results[i].push(measure(&daemon, &scratch, f.as_ref()));
+            }
+        }
+        let bytes_of = |i: usize| results[i].iter().map(|o| o.bytes).min().unwrap_or(0);
+        let floor_bytes = bytes_of(0).max(1) as f64;
+        println!("\n{shape:?} history: {commits} commits, {files} files; the commit is tip~1 of main (tip {})", &tip[..12]);
+        println!(
+            "| method | succeeds | bytes received | vs floor | full clone ÷ this | median time |"
+        );
+        println!("|---|---|---:|---:|---:|---:|");
+        for (i, ((name, _), outcomes)) in methods.iter().zip(&results).enumerate() {
+            let mut times: Vec<Duration> = outcomes.iter().map(|o| o.time).collect();
+            times.sort();
+            let bytes = bytes_of(i);
+            println!(
+                "| {name} | {} | {bytes} | {:.3}× | {:.1}× | {:.0} ms |",
+                if outcomes.iter().all(|o| o.ok) {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+                bytes as f64 / floor_bytes,
+                bytes_of(3) as f64 / bytes.max(1) as f64,
+                times[times.len() / 2].as_secs_f64() * 1e3
+            );
+        }
     }
     drop(daemon);
     let _ = std::fs::remove_dir_all(&tmp);

@@ -148,7 +148,7 @@ defmodule Sykli.CLI do
   end
 
   defp k8s_state(opts, ctx) do
-    [git_context: ctx, workdir: ctx.root] ++
+    [git_context: ctx, workdir: ctx.root, dry_run: true] ++
       if(opts[:namespace], do: [namespace: opts[:namespace]], else: [])
   end
 

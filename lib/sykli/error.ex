@@ -5,9 +5,10 @@ defmodule Sykli.Error do
   `kind` is matchable (`:not_a_git_repo`, `:no_commits`, `:local_remote`, `:invalid_url`,
   …); `message` is for people and names the object and the fix.
   """
-  defexception [:kind, :message]
+  defexception [:kind, :message, details: %{}]
 
-  @type t :: %__MODULE__{kind: atom(), message: String.t()}
+  @typedoc "`details` carries what a caller may act on, e.g. a failed task's `exit_code`."
+  @type t :: %__MODULE__{kind: atom(), message: String.t(), details: map()}
 
   @doc false
   # The NIFs answer `{:error, {kind, message}}`.

@@ -64,6 +64,10 @@ defmodule Sykli.Native do
   def k8s_job_name(_task_name, _run_id), do: fail()
   def k8s_build_job(_task_json, _resources_json, _job_name, _options_json), do: fail()
   def k8s_render_pipeline(_pipeline_json, _options_json, _format), do: fail()
+  def k8s_connect(_options_json), do: fail()
+  def k8s_cluster_info(_cluster), do: fail()
+  def k8s_run_job(_cluster, _job_json, _options_json, _tag), do: fail()
+  def k8s_cancel(_run), do: fail()
 end
 
 defmodule Sykli.NativeError do

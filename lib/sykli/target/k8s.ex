@@ -8,6 +8,10 @@ defmodule Sykli.Target.K8s do
   git context into a workspace volume that the task container mounts at each directory
   mount's path (a sub-directory resource becomes a `subPath`).
 
+  Submission (`run_task/3`) runs on the NIF's tokio runtime with kube-rs: preflight, create,
+  watch (one watch per namespace and run), live logs, fail-fast reasons, cleanup; the calling
+  process receives `{tag, event}` messages and a cancelled or abandoned run deletes its Job.
+
   State (from `setup/1`): `:namespace` (default `SYKLI_K8S_NAMESPACE`, else `"sykli"`),
   `:git_context` (detected from `:workdir` when absent), `:source_strategy`
   (`:git_clone`), `:clone_depth` (1, any positive number, or `:full`), `:git_image`,
@@ -20,7 +24,11 @@ defmodule Sykli.Target.K8s do
   @doc "The target's name."
   def name, do: "k8s"
 
-  @doc "Builds the target's state from options (nothing is contacted)."
+  @doc """
+  Builds the target's state and connects to the cluster (kubeconfig from `:kubeconfig`,
+  else `KUBECONFIG` / `~/.kube/config`, else the in-cluster account; `:context` picks a
+  context). With `dry_run: true` nothing is contacted.
+  """
   @spec setup(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def setup(opts \\ []) do
     state =
@@ -29,11 +37,124 @@ defmodule Sykli.Target.K8s do
         workdir: File.cwd!(),
         source_strategy: :git_clone,
         allow_dirty: false,
-        artifact_pvc: "sykli-artifacts"
+        artifact_pvc: "sykli-artifacts",
+        run_id: run_id(),
+        cluster: nil
       }
       |> Map.merge(Map.new(opts))
 
-    {:ok, state}
+    if state[:dry_run] || state.cluster do
+      {:ok, state}
+    else
+      with {:ok, cluster} <- connect(Map.take(state, [:kubeconfig, :context])) do
+        {:ok, %{state | cluster: cluster}}
+      end
+    end
+  end
+
+  @doc "Whether a cluster is reachable with the default kubeconfig."
+  @spec available?() :: {:ok, map()} | {:error, Error.t()}
+  def available? do
+    with {:ok, cluster} <- connect(%{}), do: {:ok, Native.k8s_cluster_info(cluster)}
+  end
+
+  @doc "Deletes nothing and holds nothing: runs clean up after themselves."
+  def teardown(_state), do: :ok
+
+  @doc """
+  A client for the cluster, shared by every task of a run: `%{kubeconfig: path, context:
+  name, namespace: ns}`, all optional.
+  """
+  @spec connect(map()) :: {:ok, reference()} | {:error, Error.t()}
+  def connect(opts) do
+    opts = opts |> Map.take([:kubeconfig, :context, :namespace]) |> compact()
+
+    with {:ok, json} <- JSON.encode(opts) do
+      Error.wrap(Native.k8s_connect(json))
+    end
+  end
+
+  @doc """
+  Runs `task` as a Job and waits for it: `:ok`, or `{:error, %Sykli.Error{}}` with a kind
+  (`:task_failed` with `details.exit_code`, `:image_pull`, `:config_error`, `:unschedulable`,
+  `:clone_failed`, `:oom_killed`, `:deadline_exceeded`, `:timeout`, `:cancelled`, or an API
+  error such as `:not_found` from the preflight).
+
+  `opts`: `:resources` (the pipeline's), `:on_event` (called with `{:phase, phase, message}`
+  and `{:log, container, line}`; default prints log lines prefixed with the task name),
+  `:keep_failed`, `:create_namespace`, `:timeout` (seconds, client side),
+  `:unschedulable_grace` (seconds).
+  """
+  @spec run_task(map(), map(), keyword()) :: :ok | {:error, Error.t()}
+  def run_task(task, state, opts \\ []) do
+    with {:ok, run} <- start_task(task, state, opts) do
+      case await(run, Keyword.get(opts, :on_event, default_printer(task))) do
+        {:ok, _outcome} -> :ok
+        {:error, _} = error -> error
+      end
+    end
+  end
+
+  @doc """
+  Starts `task` as a Job and returns at once with a run (`%{handle, tag, job}`): events
+  arrive as `{tag, event}` messages to the calling process. See `await/2` and `cancel/1`.
+  """
+  @spec start_task(map(), map(), keyword()) :: {:ok, map()} | {:error, Error.t()}
+  def start_task(task, %{cluster: cluster} = state, opts \\ []) when cluster != nil do
+    name = job_name(to_string(task[:name] || task["name"] || ""), state.run_id)
+
+    run_opts =
+      compact(%{
+        keep_failed: Keyword.get(opts, :keep_failed, Map.get(state, :keep_failed)),
+        create_namespace: Keyword.get(opts, :create_namespace, Map.get(state, :create_namespace)),
+        timeout_seconds: Keyword.get(opts, :timeout),
+        unschedulable_grace_seconds: Keyword.get(opts, :unschedulable_grace)
+      })
+
+    with {:ok, job} <- build_job_manifest(task, name, state, Keyword.put(opts, :run_id, state.run_id)),
+         {:ok, job_json} <- JSON.encode(job),
+         {:ok, run_json} <- JSON.encode(run_opts) do
+      tag = make_ref()
+
+      case Native.k8s_run_job(cluster, job_json, run_json, tag) do
+        {:ok, handle} -> {:ok, %{handle: handle, tag: tag, job: name}}
+        {:error, _} = error -> Error.wrap(error)
+      end
+    end
+  end
+
+  @doc """
+  Receives a run's events until it is done, calling `on_event` for each phase and log
+  line. Returns `{:ok, outcome}` or `{:error, %Sykli.Error{details: outcome}}`.
+  """
+  @spec await(map(), (term() -> any())) :: {:ok, map()} | {:error, Error.t()}
+  def await(%{handle: handle, tag: tag} = run, on_event \\ fn _ -> :ok end) do
+    receive do
+      {^tag, {:done, {:ok, outcome}}} ->
+        # The handle stays referenced until here, so it is not collected (and cancelled).
+        _ = handle
+        {:ok, outcome}
+
+      {^tag, {:done, {:error, {kind, message, outcome}}}} ->
+        {:error, %Error{kind: kind, message: message, details: outcome}}
+
+      {^tag, event} ->
+        on_event.(event)
+        await(run, on_event)
+    end
+  end
+
+  @doc "Cancels a run: its Job is deleted, and `await/2` returns `kind: :cancelled`."
+  @spec cancel(map()) :: :ok
+  def cancel(%{handle: handle}), do: Native.k8s_cancel(handle)
+
+  defp default_printer(task) do
+    name = to_string(task[:name] || task["name"])
+
+    fn
+      {:log, _container, line} -> IO.puts("[#{name}] #{line}")
+      _ -> :ok
+    end
   end
 
   @doc """

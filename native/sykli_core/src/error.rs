@@ -44,6 +44,13 @@ pub enum Error {
     #[error("{0} is not supported yet")]
     Unsupported(String),
 
+    /// Talking to the cluster failed, or a task on it did; `kind` is the atom Elixir sees
+    /// (`not_found`, `forbidden`, `unauthorized`, `conflict`, `invalid`, `unreachable`,
+    /// `config`, `api`, `image_pull`, `config_error`, `unschedulable`, `clone_failed`,
+    /// `oom_killed`, `deadline_exceeded`, `timeout`, `task_failed`, `cancelled`).
+    #[error("{message}")]
+    Cluster { kind: &'static str, message: String },
+
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -68,6 +75,7 @@ impl Error {
             Error::InvalidTask { .. } => "invalid_task",
             Error::DirtyWorkdir { .. } => "dirty_workdir",
             Error::Unsupported(_) => "unsupported",
+            Error::Cluster { kind, .. } => kind,
             Error::Io { .. } => "io",
         }
     }
@@ -76,6 +84,15 @@ impl Error {
 impl From<git2::Error> for Error {
     fn from(e: git2::Error) -> Self {
         Error::Git(e.message().to_string())
+    }
+}
+
+impl Error {
+    pub fn cluster(kind: &'static str, message: impl Into<String>) -> Error {
+        Error::Cluster {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

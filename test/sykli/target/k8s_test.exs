@@ -18,7 +18,7 @@ defmodule Sykli.Target.K8sTest do
     {work, _} = with_origin!(tmp)
     git!(work, ["remote", "set-url", "origin", "https://git.example.com/acme/shop.git"])
     {:ok, ctx} = Sykli.GitContext.detect(work, env: %{})
-    {:ok, state} = K8s.setup(namespace: "ci", git_context: ctx)
+    {:ok, state} = K8s.setup(namespace: "ci", git_context: ctx, dry_run: true)
     {:ok, work: work, ctx: ctx, state: state}
   end
 
@@ -67,6 +67,7 @@ defmodule Sykli.Target.K8sTest do
     {:ok, state} =
       K8s.setup(
         git_context: ctx,
+        dry_run: true,
         clone_depth: :full,
         git_image: "registry.local/git:2@sha256:" <> String.duplicate("a", 64)
       )
@@ -81,7 +82,7 @@ defmodule Sykli.Target.K8sTest do
     write!(work, "README.md", "changed\n")
     write!(work, "new.txt", "n\n")
     {:ok, ctx} = Sykli.GitContext.detect(work, env: %{})
-    {:ok, state} = K8s.setup(git_context: ctx)
+    {:ok, state} = K8s.setup(git_context: ctx, dry_run: true)
 
     assert {:error, %Sykli.Error{kind: :dirty_workdir, message: message}} =
              K8s.build_job_manifest(@task, "j", state, resources: @resources)
@@ -92,7 +93,7 @@ defmodule Sykli.Target.K8sTest do
   end
 
   test "detects the git context from the state's workdir when none is given", %{work: work, ctx: ctx} do
-    {:ok, state} = K8s.setup(workdir: Path.join(work, "."))
+    {:ok, state} = K8s.setup(workdir: Path.join(work, "."), dry_run: true)
     job = build!(@task, "j", state, resources: @resources)
     assert job["metadata"]["annotations"]["sykli.io/git-sha"] == ctx.sha
   end

@@ -1,5 +1,6 @@
 //! Thin wrappers: decode terms, call sykli_core, encode results. Nothing else lives here.
 
+mod cluster;
 mod git;
 mod json;
 mod k8s;

@@ -1,0 +1,534 @@
+//! One task on the cluster: preflight, create (idempotently), watch until it is decided,
+//! stream its logs live, fail fast with a one-line reason, and delete it however it ends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncBufReadExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::watch::JobView;
+use super::{preflight, retry, Cluster};
+use crate::error::{Error, Result};
+use crate::manifest::{RUN_LABEL, TASK_CONTAINER, TASK_LABEL};
+
+pub const CLONE_CONTAINER: &str = "sykli-clone";
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Client-side deadline; default: the Job's activeDeadlineSeconds plus a minute.
+    pub timeout: Option<Duration>,
+    /// Keep a failed Job (and its pod) for debugging instead of deleting it.
+    pub keep_failed: bool,
+    pub create_namespace: bool,
+    /// How long a pod may be unschedulable before the task fails.
+    pub unschedulable_grace: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            timeout: None,
+            keep_failed: false,
+            create_namespace: false,
+            unschedulable_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Preflight,
+    Creating,
+    Pending,
+    Cloning,
+    Running,
+    Cleaning,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Creating => "creating",
+            Phase::Pending => "pending",
+            Phase::Cloning => "cloning",
+            Phase::Running => "running",
+            Phase::Cleaning => "cleaning",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    Phase { phase: Phase, message: String },
+    Log { container: String, line: String },
+}
+
+/// How a task ended once its Job existed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub job: String,
+    pub namespace: String,
+    pub pod: Option<String>,
+    pub exit_code: Option<i32>,
+    /// What the clone reported checking out (its termination message).
+    pub checked_out: Option<String>,
+    /// Why it failed: (kind, one-line reason). None when it succeeded.
+    pub failure: Option<(&'static str, String)>,
+    /// The failed Job was kept (keep_failed).
+    pub kept: bool,
+}
+
+enum Verdict {
+    Progress(Phase, String),
+    Unschedulable(String),
+    Done {
+        exit_code: Option<i32>,
+        failure: Option<(&'static str, String)>,
+    },
+}
+
+/// Runs `job` to its end. Errors are for what prevented running it (preflight, API); a task
+/// that ran and failed is an `Outcome` with a failure.
+pub async fn run_job(
+    cluster: Arc<Cluster>,
+    job: Job,
+    opts: RunOptions,
+    events: UnboundedSender<Event>,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<Outcome> {
+    let emit = |phase: Phase, message: String| {
+        let _ = events.send(Event::Phase { phase, message });
+    };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let namespace = job
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| cluster.namespace.clone());
+    let run = job
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(RUN_LABEL))
+        .cloned()
+        .ok_or_else(|| Error::cluster("invalid", format!("Job {name} has no {RUN_LABEL} label")))?;
+    let mut job = job;
+    job.metadata.namespace = Some(namespace.clone());
+
+    emit(
+        Phase::Preflight,
+        format!("checking namespace {namespace} and what Job {name} references"),
+    );
+    preflight::check(
+        &cluster.client,
+        &namespace,
+        &preflight::needs(&job),
+        opts.create_namespace,
+    )
+    .await?;
+
+    // Subscribe before creating, so no event of this Job is missed.
+    let watcher = cluster.watcher(&namespace, &run);
+    let mut changes = watcher.subscribe();
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &namespace);
+    emit(Phase::Creating, format!("creating Job {namespace}/{name}"));
+    create(&jobs, &job, &run).await?;
+
+    let started = Instant::now();
+    let deadline = opts.timeout.or_else(|| {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.active_deadline_seconds)
+            .map(|s| Duration::from_secs(s.max(0) as u64 + 60))
+    });
+    let mut followed: HashSet<(String, String)> = HashSet::new();
+    let mut followers = Vec::new();
+    let mut last_phase: Option<Phase> = None;
+    let mut unschedulable_since: Option<Instant> = None;
+    let mut pod_name = None;
+
+    let (exit_code, failure) = loop {
+        let view = watcher.view(&name);
+        if let Some(pod) = view.pods.last() {
+            pod_name = pod.metadata.name.clone();
+            for (container, ready) in loggable(pod) {
+                let key = (pod_name.clone().unwrap_or_default(), container.clone());
+                if ready && followed.insert(key.clone()) {
+                    followers.push(tokio::spawn(follow(
+                        pods.clone(),
+                        key.0,
+                        container,
+                        events.clone(),
+                    )));
+                }
+            }
+        }
+        match diagnose(&view) {
+            Verdict::Done { exit_code, failure } => break (exit_code, failure),
+            Verdict::Unschedulable(msg) => {
+                let since = *unschedulable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= opts.unschedulable_grace {
+                    break (
+                        None,
+                        Some(("unschedulable", format!("pod cannot be scheduled: {msg}"))),
+                    );
+                }
+                if last_phase != Some(Phase::Pending) {
+                    emit(Phase::Pending, format!("unschedulable so far: {msg}"));
+                    last_phase = Some(Phase::Pending);
+                }
+            }
+            Verdict::Progress(phase, msg) => {
+                unschedulable_since = None;
+                if last_phase != Some(phase) {
+                    emit(phase, msg);
+                    last_phase = Some(phase);
+                }
+            }
+        }
+        let until_deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
+        if until_deadline == Some(Duration::ZERO) {
+            break (
+                None,
+                Some((
+                    "timeout",
+                    format!(
+                        "no result within {}s: the Job was deleted",
+                        deadline.unwrap_or_default().as_secs()
+                    ),
+                )),
+            );
+        }
+        // Re-check at least every few seconds (grace periods) even when nothing changes.
+        let tick = until_deadline
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        tokio::select! {
+            _ = changes.changed() => {}
+            r = cancel.changed() => {
+                if r.is_err() || *cancel.borrow() {
+                    break (None, Some(("cancelled", "cancelled: the Job was deleted".to_string())));
+                }
+            }
+            _ = tokio::time::sleep(tick) => {}
+        }
+    };
+
+    // Let the log streams of finished containers drain, but never wait long for them.
+    if failure
+        .as_ref()
+        .is_none_or(|(k, _)| *k != "cancelled" && *k != "timeout")
+    {
+        let drain = futures::future::join_all(followers.iter_mut());
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
+    for f in &followers {
+        f.abort();
+    }
+
+    let view = watcher.view(&name);
+    let checked_out = view.pods.last().and_then(|p| {
+        statuses(p, true)
+            .find(|s| s.name == CLONE_CONTAINER)
+            .and_then(|s| s.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .map(|m| m.trim().to_string())
+    });
+    let kept = failure.is_some()
+        && opts.keep_failed
+        && failure.as_ref().is_some_and(|(k, _)| *k != "cancelled");
+    if !kept {
+        emit(Phase::Cleaning, format!("deleting Job {namespace}/{name}"));
+        delete(&jobs, &name).await?;
+    }
+    Ok(Outcome {
+        job: name,
+        namespace,
+        pod: pod_name,
+        exit_code,
+        checked_out,
+        failure,
+        kept,
+    })
+}
+
+/// Creates the Job; a Job of that name from the same run and task is ours already (a create
+/// whose answer was lost, then retried), anything else is a conflict.
+async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let params = PostParams::default();
+    match retry(&format!("creating Job {name}"), || {
+        jobs.create(&params, job)
+    })
+    .await
+    {
+        Ok(_) => Ok(()),
+        Err(Error::Cluster {
+            kind: "conflict",
+            message,
+        }) => {
+            let existing = retry(&format!("reading Job {name}"), || jobs.get(&name)).await?;
+            let label =
+                |j: &Job, k: &str| j.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
+            if label(&existing, RUN_LABEL).as_deref() == Some(run)
+                && label(&existing, TASK_LABEL) == label(job, TASK_LABEL)
+            {
+                Ok(())
+            } else {
+                Err(Error::cluster(
+                    "conflict",
+                    format!("{message}: Job {name} exists and is not this run's; delete it or use another run id"),
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn delete(jobs: &Api<Job>, name: &str) -> Result<()> {
+    let params = DeleteParams::background();
+    match retry(&format!("deleting Job {name}"), || {
+        jobs.delete(name, &params)
+    })
+    .await
+    {
+        Ok(_)
+        | Err(Error::Cluster {
+            kind: "not_found", ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Streams one container's log, line by line, as it is written.
+async fn follow(pods: Api<Pod>, pod: String, container: String, events: UnboundedSender<Event>) {
+    let params = LogParams {
+        container: Some(container.clone()),
+        follow: true,
+        ..LogParams::default()
+    };
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(super::REQUEST_TIMEOUT, pods.log_stream(&pod, &params)).await
+    else {
+        return;
+    };
+    let mut lines = stream.lines();
+    while let Some(Ok(line)) = lines.next().await {
+        if events
+            .send(Event::Log {
+                container: container.clone(),
+                line,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn statuses(pod: &Pod, init: bool) -> impl Iterator<Item = &ContainerStatus> {
+    let s = pod.status.as_ref();
+    let list = if init {
+        s.and_then(|s| s.init_container_statuses.as_ref())
+    } else {
+        s.and_then(|s| s.container_statuses.as_ref())
+    };
+    list.into_iter().flatten()
+}
+
+/// Containers whose log can be read (running or finished), in start order.
+fn loggable(pod: &Pod) -> Vec<(String, bool)> {
+    statuses(pod, true)
+        .chain(statuses(pod, false))
+        .map(|s| {
+            let state = s.state.as_ref();
+            let ready = state.is_some_and(|st| st.running.is_some() || st.terminated.is_some());
+            (s.name.clone(), ready)
+        })
+        .collect()
+}
+
+fn diagnose(view: &JobView) -> Verdict {
+    let Some(job) = &view.job else {
+        return Verdict::Progress(Phase::Creating, "waiting for the Job to appear".into());
+    };
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let condition = |t: &str| {
+        conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if let Some(c) = condition("Failed") {
+        if c.reason.as_deref() == Some("DeadlineExceeded") {
+            return Verdict::Done {
+                exit_code: None,
+                failure: Some((
+                    "deadline_exceeded",
+                    format!(
+                        "the task ran out of time: {}",
+                        c.message.clone().unwrap_or_default()
+                    ),
+                )),
+            };
+        }
+    }
+    if let Some(pod) = view.pods.last() {
+        let all = statuses(pod, true)
+            .map(|s| (s, true))
+            .chain(statuses(pod, false).map(|s| (s, false)));
+        for (s, init) in all {
+            let state = s.state.as_ref();
+            if let Some(w) = state.and_then(|st| st.waiting.as_ref()) {
+                let reason = w.reason.as_deref().unwrap_or_default();
+                let message = w.message.clone().unwrap_or_default();
+                if matches!(
+                    reason,
+                    "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
+                ) {
+                    return Verdict::Done {
+                        exit_code: None,
+                        failure: Some((
+                            "image_pull",
+                            format!(
+                                "container {}: image {:?} cannot be pulled ({reason}): {message}",
+                                s.name, s.image
+                            ),
+                        )),
+                    };
+                }
+                if matches!(
+                    reason,
+                    "CreateContainerConfigError" | "CreateContainerError"
+                ) {
+                    return Verdict::Done {
+                        exit_code: None,
+                        failure: Some((
+                            "config_error",
+                            format!("container {} cannot start ({reason}): {message}", s.name),
+                        )),
+                    };
+                }
+            }
+            let Some(t) = state.and_then(|st| st.terminated.as_ref()) else {
+                continue;
+            };
+            let reason = t.reason.clone().unwrap_or_default();
+            let detail = t
+                .message
+                .clone()
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty());
+            if init && t.exit_code != 0 && s.name == CLONE_CONTAINER {
+                return Verdict::Done {
+                    exit_code: Some(t.exit_code),
+                    failure: Some((
+                        "clone_failed",
+                        format!(
+                            "the source clone failed (exit {}): {}",
+                            t.exit_code,
+                            detail.unwrap_or(reason)
+                        ),
+                    )),
+                };
+            }
+            if init && t.exit_code != 0 {
+                return Verdict::Done {
+                    exit_code: Some(t.exit_code),
+                    failure: Some((
+                        "task_failed",
+                        format!("init container {} failed (exit {})", s.name, t.exit_code),
+                    )),
+                };
+            }
+            if !init && s.name == TASK_CONTAINER {
+                if reason == "OOMKilled" {
+                    return Verdict::Done {
+                        exit_code: Some(t.exit_code),
+                        failure: Some((
+                            "oom_killed",
+                            "the task ran out of memory (OOMKilled): raise its memory limit".into(),
+                        )),
+                    };
+                }
+                if reason == "DeadlineExceeded" {
+                    return Verdict::Done {
+                        exit_code: Some(t.exit_code),
+                        failure: Some(("deadline_exceeded", "the task ran out of time".into())),
+                    };
+                }
+                return Verdict::Done {
+                    exit_code: Some(t.exit_code),
+                    failure: (t.exit_code != 0).then(|| {
+                        (
+                            "task_failed",
+                            format!(
+                                "the task failed with exit code {}{}",
+                                t.exit_code,
+                                detail.map(|d| format!(": {d}")).unwrap_or_default()
+                            ),
+                        )
+                    }),
+                };
+            }
+        }
+        let unschedulable = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            });
+        if let Some(c) = unschedulable {
+            return Verdict::Unschedulable(c.message.clone().unwrap_or_default());
+        }
+        let running = |init: bool, name: Option<&str>| {
+            statuses(pod, init).any(|s| {
+                name.is_none_or(|n| s.name == n)
+                    && s.state.as_ref().is_some_and(|st| st.running.is_some())
+            })
+        };
+        if running(false, Some(TASK_CONTAINER)) {
+            return Verdict::Progress(
+                Phase::Running,
+                format!(
+                    "pod {} is running the task",
+                    pod.metadata.name.clone().unwrap_or_default()
+                ),
+            );
+        }
+        if running(true, Some(CLONE_CONTAINER)) {
+            return Verdict::Progress(Phase::Cloning, "cloning the source".into());
+        }
+    }
+    if let Some(c) = condition("Failed") {
+        return Verdict::Done {
+            exit_code: None,
+            failure: Some((
+                "task_failed",
+                format!(
+                    "the Job failed ({}): {}",
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default()
+                ),
+            )),
+        };
+    }
+    if condition("Complete").is_some() {
+        return Verdict::Done {
+            exit_code: Some(0),
+            failure: None,
+        };
+    }
+    Verdict::Progress(Phase::Pending, "waiting for the pod to start".into())
+}

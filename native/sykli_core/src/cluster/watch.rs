@@ -1,0 +1,164 @@
+//! One watch per namespace and run (a label selector on `sykli.io/run`), shared by every
+//! task of the run, instead of one per Job. kube-runtime's watcher resumes from the last
+//! resourceVersion, re-lists on 410 Gone, and backs off when the API server struggles.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use tokio::task::JoinHandle;
+
+use crate::manifest::RUN_LABEL;
+
+/// What the watches have seen of one Job: the Job and its pods (newest last).
+#[derive(Debug, Clone, Default)]
+pub struct JobView {
+    pub job: Option<Job>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<String, Job>,
+    /// pod name → pod
+    pods: HashMap<String, Pod>,
+}
+
+pub struct RunWatcher {
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunWatcher {
+    pub fn start(client: kube::Client, namespace: &str, run: &str) -> RunWatcher {
+        let state = Arc::new(Mutex::new(State::default()));
+        let (changed, _) = tokio::sync::watch::channel(0u64);
+        let selector = format!("{RUN_LABEL}={run}");
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let tasks = vec![
+            spawn_watch(jobs, &selector, state.clone(), changed.clone(), |s| {
+                &mut s.jobs
+            }),
+            spawn_watch(pods, &selector, state.clone(), changed.clone(), |s| {
+                &mut s.pods
+            }),
+        ];
+        RunWatcher {
+            state,
+            changed,
+            tasks,
+        }
+    }
+
+    /// Wakes up after any change of the run's Jobs or pods.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The latest view of Job `name`.
+    pub fn view(&self, name: &str) -> JobView {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pods: Vec<Pod> = s
+            .pods
+            .values()
+            .filter(|p| owner_job(p).as_deref() == Some(name))
+            .cloned()
+            .collect();
+        pods.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+        });
+        JobView {
+            job: s.jobs.get(name).cloned(),
+            pods,
+        }
+    }
+}
+
+impl Drop for RunWatcher {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The Job a pod belongs to: its controller owner, else the job-name label.
+pub fn owner_job(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Job" && o.controller == Some(true))
+        .map(|o| o.name.clone())
+        .or_else(|| {
+            let labels = pod.metadata.labels.as_ref()?;
+            labels
+                .get("batch.kubernetes.io/job-name")
+                .or_else(|| labels.get("job-name"))
+                .cloned()
+        })
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    selector: &str,
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    field: fn(&mut State) -> &mut HashMap<String, K>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + serde::de::DeserializeOwned
+        + 'static,
+{
+    let config = watcher::Config::default().labels(selector);
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        // Objects listed during a re-list, swapped in when it is complete.
+        let mut relist: Option<HashMap<String, K>> = None;
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue }; // the backoff retries; nothing is lost
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            let map = field(&mut s);
+            match event {
+                watcher::Event::Apply(obj) => {
+                    map.insert(obj.meta().name.clone().unwrap_or_default(), obj);
+                }
+                watcher::Event::Delete(obj) => {
+                    map.remove(obj.meta().name.as_deref().unwrap_or_default());
+                }
+                watcher::Event::Init => relist = Some(HashMap::new()),
+                watcher::Event::InitApply(obj) => {
+                    let name = obj.meta().name.clone().unwrap_or_default();
+                    match &mut relist {
+                        Some(r) => {
+                            r.insert(name, obj);
+                        }
+                        None => {
+                            map.insert(name, obj);
+                        }
+                    }
+                }
+                watcher::Event::InitDone => {
+                    if let Some(r) = relist.take() {
+                        *map = r;
+                    }
+                }
+            }
+            drop(s);
+            changed.send_modify(|n| *n += 1);
+        }
+    })
+}

@@ -1,0 +1,214 @@
+//! Submission across the NIF: one tokio runtime for all Kubernetes work; a NIF starts a run
+//! and returns at once, the run sends `{tag, event}` messages to the caller, and the handle
+//! it returns cancels the run (deleting the Job) when cancelled or garbage-collected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use once_cell::sync::Lazy;
+use rustler::{Encoder, Env, LocalPid, NifMap, OwnedEnv, ResourceArc, Term};
+use serde::Deserialize;
+use sykli_core::cluster::run::{self, Event, Outcome};
+use sykli_core::cluster::{Cluster, ConnectOptions};
+
+use super::NifError;
+
+static RUNTIME: Lazy<Result<tokio::runtime::Runtime, String>> = Lazy::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sykli-k8s")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+});
+
+fn runtime() -> Result<&'static tokio::runtime::Runtime, NifError> {
+    RUNTIME.as_ref().map_err(|e| {
+        NifError::from(sykli_core::Error::cluster(
+            "api",
+            format!("cannot start the runtime: {e}"),
+        ))
+    })
+}
+
+mod atoms {
+    rustler::atoms! { phase, log, done, ok, error, cancelled }
+}
+
+pub struct ClusterRes {
+    // The client holds futures that are not unwind-safe; a panic in a NIF is caught by
+    // rustler before it reaches the client, which is never used across it.
+    cluster: std::panic::AssertUnwindSafe<Arc<Cluster>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ClusterRes {}
+
+pub struct RunRes {
+    cancel: tokio::sync::watch::Sender<bool>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for RunRes {}
+
+impl Drop for RunRes {
+    // A handle nobody holds any more (its process died) cancels the run: no Job is left.
+    fn drop(&mut self) {
+        let _ = self.cancel.send(true);
+    }
+}
+
+/// Connects (reads kubeconfig, builds the client). File I/O and exec plugins: dirty I/O.
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_connect(options_json: String) -> Result<ResourceArc<ClusterRes>, NifError> {
+    let opts: ConnectOptions =
+        sykli_core::pipeline::from_json(options_json.as_bytes(), "connect options")?;
+    let rt = runtime()?;
+    let cluster = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), Cluster::connect(&opts))
+            .await
+            .unwrap_or_else(|_| {
+                Err(sykli_core::Error::cluster(
+                    "unreachable",
+                    "connecting took more than 60s",
+                ))
+            })
+    })?;
+    Ok(ResourceArc::new(ClusterRes {
+        cluster: std::panic::AssertUnwindSafe(Arc::new(cluster)),
+    }))
+}
+
+#[derive(NifMap)]
+struct ClusterInfo {
+    namespace: String,
+    open_watchers: usize,
+}
+
+#[rustler::nif]
+fn k8s_cluster_info(cluster: ResourceArc<ClusterRes>) -> ClusterInfo {
+    ClusterInfo {
+        namespace: cluster.cluster.namespace.clone(),
+        open_watchers: cluster.cluster.open_watchers(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunJson {
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    keep_failed: bool,
+    #[serde(default)]
+    create_namespace: bool,
+    #[serde(default)]
+    unschedulable_grace_seconds: Option<u64>,
+}
+
+/// Starts running a Job; returns a handle at once. Messages to the caller:
+/// `{tag, {:phase, phase, message}}`, `{tag, {:log, container, line}}`, then exactly one
+/// `{tag, {:done, {:ok, outcome} | {:error, {kind, message, outcome}}}}`.
+#[rustler::nif]
+fn k8s_run_job<'a>(
+    env: Env<'a>,
+    cluster: ResourceArc<ClusterRes>,
+    job_json: String,
+    options_json: String,
+    tag: Term<'a>,
+) -> Result<ResourceArc<RunRes>, NifError> {
+    let job: Job = sykli_core::pipeline::from_json(job_json.as_bytes(), "job")?;
+    let o: RunJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "run options")?;
+    let opts = run::RunOptions {
+        timeout: o.timeout_seconds.map(Duration::from_secs),
+        keep_failed: o.keep_failed,
+        create_namespace: o.create_namespace,
+        unschedulable_grace: o
+            .unschedulable_grace_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(run::RunOptions::default().unschedulable_grace),
+    };
+    let rt = runtime()?;
+    let pid = env.pid();
+    let tag = tag.to_binary().as_slice().to_vec();
+    let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    let cluster = Arc::clone(&cluster.cluster);
+    rt.spawn(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let run = run::run_job(cluster, job, opts, tx, cancel_rx);
+        let forward = async {
+            while let Some(event) = rx.recv().await {
+                send(&pid, &tag, |env| match event {
+                    Event::Phase { phase: p, message } => (
+                        atoms::phase(),
+                        rustler::Atom::from_str(env, p.as_str()).ok(),
+                        message,
+                    )
+                        .encode(env),
+                    Event::Log { container, line } => (atoms::log(), container, line).encode(env),
+                });
+            }
+        };
+        let (result, ()) = tokio::join!(run, forward);
+        send(&pid, &tag, |env| {
+            (atoms::done(), done(env, result)).encode(env)
+        });
+    });
+    Ok(ResourceArc::new(RunRes { cancel }))
+}
+
+#[rustler::nif]
+fn k8s_cancel(run: ResourceArc<RunRes>) -> rustler::Atom {
+    let _ = run.cancel.send(true);
+    atoms::ok()
+}
+
+fn send(pid: &LocalPid, tag: &[u8], message: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
+    let mut env = OwnedEnv::new();
+    let _ = env.send_and_clear(pid, |env| {
+        let tag = env
+            .binary_to_term(tag)
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| atoms::error().encode(env));
+        (tag, message(env)).encode(env)
+    });
+}
+
+#[derive(NifMap)]
+struct OutcomeEx {
+    job: String,
+    namespace: String,
+    pod: Option<String>,
+    exit_code: Option<i32>,
+    checked_out: Option<String>,
+    kept: bool,
+}
+
+fn done<'e>(env: Env<'e>, result: sykli_core::Result<Outcome>) -> Term<'e> {
+    match result {
+        Ok(o) => {
+            let ex = OutcomeEx {
+                job: o.job,
+                namespace: o.namespace,
+                pod: o.pod,
+                exit_code: o.exit_code,
+                checked_out: o.checked_out,
+                kept: o.kept,
+            };
+            match o.failure {
+                None => (atoms::ok(), ex).encode(env),
+                Some((kind, message)) => {
+                    let kind =
+                        rustler::Atom::from_str(env, kind).unwrap_or_else(|_| atoms::error());
+                    (atoms::error(), (kind, message, ex)).encode(env)
+                }
+            }
+        }
+        Err(e) => {
+            let kind = rustler::Atom::from_str(env, e.kind()).unwrap_or_else(|_| atoms::error());
+            let empty: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+            (atoms::error(), (kind, e.to_string(), empty)).encode(env)
+        }
+    }
+}
