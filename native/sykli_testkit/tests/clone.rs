@@ -429,3 +429,39 @@ fn hostile_branch_names_and_values_inject_nothing() {
         }
     }
 }
+
+#[test]
+fn a_hostile_repository_url_is_only_data() {
+    let fx = Fixture::new();
+    // A repository whose path is shell syntax; git and the URL rules allow it.
+    let name = "$(touch${IFS}pwned-url)`touch${IFS}pwned-url2`;touch${IFS}pwned-url3.git";
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(fx.root.join("repo.git"))
+        .arg(fx.root.join(name))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let http = SmartHttp::start(&fx.root, ServerOptions::default()).unwrap();
+    let url = http.url(name);
+    let r = run(
+        &fx,
+        &job(checker(fx.tip(), ""), &url, fx.tip(), "main", json!(1)),
+        Shell::Busybox,
+    );
+    assert_ok(&r);
+    // Payloads would land in the clone's working directory (the workspace) or its /tmp.
+    let ws = r.volume("sykli-workspace").unwrap().to_path_buf();
+    let clone_tmp = r.volume("sykli-tmp").unwrap().to_path_buf();
+    for dir in [ws, clone_tmp, r.work_dir.clone()] {
+        for f in ["pwned-url", "pwned-url2", "pwned-url3.git"] {
+            assert!(!dir.join(f).exists(), "something ran in {}", dir.display());
+        }
+    }
+    assert!(
+        http.requests()
+            .iter()
+            .any(|q| q.path.contains("touch") && q.status == 200),
+        "the clone used that URL"
+    );
+}
