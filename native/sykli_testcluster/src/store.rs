@@ -116,6 +116,12 @@ impl Store {
         self.changed.subscribe()
     }
 
+    /// Wakes the controllers without a write.
+    pub fn poke(&self) {
+        let rv = self.lock().rv;
+        self.changed.send_replace(rv);
+    }
+
     pub fn current_rv(&self) -> u64 {
         self.lock().rv
     }
