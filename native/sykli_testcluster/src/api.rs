@@ -207,7 +207,10 @@ fn route(path: &str) -> Route {
 }
 
 /// Serves one request, recording it in the request log.
-pub async fn serve(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn serve(
+    state: Arc<ApiState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let method = req.method().to_string();
     let path = req
@@ -338,9 +341,8 @@ async fn handle(state: &Arc<ApiState>, req: Request<Incoming>, info: &mut Info) 
         }
         Route::NotFound => error_response(&ApiError::no_route()),
         Route::Resource(t) => {
-            let watch = *req.method() == Method::GET
-                && t.name.is_none()
-                && (query_flag(&query, "watch"));
+            let watch =
+                *req.method() == Method::GET && t.name.is_none() && (query_flag(&query, "watch"));
             info.watch = watch;
             let verb = verb_of(req.method(), &t, watch);
             info.verb = verb.to_string();
@@ -428,9 +430,10 @@ async fn sykli(state: &Arc<ApiState>, route: Route, req: Request<Incoming>) -> R
         (Route::SykliRequests, Method::GET) => {
             json_response(200, &json!({"requests": state.request_log()}))
         }
-        (Route::SykliFaults, Method::GET) => {
-            json_response(200, &serde_json::to_value(&state.faults().faults).unwrap_or_default())
-        }
+        (Route::SykliFaults, Method::GET) => json_response(
+            200,
+            &serde_json::to_value(&state.faults().faults).unwrap_or_default(),
+        ),
         (Route::SykliFaults, Method::POST | Method::PUT) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
@@ -546,9 +549,14 @@ fn list(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Response
             .decode(c)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid: illegal base64 data"))?;
+            .ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: illegal base64 data")
+            })?;
         rv = decoded["rv"].as_u64().unwrap_or(rv);
-        let start = decoded["start"].as_str().unwrap_or("").trim_end_matches('\0');
+        let start = decoded["start"]
+            .as_str()
+            .unwrap_or("")
+            .trim_end_matches('\0');
         let (ns, name) = start.split_once('/').unwrap_or(("", start));
         start_after = Some((ns.to_string(), name.to_string()));
         if rv < state.store.oldest_watchable(t.res) {
@@ -628,12 +636,18 @@ fn stream_response(rx: mpsc::Receiver<Bytes>, content_type: &str) -> Response<Bo
     let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
     r.headers_mut()
         .insert("content-type", content_type.parse().expect("header"));
-    r.headers_mut()
-        .insert("cache-control", "no-cache, private".parse().expect("header"));
+    r.headers_mut().insert(
+        "cache-control",
+        "no-cache, private".parse().expect("header"),
+    );
     r
 }
 
-fn watch(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+fn watch(
+    state: &Arc<ApiState>,
+    t: &Target,
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
     let sel = Selection::parse(t.res, q)?;
     let bookmarks = query_flag(q, "allowWatchBookmarks");
     let rv = query_get(q, "resourceVersion").unwrap_or("");
@@ -702,7 +716,17 @@ fn watch(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> Result<Re
     let state = Arc::clone(state);
     let t = t.clone();
     tokio::spawn(async move {
-        run_watch(state, t, sel, w, tx, bookmarks, send_initial == Some(true), timeout).await;
+        run_watch(
+            state,
+            t,
+            sel,
+            w,
+            tx,
+            bookmarks,
+            send_initial == Some(true),
+            timeout,
+        )
+        .await;
     });
     Ok(stream_response(rx, "application/json"))
 }
@@ -736,11 +760,11 @@ async fn run_watch(
         }};
     }
     for ev in &w.initial {
-        if sel.matches(res, ns.as_deref(), &ev.object) {
-            if !send!(json!({"type": ev.kind.as_str(), "object": *ev.object})) {
-                ok = false;
-                break;
-            }
+        if sel.matches(res, ns.as_deref(), &ev.object)
+            && !send!(json!({"type": ev.kind.as_str(), "object": *ev.object}))
+        {
+            ok = false;
+            break;
         }
     }
     if ok && initial_end {
@@ -750,7 +774,11 @@ async fn run_watch(
     let mut ticker = tokio::time::interval(state.config.bookmark_interval);
     ticker.tick().await;
     let mut closing = false;
-    while ok {
+    if !ok {
+        state.store.unwatch(res, id);
+        return;
+    }
+    loop {
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
@@ -808,7 +836,12 @@ fn parse_json(body: &[u8], kind: &str) -> Result<Value, ApiError> {
     })
 }
 
-fn create(state: &ApiState, t: &Target, body: &[u8], q: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+fn create(
+    state: &ApiState,
+    t: &Target,
+    body: &[u8],
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
     let res = t.res;
     let fv = match query_get(q, "fieldValidation").filter(|s| !s.is_empty()) {
         Some(s) => FieldValidation::parse(s)?,
@@ -838,9 +871,7 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
         .ok_or_else(|| ApiError::bad_request("the object is not a JSON object"))?;
     m.insert("apiVersion".into(), json!(res.api_version()));
     m.insert("kind".into(), json!(res.kind()));
-    let meta = m
-        .entry("metadata")
-        .or_insert_with(|| json!({}));
+    let meta = m.entry("metadata").or_insert_with(|| json!({}));
     if meta.is_null() {
         *meta = json!({});
     }
@@ -859,7 +890,9 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
         meta.insert("namespace".into(), json!(ns));
         match store.get(Res::Namespace, "", ns) {
             None => return Err(ApiError::not_found(Res::Namespace.qualified(), ns)),
-            Some(n) if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
+            Some(n)
+                if n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
+            {
                 let mut e = ApiError::forbidden_message(format!(
                     "{} {} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                     res.qualified().resource(),
@@ -894,7 +927,11 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
     ] {
         meta.remove(k);
     }
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
         if let Some(base) = meta
             .get("generateName")
@@ -907,7 +944,11 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
     }
     let uid = store.new_uid();
     meta.insert("uid".into(), json!(uid));
-    let name = meta.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     match res {
         Res::Job => {
             meta.insert("generation".into(), json!(1));
@@ -919,7 +960,10 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
                 validation::default_pod_spec(spec, true);
             }
             let qos = qos_class(m.get("spec").unwrap_or(&Value::Null));
-            m.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+            m.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": qos}),
+            );
         }
         Res::Namespace => {
             let labels = meta.entry("labels").or_insert_with(|| json!({}));
@@ -1007,7 +1051,10 @@ fn qos_class(spec: &Value) -> &'static str {
         let requests = c.pointer("/resources/requests");
         for r in ["cpu", "memory"] {
             let l = limits.and_then(|l| l.get(r)).and_then(Value::as_str);
-            let q = requests.and_then(|l| l.get(r)).and_then(Value::as_str).or(l);
+            let q = requests
+                .and_then(|l| l.get(r))
+                .and_then(Value::as_str)
+                .or(l);
             if l.is_some() || q.is_some() {
                 any = true;
             }
@@ -1031,7 +1078,12 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
-fn delete(state: &ApiState, t: &Target, body: &[u8], q: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+fn delete(
+    state: &ApiState,
+    t: &Target,
+    body: &[u8],
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
     let res = t.res;
     let ns = ns_of(t).to_string();
     let name = t.name.clone().unwrap_or_default();
@@ -1074,12 +1126,17 @@ fn delete(state: &ApiState, t: &Target, body: &[u8], q: &[(String, String)]) -> 
         return Err(ApiError::not_found(res.qualified(), &name));
     };
     if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-        let actual = cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+        let actual = cur
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if uid != actual {
             return Err(ApiError::conflict(
                 res.qualified(),
                 &name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                ),
             ));
         }
     }
@@ -1163,7 +1220,10 @@ fn delete(state: &ApiState, t: &Target, body: &[u8], q: &[(String, String)]) -> 
                 .and_then(Value::as_str)
                 .is_some_and(|n| !n.is_empty());
             let grace = grace
-                .or_else(|| cur.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    cur.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(30)
                 .max(0);
             if (grace == 0 || !scheduled || terminal) && !has_finalizers {
@@ -1223,7 +1283,11 @@ fn deletion_time(grace: i64) -> String {
         .unwrap_or_else(|_| now_rfc3339())
 }
 
-async fn pod_log(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> Result<Response<Body>, ApiError> {
+async fn pod_log(
+    state: &Arc<ApiState>,
+    t: &Target,
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
     let ns = ns_of(t);
     let name = t.name.as_deref().unwrap_or("");
     let pod = state
@@ -1258,7 +1322,10 @@ async fn pod_log(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> R
                 mains.join(" ")
             );
             if !inits.is_empty() {
-                m.push_str(&format!(" or one of the init containers: [{}]", inits.join(" ")));
+                m.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    inits.join(" ")
+                ));
             }
             return Err(ApiError::bad_request(m));
         }
@@ -1274,15 +1341,21 @@ async fn pod_log(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> R
     }
     let status = ["initContainerStatuses", "containerStatuses"]
         .iter()
-        .filter_map(|k| pod.pointer(&format!("/status/{k}")).and_then(Value::as_array))
+        .filter_map(|k| {
+            pod.pointer(&format!("/status/{k}"))
+                .and_then(Value::as_array)
+        })
         .flatten()
         .find(|s| s["name"].as_str() == Some(container.as_str()))
         .cloned();
     let waiting_reason = match &status {
         None => Some("ContainerCreating".to_string()),
-        Some(s) => s
-            .pointer("/state/waiting")
-            .map(|w| w["reason"].as_str().unwrap_or("ContainerCreating").to_string()),
+        Some(s) => s.pointer("/state/waiting").map(|w| {
+            w["reason"]
+                .as_str()
+                .unwrap_or("ContainerCreating")
+                .to_string()
+        }),
     };
     if let Some(reason) = waiting_reason {
         return Err(ApiError::bad_request(format!(
@@ -1298,7 +1371,9 @@ async fn pod_log(state: &Arc<ApiState>, t: &Target, q: &[(String, String)]) -> R
         .to_string();
     let timestamps = query_flag(q, "timestamps");
     let follow = query_flag(q, "follow");
-    let tail: Option<usize> = query_get(q, "tailLines").and_then(|v| v.parse::<i64>().ok()).map(|v| v.max(0) as usize);
+    let tail: Option<usize> = query_get(q, "tailLines")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|v| v.max(0) as usize);
     let limit_bytes: Option<usize> = query_get(q, "limitBytes").and_then(|v| v.parse().ok());
     let log = state.logs.get(&uid, &container);
     let (lines, _) = log.read_from(0);

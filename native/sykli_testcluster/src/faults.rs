@@ -109,7 +109,11 @@ impl FaultState {
 
     /// After `sent` events on a watch: close it?
     pub fn drop_watch(&mut self, sent: u64) -> bool {
-        if self.faults.watch_drop_after_events.is_some_and(|n| sent >= n) {
+        if self
+            .faults
+            .watch_drop_after_events
+            .is_some_and(|n| sent >= n)
+        {
             return true;
         }
         self.faults.watch_drop_rate > 0.0 && self.rng.next_f64() < self.faults.watch_drop_rate

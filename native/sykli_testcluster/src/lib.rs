@@ -1,7 +1,26 @@
-//! A strict Kubernetes API subset for tests. Never linked into the NIF.
+//! A strict Kubernetes API subset for tests, with a Job controller, a scheduler and a kubelet
+//! that runs pods with the testkit's pod runner. Never linked into the NIF.
+//!
+//! Start one with [`TestCluster::start`]; it serves HTTPS on 127.0.0.1 with a CA made at start,
+//! writes a kubeconfig (contexts `sykli-test` and `sykli-test-readonly`), and stops (killing
+//! every pod) when dropped. The `sykli-test-cluster` binary does the same for other processes.
 
+pub mod api;
+pub mod cluster;
+pub mod controller;
+pub mod faults;
+pub mod kubelet;
+pub mod logs;
 pub mod resources;
 pub mod selectors;
 pub mod status;
+pub mod store;
+pub mod tls;
 pub mod util;
 pub mod validation;
+
+pub use cluster::{ClusterInfo, ClusterOptions, TestCluster, CONTEXT, NODE_NAME, READONLY_CONTEXT};
+pub use faults::{Faults, RequestRecord};
+pub use resources::Res;
+pub use sykli_testkit::Shell;
+pub use validation::FieldValidation;

@@ -285,7 +285,10 @@ impl LabelSelector {
                 Op::Exists => v.is_some(),
                 Op::DoesNotExist => v.is_none(),
                 Op::Gt | Op::Lt => {
-                    let (Some(v), Ok(bound)) = (v.and_then(|v| v.parse::<i64>().ok()), r.values[0].parse::<i64>()) else {
+                    let (Some(v), Ok(bound)) = (
+                        v.and_then(|v| v.parse::<i64>().ok()),
+                        r.values[0].parse::<i64>(),
+                    ) else {
                         return false;
                     };
                     if r.op == Op::Gt {

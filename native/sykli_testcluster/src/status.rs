@@ -368,7 +368,11 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         let message = message.into();
-        let mut e = ApiError::new(500, "InternalError", format!("Internal error occurred: {message}"));
+        let mut e = ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        );
         e.details = Some(json!({"causes": [{"message": message}]}));
         e
     }
@@ -439,7 +443,11 @@ mod tests {
 
     #[test]
     fn field_errors_read_like_apimachinery() {
-        let e = FieldError::invalid("spec.backoffLimit", &-1i64, "must be greater than or equal to 0");
+        let e = FieldError::invalid(
+            "spec.backoffLimit",
+            &-1i64,
+            "must be greater than or equal to 0",
+        );
         assert_eq!(
             e.full(),
             "spec.backoffLimit: Invalid value: -1: must be greater than or equal to 0"

@@ -168,7 +168,11 @@ impl Store {
             .and_then(|o| o.get_mut("metadata"))
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::internal("object without metadata"))?;
-        if meta.get("uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if meta
+            .get("uid")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             let uid = new_uid(&mut inner.rng);
             meta.insert("uid".into(), json!(uid));
         }
@@ -382,7 +386,9 @@ mod tests {
         assert_eq!(err.code, 410);
         assert!(err.message.starts_with("too old resource version"));
         let rv = store.current_rv();
-        let w = store.watch(Res::ConfigMap, WatchFrom::After(rv - 2)).unwrap();
+        let w = store
+            .watch(Res::ConfigMap, WatchFrom::After(rv - 2))
+            .unwrap();
         assert_eq!(w.initial.len(), 2);
     }
 

@@ -28,9 +28,8 @@ pub fn generate() -> Result<Tls, String> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate().map_err(err)?;
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(err)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(err)?;
     params
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");

@@ -25,7 +25,8 @@ use crate::util::go_quote;
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
 const LABEL_KEY_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
 const LABEL_KEY_MSG: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
@@ -148,7 +149,11 @@ pub fn label_key_errors(value: &str) -> Vec<String> {
     if !is_label_name(name) {
         errs.push(format!(
             "name part {}",
-            regex_error(LABEL_KEY_MSG, LABEL_KEY_FMT, &["MyName", "my.name", "123-abc"])
+            regex_error(
+                LABEL_KEY_MSG,
+                LABEL_KEY_FMT,
+                &["MyName", "my.name", "123-abc"]
+            )
         ));
     }
     errs
@@ -373,7 +378,10 @@ pub fn decode(res: Res, body: Value, fv: FieldValidation) -> Result<Decoded, Api
             .collect();
         match fv {
             FieldValidation::Strict => {
-                return Err(cannot(format!("strict decoding error: {}", list.join(", "))))
+                return Err(cannot(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )))
             }
             FieldValidation::Warn => warnings = list,
             FieldValidation::Ignore => {}
@@ -585,7 +593,10 @@ pub fn default_pod_spec(spec: &mut Value, is_pod: bool) {
                 "node.kubernetes.io/not-ready",
                 "node.kubernetes.io/unreachable",
             ] {
-                if !ts.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key)) {
+                if !ts
+                    .iter()
+                    .any(|t| t.get("key").and_then(Value::as_str) == Some(key))
+                {
                     ts.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
                 }
             }
@@ -657,7 +668,9 @@ fn s<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
 }
 
 fn arr<'a>(v: &'a Value, k: &str) -> &'a [Value] {
-    v.get(k).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    v.get(k)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 fn map_of<'a>(v: &'a Value, k: &str) -> BTreeMap<&'a str, &'a Value> {
@@ -857,10 +870,8 @@ fn validate_volume_source(vol: &Value, path: &str, errs: &mut Errs) {
                 default_mode(v, &sp, errs);
                 validate_key_to_paths(arr(v, "items"), &format!("{sp}.items"), errs);
             }
-            "persistentVolumeClaim" => {
-                if s(v, "claimName").unwrap_or("").is_empty() {
-                    errs.push(FieldError::required(format!("{sp}.claimName"), ""));
-                }
+            "persistentVolumeClaim" if s(v, "claimName").unwrap_or("").is_empty() => {
+                errs.push(FieldError::required(format!("{sp}.claimName"), ""));
             }
             "hostPath" => {
                 if s(v, "path").unwrap_or("").is_empty() {
@@ -878,11 +889,7 @@ fn validate_volume_source(vol: &Value, path: &str, errs: &mut Errs) {
                         "BlockDevice",
                     ];
                     if !TYPES.contains(&t) {
-                        errs.push(FieldError::not_supported(
-                            format!("{sp}.type"),
-                            t,
-                            &TYPES[..],
-                        ));
+                        errs.push(FieldError::not_supported(format!("{sp}.type"), t, TYPES));
                     }
                 }
             }
@@ -986,8 +993,7 @@ fn validate_container_security_context(sc: &Value, path: &str, errs: &mut Errs) 
 }
 
 fn resource_name_ok(name: &str) -> bool {
-    if ["cpu", "memory", "ephemeral-storage"].contains(&name) || name.starts_with("hugepages-")
-    {
+    if ["cpu", "memory", "ephemeral-storage"].contains(&name) || name.starts_with("hugepages-") {
         return true;
     }
     // Extended resources: fully qualified, outside kubernetes.io (except requests.* forms).
@@ -1089,7 +1095,9 @@ fn validate_env(c: &Value, path: &str, errs: &mut Errs) {
             if fp.is_empty() {
                 errs.push(FieldError::required(format!("{vp}.fieldRef.fieldPath"), ""));
             } else if !subscripted
-                && (!SUPPORTED.contains(&fp) || fp == "metadata.labels" || fp == "metadata.annotations")
+                && (!SUPPORTED.contains(&fp)
+                    || fp == "metadata.labels"
+                    || fp == "metadata.annotations")
             {
                 errs.push(FieldError::not_supported(
                     format!("{vp}.fieldRef.fieldPath"),
@@ -1503,7 +1511,11 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Errs) {
             &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
         )),
     }
-    validate_labels(spec.get("nodeSelector"), &format!("{path}.nodeSelector"), errs);
+    validate_labels(
+        spec.get("nodeSelector"),
+        &format!("{path}.nodeSelector"),
+        errs,
+    );
     if let Some(sc) = spec.get("securityContext").filter(|v| !v.is_null()) {
         let sp = format!("{path}.securityContext");
         id_range(sc, "runAsUser", &sp, errs);
@@ -1556,7 +1568,11 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Errs) {
     if let Some(h) = s(spec, "subdomain").filter(|s| !s.is_empty()) {
         validate_dns_label(h, &format!("{path}.subdomain"), errs);
     }
-    validate_tolerations(arr(spec, "tolerations"), &format!("{path}.tolerations"), errs);
+    validate_tolerations(
+        arr(spec, "tolerations"),
+        &format!("{path}.tolerations"),
+        errs,
+    );
     nonneg(spec, "terminationGracePeriodSeconds", path, errs);
 }
 
@@ -1684,7 +1700,11 @@ pub fn validate_create(res: Res, object: &Value) -> Result<(), ApiError> {
         Res::Job => validate_job(object, &mut errs),
         Res::Pod => {
             validate_meta(meta, NameRule::Subdomain, &mut errs);
-            validate_pod_spec(object.get("spec").unwrap_or(&Value::Null), "spec", &mut errs);
+            validate_pod_spec(
+                object.get("spec").unwrap_or(&Value::Null),
+                "spec",
+                &mut errs,
+            );
         }
         Res::Namespace => validate_meta(meta, NameRule::Label, &mut errs),
         Res::Secret => {
@@ -1725,8 +1745,12 @@ pub fn validate_create(res: Res, object: &Value) -> Result<(), ApiError> {
             }
             for m in modes {
                 let m = m.as_str().unwrap_or("");
-                const MODES: &[&str] =
-                    &["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"];
+                const MODES: &[&str] = &[
+                    "ReadOnlyMany",
+                    "ReadWriteMany",
+                    "ReadWriteOnce",
+                    "ReadWriteOncePod",
+                ];
                 if !MODES.contains(&m) {
                     errs.push(FieldError::not_supported("spec.accessModes", m, MODES));
                 }
@@ -1773,7 +1797,10 @@ mod tests {
         );
         assert_eq!(dns1123_label_errors("a.b"), vec!["must not contain dots"]);
         assert!(label_key_errors("example.com/x").is_empty());
-        assert_eq!(label_key_errors("/x"), vec!["prefix part must be non-empty"]);
+        assert_eq!(
+            label_key_errors("/x"),
+            vec!["prefix part must be non-empty"]
+        );
         assert!(label_value_errors(&"x".repeat(64))[0].contains("63"));
     }
 
@@ -1790,7 +1817,9 @@ mod tests {
     fn strict_decoding_finds_nested_unknown_fields() {
         let body = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "x"},
             "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "b", "foo": 1}]}}}});
-        let e = decode(Res::Job, body, FieldValidation::Strict).err().unwrap();
+        let e = decode(Res::Job, body, FieldValidation::Strict)
+            .err()
+            .unwrap();
         assert_eq!(e.code, 400);
         assert_eq!(
             e.message,

@@ -1,0 +1,424 @@
+//! Starting and stopping the whole test cluster: the API server on 127.0.0.1 over TLS, the
+//! controllers and the kubelet, on a runtime of their own (so tests on any runtime can start
+//! one), and the kubeconfig that points at it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sykli_testkit::Shell;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::api::{self, ApiConfig, ApiState};
+use crate::controller::{ControlConfig, Controllers};
+use crate::faults::{FaultState, Faults, RequestRecord};
+use crate::kubelet::{self, Kubelet, KubeletConfig};
+use crate::logs::LogStore;
+use crate::resources::Res;
+use crate::store::Store;
+use crate::util::{random_token, Rng};
+use crate::validation::FieldValidation;
+
+pub const NODE_NAME: &str = "sykli-node";
+pub const CONTEXT: &str = "sykli-test";
+pub const READONLY_CONTEXT: &str = "sykli-test-readonly";
+
+/// How to run the cluster. [`ClusterOptions::new`] gives Kubernetes' own timings except where
+/// noted.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The kubeconfig, pod work dirs and claim directories go here.
+    pub dir: PathBuf,
+    pub shell: Shell,
+    /// Labels of the node `sykli-node`, besides kubernetes.io/hostname, os and arch.
+    pub node_labels: BTreeMap<String, String>,
+    /// Glob patterns of images that fail to pull.
+    pub deny_images: Vec<String>,
+    /// Watch history kept per resource type (events).
+    pub history_limit: usize,
+    /// How often watches with allowWatchBookmarks get a bookmark (kube-apiserver: ~1 minute).
+    pub bookmark_interval: Duration,
+    /// What an unset `fieldValidation` means (this server: Strict; kube-apiserver: Warn).
+    pub default_field_validation: FieldValidation,
+    /// The Job controller's back-off after a failed pod (Kubernetes: 10s, doubling).
+    pub backoff_base: Duration,
+    /// From ErrImagePull to ImagePullBackOff.
+    pub image_backoff: Duration,
+    /// How often the kubelet looks again for missing Secrets/ConfigMaps.
+    pub retry_interval: Duration,
+    /// Periodic reconcile (deadlines, TTL), besides reconciling on every change.
+    pub resync: Duration,
+    pub faults: Faults,
+    /// Seeds uids, names and tokens (not the faults: they have their own seed).
+    pub seed: Option<u64>,
+}
+
+impl ClusterOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ClusterOptions {
+            dir: dir.into(),
+            shell: Shell::Host,
+            node_labels: BTreeMap::new(),
+            deny_images: Vec::new(),
+            history_limit: 1000,
+            bookmark_interval: Duration::from_secs(60),
+            default_field_validation: FieldValidation::Strict,
+            backoff_base: Duration::from_secs(10),
+            image_backoff: Duration::from_secs(1),
+            retry_interval: Duration::from_secs(1),
+            resync: Duration::from_millis(200),
+            faults: Faults::default(),
+            seed: None,
+        }
+    }
+}
+
+/// What a client needs: also the one line the binary prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    pub admin_token: String,
+    pub readonly_token: String,
+    /// PEM of the CA that signed the server's certificate.
+    #[serde(skip)]
+    pub ca_pem: String,
+    pub pid: u32,
+}
+
+/// A running test cluster; stopped (every pod killed) on drop.
+pub struct TestCluster {
+    info: ClusterInfo,
+    state: Arc<ApiState>,
+    kubelet: Arc<Kubelet>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Started {
+    info: ClusterInfo,
+    state: Arc<ApiState>,
+    kubelet: Arc<Kubelet>,
+}
+
+impl TestCluster {
+    /// Starts the cluster and returns once it serves.
+    pub fn start(opts: ClusterOptions) -> Result<TestCluster, String> {
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| format!("creating {}: {e}", opts.dir.display()))?;
+        let dir = std::fs::canonicalize(&opts.dir)
+            .map_err(|e| format!("resolving {}: {e}", opts.dir.display()))?;
+        let opts = ClusterOptions { dir, ..opts };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Started, String>>();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sykli-test-cluster".into())
+            .spawn(move || run(opts, ready_tx, shutdown_rx))
+            .map_err(|e| format!("starting the cluster thread: {e}"))?;
+        match ready_rx.recv() {
+            Ok(Ok(s)) => Ok(TestCluster {
+                info: s.info,
+                state: s.state,
+                kubelet: s.kubelet,
+                shutdown: Some(shutdown_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err("the cluster thread ended before it was ready".into())
+            }
+        }
+    }
+
+    pub fn info(&self) -> &ClusterInfo {
+        &self.info
+    }
+
+    pub fn url(&self) -> &str {
+        &self.info.url
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        &self.info.kubeconfig
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.info.admin_token
+    }
+
+    pub fn readonly_token(&self) -> &str {
+        &self.info.readonly_token
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.info.ca_pem
+    }
+
+    /// The object store (reads and writes bypass the API: no validation, no auth).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.state.store
+    }
+
+    pub fn get(&self, res: Res, namespace: &str, name: &str) -> Option<Value> {
+        self.state.store.get(res, namespace, name)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.set_faults(faults);
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faults
+            .clone()
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state.request_log()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The pod sandboxes (bwrap processes) this process runs now.
+    pub fn running_sandboxes(&self) -> Vec<i32> {
+        kubelet::sandboxes(None)
+    }
+
+    /// Stops the cluster: every pod's containers are killed before this returns.
+    pub fn stop(mut self) {
+        self.shutdown_now();
+    }
+
+    fn shutdown_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.kubelet.stop_all();
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown_now();
+    }
+}
+
+fn run(
+    opts: ClusterOptions,
+    ready: std::sync::mpsc::Sender<Result<Started, String>>,
+    shutdown: oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sykli-test-cluster-rt")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("building the runtime: {e}")));
+            return;
+        }
+    };
+    let kubelet_slot: Arc<Mutex<Option<Arc<Kubelet>>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&kubelet_slot);
+    rt.block_on(async move {
+        if let Err(e) = serve(opts, ready, shutdown, slot).await {
+            eprintln!("sykli-test-cluster: {e}");
+        }
+    });
+    if let Some(k) = kubelet_slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        k.stop_all();
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+async fn serve(
+    opts: ClusterOptions,
+    ready: std::sync::mpsc::Sender<Result<Started, String>>,
+    mut shutdown: oneshot::Receiver<()>,
+    kubelet_slot: Arc<Mutex<Option<Arc<Kubelet>>>>,
+) -> Result<(), String> {
+    let fail = |ready: &std::sync::mpsc::Sender<Result<Started, String>>, e: String| {
+        let _ = ready.send(Err(e.clone()));
+        e
+    };
+    let tls = crate::tls::generate().map_err(|e| fail(&ready, format!("TLS: {e}")))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| fail(&ready, format!("binding 127.0.0.1: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fail(&ready, e.to_string()))?;
+    let mut rng = opts.seed.map_or_else(Rng::from_entropy, Rng::new);
+    let admin_token = random_token(&mut rng);
+    let readonly_token = random_token(&mut rng);
+    let store = Arc::new(Store::new(opts.history_limit, rng));
+    for ns in ["default", "kube-system", "kube-public"] {
+        let obj = api::prepare(
+            &store,
+            Res::Namespace,
+            "",
+            json!({"metadata": {"name": ns}}),
+        )
+        .map_err(|e| fail(&ready, e.message.clone()))?;
+        store
+            .create(Res::Namespace, obj)
+            .map_err(|e| fail(&ready, e.message.clone()))?;
+    }
+    let logs = Arc::new(LogStore::default());
+    let state = Arc::new(ApiState {
+        store: Arc::clone(&store),
+        logs: Arc::clone(&logs),
+        admin_token: admin_token.clone(),
+        readonly_token: readonly_token.clone(),
+        requests: Mutex::new(Vec::new()),
+        faults: Mutex::new(FaultState::new(opts.faults.clone())),
+        config: ApiConfig {
+            bookmark_interval: opts.bookmark_interval,
+            default_field_validation: opts.default_field_validation,
+            ..ApiConfig::default()
+        },
+        address: addr.to_string(),
+    });
+    let kubelet = Kubelet::new(
+        Arc::clone(&store),
+        Arc::clone(&logs),
+        KubeletConfig {
+            node_name: NODE_NAME.into(),
+            dir: opts.dir.clone(),
+            shell: opts.shell,
+            deny_images: opts.deny_images.clone(),
+            retry_interval: opts.retry_interval,
+            image_backoff: opts.image_backoff,
+        },
+    );
+    *kubelet_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&kubelet));
+    let url = format!("https://{addr}");
+    let kubeconfig = opts.dir.join("kubeconfig");
+    write_kubeconfig(
+        &kubeconfig,
+        &url,
+        &tls.ca_pem,
+        &admin_token,
+        &readonly_token,
+    )
+    .map_err(|e| fail(&ready, e))?;
+
+    // Controllers and kubelet.
+    let mut controllers = Controllers::new(
+        Arc::clone(&store),
+        ControlConfig {
+            node_name: NODE_NAME.into(),
+            node_labels: opts.node_labels.clone(),
+            backoff_base: opts.backoff_base,
+        },
+    );
+    let mut changed = store.subscribe();
+    let k = Arc::clone(&kubelet);
+    let resync = opts.resync;
+    let control = tokio::spawn(async move {
+        loop {
+            changed.borrow_and_update();
+            controllers.reconcile();
+            k.reconcile();
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(resync) => {}
+            }
+        }
+    });
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server_config));
+    let _ = ready.send(Ok(Started {
+        info: ClusterInfo {
+            url,
+            kubeconfig,
+            admin_token,
+            readonly_token,
+            ca_pem: tls.ca_pem.clone(),
+            pid: std::process::id(),
+        },
+        state: Arc::clone(&state),
+        kubelet: Arc::clone(&kubelet),
+    }));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            conn = listener.accept() => {
+                let Ok((tcp, _)) = conn else { continue };
+                let acceptor = acceptor.clone();
+                let state = Arc::clone(&state);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(move |req| api::serve(Arc::clone(&state), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        }
+    }
+    control.abort();
+    kubelet.stop_all();
+    Ok(())
+}
+
+fn write_kubeconfig(
+    path: &Path,
+    url: &str,
+    ca_pem: &str,
+    admin: &str,
+    readonly: &str,
+) -> Result<(), String> {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    // JSON is YAML: every kubeconfig reader takes it.
+    let cfg = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "clusters": [{"name": CONTEXT, "cluster": {"server": url, "certificate-authority-data": ca}}],
+        "users": [
+            {"name": "sykli-test-admin", "user": {"token": admin}},
+            {"name": "sykli-test-readonly", "user": {"token": readonly}},
+        ],
+        "contexts": [
+            {"name": CONTEXT, "context": {"cluster": CONTEXT, "user": "sykli-test-admin", "namespace": "default"}},
+            {"name": READONLY_CONTEXT, "context": {"cluster": CONTEXT, "user": "sykli-test-readonly", "namespace": "default"}},
+        ],
+        "current-context": CONTEXT,
+    });
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?;
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    // Credentials: owner only.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}

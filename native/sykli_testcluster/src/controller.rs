@@ -1,0 +1,855 @@
+//! The control plane's controllers: the Job controller, the garbage collector (owner
+//! references, propagation policies, finalizers), the namespace controller, the TTL-after-
+//! finished controller and the scheduler (one node). They reconcile from the store's state
+//! whenever it changes, and periodically for time-based work (deadlines, back-off, TTL).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::api::{create_prepared, prepare};
+use crate::resources::{Res, ALL};
+use crate::store::Store;
+use crate::util::{now_rfc3339, parse_rfc3339, unix_now};
+
+/// What the controllers need to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub node_name: String,
+    pub node_labels: BTreeMap<String, String>,
+    /// The Job controller's pod failure back-off base (Kubernetes: 10s, doubling, max 6m).
+    pub backoff_base: Duration,
+}
+
+pub fn meta_str<'a>(o: &'a Value, k: &str) -> &'a str {
+    o.pointer(&format!("/metadata/{k}"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// Records an Event about `obj`, as the component would.
+#[allow(clippy::too_many_arguments)]
+pub fn emit_event(
+    store: &Store,
+    obj: &Value,
+    field_path: Option<&str>,
+    kind: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    host: Option<&str>,
+) {
+    let ns = meta_str(obj, "namespace");
+    let ns = if ns.is_empty() { "default" } else { ns };
+    let suffix = store.with_rng(|r| format!("{:016x}", r.next_u64()));
+    let now = now_rfc3339();
+    let mut involved = json!({
+        "kind": obj["kind"], "namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
+        "uid": meta_str(obj, "uid"), "apiVersion": obj["apiVersion"],
+        "resourceVersion": meta_str(obj, "resourceVersion"),
+    });
+    if let Some(fp) = field_path {
+        involved["fieldPath"] = json!(fp);
+    }
+    let mut source = json!({"component": component});
+    if let Some(h) = host {
+        source["host"] = json!(h);
+    }
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{}.{suffix}", meta_str(obj, "name")), "namespace": ns},
+        "involvedObject": involved, "reason": reason, "message": message, "source": source,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": kind,
+        "eventTime": null, "reportingComponent": component,
+        "reportingInstance": host.unwrap_or(""),
+    });
+    let _ = store.create(Res::Event, ev);
+}
+
+fn condition(type_: &str, reason: &str, message: &str) -> Value {
+    let now = now_rfc3339();
+    json!({"type": type_, "status": "True", "lastProbeTime": now, "lastTransitionTime": now,
+           "reason": reason, "message": message})
+}
+
+fn has_condition(job: &Value, type_: &str) -> bool {
+    job.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+}
+
+fn condition_of<'a>(job: &'a Value, type_: &str) -> Option<&'a Value> {
+    job.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+}
+
+fn controller_uid(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r["controller"] == true)
+        .and_then(|r| r["uid"].as_str())
+}
+
+fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn deleting(o: &Value) -> bool {
+    o.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Deletes a pod as an API DELETE does: scheduled pods that still run are marked, and the
+/// kubelet removes them once their containers are stopped.
+pub fn delete_pod(store: &Store, pod: &Value) {
+    let ns = meta_str(pod, "namespace");
+    let name = meta_str(pod, "name");
+    let scheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let terminal = matches!(phase(pod), "Succeeded" | "Failed");
+    if !scheduled || terminal {
+        store.delete(Res::Pod, ns, name);
+        return;
+    }
+    let grace = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
+    let _ = store.update(Res::Pod, ns, name, None, |o| {
+        if deleting(o) {
+            return Ok(false);
+        }
+        let at = jiff::Timestamp::from_second(unix_now() + grace)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|_| now_rfc3339());
+        o["metadata"]["deletionTimestamp"] = json!(at);
+        o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        Ok(true)
+    });
+}
+
+#[derive(Default)]
+struct JobMemory {
+    counted: std::collections::HashSet<String>,
+    next_create: Option<Instant>,
+}
+
+pub struct Controllers {
+    store: Arc<Store>,
+    cfg: ControlConfig,
+    jobs: HashMap<String, JobMemory>,
+    /// Pods whose FailedScheduling message was already reported, by uid.
+    unschedulable: HashMap<String, String>,
+}
+
+impl Controllers {
+    pub fn new(store: Arc<Store>, cfg: ControlConfig) -> Self {
+        Controllers {
+            store,
+            cfg,
+            jobs: HashMap::new(),
+            unschedulable: HashMap::new(),
+        }
+    }
+
+    /// One pass of every controller.
+    pub fn reconcile(&mut self) {
+        self.namespaces();
+        self.garbage_collect();
+        self.job_controller();
+        self.scheduler();
+    }
+
+    fn namespaces(&mut self) {
+        let (nss, _) = self.store.list(Res::Namespace, None);
+        for ns in nss.iter().filter(|n| deleting(n)) {
+            let name = meta_str(ns, "name");
+            let mut remaining = 0;
+            for res in ALL.iter().filter(|r| r.namespaced()) {
+                let (items, _) = self.store.list(*res, Some(name));
+                for o in items {
+                    remaining += 1;
+                    match res {
+                        Res::Pod => delete_pod(&self.store, &o),
+                        _ => {
+                            self.store.delete(*res, name, meta_str(&o, "name"));
+                        }
+                    }
+                }
+            }
+            if remaining == 0 {
+                self.store.delete(Res::Namespace, "", name);
+            }
+        }
+    }
+
+    fn garbage_collect(&mut self) {
+        let (jobs, _) = self.store.list(Res::Job, None);
+        let (pods, _) = self.store.list(Res::Pod, None);
+        let job_uids: std::collections::HashSet<&str> =
+            jobs.iter().map(|j| meta_str(j, "uid")).collect();
+        // Dependents whose owner is gone (Background propagation, or an owner deleted at once).
+        for pod in &pods {
+            let owners = pod
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array);
+            let Some(owners) = owners else { continue };
+            let jobs_owning: Vec<&Value> = owners
+                .iter()
+                .filter(|r| r["kind"] == "Job" && r["apiVersion"] == "batch/v1")
+                .collect();
+            if !jobs_owning.is_empty()
+                && jobs_owning
+                    .iter()
+                    .all(|r| !job_uids.contains(r["uid"].as_str().unwrap_or("")))
+                && !deleting(pod)
+            {
+                delete_pod(&self.store, pod);
+            }
+        }
+        // Owners held by the GC's finalizers.
+        for job in jobs.iter().filter(|j| deleting(j)) {
+            let uid = meta_str(job, "uid");
+            let ns = meta_str(job, "namespace");
+            let name = meta_str(job, "name");
+            let finalizers: Vec<String> = job
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let dependents: Vec<&Arc<Value>> = pods
+                .iter()
+                .filter(|p| {
+                    meta_str(p, "namespace") == ns
+                        && p.pointer("/metadata/ownerReferences")
+                            .and_then(Value::as_array)
+                            .is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid))
+                })
+                .collect();
+            let mut done: Vec<&str> = Vec::new();
+            if finalizers.iter().any(|f| f == "orphan") {
+                for p in &dependents {
+                    let _ = self
+                        .store
+                        .update(Res::Pod, ns, meta_str(p, "name"), None, |o| {
+                            if let Some(rs) = o
+                                .pointer_mut("/metadata/ownerReferences")
+                                .and_then(Value::as_array_mut)
+                            {
+                                rs.retain(|r| r["uid"] != uid);
+                                if rs.is_empty() {
+                                    o["metadata"]
+                                        .as_object_mut()
+                                        .expect("metadata")
+                                        .remove("ownerReferences");
+                                }
+                            }
+                            Ok(true)
+                        });
+                }
+                done.push("orphan");
+            }
+            if finalizers.iter().any(|f| f == "foregroundDeletion") {
+                for p in &dependents {
+                    if !deleting(p) {
+                        delete_pod(&self.store, p);
+                    }
+                }
+                if dependents.is_empty() {
+                    done.push("foregroundDeletion");
+                }
+            }
+            let left: Vec<&String> = finalizers
+                .iter()
+                .filter(|f| !done.contains(&f.as_str()))
+                .collect();
+            if left.is_empty() {
+                self.store.delete(Res::Job, ns, name);
+            } else if left.len() != finalizers.len() {
+                let left: Vec<String> = left.into_iter().cloned().collect();
+                let _ = self.store.update(Res::Job, ns, name, None, |o| {
+                    o["metadata"]["finalizers"] = json!(left);
+                    Ok(true)
+                });
+            }
+        }
+        // Any other object whose finalizers are gone.
+        for res in [Res::Secret, Res::ConfigMap, Res::PersistentVolumeClaim] {
+            let (items, _) = self.store.list(res, None);
+            for o in items.iter().filter(|o| deleting(o)) {
+                let empty = o
+                    .pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .is_none_or(|a| a.is_empty());
+                if empty {
+                    self.store
+                        .delete(res, meta_str(o, "namespace"), meta_str(o, "name"));
+                }
+            }
+        }
+    }
+
+    fn job_controller(&mut self) {
+        let (jobs, _) = self.store.list(Res::Job, None);
+        let (pods, _) = self.store.list(Res::Pod, None);
+        let live: std::collections::HashSet<String> = jobs
+            .iter()
+            .map(|j| meta_str(j, "uid").to_string())
+            .collect();
+        self.jobs.retain(|uid, _| live.contains(uid));
+        for job in &jobs {
+            if deleting(job) {
+                continue;
+            }
+            let uid = meta_str(job, "uid").to_string();
+            let mine: Vec<&Arc<Value>> = pods
+                .iter()
+                .filter(|p| controller_uid(p) == Some(uid.as_str()))
+                .collect();
+            self.sync_job(job, &mine);
+        }
+    }
+
+    fn sync_job(&mut self, job: &Value, pods: &[&Arc<Value>]) {
+        let store = Arc::clone(&self.store);
+        let uid = meta_str(job, "uid").to_string();
+        let ns = meta_str(job, "namespace").to_string();
+        let name = meta_str(job, "name").to_string();
+        let spec = &job["spec"];
+        let status = &job["status"];
+        let mem = self.jobs.entry(uid.clone()).or_default();
+        let now = unix_now();
+
+        let finished = has_condition(job, "Complete") || has_condition(job, "Failed");
+        if finished {
+            // TTL-after-finished.
+            if let Some(ttl) = spec["ttlSecondsAfterFinished"].as_i64() {
+                let at = condition_of(job, "Complete")
+                    .or_else(|| condition_of(job, "Failed"))
+                    .and_then(|c| c["lastTransitionTime"].as_str())
+                    .and_then(parse_rfc3339)
+                    .unwrap_or(now);
+                if now >= at + ttl {
+                    store.delete(Res::Job, &ns, &name);
+                }
+            }
+            return;
+        }
+        if spec["suspend"].as_bool() == Some(true) {
+            return;
+        }
+
+        let mut succeeded = status["succeeded"].as_i64().unwrap_or(0);
+        let mut failed = status["failed"].as_i64().unwrap_or(0);
+        let mut new_failure = false;
+        for p in pods {
+            let puid = meta_str(p, "uid").to_string();
+            if mem.counted.contains(&puid) {
+                continue;
+            }
+            match phase(p) {
+                "Succeeded" => {
+                    succeeded += 1;
+                    mem.counted.insert(puid);
+                }
+                "Failed" => {
+                    failed += 1;
+                    new_failure = true;
+                    mem.counted.insert(puid);
+                }
+                _ => {}
+            }
+        }
+        let active: Vec<&&Arc<Value>> = pods
+            .iter()
+            .filter(|p| !matches!(phase(p), "Succeeded" | "Failed") && !deleting(p))
+            .collect();
+        let terminating = pods
+            .iter()
+            .filter(|p| !matches!(phase(p), "Succeeded" | "Failed") && deleting(p))
+            .count() as i64;
+        let ready = active.iter().filter(|p| pod_ready(p)).count() as i64;
+
+        let mut conditions: Vec<Value> =
+            status["conditions"].as_array().cloned().unwrap_or_default();
+        let has =
+            |cs: &[Value], t: &str| cs.iter().any(|c| c["type"] == t && c["status"] == "True");
+        let start_time = status["startTime"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(now_rfc3339);
+        let started_at = parse_rfc3339(&start_time).unwrap_or(now);
+        let completions = spec["completions"].as_i64();
+        let parallelism = spec["parallelism"].as_i64().unwrap_or(1);
+        let backoff_limit = spec["backoffLimit"].as_i64().unwrap_or(6);
+
+        if !has(&conditions, "FailureTarget") && !has(&conditions, "SuccessCriteriaMet") {
+            let deadline = spec["activeDeadlineSeconds"]
+                .as_i64()
+                .is_some_and(|d| now >= started_at + d);
+            let complete = match completions {
+                Some(c) => succeeded >= c,
+                // Work-queue Jobs: any success and nothing left running.
+                None => succeeded > 0 && active.is_empty(),
+            };
+            if deadline {
+                conditions.push(condition(
+                    "FailureTarget",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                ));
+                emit_event(
+                    &store,
+                    job,
+                    None,
+                    "Warning",
+                    "DeadlineExceeded",
+                    "Job was active longer than specified deadline",
+                    "job-controller",
+                    None,
+                );
+            } else if failed > backoff_limit {
+                conditions.push(condition(
+                    "FailureTarget",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                ));
+                emit_event(
+                    &store,
+                    job,
+                    None,
+                    "Warning",
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    "job-controller",
+                    None,
+                );
+            } else if complete {
+                conditions.push(condition(
+                    "SuccessCriteriaMet",
+                    "CompletionsReached",
+                    "Reached expected number of succeeded pods",
+                ));
+            }
+        }
+        let mut completion_time = status["completionTime"].as_str().map(str::to_string);
+        let mut active_count = active.len() as i64;
+        if has(&conditions, "FailureTarget") || has(&conditions, "SuccessCriteriaMet") {
+            // Finishing: no pod may keep running; the final condition waits until none do.
+            for p in &active {
+                delete_pod(&store, p);
+                emit_event(
+                    &store,
+                    job,
+                    None,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {}", meta_str(p, "name")),
+                    "job-controller",
+                    None,
+                );
+            }
+            let terminating = terminating + active.len() as i64;
+            active_count = 0;
+            if terminating == 0 {
+                if let Some(ft) = conditions
+                    .iter()
+                    .find(|c| c["type"] == "FailureTarget")
+                    .cloned()
+                {
+                    if !has(&conditions, "Failed") {
+                        let reason = ft["reason"].as_str().unwrap_or("");
+                        let message = ft["message"].as_str().unwrap_or("");
+                        conditions.push(condition("Failed", reason, message));
+                    }
+                } else if !has(&conditions, "Complete") {
+                    conditions.push(condition(
+                        "Complete",
+                        "CompletionsReached",
+                        "Reached expected number of succeeded pods",
+                    ));
+                    completion_time = Some(now_rfc3339());
+                    emit_event(
+                        &store,
+                        job,
+                        None,
+                        "Normal",
+                        "Completed",
+                        "Job completed",
+                        "job-controller",
+                        None,
+                    );
+                }
+            }
+            self.write_status(
+                job,
+                &start_time,
+                active_count,
+                ready.min(active_count),
+                terminating,
+                succeeded,
+                failed,
+                &conditions,
+                completion_time.as_deref(),
+            );
+            return;
+        }
+
+        // Running: keep the wanted number of pods.
+        if new_failure {
+            let exp = (failed - 1).clamp(0, 10) as u32;
+            let delay = self
+                .cfg
+                .backoff_base
+                .saturating_mul(1 << exp)
+                .min(Duration::from_secs(360));
+            self.jobs.get_mut(&uid).expect("memory").next_create = Some(Instant::now() + delay);
+        }
+        let wanted = match completions {
+            Some(c) => parallelism.min(c - succeeded).max(0),
+            None => {
+                if succeeded > 0 {
+                    0
+                } else {
+                    parallelism
+                }
+            }
+        };
+        let replace_terminating = spec["podReplacementPolicy"].as_str() != Some("Failed");
+        let busy = active_count + if replace_terminating { 0 } else { terminating };
+        let may_create = self.jobs[&uid]
+            .next_create
+            .is_none_or(|t| Instant::now() >= t);
+        if busy < wanted && may_create {
+            for _ in busy..wanted {
+                match self.create_pod(job) {
+                    Ok(pod) => {
+                        active_count += 1;
+                        emit_event(
+                            &store,
+                            job,
+                            None,
+                            "Normal",
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", meta_str(&pod, "name")),
+                            "job-controller",
+                            None,
+                        );
+                    }
+                    Err(e) => {
+                        emit_event(
+                            &store,
+                            job,
+                            None,
+                            "Warning",
+                            "FailedCreate",
+                            &format!("Error creating: {}", e.message),
+                            "job-controller",
+                            None,
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        self.write_status(
+            job,
+            &start_time,
+            active_count,
+            ready,
+            terminating,
+            succeeded,
+            failed,
+            &conditions,
+            completion_time.as_deref(),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_status(
+        &self,
+        job: &Value,
+        start_time: &str,
+        active: i64,
+        ready: i64,
+        terminating: i64,
+        succeeded: i64,
+        failed: i64,
+        conditions: &[Value],
+        completion_time: Option<&str>,
+    ) {
+        let mut st = serde_json::Map::new();
+        if !conditions.is_empty() {
+            st.insert("conditions".into(), json!(conditions));
+        }
+        st.insert("startTime".into(), json!(start_time));
+        if let Some(c) = completion_time {
+            st.insert("completionTime".into(), json!(c));
+        }
+        if active > 0 {
+            st.insert("active".into(), json!(active));
+        }
+        if succeeded > 0 {
+            st.insert("succeeded".into(), json!(succeeded));
+        }
+        if failed > 0 {
+            st.insert("failed".into(), json!(failed));
+        }
+        st.insert("terminating".into(), json!(terminating));
+        st.insert("uncountedTerminatedPods".into(), json!({}));
+        st.insert("ready".into(), json!(ready));
+        let st = Value::Object(st);
+        if job["status"] == st {
+            return;
+        }
+        let _ = self.store.update(
+            Res::Job,
+            meta_str(job, "namespace"),
+            meta_str(job, "name"),
+            None,
+            |o| {
+                o["status"] = st;
+                Ok(true)
+            },
+        );
+    }
+
+    fn create_pod(&self, job: &Value) -> Result<Value, crate::status::ApiError> {
+        let t = &job["spec"]["template"];
+        let mut meta = t["metadata"].clone();
+        if !meta.is_object() {
+            meta = json!({});
+        }
+        let m = meta.as_object_mut().expect("object");
+        m.remove("name");
+        m.remove("creationTimestamp");
+        m.insert(
+            "generateName".into(),
+            json!(format!("{}-", meta_str(job, "name"))),
+        );
+        m.insert(
+            "ownerReferences".into(),
+            json!([{"apiVersion": "batch/v1", "kind": "Job", "name": meta_str(job, "name"),
+                    "uid": meta_str(job, "uid"), "controller": true, "blockOwnerDeletion": true}]),
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]});
+        let pod = prepare(&self.store, Res::Pod, meta_str(job, "namespace"), pod)?;
+        create_prepared(&self.store, Res::Pod, pod)
+    }
+
+    fn scheduler(&mut self) {
+        let (pods, _) = self.store.list(Res::Pod, None);
+        let live: std::collections::HashSet<&str> =
+            pods.iter().map(|p| meta_str(p, "uid")).collect();
+        self.unschedulable.retain(|u, _| live.contains(u.as_str()));
+        for pod in &pods {
+            let bound = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if bound || deleting(pod) || phase(pod) != "Pending" {
+                continue;
+            }
+            let ns = meta_str(pod, "namespace");
+            let name = meta_str(pod, "name");
+            match self.fits(pod) {
+                Ok(()) => {
+                    let node = self.cfg.node_name.clone();
+                    let now = now_rfc3339();
+                    let updated = self.store.update(Res::Pod, ns, name, None, |o| {
+                        o["spec"]["nodeName"] = json!(node);
+                        let conds = o["status"]
+                            .as_object_mut()
+                            .expect("status")
+                            .entry("conditions")
+                            .or_insert_with(|| json!([]));
+                        if let Some(cs) = conds.as_array_mut() {
+                            cs.retain(|c| c["type"] != "PodScheduled");
+                            cs.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+                        }
+                        Ok(true)
+                    });
+                    if let Ok(p) = updated {
+                        emit_event(
+                            &self.store,
+                            &p,
+                            None,
+                            "Normal",
+                            "Scheduled",
+                            &format!(
+                                "Successfully assigned {ns}/{name} to {}",
+                                self.cfg.node_name
+                            ),
+                            "default-scheduler",
+                            None,
+                        );
+                    }
+                }
+                Err(message) => {
+                    let uid = meta_str(pod, "uid").to_string();
+                    if self.unschedulable.get(&uid) == Some(&message) {
+                        continue;
+                    }
+                    self.unschedulable.insert(uid, message.clone());
+                    let now = now_rfc3339();
+                    let msg = message.clone();
+                    let _ = self.store.update(Res::Pod, ns, name, None, |o| {
+                        let conds = o["status"]
+                            .as_object_mut()
+                            .expect("status")
+                            .entry("conditions")
+                            .or_insert_with(|| json!([]));
+                        if let Some(cs) = conds.as_array_mut() {
+                            cs.retain(|c| c["type"] != "PodScheduled");
+                            cs.push(json!({"type": "PodScheduled", "status": "False", "lastProbeTime": null,
+                                           "lastTransitionTime": now, "reason": "Unschedulable", "message": msg}));
+                        }
+                        Ok(true)
+                    });
+                    emit_event(
+                        &self.store,
+                        pod,
+                        None,
+                        "Warning",
+                        "FailedScheduling",
+                        &message,
+                        "default-scheduler",
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the pod fits the node; else the scheduler's message.
+    fn fits(&self, pod: &Value) -> Result<(), String> {
+        let suffix =
+            "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
+        let ns = meta_str(pod, "namespace");
+        for v in pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(claim) = v
+                .pointer("/persistentVolumeClaim/claimName")
+                .and_then(Value::as_str)
+            {
+                if self
+                    .store
+                    .get(Res::PersistentVolumeClaim, ns, claim)
+                    .is_none()
+                {
+                    return Err(format!(
+                        "0/1 nodes are available: persistentvolumeclaim \"{claim}\" not found. {suffix}"
+                    ));
+                }
+            }
+        }
+        let labels = self.node_labels();
+        let selector_ok = pod
+            .pointer("/spec/nodeSelector")
+            .and_then(Value::as_object)
+            .is_none_or(|sel| {
+                sel.iter()
+                    .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+            });
+        let affinity_ok = match pod
+            .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+            .and_then(Value::as_array)
+        {
+            None => true,
+            Some(terms) => terms.iter().any(|t| self.term_matches(t, &labels)),
+        };
+        if selector_ok && affinity_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. {suffix}"
+            ))
+        }
+    }
+
+    fn node_labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::new();
+        l.insert(
+            "kubernetes.io/hostname".to_string(),
+            self.cfg.node_name.clone(),
+        );
+        l.insert("kubernetes.io/os".to_string(), "linux".to_string());
+        l.insert(
+            "kubernetes.io/arch".to_string(),
+            std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
+        );
+        l.extend(self.cfg.node_labels.clone());
+        l
+    }
+
+    fn term_matches(&self, term: &Value, labels: &BTreeMap<String, String>) -> bool {
+        let exprs = term["matchExpressions"].as_array();
+        let fields = term["matchFields"].as_array();
+        if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
+            return false;
+        }
+        let check = |e: &Value, value: Option<&str>| {
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str().unwrap_or("") {
+                "In" => value.is_some_and(|v| values.contains(&v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                "Gt" | "Lt" => {
+                    let (Some(v), Some(b)) = (
+                        value.and_then(|v| v.parse::<i64>().ok()),
+                        values.first().and_then(|b| b.parse::<i64>().ok()),
+                    ) else {
+                        return false;
+                    };
+                    if e["operator"] == "Gt" {
+                        v > b
+                    } else {
+                        v < b
+                    }
+                }
+                _ => false,
+            }
+        };
+        exprs.into_iter().flatten().all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            check(e, labels.get(key).map(String::as_str))
+        }) && fields.into_iter().flatten().all(|e| {
+            let value = (e["key"] == "metadata.name").then_some(self.cfg.node_name.as_str());
+            check(e, value)
+        })
+    }
+}

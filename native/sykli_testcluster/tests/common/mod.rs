@@ -1,0 +1,238 @@
+//! Helpers shared by the integration tests: a cluster in a temp dir, kube-rs clients from its
+//! kubeconfig, raw requests, and waiting on watches (never on sleeps).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
+use kube::{Client, Config};
+use serde_json::{json, Value};
+use sykli_testcluster::{ClusterOptions, TestCluster};
+
+pub const WAIT: Duration = Duration::from_secs(90);
+
+pub struct Env {
+    pub cluster: TestCluster,
+    pub client: Client,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn options(dir: &std::path::Path) -> ClusterOptions {
+    let mut o = ClusterOptions::new(dir);
+    o.bookmark_interval = Duration::from_millis(200);
+    o.backoff_base = Duration::from_millis(100);
+    o.image_backoff = Duration::from_millis(200);
+    o.retry_interval = Duration::from_millis(200);
+    o
+}
+
+pub async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+pub async fn env_with(f: impl FnOnce(&mut ClusterOptions)) -> Env {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut o = options(dir.path());
+    f(&mut o);
+    let cluster = TestCluster::start(o).expect("cluster starts");
+    let client = client_for(&cluster, sykli_testcluster::CONTEXT).await;
+    Env {
+        cluster,
+        client,
+        dir,
+    }
+}
+
+/// A kube-rs client built from the kubeconfig the cluster wrote.
+pub async fn client_for(cluster: &TestCluster, context: &str) -> Client {
+    let kc = Kubeconfig::read_from(cluster.kubeconfig()).expect("kubeconfig parses");
+    let cfg = Config::from_custom_kubeconfig(
+        kc,
+        &KubeConfigOptions {
+            context: Some(context.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("config from kubeconfig");
+    Client::try_from(cfg).expect("client")
+}
+
+/// A client whose token is `token` (same cluster and CA).
+pub async fn client_with_token(cluster: &TestCluster, token: &str) -> Client {
+    let text = std::fs::read_to_string(cluster.kubeconfig()).expect("kubeconfig");
+    let mut v: Value = serde_json::from_str(&text).expect("json kubeconfig");
+    for u in v["users"].as_array_mut().expect("users") {
+        u["user"]["token"] = json!(token);
+    }
+    let kc = Kubeconfig::from_yaml(&v.to_string()).expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+/// A raw request; returns (status, headers, body).
+pub async fn raw(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    let mut b = http::Request::builder().method(method).uri(path);
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let req = b.body(kube::client::Body::from(bytes)).expect("request");
+    let resp = client.send(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+pub async fn raw_json(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (status, _, b) = raw(client, method, path, body).await;
+    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// A Job running `script` with `sh -c` in one container named `main`.
+pub fn job(name: &str, script: &str) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]}]
+            }}
+        }
+    })
+}
+
+pub fn typed_job(v: Value) -> Job {
+    serde_json::from_value(v).expect("job")
+}
+
+pub async fn create_job(client: &Client, ns: &str, v: Value) -> Job {
+    Api::<Job>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &typed_job(v))
+        .await
+        .expect("job created")
+}
+
+/// Waits (on a watch) until the Job satisfies `cond`.
+pub async fn wait_job(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    cond: impl Fn(&Job) -> bool + Send + 'static,
+) -> Job {
+    let api = Api::<Job>::namespaced(client.clone(), ns);
+    let fut = await_condition(api, name, move |o: Option<&Job>| o.is_some_and(&cond));
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("job {name}: condition not reached in {WAIT:?}"))
+        .expect("watch")
+        .expect("job exists")
+}
+
+pub async fn wait_pod(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    cond: impl Fn(&Pod) -> bool + Send + 'static,
+) -> Pod {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let fut = await_condition(api, name, move |o: Option<&Pod>| o.is_some_and(&cond));
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("pod {name}: condition not reached in {WAIT:?}"))
+        .expect("watch")
+        .expect("pod exists")
+}
+
+pub async fn wait_pod_gone(client: &Client, ns: &str, name: &str) {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let fut = await_condition(api, name, |o: Option<&Pod>| o.is_none());
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("pod {name} not deleted in {WAIT:?}"))
+        .expect("watch");
+}
+
+pub fn job_condition(job: &Job, type_: &str) -> Option<(String, String)> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+}
+
+/// The single pod of a Job (by the job-name label), once it exists.
+pub async fn job_pod(client: &Client, ns: &str, job: &str) -> Pod {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let sel = format!("batch.kubernetes.io/job-name={job}");
+    let mut stream = Box::pin(kube::runtime::watcher(
+        api,
+        kube::runtime::watcher::Config::default().labels(&sel),
+    ));
+    use futures::StreamExt;
+    let fut = async {
+        while let Some(ev) = stream.next().await {
+            match ev.expect("watch") {
+                kube::runtime::watcher::Event::Apply(p)
+                | kube::runtime::watcher::Event::InitApply(p) => return p,
+                _ => {}
+            }
+        }
+        panic!("watch ended")
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("job pod appears")
+}
+
+pub fn container_state(pod: &Pod, name: &str) -> Value {
+    let st = pod.status.as_ref().expect("status");
+    st.init_container_statuses
+        .iter()
+        .flatten()
+        .chain(st.container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .map(|c| serde_json::to_value(&c.state).expect("state"))
+        .unwrap_or(Value::Null)
+}
+
+pub fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
+    container_state(pod, name)
+        .pointer("/waiting/reason")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
