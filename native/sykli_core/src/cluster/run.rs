@@ -532,3 +532,186 @@ fn diagnose(view: &JobView) -> Verdict {
     }
     Verdict::Progress(Phase::Pending, "waiting for the pod to start".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(job_status: serde_json::Value, pod_status: Option<serde_json::Value>) -> JobView {
+        let job: Job =
+            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": job_status}))
+                .unwrap();
+        let pods = pod_status
+            .map(|s| {
+                vec![serde_json::from_value::<Pod>(
+                    json!({"metadata": {"name": "j-abcde"}, "status": s}),
+                )
+                .unwrap()]
+            })
+            .unwrap_or_default();
+        JobView {
+            job: Some(job),
+            pods,
+        }
+    }
+
+    fn failure(v: &JobView) -> (Option<i32>, &'static str, String) {
+        match diagnose(v) {
+            Verdict::Done {
+                exit_code,
+                failure: Some((k, m)),
+            } => (exit_code, k, m),
+            Verdict::Done { failure: None, .. } => panic!("succeeded"),
+            Verdict::Progress(p, m) => panic!("still {p:?}: {m}"),
+            Verdict::Unschedulable(m) => panic!("unschedulable: {m}"),
+        }
+    }
+
+    fn waiting(name: &str, reason: &str, message: &str) -> serde_json::Value {
+        json!({"name": name, "image": "registry.invalid/x:1", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"waiting": {"reason": reason, "message": message}}})
+    }
+
+    fn terminated(name: &str, code: i32, reason: &str, message: &str) -> serde_json::Value {
+        json!({"name": name, "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+               "state": {"terminated": {"exitCode": code, "reason": reason, "message": message}}})
+    }
+
+    #[test]
+    fn image_pull_and_config_errors_fail_fast_naming_what() {
+        let v = view(
+            json!({}),
+            Some(
+                json!({"phase": "Pending", "initContainerStatuses": [terminated(CLONE_CONTAINER, 0, "Completed", "abc")],
+            "containerStatuses": [waiting("task", "ImagePullBackOff", "Back-off pulling image \"registry.invalid/x:1\"")]}),
+            ),
+        );
+        let (_, kind, msg) = failure(&v);
+        assert_eq!(kind, "image_pull");
+        assert!(
+            msg.contains("registry.invalid/x:1") && msg.contains("ImagePullBackOff"),
+            "{msg}"
+        );
+
+        let v = view(
+            json!({}),
+            Some(json!({"phase": "Pending",
+            "containerStatuses": [waiting("task", "CreateContainerConfigError", "couldn't find key token in Secret ci/gh")]})),
+        );
+        let (_, kind, msg) = failure(&v);
+        assert_eq!(kind, "config_error");
+        assert!(
+            msg.contains("couldn't find key token in Secret ci/gh"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_failed_clone_reports_its_exit_code_and_message() {
+        let v = view(
+            json!({}),
+            Some(json!({"phase": "Failed",
+            "initContainerStatuses": [terminated(CLONE_CONTAINER, 1, "Error", "commit 0123 is not on branch main of https://h/r.git: was it pushed?")]})),
+        );
+        let (code, kind, msg) = failure(&v);
+        assert_eq!((code, kind), (Some(1), "clone_failed"));
+        assert!(msg.contains("was it pushed?"), "{msg}");
+    }
+
+    #[test]
+    fn the_task_container_decides_exit_code_oom_and_success() {
+        let ok = view(
+            json!({}),
+            Some(
+                json!({"phase": "Succeeded", "containerStatuses": [terminated("task", 0, "Completed", "")]}),
+            ),
+        );
+        assert!(matches!(
+            diagnose(&ok),
+            Verdict::Done {
+                exit_code: Some(0),
+                failure: None
+            }
+        ));
+
+        let v = view(
+            json!({}),
+            Some(
+                json!({"phase": "Failed", "containerStatuses": [terminated("task", 3, "Error", "")]}),
+            ),
+        );
+        assert_eq!(failure(&v).0, Some(3));
+        assert_eq!(failure(&v).1, "task_failed");
+        assert!(failure(&v).2.contains("exit code 3"));
+
+        let v = view(
+            json!({}),
+            Some(
+                json!({"phase": "Failed", "containerStatuses": [terminated("task", 137, "OOMKilled", "")]}),
+            ),
+        );
+        assert_eq!(failure(&v).1, "oom_killed");
+    }
+
+    #[test]
+    fn deadline_and_unschedulable() {
+        let v = view(
+            json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}),
+            Some(
+                json!({"phase": "Failed", "containerStatuses": [terminated("task", 137, "Error", "")]}),
+            ),
+        );
+        assert_eq!(failure(&v).1, "deadline_exceeded");
+
+        let v = view(
+            json!({}),
+            Some(
+                json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."}]}),
+            ),
+        );
+        assert!(matches!(diagnose(&v), Verdict::Unschedulable(m) if m.contains("didn't match")));
+    }
+
+    #[test]
+    fn progress_phases() {
+        let running_clone = view(
+            json!({}),
+            Some(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": CLONE_CONTAINER, "image": "g", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}}]})),
+        );
+        assert!(matches!(
+            diagnose(&running_clone),
+            Verdict::Progress(Phase::Cloning, _)
+        ));
+        let running = view(
+            json!({}),
+            Some(json!({"phase": "Running", "containerStatuses": [
+            {"name": "task", "image": "i", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]})),
+        );
+        assert!(matches!(
+            diagnose(&running),
+            Verdict::Progress(Phase::Running, _)
+        ));
+        assert!(matches!(
+            diagnose(&view(json!({}), None)),
+            Verdict::Progress(Phase::Pending, _)
+        ));
+        assert!(matches!(
+            diagnose(&JobView::default()),
+            Verdict::Progress(Phase::Creating, _)
+        ));
+        let complete = view(
+            json!({"conditions": [{"type": "Complete", "status": "True"}]}),
+            None,
+        );
+        assert!(matches!(
+            diagnose(&complete),
+            Verdict::Done {
+                exit_code: Some(0),
+                failure: None
+            }
+        ));
+    }
+}
