@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::watch::JobView;
@@ -17,6 +17,30 @@ use crate::error::{Error, Result};
 use crate::manifest::{RUN_LABEL, TASK_CONTAINER, TASK_LABEL};
 
 pub const CLONE_CONTAINER: &str = "sykli-clone";
+
+/// How long a failure may wait for the other watch (Job or Pod) to catch up.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A task failure seen on one side only: the Job failed but its pod's exit is not known
+/// yet, or the pod failed but the Job has no condition yet (it may say DeadlineExceeded).
+fn needs_settling(
+    view: &JobView,
+    exit_code: Option<i32>,
+    failure: &Option<(&'static str, String)>,
+) -> bool {
+    let Some((kind, _)) = failure else {
+        return false;
+    };
+    if *kind != "task_failed" {
+        return false;
+    }
+    let job_failed = view
+        .job
+        .as_ref()
+        .and_then(|j| j.status.as_ref()?.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Failed" && c.status == "True"));
+    exit_code.is_none() || !job_failed
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -152,6 +176,7 @@ pub async fn run_job(
     let mut followers = Vec::new();
     let mut last_phase: Option<Phase> = None;
     let mut unschedulable_since: Option<Instant> = None;
+    let mut settling_since: Option<Instant> = None;
     let mut pod_name = None;
 
     let (exit_code, failure) = loop {
@@ -171,6 +196,14 @@ pub async fn run_job(
             }
         }
         match diagnose(&view) {
+            // The Job's and the Pod's watches arrive in either order: before calling a
+            // failure, let both settle briefly, so the exit code and a deadline are not missed.
+            Verdict::Done { exit_code, failure } if needs_settling(&view, exit_code, &failure) => {
+                let since = *settling_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= SETTLE {
+                    break (exit_code, failure);
+                }
+            }
             Verdict::Done { exit_code, failure } => break (exit_code, failure),
             Verdict::Unschedulable(msg) => {
                 let since = *unschedulable_since.get_or_insert_with(Instant::now);
@@ -207,9 +240,12 @@ pub async fn run_job(
             );
         }
         // Re-check at least every few seconds (grace periods) even when nothing changes.
-        let tick = until_deadline
-            .unwrap_or(Duration::from_secs(5))
-            .min(Duration::from_secs(5));
+        let max_tick = if settling_since.is_some() {
+            SETTLE / 4
+        } else {
+            Duration::from_secs(5)
+        };
+        let tick = until_deadline.unwrap_or(max_tick).min(max_tick);
         tokio::select! {
             _ = changes.changed() => {}
             r = cancel.changed() => {
@@ -219,6 +255,14 @@ pub async fn run_job(
             }
             _ = tokio::time::sleep(tick) => {}
         }
+    };
+
+    // The watch may have missed the pod's last status (dropped streams): ask the API.
+    let (exit_code, failure) = match (&exit_code, &failure) {
+        (None, Some(("task_failed", _))) => confirm_failure(&pods, &watcher.view(&name), &name)
+            .await
+            .unwrap_or((exit_code, failure)),
+        _ => (exit_code, failure),
     };
 
     // Let the log streams of finished containers drain, but never wait long for them.
@@ -231,6 +275,11 @@ pub async fn run_job(
     }
     for f in &followers {
         f.abort();
+    }
+    // A watch that lagged (or was dropped) may never have shown a container running: fetch
+    // whatever log was not streamed, so a task's output is never lost.
+    if failure.as_ref().is_none_or(|(k, _)| *k != "cancelled") {
+        catch_up_logs(&pods, &name, &followed, &events).await;
     }
 
     let view = watcher.view(&name);
@@ -306,6 +355,79 @@ async fn delete(jobs: &Api<Job>, name: &str) -> Result<()> {
     }
 }
 
+/// A failure diagnosed again from the Job's pods as the API has them now.
+async fn confirm_failure(
+    pods: &Api<Pod>,
+    view: &JobView,
+    job: &str,
+) -> Option<(Option<i32>, Option<(&'static str, String)>)> {
+    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+    let mut list = retry(&format!("listing the pods of Job {job}"), || {
+        pods.list(&params)
+    })
+    .await
+    .ok()?
+    .items;
+    list.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    let fresh = JobView {
+        job: view.job.clone(),
+        pods: list,
+    };
+    match diagnose(&fresh) {
+        Verdict::Done {
+            exit_code: Some(code),
+            failure,
+        } => Some((Some(code), failure)),
+        _ => None,
+    }
+}
+
+async fn catch_up_logs(
+    pods: &Api<Pod>,
+    job: &str,
+    followed: &HashSet<(String, String)>,
+    events: &UnboundedSender<Event>,
+) {
+    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+    let Ok(list) = retry(&format!("listing the pods of Job {job}"), || {
+        pods.list(&params)
+    })
+    .await
+    else {
+        return;
+    };
+    for pod in list.items {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        for (container, ready) in loggable(&pod) {
+            if !ready || followed.contains(&(pod_name.clone(), container.clone())) {
+                continue;
+            }
+            let lp = LogParams {
+                container: Some(container.clone()),
+                ..LogParams::default()
+            };
+            let Ok(text) = retry(
+                &format!("reading the log of {pod_name}/{container}"),
+                || pods.logs(&pod_name, &lp),
+            )
+            .await
+            else {
+                continue;
+            };
+            for line in text.lines() {
+                let _ = events.send(Event::Log {
+                    container: container.clone(),
+                    line: line.to_string(),
+                });
+            }
+        }
+    }
+}
+
 /// Streams one container's log, line by line, as it is written.
 async fn follow(pods: Api<Pod>, pod: String, container: String, events: UnboundedSender<Event>) {
     let params = LogParams {
@@ -313,9 +435,8 @@ async fn follow(pods: Api<Pod>, pod: String, container: String, events: Unbounde
         follow: true,
         ..LogParams::default()
     };
-    let Ok(Ok(stream)) =
-        tokio::time::timeout(super::REQUEST_TIMEOUT, pods.log_stream(&pod, &params)).await
-    else {
+    let doing = format!("reading the log of {pod}/{container}");
+    let Ok(stream) = retry(&doing, || pods.log_stream(&pod, &params)).await else {
         return;
     };
     let mut lines = stream.lines();

@@ -1,0 +1,530 @@
+//! Submission end to end: the Jobs sykli builds, run with kube-rs over TLS against the strict
+//! test cluster (its kubelet runs pods in bubblewrap), with real git servers on 127.0.0.1.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{json, Value};
+use sykli_core::cluster::run::{run_job, Event, Outcome, Phase, RunOptions};
+use sykli_core::cluster::{Cluster, ConnectOptions};
+use sykli_core::manifest::{build_job, names, BuildOptions};
+use sykli_core::pipeline::{Resource, Task};
+use sykli_core::source::SourcePlan;
+use sykli_testcluster::cluster::{ClusterOptions, TestCluster};
+use sykli_testkit::git_server::{GitDaemon, ServerOptions};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    k8s: TestCluster,
+    cluster: Arc<Cluster>,
+    _daemon: GitDaemon,
+    url: String,
+    sha: String,
+}
+
+async fn env_with(opts: impl FnOnce(&mut ClusterOptions)) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = support::Repo::init(&tmp.path().join("work"));
+    repo.write("Cargo.toml", "[package]\nname = \"app\"\n");
+    repo.write("src/main.rs", "fn main() {}\n");
+    let sha = repo.commit_all("first");
+    let srv = tmp.path().join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    support::git(
+        &srv,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.dir.to_str().unwrap(),
+            "repo.git",
+        ],
+    );
+    let daemon = GitDaemon::start(&srv, ServerOptions::default()).unwrap();
+    let mut o = ClusterOptions::new(tmp.path().join("cluster"));
+    o.deny_images = vec!["registry.invalid/*".into()];
+    o.node_labels = BTreeMap::from([("pool".to_string(), "build".to_string())]);
+    opts(&mut o);
+    let k8s = tokio::task::spawn_blocking(move || TestCluster::start(o))
+        .await
+        .unwrap()
+        .unwrap();
+    let cluster = Cluster::connect(&ConnectOptions {
+        kubeconfig: Some(k8s.kubeconfig().to_path_buf()),
+        context: None,
+        namespace: Some("ci".into()),
+    })
+    .await
+    .unwrap();
+    Env {
+        url: daemon.url("repo.git"),
+        _daemon: daemon,
+        sha,
+        cluster: Arc::new(cluster),
+        k8s,
+        _tmp: tmp,
+    }
+}
+
+async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+impl Env {
+    fn job(&self, run: &str, task: Value) -> Job {
+        let task: Task = serde_json::from_value(task).unwrap();
+        let resources: BTreeMap<String, Resource> =
+            serde_json::from_value(json!({"src:.": {"type": "directory", "path": "."}})).unwrap();
+        let opts: BuildOptions = serde_json::from_value(json!({
+            "namespace": "ci", "run_id": run,
+            "source": {"url": self.url, "sha": self.sha, "branch": "main"}
+        }))
+        .unwrap();
+        let plan = SourcePlan::from_options(&opts.source).unwrap();
+        build_job(
+            &task,
+            &resources,
+            &names::job_name(&task.name, run),
+            &plan,
+            &opts,
+        )
+        .unwrap()
+    }
+
+    async fn run(&self, job: Job, opts: RunOptions) -> (sykli_core::Result<Outcome>, Vec<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+        let outcome = run_job(self.cluster.clone(), job, opts, tx, cancel_rx).await;
+        (outcome, drain(rx))
+    }
+
+    async fn jobs_left(&self) -> Vec<String> {
+        let api: Api<Job> = Api::namespaced(self.cluster.client.clone(), "ci");
+        match api.list(&ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter_map(|j| j.metadata.name)
+                .collect(),
+            Err(_) => Vec::new(), // the namespace may not exist
+        }
+    }
+}
+
+fn drain(mut rx: UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    events
+}
+
+fn logs(events: &[Event], container: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Log { container: c, line } if c == container => Some(format!("{line}\n")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn create_ns() -> RunOptions {
+    RunOptions {
+        create_namespace: true,
+        ..RunOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_finds_the_exact_commit_at_app_and_its_job_is_deleted() {
+    let e = env().await;
+    let job = e.job("r1", json!({"name": "build", "container": "any", "env": {"EXPECTED": e.sha},
+        "mounts": [{"resource": "src:.", "path": "/app"}],
+        "command": "set -eu; test -f Cargo.toml; test \"$(git rev-parse HEAD)\" = \"$EXPECTED\"; echo checked-ok"}));
+    let (outcome, events) = e.run(job, create_ns()).await;
+    let o = outcome.unwrap();
+    assert!(
+        o.failure.is_none(),
+        "{:?}\n{}",
+        o.failure,
+        logs(&events, "sykli-clone")
+    );
+    assert_eq!(o.exit_code, Some(0));
+    assert_eq!(o.checked_out.as_deref(), Some(e.sha.as_str()));
+    assert!(logs(&events, "task").contains("checked-ok"));
+    assert!(logs(&events, "sykli-clone").contains(&format!("checked out {}", e.sha)));
+    let phases: Vec<Phase> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Phase { phase, .. } => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    for p in [Phase::Preflight, Phase::Creating, Phase::Cleaning] {
+        assert!(phases.contains(&p), "{phases:?}");
+    }
+    assert!(e.jobs_left().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_reports_its_exit_code_and_log() {
+    let e = env().await;
+    let job = e.job(
+        "r2",
+        json!({"name": "fail", "container": "any", "command": "echo boom >&2; exit 3"}),
+    );
+    let (outcome, events) = e.run(job, create_ns()).await;
+    let o = outcome.unwrap();
+    assert_eq!(o.exit_code, Some(3));
+    let (kind, message) = o.failure.unwrap();
+    assert_eq!(kind, "task_failed");
+    assert!(message.contains("exit code 3"), "{message}");
+    assert!(logs(&events, "task").contains("boom"));
+    assert!(
+        e.jobs_left().await.is_empty(),
+        "a failed Job is deleted too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fast_reasons_arrive_long_before_the_timeout() {
+    let e = env().await;
+    let long = RunOptions {
+        create_namespace: true,
+        timeout: Some(Duration::from_secs(600)),
+        unschedulable_grace: Duration::from_secs(1),
+        ..RunOptions::default()
+    };
+    let cases = [
+        (
+            json!({"name": "pull", "container": "registry.invalid/nope:1", "command": "true"}),
+            "image_pull",
+            "registry.invalid/nope:1",
+        ),
+        (
+            json!({"name": "sched", "container": "any", "command": "true", "k8s": {"node_selector": {"gpu": "a100"}}}),
+            "unschedulable",
+            "node affinity/selector",
+        ),
+        (
+            json!({"name": "clone", "container": "any", "command": "true", "mounts": [{"resource": "src:.", "path": "/app"}]}),
+            "clone_failed",
+            "was it pushed?",
+        ),
+    ];
+    for (i, (task, kind, needle)) in cases.into_iter().enumerate() {
+        let mut job = e.job(&format!("ff{i}"), task);
+        if kind == "clone_failed" {
+            set_env(
+                &mut job,
+                "sykli-clone",
+                "SYKLI_GIT_SHA",
+                "0123456789abcdef0123456789abcdef01234567",
+            );
+        }
+        let started = std::time::Instant::now();
+        let (outcome, _) = e.run(job, long.clone()).await;
+        let (k, m) = outcome.unwrap().failure.unwrap();
+        assert_eq!(k, kind, "{m}");
+        assert!(m.contains(needle), "{kind}: {m}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{kind} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(e.jobs_left().await.is_empty());
+}
+
+fn set_env(job: &mut Job, container: &str, name: &str, value: &str) {
+    let pod = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    for c in pod
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(pod.containers.iter_mut())
+    {
+        if c.name == container {
+            for e in c.env.iter_mut().flatten() {
+                if e.name == name {
+                    e.value = Some(value.to_string());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_fails_the_task_and_deletes_the_job() {
+    let e = env().await;
+    let job = e.job(
+        "r3",
+        json!({"name": "slow", "container": "any", "command": "sleep 300", "timeout": 2}),
+    );
+    let (outcome, _) = e.run(job, create_ns()).await;
+    let (kind, _) = outcome.unwrap().failure.unwrap();
+    assert_eq!(kind, "deadline_exceeded");
+    assert!(e.jobs_left().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_deletes_the_job() {
+    let e = env().await;
+    let job = e.job(
+        "r4",
+        json!({"name": "long", "container": "any", "command": "echo started; sleep 300"}),
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(run_job(e.cluster.clone(), job, create_ns(), tx, cancel_rx));
+    // Cancel once the task is really running (its first log line arrived).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(Event::Log { line, .. })) if line == "started" => break,
+            Ok(Some(_)) => {}
+            other => panic!("no start seen: {other:?}"),
+        }
+    }
+    cancel.send(true).unwrap();
+    let o = run.await.unwrap().unwrap();
+    assert_eq!(o.failure.unwrap().0, "cancelled");
+    assert!(e.jobs_left().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_errors_create_nothing() {
+    let e = env().await;
+    // No namespace, and not allowed to create it.
+    let job = e.job(
+        "r5",
+        json!({"name": "t", "container": "any", "command": "true"}),
+    );
+    let (outcome, _) = e.run(job, RunOptions::default()).await;
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), "not_found");
+    assert!(
+        err.to_string().contains("namespace \"ci\" does not exist"),
+        "{err}"
+    );
+
+    // A Secret without the key the task reads.
+    let (ok, _) = e
+        .run(
+            e.job(
+                "r5b",
+                json!({"name": "warm", "container": "any", "command": "true"}),
+            ),
+            create_ns(),
+        )
+        .await;
+    assert!(ok.unwrap().failure.is_none());
+    let secrets: Api<Secret> = Api::namespaced(e.cluster.client.clone(), "ci");
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "gh"}, "stringData": {"user": "x"}}))
+            .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut job = e.job(
+        "r5c",
+        json!({"name": "needs-token", "container": "any", "command": "true"}),
+    );
+    let c = &mut job
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0];
+    c.env = Some(vec![serde_json::from_value(
+        json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "gh", "key": "token"}}}),
+    )
+    .unwrap()]);
+    let before = e
+        .k8s
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create" && r.path.contains("/jobs"))
+        .count();
+    let (outcome, _) = e.run(job, create_ns()).await;
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), "not_found");
+    assert!(
+        err.to_string()
+            .contains("Secret ci/gh has no key \"token\" (env TOKEN of container task reads it)"),
+        "{err}"
+    );
+    let after = e
+        .k8s
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create" && r.path.contains("/jobs"))
+        .count();
+    assert_eq!(before, after, "no Job was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_create_adopts_its_own_job_and_refuses_a_stranger() {
+    let e = env().await;
+    let job = e.job(
+        "r6",
+        json!({"name": "same", "container": "any", "command": "echo once"}),
+    );
+    let (ok, _) = e
+        .run(
+            e.job(
+                "r6w",
+                json!({"name": "warm", "container": "any", "command": "true"}),
+            ),
+            create_ns(),
+        )
+        .await;
+    assert!(ok.unwrap().failure.is_none());
+    let api: Api<Job> = Api::namespaced(e.cluster.client.clone(), "ci");
+    api.create(&PostParams::default(), &job).await.unwrap();
+    // The same Job again (as after a lost answer): adopted, run once, deleted.
+    let (outcome, events) = e.run(job.clone(), create_ns()).await;
+    assert!(outcome.unwrap().failure.is_none());
+    assert_eq!(logs(&events, "task"), "once\n");
+    // Another run's Job under the same name: a conflict, not adopted.
+    let mut stranger = job.clone();
+    stranger
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("sykli.io/run".into(), "other".into());
+    api.create(&PostParams::default(), &stranger).await.unwrap();
+    let (outcome, _) = e.run(job, create_ns()).await;
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), "conflict");
+    assert!(err.to_string().contains("is not this run's"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_run_share_one_watch_per_resource() {
+    let e = env().await;
+    let (ok, _) = e
+        .run(
+            e.job(
+                "w0",
+                json!({"name": "warm", "container": "any", "command": "true"}),
+            ),
+            create_ns(),
+        )
+        .await;
+    assert!(ok.unwrap().failure.is_none());
+    e.k8s.clear_requests();
+    let runs: Vec<_> = (0..5)
+        .map(|i| {
+            let job = e.job("shared", json!({"name": format!("t{i}"), "container": "any", "command": format!("echo {i}")}));
+            let cluster = e.cluster.clone();
+            tokio::spawn(async move {
+                let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                let (_c, cancel_rx) = tokio::sync::watch::channel(false);
+                let o = run_job(cluster, job, RunOptions::default(), tx, cancel_rx).await;
+                drop(_c);
+                o
+            })
+        })
+        .collect();
+    for r in runs {
+        assert!(r.await.unwrap().unwrap().failure.is_none());
+    }
+    let watches: Vec<String> = e
+        .k8s
+        .requests()
+        .into_iter()
+        .filter(|r| r.watch)
+        .map(|r| r.path)
+        .collect();
+    let on = |what: &str| {
+        watches
+            .iter()
+            .filter(|p| p.contains(what) && p.contains("sykli.io%2Frun%3Dshared"))
+            .count()
+    };
+    assert_eq!((on("/jobs"), on("/pods")), (1, 1), "{watches:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_tasks_through_api_faults_and_dropped_watches() {
+    let e = env_with(|o| {
+        let mut f = o.faults.clone();
+        f.seed = Some(7);
+        f.error_rate = BTreeMap::from([("*".to_string(), 0.10)]);
+        f.error_code = Some(503);
+        f.throttle_rate = 0.02;
+        f.watch_drop_rate = 0.05;
+        o.faults = f;
+    })
+    .await;
+    let runs: Vec<_> = (0..100)
+        .map(|i| {
+            let fail = i % 10 == 9;
+            let cmd = if fail {
+                format!("echo task {i}; exit 4")
+            } else {
+                format!("echo task {i}")
+            };
+            let job = e.job(
+                "many",
+                json!({"name": format!("t{i:03}"), "container": "any", "command": cmd}),
+            );
+            let cluster = e.cluster.clone();
+            tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let (_c, cancel_rx) = tokio::sync::watch::channel(false);
+                let o = run_job(cluster, job, create_ns(), tx, cancel_rx).await;
+                (i, fail, o, drain(rx))
+            })
+        })
+        .collect();
+    for r in runs {
+        let (i, fail, outcome, events) = r.await.unwrap();
+        let o = outcome.unwrap_or_else(|err| panic!("task {i}: {err}"));
+        if fail {
+            assert_eq!(
+                (o.exit_code, o.failure.map(|f| f.0)),
+                (Some(4), Some("task_failed")),
+                "task {i}"
+            );
+        } else {
+            assert!(o.failure.is_none(), "task {i}: {:?}", o.failure);
+        }
+        assert!(
+            logs(&events, "task").contains(&format!("task {i}")),
+            "task {i}: live log; events: {events:?}"
+        );
+    }
+    assert!(e.jobs_left().await.is_empty(), "no Job is left");
+    let injected = e.k8s.requests().iter().filter(|r| r.injected).count();
+    assert!(injected > 20, "faults were injected ({injected})");
+    // Each task's Job was created once: no duplicates made it into the store.
+    let created: Vec<String> = e
+        .k8s
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.verb == "create"
+                && r.path
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with("/jobs"))
+        })
+        .filter(|r| (200..300).contains(&r.status))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(created.len(), 100, "{} creates succeeded", created.len());
+}
