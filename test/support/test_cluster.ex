@@ -1,0 +1,94 @@
+defmodule Sykli.Test.Cluster do
+  @moduledoc """
+  The strict test cluster (native/sykli_testcluster) and loopback git servers, started as
+  real processes for end-to-end tests. Each stops when its port closes (stdin closes).
+  """
+
+  import ExUnit.Assertions
+
+  def target_dir do
+    System.get_env("CARGO_TARGET_DIR") || Path.join(System.user_home!(), ".cache/sykli/cargo-target")
+  end
+
+  defp bin!(name) do
+    path = Path.join([target_dir(), "debug", name])
+    assert File.exists?(path), "#{path} is missing: cargo build -p sykli_testcluster -p sykli_testkit --bins"
+    path
+  end
+
+  # Starts a program that prints one JSON line when ready and runs until stdin closes.
+  defp start_program!(name, args) do
+    port = Port.open({:spawn_executable, bin!(name)}, [:binary, {:line, 65_536}, :exit_status, args: args])
+    ExUnit.Callbacks.on_exit(fn -> if Port.info(port), do: Port.close(port) end)
+
+    receive do
+      {^port, {:data, {:eol, line}}} -> {port, Sykli.JSON.decode!(line)}
+      {^port, {:exit_status, status}} -> flunk("#{name} exited with #{status} before it was ready")
+    after
+      60_000 -> flunk("#{name} was not ready within 60s")
+    end
+  end
+
+  @doc "A test cluster; returns its JSON line (url, kubeconfig, admin_token) plus a CA file."
+  def start!(dir, args \\ []) do
+    {_port, info} = start_program!("sykli-test-cluster", ["--dir", dir] ++ args)
+    info
+  end
+
+  @doc "A git server for the bare repositories under `root`; returns the URL base."
+  def git_server!(root, args \\ []) do
+    {_port, %{"url_base" => base}} = start_program!("sykli-git-server", ["--root", root] ++ args)
+    base
+  end
+
+  @doc "GET from the test cluster's API as the admin (TLS, verified against its CA)."
+  def api_get!(info, path) do
+    {:ok, _} = Application.ensure_all_started(:inets)
+    {:ok, _} = Application.ensure_all_started(:ssl)
+    ca = ca_file!(info)
+    headers = [{~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])}]
+    ssl = [verify: :verify_peer, cacertfile: String.to_charlist(ca), server_name_indication: ~c"localhost"]
+    url = String.to_charlist(info["url"] <> path)
+    {:ok, {{_, 200, _}, _, body}} = :httpc.request(:get, {url, headers}, [ssl: ssl], body_format: :binary)
+    Sykli.JSON.decode!(body)
+  end
+
+  defp ca_file!(info) do
+    file = Path.join(Path.dirname(info["kubeconfig"]), "ca.pem")
+
+    unless File.exists?(file) do
+      [_, data] =
+        Regex.run(~r/certificate-authority-data:\s*"?([A-Za-z0-9+\/=]+)"?/, File.read!(info["kubeconfig"]))
+
+      File.write!(file, Base.decode64!(data))
+    end
+
+    file
+  end
+
+  @doc "The names of the Jobs in `namespace` (none when the namespace does not exist)."
+  def jobs(info, namespace) do
+    %{"items" => items} = api_get!(info, "/apis/batch/v1/namespaces/#{namespace}/jobs")
+    Enum.map(items, & &1["metadata"]["name"])
+  end
+
+  @doc """
+  Whether `fun` becomes true within `timeout_ms`, checked every 50 ms. Only for what sends
+  no event to wait for (a Job deleted after the process that started it died).
+  """
+  def eventually(fun, timeout_ms \\ 30_000), do: poll(fun, System.monotonic_time(:millisecond) + timeout_ms)
+
+  defp poll(fun, deadline) do
+    cond do
+      fun.() ->
+        true
+
+      System.monotonic_time(:millisecond) > deadline ->
+        false
+
+      true ->
+        Process.sleep(50)
+        poll(fun, deadline)
+    end
+  end
+end
