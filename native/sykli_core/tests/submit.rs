@@ -528,3 +528,24 @@ async fn a_hundred_tasks_through_api_faults_and_dropped_watches() {
         .collect();
     assert_eq!(created.len(), 100, "{} creates succeeded", created.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_side_deadline_ends_a_run_the_cluster_would_let_go_on() {
+    let e = env().await;
+    // No task timeout: the Job has no activeDeadlineSeconds, only sykli's deadline.
+    let job = e.job(
+        "r7",
+        json!({"name": "forever", "container": "any", "command": "sleep 600"}),
+    );
+    assert!(job.spec.as_ref().unwrap().active_deadline_seconds.is_none());
+    let opts = RunOptions {
+        create_namespace: true,
+        timeout: Some(Duration::from_secs(3)),
+        ..RunOptions::default()
+    };
+    let (outcome, _) = e.run(job, opts).await;
+    let (kind, message) = outcome.unwrap().failure.unwrap();
+    assert_eq!(kind, "timeout");
+    assert!(message.contains("no result within 3s"), "{message}");
+    assert!(e.jobs_left().await.is_empty());
+}
