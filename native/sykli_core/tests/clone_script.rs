@@ -4,22 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use sykli_core::source::git_clone::CLONE_SCRIPT;
-
-fn venv_bin(name: &str) -> std::path::PathBuf {
-    let venv = std::env::var("SYKLI_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/sykli/venv")
-        });
-    let bin = venv.join("bin").join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/setup",
-        bin.display()
-    );
-    bin
-}
+use sykli_testkit::validate::venv_bin;
 
 fn check(cmd: &mut Command) -> String {
     let mut child = cmd

@@ -6,7 +6,8 @@
 //! when SYKLI_TEST_GIT_URL and SYKLI_TEST_GIT_SHA name a public repository and commit the
 //! cluster can reach (with a file named by SYKLI_TEST_GIT_FILE, default README.md).
 
-use std::collections::BTreeMap;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,6 @@ use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Event, Outcome, RunOptions};
 use sykli_core::cluster::{Cluster, ConnectOptions};
-use sykli_core::manifest::{build_job, names, BuildOptions};
-use sykli_core::pipeline::{Resource, Task};
-use sykli_core::source::SourcePlan;
 
 fn namespace() -> String {
     std::env::var("SYKLI_TEST_NAMESPACE").unwrap_or_else(|_| "sykli-test".into())
@@ -40,22 +38,7 @@ fn job(task: Value, run: &str) -> Job {
     let url = std::env::var("SYKLI_TEST_GIT_URL")
         .unwrap_or_else(|_| "https://github.com/git/git.git".into());
     let sha = std::env::var("SYKLI_TEST_GIT_SHA").unwrap_or_else(|_| "0".repeat(40));
-    let task: Task = serde_json::from_value(task).unwrap();
-    let resources: BTreeMap<String, Resource> =
-        serde_json::from_value(json!({"src:.": {"type": "directory", "path": "."}})).unwrap();
-    let opts: BuildOptions = serde_json::from_value(json!({
-        "namespace": namespace(), "run_id": run, "source": {"url": url, "sha": sha}
-    }))
-    .unwrap();
-    let plan = SourcePlan::from_options(&opts.source).unwrap();
-    build_job(
-        &task,
-        &resources,
-        &names::job_name(&task.name, run),
-        &plan,
-        &opts,
-    )
-    .unwrap()
+    support::job_for(task, run, &namespace(), &url, &sha, None)
 }
 
 async fn run(task: Value, run_id: &str) -> (Outcome, Vec<Event>) {

@@ -13,9 +13,6 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Event, Outcome, Phase, RunOptions};
 use sykli_core::cluster::{Cluster, ConnectOptions};
-use sykli_core::manifest::{build_job, names, BuildOptions};
-use sykli_core::pipeline::{Resource, Task};
-use sykli_core::source::SourcePlan;
 use sykli_testcluster::cluster::{ClusterOptions, TestCluster};
 use sykli_testkit::git_server::{GitDaemon, ServerOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -79,30 +76,11 @@ async fn env() -> Env {
 
 impl Env {
     fn job(&self, run: &str, task: Value) -> Job {
-        let task: Task = serde_json::from_value(task).unwrap();
-        let resources: BTreeMap<String, Resource> =
-            serde_json::from_value(json!({"src:.": {"type": "directory", "path": "."}})).unwrap();
-        let opts: BuildOptions = serde_json::from_value(json!({
-            "namespace": "ci", "run_id": run,
-            "source": {"url": self.url, "sha": self.sha, "branch": "main"}
-        }))
-        .unwrap();
-        let plan = SourcePlan::from_options(&opts.source).unwrap();
-        build_job(
-            &task,
-            &resources,
-            &names::job_name(&task.name, run),
-            &plan,
-            &opts,
-        )
-        .unwrap()
+        support::job_for(task, run, "ci", &self.url, &self.sha, Some("main"))
     }
 
     async fn run(&self, job: Job, opts: RunOptions) -> (sykli_core::Result<Outcome>, Vec<Event>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
-        let outcome = run_job(self.cluster.clone(), job, opts, tx, cancel_rx).await;
-        (outcome, drain(rx))
+        spawn_run(self.cluster.clone(), job, opts).await.unwrap()
     }
 
     async fn jobs_left(&self) -> Vec<String> {
@@ -116,6 +94,20 @@ impl Env {
             Err(_) => Vec::new(), // the namespace may not exist
         }
     }
+}
+
+/// Runs a Job on the runtime; the outcome comes with every event the run sent.
+fn spawn_run(
+    cluster: Arc<Cluster>,
+    job: Job,
+    opts: RunOptions,
+) -> tokio::task::JoinHandle<(sykli_core::Result<Outcome>, Vec<Event>)> {
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+        let outcome = run_job(cluster, job, opts, tx, cancel_rx).await;
+        (outcome, drain(rx))
+    })
 }
 
 fn drain(mut rx: UnboundedReceiver<Event>) -> Vec<Event> {
@@ -429,18 +421,11 @@ async fn tasks_of_a_run_share_one_watch_per_resource() {
     let runs: Vec<_> = (0..5)
         .map(|i| {
             let job = e.job("shared", json!({"name": format!("t{i}"), "container": "any", "command": format!("echo {i}")}));
-            let cluster = e.cluster.clone();
-            tokio::spawn(async move {
-                let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                let (_c, cancel_rx) = tokio::sync::watch::channel(false);
-                let o = run_job(cluster, job, RunOptions::default(), tx, cancel_rx).await;
-                drop(_c);
-                o
-            })
+            spawn_run(e.cluster.clone(), job, RunOptions::default())
         })
         .collect();
     for r in runs {
-        assert!(r.await.unwrap().unwrap().failure.is_none());
+        assert!(r.await.unwrap().0.unwrap().failure.is_none());
     }
     let watches: Vec<String> = e
         .k8s
@@ -482,17 +467,11 @@ async fn a_hundred_tasks_through_api_faults_and_dropped_watches() {
                 "many",
                 json!({"name": format!("t{i:03}"), "container": "any", "command": cmd}),
             );
-            let cluster = e.cluster.clone();
-            tokio::spawn(async move {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let (_c, cancel_rx) = tokio::sync::watch::channel(false);
-                let o = run_job(cluster, job, create_ns(), tx, cancel_rx).await;
-                (i, fail, o, drain(rx))
-            })
+            (i, fail, spawn_run(e.cluster.clone(), job, create_ns()))
         })
         .collect();
-    for r in runs {
-        let (i, fail, outcome, events) = r.await.unwrap();
+    for (i, fail, run) in runs {
+        let (outcome, events) = run.await.unwrap();
         let o = outcome.unwrap_or_else(|err| panic!("task {i}: {err}"));
         if fail {
             assert_eq!(

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 pub const KUBERNETES_VERSION: &str = "1.37.0";
 
-fn venv_bin(name: &str) -> PathBuf {
+/// A tool from the venv scripts/setup installs (`SYKLI_VENV`, else ~/.cache/sykli/venv).
+pub fn venv_bin(name: &str) -> PathBuf {
     let venv = std::env::var("SYKLI_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {

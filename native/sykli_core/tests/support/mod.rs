@@ -104,3 +104,35 @@ pub fn with_origin(tmp: &Path) -> (Repo, PathBuf) {
     repo.git(&["push", "-q", "-u", "origin", "main"]);
     (repo, bare)
 }
+
+/// The Job sykli builds for `task` (pipeline JSON) in `namespace`, cloning `sha` from `url`,
+/// with the repository root as resource `src:.`.
+pub fn job_for(
+    task: serde_json::Value,
+    run: &str,
+    namespace: &str,
+    url: &str,
+    sha: &str,
+    branch: Option<&str>,
+) -> k8s_openapi::api::batch::v1::Job {
+    use sykli_core::manifest::{build_job, names, BuildOptions};
+    use sykli_core::pipeline::{Resource, Task};
+    use sykli_core::source::SourcePlan;
+    let task: Task = serde_json::from_value(task).unwrap();
+    let resources: std::collections::BTreeMap<String, Resource> =
+        serde_json::from_value(serde_json::json!({"src:.": {"type": "directory", "path": "."}}))
+            .unwrap();
+    let opts: BuildOptions = serde_json::from_value(serde_json::json!({
+        "namespace": namespace, "run_id": run, "source": {"url": url, "sha": sha, "branch": branch}
+    }))
+    .unwrap();
+    let plan = SourcePlan::from_options(&opts.source).unwrap();
+    build_job(
+        &task,
+        &resources,
+        &names::job_name(&task.name, run),
+        &plan,
+        &opts,
+    )
+    .unwrap()
+}
