@@ -97,6 +97,7 @@ pub struct ClusterInfo {
 /// A running test cluster; stopped (every pod killed) on drop.
 pub struct TestCluster {
     info: ClusterInfo,
+    dir: PathBuf,
     state: Arc<ApiState>,
     kubelet: Arc<Kubelet>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -116,7 +117,10 @@ impl TestCluster {
             .map_err(|e| format!("creating {}: {e}", opts.dir.display()))?;
         let dir = std::fs::canonicalize(&opts.dir)
             .map_err(|e| format!("resolving {}: {e}", opts.dir.display()))?;
-        let opts = ClusterOptions { dir, ..opts };
+        let opts = ClusterOptions {
+            dir: dir.clone(),
+            ..opts
+        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Started, String>>();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -126,6 +130,7 @@ impl TestCluster {
         match ready_rx.recv() {
             Ok(Ok(s)) => Ok(TestCluster {
                 info: s.info,
+                dir,
                 state: s.state,
                 kubelet: s.kubelet,
                 shutdown: Some(shutdown_tx),
@@ -200,9 +205,14 @@ impl TestCluster {
             .clear();
     }
 
-    /// The pod sandboxes (bwrap processes) this process runs now.
+    /// The directory the cluster keeps its kubeconfig, pod work dirs and claims in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pod sandboxes (bwrap processes) of this cluster that run now.
     pub fn running_sandboxes(&self) -> Vec<i32> {
-        kubelet::sandboxes(None)
+        kubelet::sandboxes(Some(&self.dir.join("pods")))
     }
 
     /// Stops the cluster: every pod's containers are killed before this returns.

@@ -353,29 +353,7 @@ impl Kubelet {
         };
 
         // Run.
-        view.sandbox_ready = true;
         let first = containers.first_to_run();
-        for c in &first {
-            view.start(c);
-            let fp = containers.field_path(c);
-            self.event(
-                &pod,
-                Some(&fp),
-                "Normal",
-                "Created",
-                &format!("Created container: {c}"),
-            );
-            self.event(
-                &pod,
-                Some(&fp),
-                "Normal",
-                "Started",
-                &format!("Started container {c}"),
-            );
-        }
-        if self.update_status(&pod, |st| view.render(st)).is_none() {
-            return;
-        }
         for c in &containers.all {
             self.logs.get(meta_str(&pod, "uid"), &c.name);
         }
@@ -428,10 +406,48 @@ impl Kubelet {
         if cancel.is_cancelled() {
             kill_sandboxes(&work_dir);
         }
+        // Running once a sandbox runs (or the pod has already ended), not before.
+        let mut early: Option<RunMsg> = None;
+        for _ in 0..2000 {
+            if let Ok(m) = rx.try_recv() {
+                early = Some(m);
+                break;
+            }
+            if !sandboxes(Some(&work_dir)).is_empty()
+                || cancel.sleep(Duration::from_millis(5)).await
+            {
+                break;
+            }
+        }
+        view.sandbox_ready = true;
+        for c in &first {
+            view.start(c);
+            let fp = containers.field_path(c);
+            self.event(
+                &pod,
+                Some(&fp),
+                "Normal",
+                "Created",
+                &format!("Created container: {c}"),
+            );
+            self.event(
+                &pod,
+                Some(&fp),
+                "Normal",
+                "Started",
+                &format!("Started container {c}"),
+            );
+        }
+        if self.update_status(&pod, |st| view.render(st)).is_none() {
+            return;
+        }
         let result = loop {
-            let msg = tokio::select! {
-                m = rx.recv() => m,
-                _ = cancel.notify.notified() => { kill_sandboxes(&work_dir); continue; }
+            let msg = match early.take() {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    m = rx.recv() => m,
+                    _ = cancel.notify.notified() => { kill_sandboxes(&work_dir); continue; }
+                },
             };
             match msg {
                 Some(RunMsg::Started(c)) => {
@@ -1118,16 +1134,17 @@ pub fn glob(pattern: &str, s: &str) -> bool {
     rec(&p, &s)
 }
 
-/// Child processes of this process that are bubblewrap sandboxes (optionally: of one pod,
-/// recognised by its work dir on their command line).
-pub fn sandboxes(work_dir: Option<&Path>) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+/// The bubblewrap processes whose command line names a path under `dir` (a pod's work dir,
+/// or the cluster's `pods` dir). Both bwrap processes of a sandbox match (the one the runner
+/// started and the pid-namespace init it forked), whatever their parent is now.
+pub fn sandboxes(dir: Option<&Path>) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let needle = work_dir.map(|d| d.to_string_lossy().into_owned());
+    let needle = dir.map(|d| d.to_string_lossy().into_owned());
+    let me = std::process::id() as i32;
     let mut out = Vec::new();
-    for entry in dir.flatten() {
+    for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -1135,20 +1152,7 @@ pub fn sandboxes(work_dir: Option<&Path>) -> Vec<i32> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let ppid = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid != Some(me) {
-            continue;
-        }
-        if is_sandbox(pid, needle.as_deref()) {
+        if pid != me && is_sandbox(pid, needle.as_deref()) {
             out.push(pid);
         }
     }
@@ -1167,9 +1171,11 @@ fn is_sandbox(pid: i32, needle: Option<&str>) -> bool {
         && needle.is_none_or(|n| args.iter().any(|a| a.contains(n)))
 }
 
-/// SIGKILLs the sandboxes of the pod whose work dir is `work_dir` (bwrap's --die-with-parent
-/// takes the processes inside). A pidfd pins the process while its command line is checked
-/// again, so a recycled pid is never signalled.
+/// SIGKILLs the sandboxes of the pod whose work dir is `work_dir`: both bwrap processes, so
+/// the pid namespace's init dies and takes every process inside with it (killing only the
+/// outer bwrap can leave the inner one behind when it happens during the sandbox's set-up).
+/// A pidfd pins each process while its command line is checked again, so a recycled pid is
+/// never signalled.
 pub fn kill_sandboxes(work_dir: &Path) -> usize {
     let needle = work_dir.to_string_lossy().into_owned();
     let mut n = 0;

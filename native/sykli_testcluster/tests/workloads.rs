@@ -1,0 +1,456 @@
+//! Jobs and pods run by the controllers and the kubelet, with the statuses, conditions and
+//! Events Kubernetes reports.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
+use serde_json::{json, Value};
+
+async fn events_for(client: &kube::Client, name: &str) -> Vec<(String, String, String)> {
+    let evs = Api::<Event>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap();
+    evs.items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_failing_command_exhausts_the_backoff_limit() {
+    let env = env().await;
+    let mut j = job(
+        "fails",
+        "echo boom > /dev/termination-log; echo oops >&2; exit 3",
+    );
+    j["spec"]["backoffLimit"] = json!(1);
+    create_job(&env.client, "default", j).await;
+    let done = wait_job(&env.client, "default", "fails", |j| {
+        job_condition(j, "Failed").is_some()
+    })
+    .await;
+    let st = done.status.as_ref().unwrap();
+    assert_eq!(
+        st.failed,
+        Some(2),
+        "backoffLimit 1: the first pod and one replacement"
+    );
+    assert_eq!(st.succeeded, None);
+    assert!(
+        st.completion_time.is_none(),
+        "failed Jobs have no completionTime"
+    );
+    let types: Vec<&str> = st
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.type_.as_str())
+        .collect();
+    assert_eq!(types, ["FailureTarget", "Failed"]);
+    assert_eq!(
+        job_condition(&done, "Failed").unwrap(),
+        (
+            "BackoffLimitExceeded".to_string(),
+            "Job has reached the specified backoff limit".to_string()
+        )
+    );
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default")
+        .list(&ListParams::default().labels("job-name=fails"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 2);
+    for p in &pods.items {
+        assert_eq!(phase(p), "Failed");
+        let t = &container_state(p, "main")["terminated"];
+        assert_eq!(t["exitCode"], 3);
+        assert_eq!(t["reason"], "Error");
+        assert_eq!(t["message"], "boom\n");
+    }
+    let evs = events_for(&env.client, "fails").await;
+    assert_eq!(evs.iter().filter(|e| e.1 == "SuccessfulCreate").count(), 2);
+    assert!(evs.contains(&(
+        "Warning".into(),
+        "BackoffLimitExceeded".into(),
+        "Job has reached the specified backoff limit".into()
+    )));
+}
+
+#[tokio::test]
+async fn a_denied_image_is_never_pulled() {
+    let env = env_with(|o| o.deny_images = vec!["registry.invalid/*".into()]).await;
+    let mut j = job("pull", "true");
+    j["spec"]["template"]["spec"]["containers"][0]["image"] = json!("registry.invalid/app:1");
+    create_job(&env.client, "default", j).await;
+    let pod = job_pod(&env.client, "default", "pull").await;
+    let name = pod.metadata.name.unwrap();
+    let pod = wait_pod(&env.client, "default", &name, |p| {
+        waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
+    })
+    .await;
+    assert_eq!(phase(&pod), "Pending");
+    assert_eq!(
+        container_state(&pod, "main")["waiting"]["message"],
+        "Back-off pulling image \"registry.invalid/app:1\""
+    );
+    let evs = events_for(&env.client, &name).await;
+    let reasons: Vec<&str> = evs.iter().map(|e| e.1.as_str()).collect();
+    for want in ["Scheduled", "Pulling", "Failed", "BackOff"] {
+        assert!(reasons.contains(&want), "{evs:?}");
+    }
+    assert!(evs.contains(&(
+        "Warning".into(),
+        "Failed".into(),
+        "Error: ErrImagePull".into()
+    )));
+    assert!(evs.contains(&(
+        "Warning".into(),
+        "Failed".into(),
+        "Error: ImagePullBackOff".into()
+    )));
+    assert!(env.cluster.running_sandboxes().is_empty());
+    // The Job keeps waiting; nothing ran.
+    let j = Api::<Job>::namespaced(env.client.clone(), "default")
+        .get("pull")
+        .await
+        .unwrap();
+    assert_eq!(j.status.unwrap().active, Some(1));
+}
+
+#[tokio::test]
+async fn a_missing_secret_holds_the_container_until_it_exists() {
+    let env = env().await;
+    let mut j = job("needs-secret", "echo \"token=$TOKEN\"");
+    j["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]);
+    create_job(&env.client, "default", j).await;
+    let pod = job_pod(&env.client, "default", "needs-secret").await;
+    let name = pod.metadata.name.unwrap();
+    let pod = wait_pod(&env.client, "default", &name, |p| {
+        waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError")
+    })
+    .await;
+    assert_eq!(
+        container_state(&pod, "main")["waiting"]["message"],
+        "secret \"creds\" not found"
+    );
+    assert!(events_for(&env.client, &name).await.contains(&(
+        "Warning".into(),
+        "Failed".into(),
+        "Error: secret \"creds\" not found".into()
+    )));
+    // Creating the Secret lets the kubelet start the container.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}
+    }))
+    .unwrap();
+    let stored = Api::<Secret>::namespaced(env.client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert!(stored.string_data.is_none());
+    assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+    wait_job(&env.client, "default", "needs-secret", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+    let log = Api::<Pod>::namespaced(env.client.clone(), "default")
+        .logs(&name, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(log, "token=s3cret\n");
+}
+
+#[tokio::test]
+async fn pods_that_match_no_node_stay_pending() {
+    let env = env_with(|o| {
+        o.node_labels.insert("disk".into(), "ssd".into());
+    })
+    .await;
+    let mut j = job("picky", "true");
+    j["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "hdd"});
+    create_job(&env.client, "default", j).await;
+    let pod = job_pod(&env.client, "default", "picky").await;
+    let name = pod.metadata.name.unwrap();
+    let pod = wait_pod(&env.client, "default", &name, |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "PodScheduled" && c.status == "False")
+            })
+    })
+    .await;
+    let c = pod
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .unwrap()
+        .clone();
+    assert_eq!(c.reason.as_deref(), Some("Unschedulable"));
+    let msg = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
+    assert_eq!(c.message.as_deref(), Some(msg));
+    assert_eq!(phase(&pod), "Pending");
+    assert!(pod.spec.unwrap().node_name.is_none());
+    assert!(events_for(&env.client, &name).await.contains(&(
+        "Warning".into(),
+        "FailedScheduling".into(),
+        msg.into()
+    )));
+    // A selector and a required node affinity that the node's labels satisfy.
+    let mut j = job("fits", "true");
+    j["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+    j["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["sykli-node"]}]}]}}});
+    j["spec"]["template"]["spec"]["tolerations"] =
+        json!([{"key": "any", "operator": "Exists", "effect": "NoSchedule"}]);
+    create_job(&env.client, "default", j).await;
+    wait_job(&env.client, "default", "fits", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_active_deadline_fails_the_job_and_kills_its_pod() {
+    let env = env().await;
+    let mut j = job("slow", "echo started; exec sleep 600");
+    j["spec"]["activeDeadlineSeconds"] = json!(2);
+    create_job(&env.client, "default", j).await;
+    let pod = job_pod(&env.client, "default", "slow").await;
+    let name = pod.metadata.name.unwrap();
+    wait_pod(&env.client, "default", &name, |p| phase(p) == "Running").await;
+    let done = wait_job(&env.client, "default", "slow", |j| {
+        job_condition(j, "Failed").is_some()
+    })
+    .await;
+    assert_eq!(
+        job_condition(&done, "Failed").unwrap(),
+        (
+            "DeadlineExceeded".to_string(),
+            "Job was active longer than specified deadline".to_string()
+        )
+    );
+    // The pod was deleted and its processes killed.
+    wait_pod_gone(&env.client, "default", &name).await;
+    assert!(env.cluster.running_sandboxes().is_empty());
+    let evs = events_for(&env.client, "slow").await;
+    assert!(evs.iter().any(|e| e.1 == "DeadlineExceeded"));
+    assert!(evs.iter().any(|e| e.1 == "SuccessfulDelete"));
+}
+
+#[tokio::test]
+async fn deleting_a_running_pod_stops_its_containers() {
+    let env = env().await;
+    create_job(&env.client, "default", job("victim", "exec sleep 600")).await;
+    let pod = job_pod(&env.client, "default", "victim").await;
+    let name = pod.metadata.name.unwrap();
+    wait_pod(&env.client, "default", &name, |p| phase(p) == "Running").await;
+    assert!(!env.cluster.running_sandboxes().is_empty());
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default");
+    let r = pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    let marked = r
+        .left()
+        .expect("a running pod is marked, then removed by the kubelet");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
+    wait_pod_gone(&env.client, "default", &name).await;
+    assert!(env.cluster.running_sandboxes().is_empty());
+    // The Job controller replaces the pod (backoffLimit counts only failures).
+    let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
+    jobs.delete("victim", &DeleteParams::background())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn propagation_policies_decide_what_happens_to_pods() {
+    let env = env().await;
+    let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default");
+
+    // Foreground: the Job stays, marked, until its pods are gone.
+    create_job(&env.client, "default", job("fg", "exec sleep 600")).await;
+    let pod = job_pod(&env.client, "default", "fg").await;
+    let fg_pod = pod.metadata.name.unwrap();
+    let r = jobs
+        .delete("fg", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let marked = r.left().expect("foreground deletion returns the object");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        marked.metadata.finalizers.as_deref(),
+        Some(&["foregroundDeletion".to_string()][..])
+    );
+    wait_pod_gone(&env.client, "default", &fg_pod).await;
+    let api = jobs.clone();
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(api, "fg", |o: Option<&Job>| o.is_none()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Orphan (also the default for batch/v1 Jobs, with a warning): pods stay, unowned.
+    create_job(&env.client, "default", job("orphan", "true")).await;
+    let pod = job_pod(&env.client, "default", "orphan").await;
+    let orphan_pod = pod.metadata.name.unwrap();
+    let (code, headers, _) = raw(
+        &env.client,
+        "DELETE",
+        "/apis/batch/v1/namespaces/default/jobs/orphan",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let warning = headers.get("warning").unwrap().to_str().unwrap();
+    assert!(
+        warning.contains("child pods are preserved by default when jobs are deleted"),
+        "{warning}"
+    );
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(jobs.clone(), "orphan", |o: Option<&Job>| o.is_none()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let p = wait_pod(&env.client, "default", &orphan_pod, |p| {
+        p.metadata.owner_references.is_none()
+    })
+    .await;
+    assert!(p.metadata.deletion_timestamp.is_none());
+    // An explicit policy in DeleteOptions (kube-rs sends it in the body).
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    create_job(&env.client, "default", job("bg", "true")).await;
+    let bg_pod = job_pod(&env.client, "default", "bg")
+        .await
+        .metadata
+        .name
+        .unwrap();
+    jobs.delete("bg", &dp).await.unwrap();
+    wait_pod_gone(&env.client, "default", &bg_pod).await;
+    assert!(pods.get_opt(&orphan_pod).await.unwrap().is_some());
+    // An unknown policy is invalid.
+    let (code, st) = raw_json(
+        &env.client,
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{orphan_pod}"),
+        Some(json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Sideways"})),
+    )
+    .await;
+    assert_eq!(code, 422, "{st}");
+}
+
+#[tokio::test]
+async fn finished_jobs_are_deleted_after_their_ttl() {
+    let env = env().await;
+    let mut j = job("short-lived", "true");
+    j["spec"]["ttlSecondsAfterFinished"] = json!(0);
+    create_job(&env.client, "default", j).await;
+    let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
+    let saw: std::sync::Arc<std::sync::atomic::AtomicBool> = Default::default();
+    let seen = saw.clone();
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(jobs, "short-lived", move |o: Option<&Job>| {
+            if o.is_some() {
+                seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            o.is_none() && seen.load(std::sync::atomic::Ordering::SeqCst)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+#[tokio::test]
+async fn init_containers_volumes_and_claims_run_in_order() {
+    let env = env().await;
+    let pvcs = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+        env.client.clone(),
+        "default",
+    );
+    let pvc = serde_json::from_value(json!({"metadata": {"name": "cache"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+    .unwrap();
+    let stored = pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+    assert_eq!(stored.status.unwrap().phase.as_deref(), Some("Bound"));
+    let j: Value = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "steps"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "cache", "persistentVolumeClaim": {"claimName": "cache"}}],
+            "initContainers": [{"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo prepared > /work/x; echo init-log"],
+                                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "cat /work/x; echo kept > /cache/y"],
+                            "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "cache", "mountPath": "/cache"}]}]
+        }}}
+    });
+    create_job(&env.client, "default", j).await;
+    wait_job(&env.client, "default", "steps", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+    let pod = job_pod(&env.client, "default", "steps").await;
+    let name = pod.metadata.name.unwrap();
+    let pod = wait_pod(&env.client, "default", &name, |p| phase(p) == "Succeeded").await;
+    assert_eq!(
+        container_state(&pod, "prepare")["terminated"]["reason"],
+        "Completed"
+    );
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default");
+    let lp = kube::api::LogParams {
+        container: Some("main".into()),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(&name, &lp).await.unwrap(), "prepared\n");
+    let lp = kube::api::LogParams {
+        container: Some("prepare".into()),
+        ..Default::default()
+    };
+    assert_eq!(pods.logs(&name, &lp).await.unwrap(), "init-log\n");
+    // Without a container name the API asks for one.
+    let (code, st) = raw_json(
+        &env.client,
+        "GET",
+        &format!("/api/v1/namespaces/default/pods/{name}/log"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "one main container: no name needed");
+    let _ = st;
+    let claim_dir = env.cluster.dir().join("pvcs/default/cache");
+    assert_eq!(
+        std::fs::read_to_string(claim_dir.join("y")).unwrap(),
+        "kept\n"
+    );
+}
