@@ -57,8 +57,9 @@ defmodule Sykli.Test.Cluster do
     file = Path.join(Path.dirname(info["kubeconfig"]), "ca.pem")
 
     unless File.exists?(file) do
-      [_, data] =
-        Regex.run(~r/certificate-authority-data:\s*"?([A-Za-z0-9+\/=]+)"?/, File.read!(info["kubeconfig"]))
+      # The test cluster writes its kubeconfig as JSON (which is YAML too).
+      %{"clusters" => [%{"cluster" => %{"certificate-authority-data" => data}} | _]} =
+        Sykli.JSON.decode!(File.read!(info["kubeconfig"]))
 
       File.write!(file, Base.decode64!(data))
     end
