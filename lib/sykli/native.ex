@@ -68,6 +68,8 @@ defmodule Sykli.Native do
   def k8s_cluster_info(_cluster), do: fail()
   def k8s_run_job(_cluster, _job_json, _options_json, _tag), do: fail()
   def k8s_cancel(_run), do: fail()
+  def k8s_read_secret(_cluster, _namespace, _name, _key), do: fail()
+  def k8s_create_volume(_cluster, _namespace, _volume_json), do: fail()
 end
 
 defmodule Sykli.NativeError do

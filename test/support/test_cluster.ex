@@ -53,6 +53,26 @@ defmodule Sykli.Test.Cluster do
     Sykli.JSON.decode!(body)
   end
 
+  @doc "POST a JSON object to the test cluster's API as the admin; returns the decoded answer."
+  def api_post!(info, path, object) do
+    {:ok, _} = Application.ensure_all_started(:inets)
+    {:ok, _} = Application.ensure_all_started(:ssl)
+    headers = [{~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])}]
+
+    ssl = [
+      verify: :verify_peer,
+      cacertfile: String.to_charlist(ca_file!(info)),
+      server_name_indication: ~c"localhost"
+    ]
+
+    request =
+      {String.to_charlist(info["url"] <> path), headers, ~c"application/json", Sykli.JSON.encode!(object)}
+
+    {:ok, {{_, status, _}, _, body}} = :httpc.request(:post, request, [ssl: ssl], body_format: :binary)
+    assert status in 200..299, "POST #{path}: #{status} #{body}"
+    Sykli.JSON.decode!(body)
+  end
+
   defp ca_file!(info) do
     file = Path.join(Path.dirname(info["kubeconfig"]), "ca.pem")
 

@@ -62,6 +62,53 @@ defmodule Sykli.Target.K8s do
   def teardown(_state), do: :ok
 
   @doc """
+  A secret's value from the cluster: `"name"` reads key `"value"` of Secret `name`,
+  `"name/key"` reads `key` (in the state's namespace).
+  """
+  @spec resolve_secret(String.t(), map()) :: {:ok, String.t()} | {:error, :not_found | Error.t()}
+  def resolve_secret(ref, %{cluster: cluster, namespace: ns}) when is_binary(ref) and cluster != nil do
+    {name, key} =
+      case String.split(ref, "/", parts: 2) do
+        [name, key] -> {name, key}
+        [name] -> {name, "value"}
+      end
+
+    case Error.wrap(Native.k8s_read_secret(cluster, ns, name, key)) do
+      {:ok, value} -> {:ok, value}
+      {:error, %Error{kind: :not_found}} -> {:error, :not_found}
+      {:error, _} = error -> error
+    end
+  end
+
+  @doc """
+  A volume tasks can share: a PersistentVolumeClaim named `name` (created unless it exists)
+  of `%{size: "10Gi", storage_class: nil | "fast", type: nil | "ReadWriteMany"}`. The
+  reference is the claim name, for a task's `k8s.volumes` `pvc.claim_name`.
+  """
+  @spec create_volume(String.t(), map(), map()) :: {:ok, map()} | {:error, Error.t()}
+  def create_volume(name, opts, %{cluster: cluster, namespace: ns}) when cluster != nil do
+    volume =
+      compact(%{
+        name: name,
+        size: opts[:size] || "1Gi",
+        storage_class: opts[:storage_class],
+        access_mode: opts[:type]
+      })
+
+    with {:ok, json} <- JSON.encode(volume),
+         {:ok, :ok} <- Error.wrap(Native.k8s_create_volume(cluster, ns, json)) do
+      {:ok, %{id: name, host_path: nil, reference: name}}
+    end
+  end
+
+  @doc """
+  On Kubernetes a task's services run as native sidecars inside the task's own Job (see
+  `build_job_manifest/4`): nothing starts separately, and they stop with the task.
+  """
+  def start_services(_task, _network, _state), do: {:ok, []}
+  def stop_services(_services, _state), do: :ok
+
+  @doc """
   A client for the cluster, shared by every task of a run: `%{kubeconfig: path, context:
   name, namespace: ns}`, all optional.
   """

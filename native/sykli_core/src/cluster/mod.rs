@@ -2,6 +2,7 @@
 //! transient, check what a Job needs before creating it, watch a run, follow logs, clean up.
 //! No rustler types: the NIF runs these futures on its runtime and forwards the events.
 
+pub mod objects;
 pub mod preflight;
 pub mod run;
 pub mod watch;

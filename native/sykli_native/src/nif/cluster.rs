@@ -212,3 +212,67 @@ fn done<'e>(env: Env<'e>, result: sykli_core::Result<Outcome>) -> Term<'e> {
         }
     }
 }
+
+/// Runs one short API call to completion on the runtime, from a dirty I/O scheduler.
+fn block_on_call<T>(
+    fut: impl std::future::Future<Output = sykli_core::Result<T>>,
+) -> Result<T, NifError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(sykli_core::Error::cluster(
+                    "unreachable",
+                    "no answer within 120s",
+                ))
+            })
+    })
+    .map_err(NifError::from)
+}
+
+/// The value of a Secret's key (for the Target's resolve_secret).
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_read_secret(
+    cluster: ResourceArc<ClusterRes>,
+    namespace: String,
+    name: String,
+    key: String,
+) -> Result<String, NifError> {
+    let c = Arc::clone(&cluster.cluster);
+    block_on_call(async move {
+        sykli_core::cluster::objects::read_secret(&c.client, &namespace, &name, &key).await
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeJson {
+    name: String,
+    size: String,
+    #[serde(default)]
+    storage_class: Option<String>,
+    #[serde(default)]
+    access_mode: Option<String>,
+}
+
+/// Creates a PersistentVolumeClaim unless it exists (for the Target's create_volume).
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_create_volume(
+    cluster: ResourceArc<ClusterRes>,
+    namespace: String,
+    volume_json: String,
+) -> Result<rustler::Atom, NifError> {
+    let v: VolumeJson = sykli_core::pipeline::from_json(volume_json.as_bytes(), "volume")?;
+    let req = sykli_core::cluster::objects::VolumeRequest {
+        name: v.name,
+        size: v.size,
+        storage_class: v.storage_class,
+        access_mode: v.access_mode,
+    };
+    let c = Arc::clone(&cluster.cluster);
+    block_on_call(async move {
+        sykli_core::cluster::objects::create_pvc(&c.client, &namespace, &req).await
+    })?;
+    Ok(atoms::ok())
+}
