@@ -266,7 +266,7 @@ async fn deleting_a_running_pod_stops_its_containers() {
     let env = env().await;
     create_job(&env.client, "default", job("victim", "exec sleep 600")).await;
     let pod = job_pod(&env.client, "default", "victim").await;
-    let name = pod.metadata.name.unwrap();
+    let name = pod.metadata.name.clone().unwrap();
     wait_pod(&env.client, "default", &name, |p| phase(p) == "Running").await;
     assert!(!env.cluster.running_sandboxes().is_empty());
     let pods = Api::<Pod>::namespaced(env.client.clone(), "default");
@@ -277,7 +277,17 @@ async fn deleting_a_running_pod_stops_its_containers() {
     assert!(marked.metadata.deletion_timestamp.is_some());
     assert_eq!(marked.metadata.deletion_grace_period_seconds, Some(30));
     wait_pod_gone(&env.client, "default", &name).await;
-    assert!(env.cluster.running_sandboxes().is_empty());
+    let uid = pod.metadata.uid.clone().unwrap();
+    let work_dir = env
+        .cluster
+        .dir()
+        .join("pods")
+        .join(format!("default_{name}_{uid}"));
+    assert!(work_dir.is_dir());
+    assert_eq!(
+        sykli_testcluster::kubelet::sandboxes(Some(&work_dir)),
+        Vec::<i32>::new()
+    );
     // The Job controller replaces the pod (backoffLimit counts only failures).
     let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
     jobs.delete("victim", &DeleteParams::background())

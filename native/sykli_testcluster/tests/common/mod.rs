@@ -64,6 +64,17 @@ pub async fn client_for(cluster: &TestCluster, context: &str) -> Client {
     Client::try_from(cfg).expect("client")
 }
 
+/// A kube-rs client without its default retries (kube 5 retries 429, 503 and 504 up to 15
+/// times with growing delays): for looking at injected faults one by one.
+pub async fn client_no_retry(cluster: &TestCluster) -> Client {
+    let kc = Kubeconfig::read_from(cluster.kubeconfig()).expect("kubeconfig parses");
+    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config from kubeconfig");
+    cfg.default_retry = false;
+    Client::try_from(cfg).expect("client")
+}
+
 /// A client whose token is `token` (same cluster and CA).
 pub async fn client_with_token(cluster: &TestCluster, token: &str) -> Client {
     let text = std::fs::read_to_string(cluster.kubeconfig()).expect("kubeconfig");
