@@ -484,9 +484,13 @@ async fn resource(
             let body = read_body(req).await?;
             create(state, t, &body, q)
         }
-        "delete" => {
+        "delete" if t.res.verbs().contains(&"delete") => {
             let body = read_body(req).await?;
             delete(state, t, &body, q)
+        }
+        "update" if t.name.is_some() && t.res.verbs().contains(&"update") => {
+            let body = read_body(req).await?;
+            update(state, t, &body, q)
         }
         _ => Err(ApiError::method_not_allowed()),
     }
@@ -1078,6 +1082,123 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// PUT of a ConfigMap or Secret: a full replacement, conditional on metadata.resourceVersion
+/// when the body has one (409 Conflict when it is stale).
+fn update(
+    state: &ApiState,
+    t: &Target,
+    body: &[u8],
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
+    let res = t.res;
+    let ns = ns_of(t).to_string();
+    let name = t.name.clone().unwrap_or_default();
+    let fv = match query_get(q, "fieldValidation").filter(|s| !s.is_empty()) {
+        Some(s) => FieldValidation::parse(s)?,
+        None => state.config.default_field_validation,
+    };
+    let decoded = validation::decode(res, parse_json(body, res.kind())?, fv)?;
+    let mut obj = decoded.body;
+    let body_name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() && n != ns => return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )),
+        _ => {}
+    }
+    let expected_rv = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let Some(cur) = state.store.get(res, &ns, &name) else {
+        return Err(ApiError::not_found(res.qualified(), &name));
+    };
+    obj["apiVersion"] = json!(res.api_version());
+    obj["kind"] = json!(res.kind());
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match cur["metadata"].get(k) {
+            Some(v) => obj["metadata"][k] = v.clone(),
+            None => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+    if let Some(m) = obj["metadata"].as_object_mut() {
+        m.remove("managedFields");
+    }
+    if res == Res::Secret {
+        if obj.get("type").is_none_or(Value::is_null) {
+            obj["type"] = cur["type"].clone();
+        }
+        if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            if !obj["data"].is_object() {
+                obj["data"] = json!({});
+            }
+            for (k, v) in sd {
+                obj["data"][k] = json!(
+                    base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or(""))
+                );
+            }
+        }
+    }
+    validation::validate_create(res, &obj)?;
+    let mut errs = Vec::new();
+    if res == Res::Secret && obj["type"] != cur["type"] {
+        errs.push(FieldError::invalid(
+            "type",
+            obj["type"].as_str().unwrap_or(""),
+            "field is immutable",
+        ));
+    }
+    if cur["immutable"] == true {
+        for f in ["data", "binaryData"] {
+            if obj.get(f) != cur.get(f) {
+                errs.push(FieldError::forbidden(
+                    f,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+        if obj["immutable"] != true {
+            errs.push(FieldError::forbidden(
+                "immutable",
+                "field is immutable when `immutable` is set",
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(res.group(), res.kind(), &name, &errs));
+    }
+    let updated = state
+        .store
+        .update(res, &ns, &name, expected_rv.as_deref(), |o| {
+            let rv = o["metadata"]["resourceVersion"].clone();
+            *o = obj;
+            o["metadata"]["resourceVersion"] = rv;
+            Ok(true)
+        })?;
+    let mut r = json_response(200, &updated);
+    warn(&mut r, &decoded.warnings);
+    Ok(r)
+}
+
 fn delete(
     state: &ApiState,
     t: &Target,
@@ -1330,6 +1451,14 @@ async fn pod_log(
             return Err(ApiError::bad_request(m));
         }
     };
+    if query_flag(q, "previous") {
+        // Containers are never restarted here: there is no previous instance.
+        return Err(ApiError::bad_request(format!(
+            "previous terminated container {} in pod {} not found",
+            go_quote(&container),
+            go_quote(name)
+        )));
+    }
     if pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)

@@ -98,7 +98,8 @@ impl Res {
     /// Verbs served (discovery lists them; others get 405).
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Res::Event | Res::Pod => &["delete", "get", "list", "watch"],
+            Res::Event => &["get", "list", "watch"],
+            Res::ConfigMap | Res::Secret => &["create", "delete", "get", "list", "update", "watch"],
             _ => &["create", "delete", "get", "list", "watch"],
         }
     }

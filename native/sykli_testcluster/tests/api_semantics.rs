@@ -573,3 +573,164 @@ async fn discovery_describes_the_served_resources() {
     let (code, _) = raw_json(&env.client, "GET", "/apis/apps/v1/deployments", None).await;
     assert_eq!(code, 404);
 }
+
+#[tokio::test]
+async fn namespaces_are_created_listed_and_deleted_with_their_contents() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = env().await;
+    let nss = Api::<Namespace>::all(env.client.clone());
+    let names: Vec<String> = nss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| n.metadata.name.unwrap())
+        .collect();
+    assert_eq!(names, ["default", "kube-public", "kube-system"]);
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    let created = nss.create(&PostParams::default(), &ns).await.unwrap();
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Active"));
+    assert_eq!(
+        created.metadata.labels.unwrap()["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    let bad: Namespace = serde_json::from_value(json!({"metadata": {"name": "a.b"}})).unwrap();
+    match nss.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422);
+            assert_eq!(s.message, "Namespace \"a.b\" is invalid: metadata.name: Invalid value: \"a.b\": must not contain dots");
+        }
+        other => panic!("{other:?}"),
+    }
+    create_job(&env.client, "team-a", job("j", "true")).await;
+    let cms = Api::<ConfigMap>::namespaced(env.client.clone(), "team-a");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let r = nss.delete("team-a", &Default::default()).await.unwrap();
+    let terminating = r.left().unwrap();
+    assert_eq!(
+        terminating.status.unwrap().phase.as_deref(),
+        Some("Terminating")
+    );
+    tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(nss.clone(), "team-a", |o: Option<&Namespace>| {
+            o.is_none()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(cms.get_opt("c").await.unwrap().is_none());
+    match nss.delete("default", &Default::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn updates_are_conditional_on_the_resource_version() {
+    let env = env().await;
+    let cms = Api::<ConfigMap>::namespaced(env.client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "conf"}, "data": {"a": "1"}})).unwrap();
+    let v1 = cms.create(&PostParams::default(), &cm).await.unwrap();
+    let mut v2 = v1.clone();
+    v2.data = Some([("a".to_string(), "2".to_string())].into());
+    let stored = cms
+        .replace("conf", &PostParams::default(), &v2)
+        .await
+        .unwrap();
+    assert_eq!(stored.data.as_ref().unwrap()["a"], "2");
+    assert_eq!(stored.metadata.uid, v1.metadata.uid);
+    assert_ne!(
+        stored.metadata.resource_version,
+        v1.metadata.resource_version
+    );
+    // Replacing from the stale copy conflicts.
+    match cms.replace("conf", &PostParams::default(), &v2).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 409);
+            assert_eq!(s.reason, "Conflict");
+            assert_eq!(s.message, "Operation cannot be fulfilled on configmaps \"conf\": the object has been modified; please apply your changes to the latest version and try again");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Jobs are not updated through this API.
+    let (code, st) = raw_json(
+        &env.client,
+        "PUT",
+        &format!("{JOBS}/x"),
+        Some(job("x", "true")),
+    )
+    .await;
+    assert_eq!(code, 405, "{st}");
+    assert_eq!(st["reason"], "MethodNotAllowed");
+}
+
+#[tokio::test]
+async fn standalone_pods_run_and_logs_follow_the_api_rules() {
+    let env = env().await;
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"generateName": "solo-"},
+        "spec": {"restartPolicy": "Never", "containers": [
+            {"name": "a", "image": "busybox", "command": ["sh", "-c", "echo from-a"]},
+            {"name": "b", "image": "busybox", "command": ["sh", "-c", "echo from-b"]}
+        ]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let name = created.metadata.name.clone().unwrap();
+    assert!(name.starts_with("solo-") && name.len() == 10);
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirst"));
+    assert_eq!(spec.termination_grace_period_seconds, Some(30));
+    assert_eq!(
+        spec.containers[0].termination_message_path.as_deref(),
+        Some("/dev/termination-log")
+    );
+    assert_eq!(
+        spec.containers[0].image_pull_policy.as_deref(),
+        Some("Always")
+    );
+    assert_eq!(
+        created.status.unwrap().qos_class.as_deref(),
+        Some("BestEffort")
+    );
+    wait_pod(&env.client, "default", &name, |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    })
+    .await;
+    let path = format!("/api/v1/namespaces/default/pods/{name}/log");
+    let (code, st) = raw_json(&env.client, "GET", &path, None).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        st["message"],
+        format!("a container name must be specified for pod {name}, choose one of: [a b]")
+    );
+    let (code, st) = raw_json(&env.client, "GET", &format!("{path}?container=c"), None).await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        st["message"],
+        format!("container c is not valid for pod {name}")
+    );
+    let (code, _, body) = raw(&env.client, "GET", &format!("{path}?container=b"), None).await;
+    assert_eq!(
+        (code, String::from_utf8(body).unwrap()),
+        (200, "from-b\n".to_string())
+    );
+    let (code, st) = raw_json(
+        &env.client,
+        "GET",
+        &format!("{path}?container=b&previous=true"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        st["message"],
+        format!("previous terminated container \"b\" in pod \"{name}\" not found")
+    );
+}
