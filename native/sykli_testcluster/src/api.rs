@@ -470,7 +470,7 @@ async fn resource(
     match verb {
         "get" => get(state, t),
         "list" => list(state, t, q),
-        "watch" => watch(state, t, q),
+        "watch" => watch(state, t, q).await,
         "create" if t.name.is_none() && t.res.verbs().contains(&"create") => {
             let ct = req
                 .headers()
@@ -647,7 +647,7 @@ fn stream_response(rx: mpsc::Receiver<Bytes>, content_type: &str) -> Response<Bo
     r
 }
 
-fn watch(
+async fn watch(
     state: &Arc<ApiState>,
     t: &Target,
     q: &[(String, String)],
@@ -698,6 +698,22 @@ fn watch(
         ),
         None => state.config.default_watch_timeout,
     };
+    // A version the store has not reached yet: wait a little, as the watch cache does.
+    if let WatchFrom::After(n) = from {
+        let mut changed = state.store.subscribe();
+        let wait = async {
+            while state.store.current_rv() < n {
+                if changed.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), wait).await;
+        let current = state.store.current_rv();
+        if current < n {
+            return Err(ApiError::too_large_resource_version(n, current));
+        }
+    }
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     // A watch that is to fail starts and ends with the watch cache's ERROR event.
     let gone = state.faults().take_watch_gone();

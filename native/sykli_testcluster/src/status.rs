@@ -362,6 +362,20 @@ impl ApiError {
         ApiError::new(410, "Expired", message)
     }
 
+    /// The watch cache's answer to a resourceVersion it has not reached (504 Timeout).
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        let mut e = ApiError::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {requested}, current: {current}"),
+        );
+        e.details = Some(json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1
+        }));
+        e
+    }
+
     pub fn gone(message: impl Into<String>) -> Self {
         ApiError::new(410, "Gone", message)
     }

@@ -250,4 +250,21 @@ async fn watches_can_be_dropped_or_expired() {
     let _ = tokio::time::timeout(WAIT, fut).await.unwrap();
     let log = env.cluster.requests();
     assert!(log.iter().any(|r| r.watch && r.verb == "watch"));
+
+    // A version from the future: 504 after a short wait, as the watch cache answers.
+    let client = client_no_retry(&env.cluster).await;
+    let future = env.cluster.store().current_rv() + 1000;
+    let (code, st) = raw_json(
+        &client,
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={future}"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 504);
+    assert_eq!(st["reason"], "Timeout");
+    assert_eq!(
+        st["details"]["causes"][0]["reason"],
+        "ResourceVersionTooLarge"
+    );
 }
