@@ -1413,6 +1413,17 @@ fn delete(
     Ok(resp)
 }
 
+/// Cuts `s` to at most `n` bytes without splitting a character.
+fn truncate_at_char(s: &mut String, n: usize) {
+    if s.len() > n {
+        let mut cut = n;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
 fn deletion_time(grace: i64) -> String {
     let t = unix_now() + grace;
     jiff::Timestamp::from_second(t)
@@ -1520,9 +1531,51 @@ async fn pod_log(
         .and_then(|v| v.parse::<i64>().ok())
         .map(|v| v.max(0) as usize);
     let limit_bytes: Option<usize> = query_get(q, "limitBytes").and_then(|v| v.parse().ok());
+    let since: Option<jiff::Timestamp> = match (
+        query_get(q, "sinceSeconds").filter(|v| !v.is_empty()),
+        query_get(q, "sinceTime").filter(|v| !v.is_empty()),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "",
+                "PodLogOptions",
+                "",
+                &[FieldError::forbidden(
+                    "sinceSeconds",
+                    "at most one of `sinceTime` or `sinceSeconds` may be specified",
+                )],
+            ))
+        }
+        (Some(secs), None) => {
+            let secs: i64 = secs.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                ApiError::invalid(
+                    "",
+                    "PodLogOptions",
+                    "",
+                    &[FieldError::invalid(
+                        "sinceSeconds",
+                        secs,
+                        "must be greater than 0",
+                    )],
+                )
+            })?;
+            jiff::Timestamp::from_second(unix_now() - secs).ok()
+        }
+        (None, Some(t)) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
+            ApiError::bad_request(format!("invalid sinceTime {}: {e}", go_quote(t)))
+        })?),
+        (None, None) => None,
+    };
     let log = state.logs.get(&uid, &container);
     let (lines, _) = log.read_from(0);
-    let skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+    let mut skip = tail.map_or(0, |t| lines.len().saturating_sub(t));
+    if let Some(since) = since {
+        let first = lines
+            .iter()
+            .position(|(ts, _)| ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= since))
+            .unwrap_or(lines.len());
+        skip = skip.max(first);
+    }
     let render = move |(ts, l): &(String, String)| -> String {
         if timestamps {
             format!("{ts} {l}\n")
@@ -1533,7 +1586,7 @@ async fn pod_log(
     if !follow {
         let mut text: String = lines[skip..].iter().map(&render).collect();
         if let Some(n) = limit_bytes {
-            text.truncate(n.min(text.len()));
+            truncate_at_char(&mut text, n);
         }
         let mut r = Response::new(full(text));
         r.headers_mut()
@@ -1549,9 +1602,7 @@ async fn pod_log(
             next += new.len();
             for l in &new {
                 let mut s = render(l);
-                if s.len() > budget {
-                    s.truncate(budget);
-                }
+                truncate_at_char(&mut s, budget);
                 budget -= s.len();
                 if tx.send(Bytes::from(s)).await.is_err() || budget == 0 {
                     return;

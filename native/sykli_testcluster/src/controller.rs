@@ -360,6 +360,31 @@ impl Controllers {
             return;
         }
         if spec["suspend"].as_bool() == Some(true) {
+            // Nothing runs; the Job says so once (there is no update to resume it).
+            if !has_condition(job, "Suspended") {
+                let _ = store.update(Res::Job, &ns, &name, None, |o| {
+                    let mut st = o["status"].as_object().cloned().unwrap_or_default();
+                    let mut cs = st
+                        .get("conditions")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    cs.push(condition("Suspended", "JobSuspended", "Job suspended"));
+                    st.insert("conditions".into(), json!(cs));
+                    o["status"] = Value::Object(st);
+                    Ok(true)
+                });
+                emit_event(
+                    &store,
+                    job,
+                    None,
+                    "Normal",
+                    "Suspended",
+                    "Job suspended",
+                    "job-controller",
+                    None,
+                );
+            }
             return;
         }
 

@@ -724,6 +724,21 @@ enum NameRule {
 }
 
 fn validate_meta(meta: &Value, rule: NameRule, errs: &mut Errs) {
+    let check = |v: &str| match rule {
+        NameRule::Subdomain => dns1123_subdomain_errors(v),
+        NameRule::Label => dns1123_label_errors(v),
+    };
+    if let Some(g) = s(meta, "generateName").filter(|g| !g.is_empty()) {
+        // Validated as a prefix: a trailing dash is fine (maskTrailingDash).
+        let masked = if g.len() > 1 && g.ends_with('-') {
+            format!("{}a", &g[..g.len() - 2])
+        } else {
+            g.to_string()
+        };
+        for m in check(&masked) {
+            errs.push(FieldError::invalid("metadata.generateName", g, m));
+        }
+    }
     let name = s(meta, "name").unwrap_or("");
     if name.is_empty() {
         errs.push(FieldError::required(
@@ -731,11 +746,7 @@ fn validate_meta(meta: &Value, rule: NameRule, errs: &mut Errs) {
             "name or generateName is required",
         ));
     } else {
-        let msgs = match rule {
-            NameRule::Subdomain => dns1123_subdomain_errors(name),
-            NameRule::Label => dns1123_label_errors(name),
-        };
-        for m in msgs {
+        for m in check(name) {
             errs.push(FieldError::invalid("metadata.name", name, m));
         }
     }

@@ -185,6 +185,26 @@ async fn invalid_objects_are_422_with_every_cause() {
         "Unsupported value: \"Sometimes\": supported values: \"OnFailure\", \"Never\""
     );
 
+    // generateName is checked as a prefix, and the generated name as a name.
+    let mut g = job("x", "true");
+    g["metadata"] = json!({"generateName": "Bad-"});
+    let (code, st) = raw_json(&env.client, "POST", JOBS, Some(g)).await;
+    assert_eq!(code, 422);
+    let got = causes(&st);
+    assert_eq!(got[0].1, "metadata.generateName");
+    assert!(got[0]
+        .2
+        .starts_with("Invalid value: \"Bad-\": a lowercase RFC 1123 subdomain"));
+    assert_eq!(got[1].1, "metadata.name");
+    let mut g = job("x", "true");
+    g["metadata"] = json!({"generateName": "good-"});
+    let (code, made) = raw_json(&env.client, "POST", JOBS, Some(g)).await;
+    assert_eq!(code, 201);
+    assert!(made["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("good-"));
+
     // A Job name is a label value on its pods: 64 characters are too many.
     let long = "a".repeat(64);
     let (code, st) = raw_json(&env.client, "POST", JOBS, Some(job(&long, "true"))).await;

@@ -464,3 +464,110 @@ async fn init_containers_volumes_and_claims_run_in_order() {
         "kept\n"
     );
 }
+
+#[tokio::test]
+async fn parallel_jobs_keep_at_most_parallelism_pods() {
+    let env = env().await;
+    let mut j = job("par", "echo done");
+    j["spec"]["completions"] = json!(3);
+    j["spec"]["parallelism"] = json!(2);
+    let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
+    let rv = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = jobs
+        .watch(&kube::api::WatchParams::default().timeout(60), &rv)
+        .await
+        .unwrap();
+    create_job(&env.client, "default", j).await;
+    let mut stream = Box::pin(stream);
+    let mut max_active = 0;
+    let fut = async {
+        use futures::TryStreamExt;
+        while let Some(ev) = stream.try_next().await.unwrap() {
+            if let kube::api::WatchEvent::Modified(j) = ev {
+                let st = j.status.clone().unwrap_or_default();
+                max_active = max_active.max(st.active.unwrap_or(0));
+                if job_condition(&j, "Complete").is_some() {
+                    return j;
+                }
+            }
+        }
+        panic!("watch ended");
+    };
+    let done = tokio::time::timeout(WAIT, fut).await.unwrap();
+    assert_eq!(max_active, 2);
+    assert_eq!(done.status.unwrap().succeeded, Some(3));
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default")
+        .list(&ListParams::default().labels("job-name=par"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 3);
+}
+
+#[tokio::test]
+async fn a_suspended_job_runs_nothing() {
+    let env = env().await;
+    let mut j = job("later", "true");
+    j["spec"]["suspend"] = json!(true);
+    create_job(&env.client, "default", j).await;
+    let j = wait_job(&env.client, "default", "later", |j| {
+        job_condition(j, "Suspended").is_some()
+    })
+    .await;
+    assert_eq!(
+        job_condition(&j, "Suspended").unwrap(),
+        ("JobSuspended".to_string(), "Job suspended".to_string())
+    );
+    let pods = Api::<Pod>::namespaced(env.client.clone(), "default")
+        .list(&ListParams::default().labels("job-name=later"))
+        .await
+        .unwrap();
+    assert!(pods.items.is_empty());
+    assert!(j.status.unwrap().start_time.is_none());
+}
+
+#[tokio::test]
+async fn logs_since_and_limited() {
+    let env = env().await;
+    create_job(
+        &env.client,
+        "default",
+        job("chatty", "echo one; echo two; echo three"),
+    )
+    .await;
+    wait_job(&env.client, "default", "chatty", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+    let name = job_pod(&env.client, "default", "chatty")
+        .await
+        .metadata
+        .name
+        .unwrap();
+    let path = format!("/api/v1/namespaces/default/pods/{name}/log");
+    let (_, _, body) = raw(&env.client, "GET", &format!("{path}?limitBytes=6"), None).await;
+    assert_eq!(String::from_utf8(body).unwrap(), "one\ntw");
+    let (_, _, body) = raw(
+        &env.client,
+        "GET",
+        &format!("{path}?sinceSeconds=3600"),
+        None,
+    )
+    .await;
+    assert_eq!(String::from_utf8(body).unwrap(), "one\ntwo\nthree\n");
+    let (_, _, body) = raw(
+        &env.client,
+        "GET",
+        &format!("{path}?sinceTime=2999-01-01T00:00:00Z"),
+        None,
+    )
+    .await;
+    assert_eq!(String::from_utf8(body).unwrap(), "");
+    let (code, _) = raw_json(&env.client, "GET", &format!("{path}?sinceSeconds=0"), None).await;
+    assert_eq!(code, 422);
+}
