@@ -278,7 +278,17 @@ pub async fn run_job(
     }
     // A watch that lagged (or was dropped) may never have shown a container running: fetch
     // whatever log was not streamed, so a task's output is never lost.
-    if failure.as_ref().is_none_or(|(k, _)| *k != "cancelled") {
+    let streamed_everything = watcher.view(&name).pods.last().is_some_and(|p| {
+        let pod = p.metadata.name.clone().unwrap_or_default();
+        let finished = statuses(p, false).any(|st| {
+            st.name == TASK_CONTAINER && st.state.as_ref().is_some_and(|s| s.terminated.is_some())
+        });
+        finished
+            && loggable(p)
+                .iter()
+                .all(|(c, ready)| *ready && followed.contains(&(pod.clone(), c.clone())))
+    });
+    if !streamed_everything && failure.as_ref().is_none_or(|(k, _)| *k != "cancelled") {
         catch_up_logs(&pods, &name, &followed, &events).await;
     }
 
