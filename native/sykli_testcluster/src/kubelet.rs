@@ -451,34 +451,37 @@ impl Kubelet {
             };
             match msg {
                 Some(RunMsg::Started(c)) => {
-                    // A container logging means the init containers before it completed.
-                    for prev in containers.inits_before(&c) {
-                        if !view.is_terminated(&prev) {
-                            view.set(&prev, json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": view.started_at(&prev), "finishedAt": now_rfc3339()}}), false);
-                        }
-                    }
-                    if !view.is_running(&c) {
-                        view.start(&c);
-                        let fp = containers.field_path(&c);
-                        self.event(
-                            &pod,
-                            Some(&fp),
-                            "Normal",
-                            "Created",
-                            &format!("Created container: {c}"),
-                        );
-                        self.event(
-                            &pod,
-                            Some(&fp),
-                            "Normal",
-                            "Started",
-                            &format!("Started container {c}"),
-                        );
-                    }
-                    if containers.is_main(&c) {
-                        for m in containers.mains() {
-                            if !view.is_running(&m) && !view.is_terminated(&m) {
-                                view.start(&m);
+                    // The runner starts a regular init container alone, and the sidecars before
+                    // it (or the main containers) together with it: a container that logs means
+                    // the earlier regular init containers completed and its group started.
+                    let g = containers.group_of(&c);
+                    for (i, group) in containers.groups().iter().enumerate().take(g + 1) {
+                        for name in group {
+                            let regular_init = containers
+                                .get(name)
+                                .is_some_and(|ci| ci.kind == ContainerKind::Init);
+                            if i < g && regular_init {
+                                if !view.is_terminated(name) {
+                                    let at = view.started_at(name);
+                                    view.set(name, json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": at, "finishedAt": now_rfc3339()}}), false);
+                                }
+                            } else if !view.is_running(name) && !view.is_terminated(name) {
+                                view.start(name);
+                                let fp = containers.field_path(name);
+                                self.event(
+                                    &pod,
+                                    Some(&fp),
+                                    "Normal",
+                                    "Created",
+                                    &format!("Created container: {name}"),
+                                );
+                                self.event(
+                                    &pod,
+                                    Some(&fp),
+                                    "Normal",
+                                    "Started",
+                                    &format!("Started container {name}"),
+                                );
                             }
                         }
                     }
@@ -830,19 +833,6 @@ impl Containers {
             .unwrap_or_default()
     }
 
-    fn is_main(&self, name: &str) -> bool {
-        self.get(name)
-            .is_some_and(|c| c.kind == ContainerKind::Main)
-    }
-
-    fn mains(&self) -> Vec<String> {
-        self.all
-            .iter()
-            .filter(|c| c.kind == ContainerKind::Main)
-            .map(|c| c.name.clone())
-            .collect()
-    }
-
     fn spec_of<'a>(&self, spec: &'a Value, name: &str) -> &'a Value {
         ["initContainers", "containers"]
             .iter()
@@ -852,26 +842,34 @@ impl Containers {
             .unwrap_or(&Value::Null)
     }
 
-    /// The containers that start first: the first init container, or every main container.
-    fn first_to_run(&self) -> Vec<String> {
-        match self.all.iter().find(|c| c.kind != ContainerKind::Main) {
-            Some(c) => vec![c.name.clone()],
-            None => self.mains(),
+    /// Containers in the order the runner launches them, grouped by what starts together:
+    /// sidecars with whatever follows them, each regular init container closing a group, and
+    /// the main containers together.
+    fn groups(&self) -> Vec<Vec<String>> {
+        let mut groups = Vec::new();
+        let mut cur = Vec::new();
+        for c in &self.all {
+            cur.push(c.name.clone());
+            if c.kind == ContainerKind::Init {
+                groups.push(std::mem::take(&mut cur));
+            }
         }
+        if !cur.is_empty() {
+            groups.push(cur);
+        }
+        groups
     }
 
-    /// Run-to-completion init containers before `name` (all of them for a main container).
-    fn inits_before(&self, name: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for c in &self.all {
-            if c.name == name {
-                break;
-            }
-            if c.kind == ContainerKind::Init {
-                out.push(c.name.clone());
-            }
-        }
-        out
+    fn group_of(&self, name: &str) -> usize {
+        self.groups()
+            .iter()
+            .position(|g| g.iter().any(|n| n == name))
+            .unwrap_or(0)
+    }
+
+    /// The containers that start first.
+    fn first_to_run(&self) -> Vec<String> {
+        self.groups().into_iter().next().unwrap_or_default()
     }
 }
 

@@ -571,3 +571,72 @@ async fn logs_since_and_limited() {
     let (code, _) = raw_json(&env.client, "GET", &format!("{path}?sinceSeconds=0"), None).await;
     assert_eq!(code, 422);
 }
+
+#[tokio::test]
+async fn sidecars_start_with_the_main_container_after_the_init_containers() {
+    let env = env().await;
+    let fifo_dir = env.dir.path().join("fifo");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    let fifo = fifo_dir.join("go");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    let j = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "svc"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "volumes": [{"name": "sync", "hostPath": {"path": fifo_dir.to_str().unwrap()}}],
+            "initContainers": [
+                {"name": "clone", "image": "busybox", "command": ["sh", "-c", "echo cloned"]},
+                {"name": "db", "image": "busybox", "restartPolicy": "Always", "command": ["sh", "-c", "exec sleep 600"]}
+            ],
+            "containers": [{"name": "task", "image": "busybox", "command": ["sh", "-c", "echo up; read l < /sync/go; echo done"],
+                            "volumeMounts": [{"name": "sync", "mountPath": "/sync"}]}]
+        }}}
+    });
+    create_job(&env.client, "default", j).await;
+    let name = job_pod(&env.client, "default", "svc")
+        .await
+        .metadata
+        .name
+        .unwrap();
+    let pod = wait_pod(&env.client, "default", &name, |p| {
+        container_state(p, "task").get("running").is_some() && phase(p) == "Running"
+    })
+    .await;
+    assert_eq!(
+        container_state(&pod, "clone")["terminated"]["reason"],
+        "Completed"
+    );
+    assert!(
+        container_state(&pod, "db").get("running").is_some(),
+        "{:?}",
+        container_state(&pod, "db")
+    );
+    let st = pod.status.as_ref().unwrap();
+    let db = st
+        .init_container_statuses
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.name == "db")
+        .unwrap();
+    assert_eq!(db.started, Some(true));
+    let initialized = st
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Initialized")
+        .unwrap();
+    assert_eq!(initialized.status, "True");
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, "go\n").unwrap());
+    let pod = wait_pod(&env.client, "default", &name, |p| phase(p) == "Succeeded").await;
+    writer.join().unwrap();
+    assert_eq!(container_state(&pod, "task")["terminated"]["exitCode"], 0);
+    assert!(container_state(&pod, "db").get("terminated").is_some());
+    wait_job(&env.client, "default", "svc", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+}
