@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::faults::{FaultState, Faults, RequestRecord};
 use crate::logs::LogStore;
-use crate::resources::{Res, ALL};
+use crate::resources::{Res, ALL, GROUPS};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, FieldError};
 use crate::store::{EventType, Store, WatchFrom, WatchMsg};
@@ -142,8 +142,8 @@ enum Route {
     ApiVersions,
     CoreResources,
     Groups,
-    Group,
-    BatchResources,
+    Group(String),
+    GroupResources(String),
     Resource(Target),
     SykliRequests,
     SykliFaults,
@@ -153,8 +153,7 @@ enum Route {
 fn route(path: &str) -> Route {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let segs: Vec<&str> = if segs == [""] { vec![] } else { segs };
-    let resource = |group_prefix: usize, by: fn(&str) -> Option<Res>, rest: &[&str]| -> Route {
-        let _ = group_prefix;
+    let resource = |by: &dyn Fn(&str) -> Option<Res>, rest: &[&str]| -> Route {
         let t = |res: Res, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| {
             Route::Resource(Target {
                 res,
@@ -196,10 +195,17 @@ fn route(path: &str) -> Route {
         ["api"] => Route::ApiVersions,
         ["api", "v1"] => Route::CoreResources,
         ["apis"] => Route::Groups,
-        ["apis", "batch"] => Route::Group,
-        ["apis", "batch", "v1"] => Route::BatchResources,
-        ["api", "v1", rest @ ..] => resource(2, Res::core_by_plural, rest),
-        ["apis", "batch", "v1", rest @ ..] => resource(3, Res::batch_by_plural, rest),
+        ["apis", group] if GROUPS.iter().any(|(g, _)| g == group) => {
+            Route::Group(group.to_string())
+        }
+        ["apis", group, version] if GROUPS.contains(&(*group, *version)) => {
+            Route::GroupResources(format!("{group}/{version}"))
+        }
+        ["api", "v1", rest @ ..] => resource(&Res::core_by_plural, rest),
+        ["apis", group, version, rest @ ..] if GROUPS.contains(&(*group, *version)) => {
+            let group = group.to_string();
+            resource(&move |p| Res::by_group_plural(&group, p), rest)
+        }
         ["_sykli", "requests"] => Route::SykliRequests,
         ["_sykli", "faults"] => Route::SykliFaults,
         _ => Route::NotFound,
@@ -320,13 +326,18 @@ async fn handle(state: &Arc<ApiState>, req: Request<Incoming>, info: &mut Info) 
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": state.address}]}),
         ),
         Route::CoreResources => json_response(200, &resource_list("v1")),
-        Route::BatchResources => json_response(200, &resource_list("batch/v1")),
+        Route::GroupResources(gv) => json_response(200, &resource_list(&gv)),
         Route::Groups => json_response(
             200,
-            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [batch_group()]}),
+            &json!({"kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": GROUPS.iter().map(|(g, v)| api_group(g, v)).collect::<Vec<_>>()}),
         ),
-        Route::Group => {
-            let mut g = batch_group();
+        Route::Group(name) => {
+            let v = GROUPS
+                .iter()
+                .find(|(g, _)| *g == name)
+                .map_or("v1", |(_, v)| *v);
+            let mut g = api_group(&name, v);
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
             json_response(200, &g)
@@ -391,10 +402,11 @@ fn version() -> Value {
     })
 }
 
-fn batch_group() -> Value {
-    json!({"name": "batch",
-           "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
-           "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}})
+fn api_group(name: &str, version: &str) -> Value {
+    let gv = format!("{name}/{version}");
+    json!({"name": name,
+           "versions": [{"groupVersion": gv, "version": version}],
+           "preferredVersion": {"groupVersion": gv, "version": version}})
 }
 
 fn resource_list(gv: &str) -> Value {
@@ -879,6 +891,9 @@ fn create(
     } else {
         create_prepared(&state.store, res, obj)?
     };
+    if res == Res::Namespace && !dry_run {
+        ensure_default_service_account(&state.store, meta_name(&created));
+    }
     let mut r = json_response(201, &created);
     warn(&mut r, &decoded.warnings);
     Ok(r)
@@ -952,6 +967,15 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    // Admission sees the object before its name is generated (and says generateName).
+    let admission_name = if name.is_empty() {
+        meta.get("generateName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    } else {
+        name.clone()
+    };
     if name.is_empty() {
         if let Some(base) = meta
             .get("generateName")
@@ -978,6 +1002,7 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
         Res::Pod => {
             if let Some(spec) = m.get_mut("spec") {
                 validation::default_pod_spec(spec, true);
+                admit_pod(store, ns, &admission_name, spec)?;
             }
             let qos = qos_class(m.get("spec").unwrap_or(&Value::Null));
             m.insert(
@@ -1032,10 +1057,65 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
                 json!({"phase": "Bound", "accessModes": access, "capacity": {"storage": storage}}),
             );
         }
-        Res::ConfigMap | Res::Event => {}
+        Res::PriorityClass => {
+            m.entry("preemptionPolicy")
+                .or_insert_with(|| json!("PreemptLowerPriority"));
+            m.entry("value").or_insert_with(|| json!(0));
+        }
+        Res::ConfigMap | Res::Event | Res::ServiceAccount => {}
     }
     validation::validate_create(res, &obj)?;
     Ok(obj)
+}
+
+/// The admission plugins every cluster runs that can refuse a pod: ServiceAccount (the
+/// account must exist) and Priority (the class must exist; it sets priority and
+/// preemptionPolicy).
+fn admit_pod(store: &Store, ns: &str, name: &str, spec: &mut Value) -> Result<(), ApiError> {
+    let forbidden = |why: String| {
+        let mut e =
+            ApiError::forbidden_message(format!("pods {} is forbidden: {why}", go_quote(name)));
+        e.details = Some(json!({"name": name, "kind": "pods"}));
+        e
+    };
+    let sa = spec["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    if store.get(Res::ServiceAccount, ns, &sa).is_none() {
+        return Err(forbidden(format!(
+            "error looking up service account {ns}/{sa}: serviceaccount {} not found",
+            go_quote(&sa)
+        )));
+    }
+    if let Some(pc) = spec["priorityClassName"].as_str().filter(|p| !p.is_empty()) {
+        let Some(class) = store.get(Res::PriorityClass, "", pc) else {
+            return Err(forbidden(format!(
+                "no PriorityClass with name {pc} was found"
+            )));
+        };
+        spec["priority"] = class["value"].clone();
+        spec["preemptionPolicy"] = class
+            .get("preemptionPolicy")
+            .cloned()
+            .unwrap_or_else(|| json!("PreemptLowerPriority"));
+    }
+    Ok(())
+}
+
+/// The `default` ServiceAccount the service account controller puts in every namespace.
+pub fn ensure_default_service_account(store: &Store, ns: &str) {
+    if store.get(Res::ServiceAccount, ns, "default").is_some() {
+        return;
+    }
+    if let Ok(sa) = prepare(
+        store,
+        Res::ServiceAccount,
+        ns,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    ) {
+        let _ = store.create(Res::ServiceAccount, sa);
+    }
 }
 
 /// Stores a prepared object; a generated name that collides is generated again.
@@ -1057,6 +1137,12 @@ pub fn create_prepared(store: &Store, res: Res, mut obj: Value) -> Result<Value,
         }
     }
     Err(ApiError::internal("could not generate a unique name"))
+}
+
+fn meta_name(o: &Value) -> &str {
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 fn qos_class(spec: &Value) -> &'static str {

@@ -303,6 +303,20 @@ async fn serve(
         store
             .create(Res::Namespace, obj)
             .map_err(|e| fail(&ready, e.message.clone()))?;
+        api::ensure_default_service_account(&store, ns);
+    }
+    // The built-in priority classes.
+    for (name, value) in [
+        ("system-cluster-critical", 2_000_000_000),
+        ("system-node-critical", 2_000_001_000),
+    ] {
+        let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                        "metadata": {"name": name}, "value": value, "globalDefault": false,
+                        "preemptionPolicy": "PreemptLowerPriority",
+                        "description": "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."});
+        store
+            .create(Res::PriorityClass, pc)
+            .map_err(|e| fail(&ready, e.message.clone()))?;
     }
     let logs = Arc::new(LogStore::default());
     let state = Arc::new(ApiState {

@@ -182,6 +182,9 @@ impl Controllers {
 
     fn namespaces(&mut self) {
         let (nss, _) = self.store.list(Res::Namespace, None);
+        for ns in nss.iter().filter(|n| !deleting(n)) {
+            crate::api::ensure_default_service_account(&self.store, meta_str(ns, "name"));
+        }
         for ns in nss.iter().filter(|n| deleting(n)) {
             let name = meta_str(ns, "name");
             let mut remaining = 0;
@@ -596,6 +599,9 @@ impl Controllers {
                             "job-controller",
                             None,
                         );
+                        // Retried, as the controller's rate-limited queue would, not at once.
+                        self.jobs.get_mut(&uid).expect("memory").next_create =
+                            Some(Instant::now() + Duration::from_secs(1));
                         break;
                     }
                 }

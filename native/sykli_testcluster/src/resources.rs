@@ -10,18 +10,25 @@ pub enum Res {
     ConfigMap,
     PersistentVolumeClaim,
     Event,
+    ServiceAccount,
     Job,
+    PriorityClass,
 }
 
-pub const ALL: [Res; 7] = [
+pub const ALL: [Res; 9] = [
     Res::Namespace,
     Res::Pod,
     Res::Secret,
     Res::ConfigMap,
     Res::PersistentVolumeClaim,
     Res::Event,
+    Res::ServiceAccount,
     Res::Job,
+    Res::PriorityClass,
 ];
+
+/// The API groups besides the core group, with their one version.
+pub const GROUPS: [(&str, &str); 2] = [("batch", "v1"), ("scheduling.k8s.io", "v1")];
 
 impl Res {
     pub fn plural(self) -> &'static str {
@@ -32,7 +39,9 @@ impl Res {
             Res::ConfigMap => "configmaps",
             Res::PersistentVolumeClaim => "persistentvolumeclaims",
             Res::Event => "events",
+            Res::ServiceAccount => "serviceaccounts",
             Res::Job => "jobs",
+            Res::PriorityClass => "priorityclasses",
         }
     }
 
@@ -44,7 +53,9 @@ impl Res {
             Res::ConfigMap => "configmap",
             Res::PersistentVolumeClaim => "persistentvolumeclaim",
             Res::Event => "event",
+            Res::ServiceAccount => "serviceaccount",
             Res::Job => "job",
+            Res::PriorityClass => "priorityclass",
         }
     }
 
@@ -56,7 +67,9 @@ impl Res {
             Res::ConfigMap => "ConfigMap",
             Res::PersistentVolumeClaim => "PersistentVolumeClaim",
             Res::Event => "Event",
+            Res::ServiceAccount => "ServiceAccount",
             Res::Job => "Job",
+            Res::PriorityClass => "PriorityClass",
         }
     }
 
@@ -68,13 +81,16 @@ impl Res {
             Res::ConfigMap => &["cm"],
             Res::PersistentVolumeClaim => &["pvc"],
             Res::Event => &["ev"],
+            Res::ServiceAccount => &["sa"],
             Res::Job => &[],
+            Res::PriorityClass => &["pc"],
         }
     }
 
     pub fn group(self) -> &'static str {
         match self {
             Res::Job => "batch",
+            Res::PriorityClass => "scheduling.k8s.io",
             _ => "",
         }
     }
@@ -82,6 +98,7 @@ impl Res {
     pub fn api_version(self) -> &'static str {
         match self {
             Res::Job => "batch/v1",
+            Res::PriorityClass => "scheduling.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -92,7 +109,7 @@ impl Res {
     }
 
     pub fn namespaced(self) -> bool {
-        !matches!(self, Res::Namespace)
+        !matches!(self, Res::Namespace | Res::PriorityClass)
     }
 
     /// Verbs served (discovery lists them; others get 405).
@@ -117,9 +134,10 @@ impl Res {
             .find(|r| r.group().is_empty() && r.plural() == plural)
     }
 
-    pub fn batch_by_plural(plural: &str) -> Option<Res> {
+    /// A resource of an API group by plural.
+    pub fn by_group_plural(group: &str, plural: &str) -> Option<Res> {
         ALL.into_iter()
-            .find(|r| r.group() == "batch" && r.plural() == plural)
+            .find(|r| !group.is_empty() && r.group() == group && r.plural() == plural)
     }
 
     /// The field selectors the real API server supports for this type (beyond
@@ -153,7 +171,10 @@ impl Res {
                 "source",
                 "type",
             ],
-            Res::ConfigMap | Res::PersistentVolumeClaim => &[],
+            Res::ConfigMap
+            | Res::PersistentVolumeClaim
+            | Res::ServiceAccount
+            | Res::PriorityClass => &[],
         }
     }
 }

@@ -353,6 +353,10 @@ pub fn decode(res: Res, body: Value, fv: FieldValidation) -> Result<Decoded, Api
         Res::ConfigMap => decode_as::<core::ConfigMap>(&body, kind),
         Res::PersistentVolumeClaim => decode_as::<core::PersistentVolumeClaim>(&body, kind),
         Res::Event => decode_as::<core::Event>(&body, kind),
+        Res::ServiceAccount => decode_as::<core::ServiceAccount>(&body, kind),
+        Res::PriorityClass => {
+            decode_as::<k8s_openapi::api::scheduling::v1::PriorityClass>(&body, kind)
+        }
     };
     let typed = match typed {
         Ok(t) => t,
@@ -1782,7 +1786,32 @@ pub fn validate_create(res: Res, object: &Value) -> Result<(), ApiError> {
                 }
             }
         }
-        Res::Event => validate_meta(meta, NameRule::Subdomain, &mut errs),
+        Res::Event | Res::ServiceAccount => validate_meta(meta, NameRule::Subdomain, &mut errs),
+        Res::PriorityClass => {
+            validate_meta(meta, NameRule::Subdomain, &mut errs);
+            let name = s(meta, "name").unwrap_or("");
+            let value = int(object, "value").unwrap_or(0);
+            if name.starts_with("system-") {
+                errs.push(FieldError::forbidden(
+                    "metadata.name",
+                    format!("priority class names with 'system-' prefix are reserved for system use only. error: {name:?} is not a known system priority class"),
+                ));
+            } else if value > 1_000_000_000 {
+                errs.push(FieldError::forbidden(
+                    "value",
+                    "maximum allowed value of a user defined priority is 1000000000",
+                ));
+            }
+            if let Some(p) = s(object, "preemptionPolicy") {
+                if !["PreemptLowerPriority", "Never"].contains(&p) {
+                    errs.push(FieldError::not_supported(
+                        "preemptionPolicy",
+                        p,
+                        &["Never", "PreemptLowerPriority"],
+                    ));
+                }
+            }
+        }
     }
     if errs.is_empty() {
         Ok(())

@@ -640,3 +640,92 @@ async fn sidecars_start_with_the_main_container_after_the_init_containers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn admission_refuses_pods_with_unknown_accounts_or_priority_classes() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let env = env().await;
+    let mut j = job("acct", "true");
+    j["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    j["spec"]["template"]["spec"]["priorityClassName"] = json!("high");
+    create_job(&env.client, "default", j).await;
+    let evs = Api::<Event>::namespaced(env.client.clone(), "default");
+    let fut = async {
+        let mut stream = Box::pin(kube::runtime::watcher(
+            evs.clone(),
+            kube::runtime::watcher::Config::default()
+                .fields("involvedObject.name=acct,reason=FailedCreate"),
+        ));
+        use futures::StreamExt;
+        while let Some(ev) = stream.next().await {
+            if let Ok(
+                kube::runtime::watcher::Event::Apply(e)
+                | kube::runtime::watcher::Event::InitApply(e),
+            ) = ev
+            {
+                return e.message.unwrap_or_default();
+            }
+        }
+        panic!("watch ended");
+    };
+    let msg = tokio::time::timeout(WAIT, fut).await.unwrap();
+    assert_eq!(msg, "Error creating: pods \"acct-\" is forbidden: error looking up service account default/builder: serviceaccount \"builder\" not found");
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "builder"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(env.client.clone(), "default")
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    // Now the priority class is what is missing.
+    let fut = async {
+        loop {
+            let list = evs
+                .list(&ListParams::default().fields("involvedObject.name=acct,reason=FailedCreate"))
+                .await
+                .unwrap();
+            if let Some(m) = list
+                .items
+                .iter()
+                .filter_map(|e| e.message.clone())
+                .find(|m| m.contains("PriorityClass"))
+            {
+                return m;
+            }
+            // Bounded by the timeout; waits on the next event rather than polling blindly.
+            let rv = list.metadata.resource_version.unwrap();
+            let mut w = Box::pin(
+                evs.watch(&kube::api::WatchParams::default().timeout(5), &rv)
+                    .await
+                    .unwrap(),
+            );
+            use futures::TryStreamExt;
+            let _ = w.try_next().await;
+        }
+    };
+    let msg = tokio::time::timeout(WAIT, fut).await.unwrap();
+    assert_eq!(
+        msg,
+        "Error creating: pods \"acct-\" is forbidden: no PriorityClass with name high was found"
+    );
+    let pc: PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap();
+    Api::<PriorityClass>::all(env.client.clone())
+        .create(&PostParams::default(), &pc)
+        .await
+        .unwrap();
+    wait_job(&env.client, "default", "acct", |j| {
+        job_condition(j, "Complete").is_some()
+    })
+    .await;
+    let pod = job_pod(&env.client, "default", "acct").await;
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.priority, Some(1000));
+    assert_eq!(
+        spec.preemption_policy.as_deref(),
+        Some("PreemptLowerPriority")
+    );
+    // Namespaces get their default account.
+    let sas = Api::<ServiceAccount>::namespaced(env.client.clone(), "kube-system");
+    assert!(sas.get_opt("default").await.unwrap().is_some());
+}
