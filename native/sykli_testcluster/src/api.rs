@@ -305,7 +305,9 @@ async fn handle(state: &Arc<ApiState>, req: Request<Incoming>, info: &mut Info) 
     let route = route(req.uri().path());
     let query = parse_query(req.uri().query());
     // Anonymous requests may read the public endpoints only (system:public-info-viewer).
-    if who == Who::Anonymous && !matches!(route, Route::Version | Route::Health) {
+    if who == Who::Anonymous
+        && !matches!(route, Route::Version | Route::Health | Route::Resource(_))
+    {
         return error_response(&ApiError::forbidden_message(format!(
             "forbidden: User \"system:anonymous\" cannot {} path {}",
             req.method().as_str().to_lowercase(),
@@ -359,6 +361,16 @@ async fn handle(state: &Arc<ApiState>, req: Request<Incoming>, info: &mut Info) 
             info.verb = verb.to_string();
             if verb.is_empty() {
                 return error_response(&ApiError::method_not_allowed());
+            }
+            if who == Who::Anonymous {
+                return error_response(&ApiError::forbidden(
+                    "system:anonymous",
+                    verb,
+                    t.res.qualified(),
+                    t.sub.as_deref(),
+                    t.name.as_deref(),
+                    t.ns.as_deref(),
+                ));
             }
             let is_write = !matches!(verb, "get" | "list" | "watch");
             if is_write && who == Who::ReadOnly {

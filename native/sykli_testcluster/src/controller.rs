@@ -713,9 +713,12 @@ impl Controllers {
                     let now = now_rfc3339();
                     let updated = self.store.update(Res::Pod, ns, name, None, |o| {
                         o["spec"]["nodeName"] = json!(node);
+                        if !o["status"].is_object() {
+                            o["status"] = json!({});
+                        }
                         let conds = o["status"]
                             .as_object_mut()
-                            .expect("status")
+                            .expect("an object, just made one")
                             .entry("conditions")
                             .or_insert_with(|| json!([]));
                         if let Some(cs) = conds.as_array_mut() {
@@ -749,9 +752,12 @@ impl Controllers {
                     let now = now_rfc3339();
                     let msg = message.clone();
                     let _ = self.store.update(Res::Pod, ns, name, None, |o| {
+                        if !o["status"].is_object() {
+                            o["status"] = json!({});
+                        }
                         let conds = o["status"]
                             .as_object_mut()
-                            .expect("status")
+                            .expect("an object, just made one")
                             .entry("conditions")
                             .or_insert_with(|| json!([]));
                         if let Some(cs) = conds.as_array_mut() {

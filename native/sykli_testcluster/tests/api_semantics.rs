@@ -275,6 +275,14 @@ async fn conflicts_missing_objects_and_auth_are_statuses() {
                "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
     );
 
+    // No token: public endpoints only.
+    let anon = client_anonymous(&env.cluster).await;
+    let (code, _) = raw_json(&anon, "GET", "/version", None).await;
+    assert_eq!(code, 200);
+    let (code, st) = raw_json(&anon, "GET", "/api/v1/pods", None).await;
+    assert_eq!(code, 403);
+    assert_eq!(st["message"], "pods is forbidden: User \"system:anonymous\" cannot list resource \"pods\" in API group \"\" at the cluster scope");
+
     // Read-only: reads work, writes are 403.
     let ro = client_for(&env.cluster, sykli_testcluster::READONLY_CONTEXT).await;
     let jobs = Api::<Job>::namespaced(ro.clone(), "default");

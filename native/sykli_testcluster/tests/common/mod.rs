@@ -89,6 +89,20 @@ pub async fn client_with_token(cluster: &TestCluster, token: &str) -> Client {
     Client::try_from(cfg).expect("client")
 }
 
+/// A client that sends no credentials.
+pub async fn client_anonymous(cluster: &TestCluster) -> Client {
+    let text = std::fs::read_to_string(cluster.kubeconfig()).expect("kubeconfig");
+    let mut v: Value = serde_json::from_str(&text).expect("json kubeconfig");
+    for u in v["users"].as_array_mut().expect("users") {
+        u["user"] = json!({});
+    }
+    let kc = Kubeconfig::from_yaml(&v.to_string()).expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
 /// A raw request; returns (status, headers, body).
 pub async fn raw(
     client: &Client,
