@@ -501,6 +501,112 @@ pub fn parse_quantity(s: &str) -> Option<f64> {
     Some(base * mult)
 }
 
+/// A quantity in apimachinery's canonical form (`Quantity.String()`), as validation messages
+/// print it: "0.5" → "500m", "1000" → "1k", "1024Mi" → "1Gi", "1.5Gi" → "1536Mi".
+pub fn canonical_quantity(s: &str) -> Option<String> {
+    parse_quantity(s)?;
+    let s = s.trim();
+    let (sign, rest) = match s.strip_prefix('-') {
+        Some(r) => (-1i128, r),
+        None => (1i128, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let split = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (digits, suffix) = rest.split_at(split);
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    let mut num: i128 = format!("{int_part}{frac_part}").parse().ok()?;
+    let mut exp10: i32 = -(frac_part.len() as i32);
+    let (binary, exponent_format) = match suffix {
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
+            let k = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+                .iter()
+                .position(|x| *x == suffix)
+                .unwrap_or(0) as u32
+                + 1;
+            num = num.checked_mul(1024i128.checked_pow(k)?)?;
+            (true, false)
+        }
+        "" => (false, false),
+        e if e.starts_with('e') || e.starts_with('E') => {
+            exp10 += e[1..].parse::<i32>().ok()?;
+            (false, true)
+        }
+        si => {
+            exp10 += match si {
+                "n" => -9,
+                "u" => -6,
+                "m" => -3,
+                "k" => 3,
+                "M" => 6,
+                "G" => 9,
+                "T" => 12,
+                "P" => 15,
+                "E" => 18,
+                _ => return None,
+            };
+            (false, false)
+        }
+    };
+    if num == 0 {
+        return Some("0".into());
+    }
+    while num % 10 == 0 {
+        num /= 10;
+        exp10 += 1;
+    }
+    // Below a nano the real type rounds up to 1n.
+    if exp10 < -9 {
+        let scale = 10i128.checked_pow((-9 - exp10) as u32)?;
+        num = (num + scale - 1) / scale;
+        exp10 = -9;
+    }
+    let value_int = (exp10 >= 0)
+        .then(|| {
+            10i128
+                .checked_pow(exp10 as u32)
+                .and_then(|p| num.checked_mul(p))
+        })
+        .flatten();
+    if binary {
+        if let Some(v) = value_int.filter(|v| v.abs() >= 1024) {
+            let mut k = 0;
+            let mut m = v;
+            while k < 6 && m % 1024 == 0 {
+                m /= 1024;
+                k += 1;
+            }
+            let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][k];
+            return Some(format!("{}{suffix}", sign * m));
+        }
+    }
+    let e3 = exp10.div_euclid(3) * 3;
+    let mantissa = num.checked_mul(10i128.checked_pow((exp10 - e3) as u32)?)? * sign;
+    let suffix = if exponent_format {
+        if e3 == 0 {
+            String::new()
+        } else {
+            format!("e{e3}")
+        }
+    } else {
+        match e3 {
+            -9 => "n",
+            -6 => "u",
+            -3 => "m",
+            0 => "",
+            3 => "k",
+            6 => "M",
+            9 => "G",
+            12 => "T",
+            15 => "P",
+            18 => "E",
+            _ => return Some(format!("{mantissa}e{e3}")),
+        }
+        .to_string()
+    };
+    Some(format!("{mantissa}{suffix}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Defaulting.
 
@@ -1038,7 +1144,7 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Errs) {
                 if val < 0.0 {
                     errs.push(FieldError::invalid(
                         fp.clone(),
-                        qs,
+                        canonical_quantity(qs).as_deref().unwrap_or(qs),
                         "must be greater than or equal to 0",
                     ));
                 }
@@ -1052,6 +1158,9 @@ fn validate_resources(res: &Value, path: &str, errs: &mut Errs) {
                     let (Some(r), Some(l)) = (parse_quantity(qs), parse_quantity(limit)) else {
                         continue;
                     };
+                    let qs = canonical_quantity(qs).unwrap_or_else(|| qs.to_string());
+                    let qs = qs.as_str();
+                    let limit = canonical_quantity(limit).unwrap_or_else(|| limit.to_string());
                     let rp = format!("{path}.requests");
                     if !overcommit_allowed(name) && r != l {
                         errs.push(FieldError::invalid(
@@ -1842,6 +1951,31 @@ mod tests {
             vec!["prefix part must be non-empty"]
         );
         assert!(label_value_errors(&"x".repeat(64))[0].contains("63"));
+    }
+
+    #[test]
+    fn quantities_print_canonically() {
+        for (q, want) in [
+            ("2", "2"),
+            ("2000m", "2"),
+            ("0.5", "500m"),
+            ("1.5", "1500m"),
+            ("1000", "1k"),
+            ("1500", "1500"),
+            ("1024Mi", "1Gi"),
+            ("1.5Gi", "1536Mi"),
+            ("100Mi", "100Mi"),
+            ("512Ki", "512Ki"),
+            ("0.5Ki", "512"),
+            ("1e3", "1e3"),
+            ("0", "0"),
+            ("-1", "-1"),
+            ("128974848", "128974848"),
+            ("129e6", "129e6"),
+            ("129M", "129M"),
+        ] {
+            assert_eq!(canonical_quantity(q).as_deref(), Some(want), "{q}");
+        }
     }
 
     #[test]

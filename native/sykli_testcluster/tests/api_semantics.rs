@@ -106,7 +106,7 @@ async fn invalid_objects_are_422_with_every_cause() {
                 {"name": "Bad_Name", "image": "busybox", "volumeMounts": [{"name": "nope", "mountPath": "/data"}]},
                 {"name": "dup", "image": ""},
                 {"name": "dup", "image": "busybox", "env": [{"name": "A=B", "value": "x"}],
-                 "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}
+                 "resources": {"requests": {"cpu": "2000m"}, "limits": {"cpu": "1"}}}
             ]
         }}}
     });
