@@ -20,6 +20,10 @@ defmodule Sykli.MixProject do
   defp elixirc_paths(_), do: ["lib"]
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger] ++ test_applications(Mix.env())]
   end
+
+  # The end-to-end tests talk to the test cluster's API with OTP's own HTTP client.
+  defp test_applications(:test), do: [:inets, :ssl]
+  defp test_applications(_), do: []
 end
