@@ -570,7 +570,64 @@ fn list(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Response
     }
     .filter(|l| *l > 0);
     let cont = query_get(q, "continue").filter(|c| !c.is_empty());
-    let (items, mut rv) = state.store.list(t.res, t.ns.as_deref());
+    let req_rv = query_get(q, "resourceVersion").filter(|v| !v.is_empty());
+    let rv_match = query_get(q, "resourceVersionMatch").filter(|v| !v.is_empty());
+    let forbidden = |f: &str, m: &str| {
+        ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            &[FieldError::forbidden(f, m)],
+        )
+    };
+    if cont.is_some() && req_rv.is_some_and(|v| v != "0") {
+        return Err(forbidden(
+            "resourceVersion",
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    let mut exact: Option<u64> = None;
+    match (rv_match, req_rv) {
+        (Some(_), None) => {
+            return Err(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ))
+        }
+        (Some("Exact"), Some("0")) => {
+            return Err(forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ))
+        }
+        (Some("Exact"), Some(v)) => {
+            exact = Some(v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version: {}", go_quote(v)))
+            })?)
+        }
+        (Some("NotOlderThan") | None, _) => {}
+        (Some(other), _) => {
+            return Err(ApiError::invalid(
+                "meta.k8s.io",
+                "ListOptions",
+                "",
+                &[FieldError::not_supported(
+                    "resourceVersionMatch",
+                    other,
+                    &["Exact", "NotOlderThan", ""],
+                )],
+            ))
+        }
+    }
+    if let Some(v) = req_rv
+        .filter(|v| *v != "0")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let current = state.store.current_rv();
+        if v > current {
+            return Err(ApiError::too_large_resource_version(v, current));
+        }
+    }
     let mut start_after: Option<(String, String)> = None;
     if let Some(c) = cont {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -580,17 +637,28 @@ fn list(state: &ApiState, t: &Target, q: &[(String, String)]) -> Result<Response
             .ok_or_else(|| {
                 ApiError::bad_request("continue key is not valid: illegal base64 data")
             })?;
-        rv = decoded["rv"].as_u64().unwrap_or(rv);
+        exact = Some(decoded["rv"].as_u64().ok_or_else(|| {
+            ApiError::bad_request("continue key is not valid: no resource version")
+        })?);
         let start = decoded["start"]
             .as_str()
             .unwrap_or("")
             .trim_end_matches('\0');
         let (ns, name) = start.split_once('/').unwrap_or(("", start));
         start_after = Some((ns.to_string(), name.to_string()));
-        if rv < state.store.oldest_watchable(t.res) {
-            return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
-        }
     }
+    // Every page of a paginated list, and an Exact list, shows the store as it was at that
+    // resourceVersion (rebuilt from the history; older than the history is 410).
+    let (items, rv) = match exact {
+        None => state.store.list(t.res, t.ns.as_deref()),
+        Some(at) => match state.store.list_at(t.res, t.ns.as_deref(), at) {
+            Ok(items) => (items, at),
+            Err(_) if cont.is_some() => {
+                return Err(ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            }
+            Err(e) => return Err(e),
+        },
+    };
     let key = |o: &Value| {
         (
             o.pointer("/metadata/namespace")

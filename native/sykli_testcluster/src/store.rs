@@ -219,6 +219,41 @@ impl Store {
         (items, inner.rv)
     }
 
+    /// The objects of the type as they were at resourceVersion `rv`, rebuilt by undoing the
+    /// history's later events; 410 Expired when the history no longer reaches back to `rv`.
+    pub fn list_at(
+        &self,
+        res: Res,
+        ns: Option<&str>,
+        rv: u64,
+    ) -> Result<Vec<Arc<Value>>, ApiError> {
+        let inner = self.lock();
+        let evicted = inner.evicted_upto[&res];
+        if rv < evicted {
+            return Err(ApiError::expired(format!(
+                "too old resource version: {rv} ({evicted})"
+            )));
+        }
+        let mut map: BTreeMap<Key, Arc<Value>> = inner.objects[&res].clone();
+        for ev in inner.history[&res].iter().rev().take_while(|e| e.rv > rv) {
+            let key = Self::key_of(&ev.object);
+            match (ev.kind, &ev.prev) {
+                (EventType::Added, _) => {
+                    map.remove(&key);
+                }
+                (EventType::Modified | EventType::Deleted, Some(prev)) => {
+                    map.insert(key, Arc::clone(prev));
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(map
+            .into_iter()
+            .filter(|((n, _), _)| ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v)
+            .collect())
+    }
+
     /// Changes an object in place: `f` edits a copy and returns Ok(true) if anything is to be
     /// written. `expected_rv` (an update's metadata.resourceVersion) must be current.
     pub fn update(
@@ -390,6 +425,26 @@ mod tests {
             .watch(Res::ConfigMap, WatchFrom::After(rv - 2))
             .unwrap();
         assert_eq!(w.initial.len(), 2);
+    }
+
+    #[test]
+    fn lists_at_an_older_version_undo_later_events() {
+        let store = Store::new(10, Rng::new(1));
+        store.create(Res::ConfigMap, obj("a")).unwrap();
+        let rv = store.current_rv();
+        store.create(Res::ConfigMap, obj("b")).unwrap();
+        store
+            .update(Res::ConfigMap, "default", "a", None, |o| {
+                o["data"] = json!({"k": "v"});
+                Ok(true)
+            })
+            .unwrap();
+        store.delete(Res::ConfigMap, "default", "a");
+        let then = store.list_at(Res::ConfigMap, None, rv).unwrap();
+        assert_eq!(then.len(), 1);
+        assert_eq!(then[0]["metadata"]["name"], "a");
+        assert!(then[0].get("data").is_none());
+        assert_eq!(store.list(Res::ConfigMap, None).0.len(), 1);
     }
 
     #[test]

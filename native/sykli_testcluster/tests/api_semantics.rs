@@ -449,11 +449,51 @@ async fn selectors_filter_lists_and_watches() {
     assert_eq!(page.items.len(), 2);
     let token = page.metadata.continue_.clone().unwrap();
     assert_eq!(page.metadata.remaining_item_count, Some(1));
+    // The next page shows the list as it was when the first page was read.
+    cms.delete("c", &Default::default()).await.unwrap();
+    let late: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "bb", "labels": {"app": "x"}}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &late).await.unwrap();
     let rest = cms
         .list(&ListParams::default().limit(2).continue_token(&token))
         .await
         .unwrap();
+    assert_eq!(
+        rest.metadata.resource_version,
+        page.metadata.resource_version
+    );
     assert_eq!(names(rest), ["c"]);
+    // An Exact list at that version shows the same; a current list does not.
+    let then = cms
+        .list(
+            &ListParams::default()
+                .at(page.metadata.resource_version.as_ref().unwrap())
+                .matching(kube::api::VersionMatch::Exact),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(then), ["a", "b", "c"]);
+    let now = cms.list(&ListParams::default()).await.unwrap();
+    assert_eq!(names(now), ["a", "b", "bb"]);
+    cms.delete("bb", &Default::default()).await.unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value::<ConfigMap>(
+            json!({"metadata": {"name": "c", "labels": {"app": "x"}}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let (code, _) = raw_json(
+        &env.client,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?resourceVersionMatch=Exact",
+        None,
+    )
+    .await;
+    assert_eq!(code, 422);
 
     // A watch with a selector sees only what matches, and an object leaving the selection
     // as DELETED.
