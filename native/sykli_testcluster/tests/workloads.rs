@@ -288,7 +288,20 @@ async fn deleting_a_running_pod_stops_its_containers() {
         sykli_testcluster::kubelet::sandboxes(Some(&work_dir)),
         Vec::<i32>::new()
     );
-    // The Job controller replaces the pod (backoffLimit counts only failures).
+    // The killed pod ended Failed, and a deleted pod that failed counts against the Job's
+    // backoffLimit (0 here), as with the job-tracking finalizer on a real cluster. The
+    // replacement made at once for the terminating pod (podReplacementPolicy
+    // TerminatingOrFailed) is deleted when the Job fails, and counts too if it had started.
+    let done = wait_job(&env.client, "default", "victim", |j| {
+        job_condition(j, "Failed").is_some()
+    })
+    .await;
+    let failed = done.status.as_ref().unwrap().failed.unwrap_or(0);
+    assert!((1..=2).contains(&failed), "{failed}");
+    assert_eq!(
+        job_condition(&done, "Failed").unwrap().0,
+        "BackoffLimitExceeded"
+    );
     let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
     jobs.delete("victim", &DeleteParams::background())
         .await
