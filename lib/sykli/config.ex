@@ -1,0 +1,131 @@
+defmodule Sykli.Config do
+  @moduledoc """
+  The Kubernetes settings of `.sykli/config.exs`, read with Elixir's `Config.Reader`:
+
+      import Config
+      config :sykli, :k8s,
+        namespace: "ci",
+        context: "prod",
+        clone_depth: 1,
+        git_image: "docker.io/alpine/git:v2.54.0"
+
+  Every key is checked: an unknown key or a value of the wrong type is an error naming the
+  key, the value and the file (with a suggestion for a likely typo). A config file that
+  raises is reported, never a crash. Precedence, highest first: CLI flags, a task's own
+  `k8s` options, this file, defaults (`merge/2`).
+  """
+
+  alias Sykli.Error
+
+  @file_name ".sykli/config.exs"
+
+  # key => {type, description of the type for errors}
+  @keys %{
+    namespace: {:dns_label, "a namespace name"},
+    context: {:string, "a kubeconfig context name"},
+    kubeconfig: {:string, "a path"},
+    source_strategy: {{:one_of, [:git_clone, :pvc, :s3]}, ":git_clone, :pvc or :s3"},
+    source_pvc: {:string, "a PersistentVolumeClaim name"},
+    source_sync: {{:one_of, [:rsync, :git]}, ":rsync or :git"},
+    git_ssh_secret: {:string, "a Secret name"},
+    git_token_secret: {:string, "a Secret name"},
+    git_credentials_secret: {:string, "a Secret name"},
+    git_known_hosts: {:string, "a ConfigMap or Secret name"},
+    clone_depth: {:depth, "a positive integer or :full"},
+    clone_attempts: {{:int, 1, 20}, "an integer from 1 to 20"},
+    clone_backoff: {{:int, 0, 60}, "seconds, from 0 to 60"},
+    submodules: {{:one_of, [false, true, :recursive]}, "false, true or :recursive"},
+    submodule_depth: {:depth, "a positive integer or :full"},
+    lfs: {{:one_of, [true, false, :auto]}, "true, false or :auto"},
+    sparse: {:string_list, "a list of paths"},
+    git_image: {:string, "an image reference"},
+    default_image: {:string, "an image reference"},
+    create_namespace: {:boolean, "true or false"},
+    keep_failed: {:boolean, "true or false"},
+    ttl_seconds_after_finished: {{:int, 0, 31_536_000}, "seconds, 0 or more"},
+    unschedulable_grace: {{:int, 1, 86_400}, "seconds, 1 or more"},
+    s3: {:keyword, "a keyword list: bucket:, prefix:, region:, endpoint:, force_path_style:"}
+  }
+
+  @s3_keys [:bucket, :prefix, :region, :endpoint, :force_path_style]
+
+  @doc "The config file's path for a repository root."
+  def path(root), do: Path.join(root, @file_name)
+
+  @doc """
+  The `:k8s` settings of the repository's config file as a map (empty when there is no
+  file), or an error naming the problem and the file.
+  """
+  @spec load(Path.t()) :: {:ok, map()} | {:error, Error.t()}
+  def load(root) do
+    file = path(root)
+
+    if File.exists?(file) do
+      with {:ok, config} <- read(file), do: validate(Keyword.get(config, :sykli, []), file)
+    else
+      {:ok, %{}}
+    end
+  end
+
+  defp read(file) do
+    {:ok, Config.Reader.read!(file)}
+  rescue
+    e ->
+      {:error, %Error{kind: :invalid_config, message: "#{file} could not be read: #{Exception.message(e)}"}}
+  end
+
+  defp validate(sykli, file) do
+    k8s = if Keyword.keyword?(sykli), do: Keyword.get(sykli, :k8s, []), else: nil
+
+    if Keyword.keyword?(k8s) do
+      Enum.reduce_while(k8s, {:ok, %{}}, fn {key, value}, {:ok, acc} ->
+        case check(key, value) do
+          :ok -> {:cont, {:ok, Map.put(acc, key, value)}}
+          {:error, why} -> {:halt, {:error, %Error{kind: :invalid_config, message: "#{file}: #{why}"}}}
+        end
+      end)
+    else
+      {:error, %Error{kind: :invalid_config, message: "#{file}: config :sykli, :k8s must be a keyword list"}}
+    end
+  end
+
+  defp check(key, value) do
+    case Map.fetch(@keys, key) do
+      :error ->
+        {:error, "unknown key #{inspect(key)} in config :sykli, :k8s#{suggest(key)}"}
+
+      {:ok, {type, description}} ->
+        if valid?(type, value),
+          do: :ok,
+          else: {:error, "#{inspect(key)} is #{inspect(value)}, but must be #{description}"}
+    end
+  end
+
+  defp suggest(key) do
+    name = to_string(key)
+    best = Enum.max_by(Map.keys(@keys), &String.jaro_distance(to_string(&1), name))
+    if String.jaro_distance(to_string(best), name) > 0.8, do: " (did you mean #{inspect(best)}?)", else: ""
+  end
+
+  defp valid?(:string, v), do: is_binary(v) and v != ""
+  defp valid?(:boolean, v), do: is_boolean(v)
+  defp valid?(:dns_label, v), do: is_binary(v) and v =~ ~r/\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\z/
+  defp valid?({:one_of, allowed}, v), do: v in allowed
+  defp valid?({:int, min, max}, v), do: is_integer(v) and v >= min and v <= max
+  defp valid?(:depth, v), do: v == :full or (is_integer(v) and v >= 1)
+  defp valid?(:string_list, v), do: is_list(v) and Enum.all?(v, &(is_binary(&1) and &1 != ""))
+
+  defp valid?(:keyword, v),
+    do: Keyword.keyword?(v) and Enum.all?(Keyword.keys(v), &(&1 in @s3_keys))
+
+  @doc """
+  Merges settings, later ones winning: `merge([defaults, config_file, task_k8s, cli_flags])`.
+  `nil` values do not override (an unset flag keeps the config's value).
+  """
+  @spec merge([map() | keyword()]) :: map()
+  def merge(layers) do
+    Enum.reduce(layers, %{}, fn layer, acc ->
+      layer |> Map.new() |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new() |> then(&Map.merge(acc, &1))
+    end)
+  end
+end
