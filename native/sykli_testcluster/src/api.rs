@@ -940,14 +940,6 @@ async fn run_watch(
     state.store.unwatch(res, id);
 }
 
-fn parse_json(body: &[u8], kind: &str) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: {e}"
-        ))
-    })
-}
-
 fn create(
     state: &ApiState,
     t: &Target,
@@ -962,7 +954,7 @@ fn create(
     if query_get(q, "dryRun").is_some_and(|d| !d.is_empty()) {
         // Accepted and validated, not stored.
     }
-    let decoded = validation::decode(res, parse_json(body, res.kind())?, fv)?;
+    let decoded = validation::decode_bytes(res, body, fv)?;
     let ns = ns_of(t).to_string();
     let obj = prepare(&state.store, res, &ns, decoded.body)?;
     let dry_run = query_get(q, "dryRun").is_some_and(|d| d == "All");
@@ -1279,7 +1271,7 @@ fn update(
         Some(s) => FieldValidation::parse(s)?,
         None => state.config.default_field_validation,
     };
-    let decoded = validation::decode(res, parse_json(body, res.kind())?, fv)?;
+    let decoded = validation::decode_bytes(res, body, fv)?;
     let mut obj = decoded.body;
     let body_name = obj
         .pointer("/metadata/name")

@@ -311,6 +311,124 @@ pub struct Decoded {
 
 /// Decodes `body` as `res` the way the create handler does.
 pub fn decode(res: Res, body: Value, fv: FieldValidation) -> Result<Decoded, ApiError> {
+    decode_raw(res, body, None, fv)
+}
+
+/// The body as written: object keys in document order, duplicates kept (serde_json's Value
+/// sorts keys and keeps the last duplicate; the real decoder reports in document order).
+#[derive(Debug)]
+enum Node {
+    Obj(Vec<(String, Node)>),
+    Arr(Vec<Node>),
+    Null,
+    Scalar,
+}
+
+impl<'de> serde::Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Node, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, Node>()? {
+                    out.push((k, v));
+                }
+                Ok(Node::Obj(out))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = a.next_element::<Node>()? {
+                    out.push(v);
+                }
+                Ok(Node::Arr(out))
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Scalar)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Unknown and duplicate fields, in document order, as the strict decoder lists them.
+fn strict_issues(input: &Node, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Node::Obj(entries), Value::Object(t)) => {
+            let mut seen: Vec<&str> = Vec::new();
+            for (k, v) in entries {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let known = t.contains_key(k);
+                if seen.contains(&k.as_str()) {
+                    if known {
+                        out.push(format!("duplicate field {}", go_quote(&p)));
+                    }
+                    continue;
+                }
+                seen.push(k);
+                if matches!(v, Node::Null) {
+                    continue;
+                }
+                match t.get(k) {
+                    Some(tv) => strict_issues(v, tv, &p, out),
+                    None => out.push(format!("unknown field {}", go_quote(&p))),
+                }
+            }
+        }
+        (Node::Arr(items), Value::Array(t)) => {
+            for (n, v) in items.iter().enumerate() {
+                if let Some(tv) = t.get(n) {
+                    strict_issues(v, tv, &format!("{path}[{n}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes a request body (its raw bytes, for document order and duplicates).
+pub fn decode_bytes(res: Res, raw: &[u8], fv: FieldValidation) -> Result<Decoded, ApiError> {
+    let body: Value = serde_json::from_slice(raw).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e}",
+            res.kind()
+        ))
+    })?;
+    let node: Option<Node> = serde_json::from_slice(raw).ok();
+    decode_raw(res, body, node.as_ref(), fv)
+}
+
+fn decode_raw(
+    res: Res,
+    body: Value,
+    node: Option<&Node>,
+    fv: FieldValidation,
+) -> Result<Decoded, ApiError> {
     let kind = res.kind();
     let gvk_kind = body_kind(&body).unwrap_or(kind).to_string();
     let cannot = |msg: String| {
@@ -372,14 +490,23 @@ pub fn decode(res: Res, body: Value, fv: FieldValidation) -> Result<Decoded, Api
     if let Some(q) = bad_quantity(&body) {
         return Err(cannot(format!("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (got {})", go_quote(&q))));
     }
-    let mut unknown = Vec::new();
-    unknown_fields(&body, &typed, "", &mut unknown);
+    let list: Vec<String> = match node {
+        Some(n) => {
+            let mut out = Vec::new();
+            strict_issues(n, &typed, "", &mut out);
+            out
+        }
+        None => {
+            let mut unknown = Vec::new();
+            unknown_fields(&body, &typed, "", &mut unknown);
+            unknown
+                .iter()
+                .map(|p| format!("unknown field {}", go_quote(p)))
+                .collect()
+        }
+    };
     let mut warnings = Vec::new();
-    if !unknown.is_empty() {
-        let list: Vec<String> = unknown
-            .iter()
-            .map(|p| format!("unknown field {}", go_quote(p)))
-            .collect();
+    if !list.is_empty() {
         match fv {
             FieldValidation::Strict => {
                 return Err(cannot(format!(
@@ -1985,6 +2112,23 @@ mod tests {
         assert_eq!(parse_quantity("1e3"), Some(1000.0));
         assert_eq!(parse_quantity("abc"), None);
         assert_eq!(parse_quantity("1.2.3"), None);
+    }
+
+    #[test]
+    fn strict_decoding_lists_fields_in_document_order_with_duplicates() {
+        let raw = br#"{"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "name": "b", "zzz": 1},
+            "dta": {}, "data": {"k": "v"}}"#;
+        let e = decode_bytes(Res::ConfigMap, raw, FieldValidation::Strict)
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.message,
+            "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: duplicate field \"metadata.name\", unknown field \"metadata.zzz\", unknown field \"dta\""
+        );
+        let ok = decode_bytes(Res::ConfigMap, raw, FieldValidation::Warn).unwrap();
+        assert_eq!(ok.warnings.len(), 3);
+        assert_eq!(ok.body["metadata"]["name"], "b");
     }
 
     #[test]
