@@ -111,6 +111,11 @@ defmodule Sykli.CLIRunTest do
       assert out =~ part
     end
 
+    File.write!(file, ~s({"tasks": [{"name": "a", "command": "x", "depends_on": ["b"]},
+                                     {"name": "b", "command": "y", "depends_on": ["a"]}]}))
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+    assert out =~ "tasks depend on each other in a cycle: a → b → a"
+
     File.write!(file, "{not json")
     {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
     assert out =~ "sykli: pipeline"

@@ -281,11 +281,59 @@ impl Pipeline {
                 }
             }
         }
+        if let Some(cycle) = self.cycle() {
+            problems.push(format!(
+                "tasks depend on each other in a cycle: {}",
+                cycle.join(" → ")
+            ));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(Error::InvalidPipeline { problems })
         }
+    }
+
+    /// A dependency cycle, as the task names around it (`a → b → a`), if there is one.
+    pub fn cycle(&self) -> Option<Vec<String>> {
+        let deps: BTreeMap<&str, Vec<&str>> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.name.as_str(),
+                    t.depends_on.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        // Depth-first search; `path` is the current chain, `done` the tasks known acyclic.
+        fn visit<'a>(
+            task: &'a str,
+            deps: &BTreeMap<&'a str, Vec<&'a str>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) -> Option<Vec<String>> {
+            if let Some(start) = path.iter().position(|t| *t == task) {
+                let mut cycle: Vec<String> = path[start..].iter().map(|t| t.to_string()).collect();
+                cycle.push(task.to_string());
+                return Some(cycle);
+            }
+            if done.contains(task) {
+                return None;
+            }
+            path.push(task);
+            for dep in deps.get(task).into_iter().flatten() {
+                if let Some(c) = visit(dep, deps, path, done) {
+                    return Some(c);
+                }
+            }
+            path.pop();
+            done.insert(task);
+            None
+        }
+        let mut done = BTreeSet::new();
+        deps.keys()
+            .find_map(|t| visit(t, &deps, &mut Vec::new(), &mut done))
     }
 }
 

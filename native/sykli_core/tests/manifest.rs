@@ -496,3 +496,29 @@ fn ssh_and_local_urls_and_missing_sha() {
         .to_string()
         .contains("needs the commit"));
 }
+
+#[test]
+fn dependency_cycles_are_named() {
+    let p = json!({"tasks": [
+        {"name": "a", "command": "x", "depends_on": ["c"]},
+        {"name": "b", "command": "x", "depends_on": ["a"]},
+        {"name": "c", "command": "x", "depends_on": ["b"]},
+        {"name": "d", "command": "x", "depends_on": ["d"]},
+        {"name": "e", "command": "x", "depends_on": ["a"]}]});
+    let err = Pipeline::from_json(p.to_string().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tasks depend on each other in a cycle: a → c → b → a"),
+        "{err}"
+    );
+    let ok = json!({"tasks": [
+        {"name": "a", "command": "x"}, {"name": "b", "command": "x", "depends_on": ["a"]},
+        {"name": "c", "command": "x", "depends_on": ["a", "b"]}]});
+    assert!(Pipeline::from_json(ok.to_string().as_bytes()).is_ok());
+    let self_loop = json!({"tasks": [{"name": "d", "command": "x", "depends_on": ["d"]}]});
+    let err = Pipeline::from_json(self_loop.to_string().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cycle: d → d"), "{err}");
+}
