@@ -65,12 +65,15 @@ defmodule Sykli.CLI do
   defp do_info(opts) do
     dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
 
-    case Sykli.GitContext.detect(dir, max_paths: opts[:max_paths] || 10) do
-      {:ok, ctx} ->
-        if opts[:json], do: print_json(info_map(ctx)), else: IO.write(render_info(ctx))
-        Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
-        0
+    with {:ok, ctx} <- Sykli.GitContext.detect(dir, max_paths: opts[:max_paths] || 10),
+         {:ok, settings} <- Sykli.Config.effective(ctx.root) do
+      if opts[:json],
+        do: print_json(Map.put(info_map(ctx), :k8s, settings_map(settings))),
+        else: IO.write(render_info(ctx) <> render_settings(settings))
 
+      Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
+      0
+    else
       {:error, %Sykli.Error{message: message}} ->
         IO.puts(:stderr, "sykli: " <> message)
         1
@@ -171,6 +174,34 @@ defmodule Sykli.CLI do
          }}
     end
   end
+
+  defp settings_map(settings) do
+    Map.new(settings, fn {key, value, source} -> {key, %{value: json_value(value), source: source}} end)
+  end
+
+  defp json_value(value) when is_list(value), do: Enum.map(value, &json_value/1)
+  defp json_value({k, v}), do: %{to_string(k) => json_value(v)}
+  defp json_value(value), do: value
+
+  @doc "The Kubernetes settings block of `sykli info`: each value and where it comes from."
+  def render_settings(settings) do
+    lines =
+      Enum.map(settings, fn {key, value, source} ->
+        shown =
+          cond do
+            key == :context and is_nil(value) -> "the kubeconfig's current context"
+            is_nil(value) -> "(not set)"
+            true -> inspect_value(value)
+          end
+
+        "#{String.pad_trailing(to_string(key), 22)} #{shown} (#{source})"
+      end)
+
+    row({"Kubernetes", Enum.join(lines, "\n")})
+  end
+
+  defp inspect_value(value) when is_binary(value), do: value
+  defp inspect_value(value), do: inspect(value)
 
   @doc false
   def info_map(ctx), do: ctx |> Map.from_struct() |> Map.put(:root, ctx.root)

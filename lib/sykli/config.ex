@@ -128,4 +128,43 @@ defmodule Sykli.Config do
       layer |> Map.new() |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new() |> then(&Map.merge(acc, &1))
     end)
   end
+
+  @defaults [
+    source_strategy: :git_clone,
+    namespace: "sykli",
+    context: nil,
+    clone_depth: 1,
+    git_image: "docker.io/alpine/git:v2.54.0",
+    git_ssh_secret: nil,
+    git_token_secret: nil,
+    git_credentials_secret: nil,
+    git_known_hosts: nil
+  ]
+
+  @doc """
+  The settings a Kubernetes run would use and where each comes from: `flags` (the command
+  line) over the config file over `SYKLI_K8S_NAMESPACE` over defaults. Returns a list of
+  `{key, value, source}` in a stable order, or the config file's error.
+  """
+  @spec effective(Path.t(), map(), map()) :: {:ok, [{atom(), term(), String.t()}]} | {:error, Error.t()}
+  def effective(root, flags \\ %{}, env \\ System.get_env()) do
+    with {:ok, file} <- load(root) do
+      env_layer = if ns = env["SYKLI_K8S_NAMESPACE"], do: %{namespace: ns}, else: %{}
+
+      layers = [
+        {"command line", Map.reject(Map.new(flags), fn {_, v} -> is_nil(v) end)},
+        {@file_name, file},
+        {"SYKLI_K8S_NAMESPACE", env_layer}
+      ]
+
+      keys = Keyword.keys(@defaults) ++ (Map.keys(file) -- Keyword.keys(@defaults))
+
+      {:ok,
+       Enum.map(keys, fn key ->
+         Enum.find_value(layers, {key, @defaults[key], "default"}, fn {source, layer} ->
+           if Map.has_key?(layer, key), do: {key, layer[key], source}
+         end)
+       end)}
+    end
+  end
 end

@@ -23,17 +23,61 @@ defmodule Sykli.CLITest do
     sha = head!(work)
     {out, 0} = sykli(["info"], cd: work)
 
-    assert out == """
-           Repository  #{work}
-           Git URL     git@github.com:org/repo.git (remote origin)
-           Branch      main
-           SHA         #{sha}
-           Status      clean
-           Pushed      yes
-           Submodules  none
-           LFS         no
-           Shallow     no
-           """
+    assert out =~
+             ~r/\A#{Regex.escape(expected_info(work, sha))}Kubernetes  source_strategy +:git_clone \(default\)\n/
+  end
+
+  defp expected_info(work, sha) do
+    """
+    Repository  #{work}
+    Git URL     git@github.com:org/repo.git (remote origin)
+    Branch      main
+    SHA         #{sha}
+    Status      clean
+    Pushed      yes
+    Submodules  none
+    LFS         no
+    Shallow     no
+    """
+  end
+
+  test "info shows the Kubernetes settings and where each comes from", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+
+    write!(
+      work,
+      ".sykli/config.exs",
+      "import Config\nconfig :sykli, :k8s, namespace: \"team-ci\", clone_depth: :full\n"
+    )
+
+    commit_all!(work, "config")
+    git!(work, ["push", "-q"])
+    {out, 0} = sykli(["info"], cd: work)
+    assert out =~ ~r/^            namespace +team-ci \(\.sykli\/config\.exs\)$/m
+    assert out =~ ~r/^            clone_depth +:full \(\.sykli\/config\.exs\)$/m
+    assert out =~ ~r/^            context +the kubeconfig's current context \(default\)$/m
+
+    {json, 0} = sykli(["info", "--json"], cd: work, env: [{"SYKLI_K8S_NAMESPACE", "from-env"}])
+
+    assert %{
+             "namespace" => %{"value" => "team-ci", "source" => ".sykli/config.exs"},
+             "git_image" => %{"source" => "default"}
+           } = Sykli.JSON.decode!(json)["k8s"]
+
+    File.rm!(Path.join(work, ".sykli/config.exs"))
+    {json, 0} = sykli(["info", "--json"], cd: work, env: [{"SYKLI_K8S_NAMESPACE", "from-env"}])
+
+    assert %{"value" => "from-env", "source" => "SYKLI_K8S_NAMESPACE"} =
+             Sykli.JSON.decode!(json)["k8s"]["namespace"]
+  end
+
+  test "info fails on a broken config file, naming the key and the file", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    write!(work, ".sykli/config.exs", "import Config\nconfig :sykli, :k8s, clone_dept: 1\n")
+    {out, 1} = System.cmd(@sykli, ["info"], cd: work, stderr_to_stdout: true, env: [{"SYKLI_CWD", nil}])
+
+    assert out =~
+             "sykli: #{work}/.sykli/config.exs: unknown key :clone_dept in config :sykli, :k8s (did you mean :clone_depth?)"
   end
 
   test "info from a subdirectory of a dirty repository lists the first paths", %{tmp: tmp} do

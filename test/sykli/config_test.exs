@@ -85,4 +85,19 @@ defmodule Sykli.ConfigTest do
              keep_failed: true
            }
   end
+
+  test "the default git image shown is the one the manifests use" do
+    {:ok, settings} = Config.effective(tmp_dir!(), %{}, %{})
+    {:git_image, shown, "default"} = List.keyfind(settings, :git_image, 0)
+    ctx = %Sykli.GitContext{url: "https://h/r.git", sha: String.duplicate("a", 40)}
+    {:ok, state} = Sykli.Target.K8s.setup(git_context: ctx, dry_run: true)
+    task = %{name: "t", command: "true", container: "alpine", mounts: [%{resource: "src", path: "/app"}]}
+
+    {:ok, job} =
+      Sykli.Target.K8s.build_job_manifest(task, "j", state,
+        resources: %{"src" => %{type: "directory", path: "."}}
+      )
+
+    assert [%{"image" => ^shown}] = job["spec"]["template"]["spec"]["initContainers"]
+  end
 end
