@@ -141,6 +141,13 @@ defmodule Sykli.CLI do
         )
       end
 
+      if ctx.pushed == false do
+        IO.puts(
+          :stderr,
+          "warning: HEAD #{ctx.sha} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
+        )
+      end
+
       IO.write(text)
       0
     else

@@ -135,4 +135,16 @@ defmodule Sykli.CLIRunTest do
     {out, 2} = sykli_err(~w(run --target=k8s --dry-run -o xml), work)
     assert out =~ "--output must be yaml or json"
   end
+
+  test "an unpushed HEAD is warned about", %{work: work} do
+    write!(work, "local.txt", "not pushed\n")
+    sha = commit_all!(work, "local only")
+    {out, 0} = sykli_err(~w(run --target=k8s --dry-run), work)
+
+    assert out =~
+             "warning: HEAD #{sha} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
+
+    {out, 0} = System.cmd(@sykli, ~w(run --target=k8s --dry-run), cd: work, env: [{"SYKLI_CWD", nil}])
+    refute out =~ "warning", "warnings go to stderr; stdout stays kubectl-ready"
+  end
 end
