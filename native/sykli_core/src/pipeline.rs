@@ -269,7 +269,12 @@ impl Pipeline {
             if !names.insert(task.name.as_str()) {
                 problems.push(format!("task {:?} is defined twice", task.name));
             }
-            problems.extend(task.problems(&self.resources));
+            let name = &task.name;
+            problems.extend(
+                task.problems(&self.resources)
+                    .into_iter()
+                    .map(|p| format!("task {name:?}: {p}")),
+            );
         }
         for task in &self.tasks {
             for dep in &task.depends_on {
@@ -338,66 +343,57 @@ impl Pipeline {
 }
 
 impl Task {
-    /// What is wrong with this task, each problem naming the task and the field.
+    /// What is wrong with this task, each problem naming the field (callers name the task).
     pub fn problems(&self, resources: &BTreeMap<String, Resource>) -> Vec<String> {
-        let t = &self.name;
         let mut problems = Vec::new();
         if self.name.trim().is_empty() {
-            problems.push("a task has an empty name".to_string());
+            problems.push("the name is empty".to_string());
         }
         match &self.command {
-            None => problems.push(format!(
-                "task {t:?}: no command (every task run on Kubernetes needs one)"
-            )),
-            Some(c) if c.trim().is_empty() => {
-                problems.push(format!("task {t:?}: the command is empty"))
+            None => {
+                problems.push("no command (every task run on Kubernetes needs one)".to_string())
             }
+            Some(c) if c.trim().is_empty() => problems.push("the command is empty".to_string()),
             Some(_) => {}
         }
         let mut paths = BTreeSet::new();
         for m in &self.mounts {
             if !m.path.starts_with('/') {
                 problems.push(format!(
-                    "task {t:?}: mount path {:?} must be absolute (like \"/app\")",
+                    "mount path {:?} must be absolute (like \"/app\")",
                     m.path
                 ));
             } else if m.path == "/" {
-                problems.push(format!(
-                    "task {t:?}: cannot mount over the container's root \"/\""
-                ));
+                problems.push("cannot mount over the container's root \"/\"".to_string());
             } else if m.path.split('/').any(|c| c == "..") {
-                problems.push(format!(
-                    "task {t:?}: mount path {:?} contains \"..\"",
-                    m.path
-                ));
+                problems.push(format!("mount path {:?} contains \"..\"", m.path));
             }
             if !paths.insert(m.path.trim_end_matches('/')) {
-                problems.push(format!("task {t:?}: two mounts at {:?}", m.path));
+                problems.push(format!("two mounts at {:?}", m.path));
             }
             match (resources.get(&m.resource), m.kind) {
                 (None, _) => problems.push(format!(
-                    "task {t:?}: mount at {:?} uses resource {:?}, which the pipeline does not define",
+                    "mount at {:?} uses resource {:?}, which the pipeline does not define",
                     m.path, m.resource
                 )),
-                (Some(Resource::Directory { .. }), MountKind::Cache) | (Some(Resource::Cache { .. }), MountKind::Directory) => {
-                    problems.push(format!(
-                        "task {t:?}: mount at {:?} has type {:?} but resource {:?} is not one",
-                        m.path,
-                        format!("{:?}", m.kind).to_lowercase(),
-                        m.resource
-                    ))
-                }
+                (Some(Resource::Directory { .. }), MountKind::Cache)
+                | (Some(Resource::Cache { .. }), MountKind::Directory) => problems.push(format!(
+                    "mount at {:?} has type {:?} but resource {:?} is not one",
+                    m.path,
+                    format!("{:?}", m.kind).to_lowercase(),
+                    m.resource
+                )),
                 _ => {}
             }
         }
         if let Some(workdir) = &self.workdir {
             if workdir.split('/').any(|c| c == "..") {
-                problems.push(format!("task {t:?}: workdir {workdir:?} contains \"..\""));
+                problems.push(format!("workdir {workdir:?} contains \"..\""));
             }
         }
         for s in &self.services {
             if s.image.trim().is_empty() {
-                problems.push(format!("task {t:?}: service {:?} has no image", s.name));
+                problems.push(format!("service {:?} has no image", s.name));
             }
         }
         problems

@@ -522,3 +522,12 @@ fn dependency_cycles_are_named() {
         .to_string();
     assert!(err.contains("cycle: d → d"), "{err}");
 }
+
+#[test]
+fn a_task_name_that_looks_like_a_message_prefix_stays_intact() {
+    let err = build_err(json!({"name": "a\": b", "container": "alpine"}));
+    assert_eq!(
+        err,
+        "task \"a\\\": b\": no command (every task run on Kubernetes needs one)"
+    );
+}

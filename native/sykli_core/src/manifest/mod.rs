@@ -298,12 +298,7 @@ impl Problems {
         self.0.push(s);
     }
     fn extend(&mut self, v: Vec<String>) {
-        // Task-level problems already name the task; keep only what follows.
-        self.0
-            .extend(v.into_iter().map(|s| match s.split_once("\": ") {
-                Some((head, rest)) if head.starts_with("task \"") => rest.to_string(),
-                _ => s,
-            }));
+        self.0.extend(v);
     }
     fn into_result(self, task: &str) -> Result<()> {
         if self.0.is_empty() {
