@@ -64,17 +64,7 @@ impl Drop for RunRes {
 fn k8s_connect(options_json: String) -> Result<ResourceArc<ClusterRes>, NifError> {
     let opts: ConnectOptions =
         sykli_core::pipeline::from_json(options_json.as_bytes(), "connect options")?;
-    let rt = runtime()?;
-    let cluster = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), Cluster::connect(&opts))
-            .await
-            .unwrap_or_else(|_| {
-                Err(sykli_core::Error::cluster(
-                    "unreachable",
-                    "connecting took more than 60s",
-                ))
-            })
-    })?;
+    let cluster = block_on_call(Duration::from_secs(60), Cluster::connect(&opts))?;
     Ok(ResourceArc::new(ClusterRes {
         cluster: std::panic::AssertUnwindSafe(Arc::new(cluster)),
     }))
@@ -213,20 +203,20 @@ fn done<'e>(env: Env<'e>, result: sykli_core::Result<Outcome>) -> Term<'e> {
     }
 }
 
-/// Runs one short API call to completion on the runtime, from a dirty I/O scheduler.
+/// Runs one short API call to completion on the runtime, from a dirty I/O scheduler,
+/// bounded by `limit`.
 fn block_on_call<T>(
+    limit: Duration,
     fut: impl std::future::Future<Output = sykli_core::Result<T>>,
 ) -> Result<T, NifError> {
     let rt = runtime()?;
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(sykli_core::Error::cluster(
-                    "unreachable",
-                    "no answer within 120s",
-                ))
-            })
+        tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(sykli_core::Error::cluster(
+                "unreachable",
+                format!("no answer within {}s", limit.as_secs()),
+            ))
+        })
     })
     .map_err(NifError::from)
 }
@@ -240,7 +230,7 @@ fn k8s_read_secret(
     key: String,
 ) -> Result<String, NifError> {
     let c = Arc::clone(&cluster.cluster);
-    block_on_call(async move {
+    block_on_call(Duration::from_secs(120), async move {
         sykli_core::cluster::objects::read_secret(&c.client, &namespace, &name, &key).await
     })
 }
@@ -271,7 +261,7 @@ fn k8s_create_volume(
         access_mode: v.access_mode,
     };
     let c = Arc::clone(&cluster.cluster);
-    block_on_call(async move {
+    block_on_call(Duration::from_secs(120), async move {
         sykli_core::cluster::objects::create_pvc(&c.client, &namespace, &req).await
     })?;
     Ok(atoms::ok())
