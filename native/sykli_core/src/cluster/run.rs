@@ -371,18 +371,7 @@ async fn confirm_failure(
     view: &JobView,
     job: &str,
 ) -> Option<(Option<i32>, Option<(&'static str, String)>)> {
-    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
-    let mut list = retry(&format!("listing the pods of Job {job}"), || {
-        pods.list(&params)
-    })
-    .await
-    .ok()?
-    .items;
-    list.sort_by(|a, b| {
-        a.metadata
-            .creation_timestamp
-            .cmp(&b.metadata.creation_timestamp)
-    });
+    let list = job_pods(pods, job).await?;
     let fresh = JobView {
         job: view.job.clone(),
         pods: list,
@@ -396,21 +385,33 @@ async fn confirm_failure(
     }
 }
 
+/// The Job's pods as the API has them now, oldest first; None when they cannot be listed.
+async fn job_pods(pods: &Api<Pod>, job: &str) -> Option<Vec<Pod>> {
+    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
+    let mut list = retry(&format!("listing the pods of Job {job}"), || {
+        pods.list(&params)
+    })
+    .await
+    .ok()?
+    .items;
+    list.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    Some(list)
+}
+
 async fn catch_up_logs(
     pods: &Api<Pod>,
     job: &str,
     followed: &HashSet<(String, String)>,
     events: &UnboundedSender<Event>,
 ) {
-    let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"));
-    let Ok(list) = retry(&format!("listing the pods of Job {job}"), || {
-        pods.list(&params)
-    })
-    .await
-    else {
+    let Some(list) = job_pods(pods, job).await else {
         return;
     };
-    for pod in list.items {
+    for pod in list {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         for (container, ready) in loggable(&pod) {
             if !ready || followed.contains(&(pod_name.clone(), container.clone())) {
