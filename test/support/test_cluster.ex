@@ -43,18 +43,18 @@ defmodule Sykli.Test.Cluster do
 
   @doc "GET from the test cluster's API as the admin (TLS, verified against its CA)."
   def api_get!(info, path) do
-    {:ok, _} = Application.ensure_all_started(:inets)
-    {:ok, _} = Application.ensure_all_started(:ssl)
-    ca = ca_file!(info)
-    headers = [{~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])}]
-    ssl = [verify: :verify_peer, cacertfile: String.to_charlist(ca), server_name_indication: ~c"localhost"]
-    url = String.to_charlist(info["url"] <> path)
-    {:ok, {{_, 200, _}, _, body}} = :httpc.request(:get, {url, headers}, [ssl: ssl], body_format: :binary)
+    {200, body} = request!(info, :get, path, nil)
     Sykli.JSON.decode!(body)
   end
 
   @doc "POST a JSON object to the test cluster's API as the admin; returns the decoded answer."
   def api_post!(info, path, object) do
+    {status, body} = request!(info, :post, path, Sykli.JSON.encode!(object))
+    assert status in 200..299, "POST #{path}: #{status} #{body}"
+    Sykli.JSON.decode!(body)
+  end
+
+  defp request!(info, method, path, body) do
     {:ok, _} = Application.ensure_all_started(:inets)
     {:ok, _} = Application.ensure_all_started(:ssl)
     headers = [{~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])}]
@@ -65,12 +65,10 @@ defmodule Sykli.Test.Cluster do
       server_name_indication: ~c"localhost"
     ]
 
-    request =
-      {String.to_charlist(info["url"] <> path), headers, ~c"application/json", Sykli.JSON.encode!(object)}
-
-    {:ok, {{_, status, _}, _, body}} = :httpc.request(:post, request, [ssl: ssl], body_format: :binary)
-    assert status in 200..299, "POST #{path}: #{status} #{body}"
-    Sykli.JSON.decode!(body)
+    url = String.to_charlist(info["url"] <> path)
+    request = if body, do: {url, headers, ~c"application/json", body}, else: {url, headers}
+    {:ok, {{_, status, _}, _, answer}} = :httpc.request(method, request, [ssl: ssl], body_format: :binary)
+    {status, answer}
   end
 
   defp ca_file!(info) do
