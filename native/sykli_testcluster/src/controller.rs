@@ -151,6 +151,10 @@ pub fn delete_pod(store: &Store, pod: &Value) {
 #[derive(Default)]
 struct JobMemory {
     counted: std::collections::HashSet<String>,
+    /// Pods seen unfinished and not yet counted, by uid. Kubernetes keeps a Job's pods
+    /// (job-tracking finalizer) until they are counted; here a pod may be removed between two
+    /// syncs, so one that vanishes unfinished counts as failed, as it would there.
+    seen: std::collections::HashSet<String>,
     next_create: Option<Instant>,
 }
 
@@ -363,6 +367,8 @@ impl Controllers {
             return;
         }
         if spec["suspend"].as_bool() == Some(true) {
+            // Pods a suspension removes are not failures.
+            mem.seen.clear();
             // Nothing runs; the Job says so once (there is no update to resume it).
             if !has_condition(job, "Suspended") {
                 let _ = store.update(Res::Job, &ns, &name, None, |o| {
@@ -394,6 +400,14 @@ impl Controllers {
         let mut succeeded = status["succeeded"].as_i64().unwrap_or(0);
         let mut failed = status["failed"].as_i64().unwrap_or(0);
         let mut new_failure = false;
+        let present: std::collections::HashSet<&str> =
+            pods.iter().map(|p| meta_str(p, "uid")).collect();
+        for puid in std::mem::take(&mut mem.seen) {
+            if !present.contains(puid.as_str()) && mem.counted.insert(puid) {
+                failed += 1;
+                new_failure = true;
+            }
+        }
         for p in pods {
             let puid = meta_str(p, "uid").to_string();
             if mem.counted.contains(&puid) {
@@ -409,7 +423,9 @@ impl Controllers {
                     new_failure = true;
                     mem.counted.insert(puid);
                 }
-                _ => {}
+                _ => {
+                    mem.seen.insert(puid);
+                }
             }
         }
         let active: Vec<&&Arc<Value>> = pods

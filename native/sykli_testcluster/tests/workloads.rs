@@ -742,3 +742,28 @@ async fn admission_refuses_pods_with_unknown_accounts_or_priority_classes() {
     let sas = Api::<ServiceAccount>::namespaced(env.client.clone(), "kube-system");
     assert!(sas.get_opt("default").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_pod_removed_before_it_was_counted_still_fails_the_job() {
+    // Without a job-tracking finalizer a pod can vanish between two controller syncs; the
+    // controller must count it from what it last saw, or the Job runs a replacement forever.
+    let env = env().await;
+    create_job(&env.client, "default", job("vanished", "exec sleep 600")).await;
+    let pod = job_pod(&env.client, "default", "vanished").await;
+    let name = pod.metadata.name.clone().unwrap();
+    wait_pod(&env.client, "default", &name, |p| phase(p) == "Running").await;
+    assert!(env
+        .cluster
+        .store()
+        .delete(sykli_testcluster::Res::Pod, "default", &name)
+        .is_some());
+    let done = wait_job(&env.client, "default", "vanished", |j| {
+        job_condition(j, "Failed").is_some()
+    })
+    .await;
+    assert_eq!(
+        job_condition(&done, "Failed").unwrap().0,
+        "BackoffLimitExceeded"
+    );
+    assert!(done.status.as_ref().unwrap().failed.unwrap_or(0) >= 1);
+}
