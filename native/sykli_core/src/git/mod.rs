@@ -1,6 +1,7 @@
 //! Git context: what a cluster needs to put the exact source at a task's mount path.
 
 pub mod index;
+pub mod remote;
 pub mod status;
 pub mod url;
 

@@ -122,3 +122,32 @@ fn git_parse_remote_url(url: String) -> Result<ParsedUrl, NifError> {
         path: u.path,
     })
 }
+
+#[derive(NifMap)]
+struct ResolvedRef {
+    sha: String,
+    ref_name: Option<String>,
+    branch: Option<String>,
+}
+
+/// Resolves a branch, tag or commit against a remote of the repository at `path` (runs
+/// `git ls-remote` with the user's credentials; bounded by a timeout).
+#[rustler::nif(schedule = "DirtyIo")]
+fn git_resolve_ref(path: String, remote: String, want: String) -> Result<ResolvedRef, NifError> {
+    let r = git::remote::resolve_ref(Path::new(&path), &remote, &want)?;
+    Ok(ResolvedRef {
+        sha: r.sha,
+        ref_name: r.ref_name,
+        branch: r.branch,
+    })
+}
+
+/// The remote ref a commit can be fetched from, asked of the remote itself.
+#[rustler::nif(schedule = "DirtyIo")]
+fn git_confirm_pushed(path: String, remote: String, sha: String) -> Result<String, NifError> {
+    Ok(git::remote::confirm_pushed(
+        Path::new(&path),
+        &remote,
+        &sha,
+    )?)
+}
