@@ -531,3 +531,26 @@ fn a_task_name_that_looks_like_a_message_prefix_stays_intact() {
         "task \"a\\\": b\": no command (every task run on Kubernetes needs one)"
     );
 }
+
+#[test]
+fn a_namespace_from_the_command_line_wins_over_the_tasks_own() {
+    let p = pipeline(json!({"version": "2", "tasks": [
+        {"name": "own", "command": "true", "container": "alpine", "k8s": {"namespace": "gpu-jobs"}},
+        {"name": "plain", "command": "true", "container": "alpine"}]}));
+    let mut o = opts();
+    assert_eq!(
+        namespaces(&build_pipeline(&p, &o).unwrap()),
+        ["gpu-jobs", "ci"]
+    );
+    o.namespace_override = Some("flagged".into());
+    assert_eq!(
+        namespaces(&build_pipeline(&p, &o).unwrap()),
+        ["flagged", "flagged"]
+    );
+}
+
+fn namespaces(jobs: &[k8s_openapi::api::batch::v1::Job]) -> Vec<String> {
+    jobs.iter()
+        .map(|j| j.metadata.namespace.clone().unwrap_or_default())
+        .collect()
+}

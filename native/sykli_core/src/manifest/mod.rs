@@ -40,6 +40,9 @@ pub const RUN_LABEL: &str = "sykli.io/run";
 pub struct BuildOptions {
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// A namespace given on the command line: it wins over a task's own `k8s.namespace`.
+    #[serde(default)]
+    pub namespace_override: Option<String>,
     #[serde(default)]
     pub run_id: Option<String>,
     /// The image for tasks that name none.
@@ -55,6 +58,7 @@ impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             namespace: default_namespace(),
+            namespace_override: None,
             run_id: None,
             default_image: None,
             source: SourceOptions::default(),
@@ -86,9 +90,10 @@ pub fn build_job(
         ));
     }
     let k8s = task.k8s.clone().unwrap_or_default();
-    let namespace = k8s
-        .namespace
+    let namespace = opts
+        .namespace_override
         .clone()
+        .or_else(|| k8s.namespace.clone())
         .unwrap_or_else(|| opts.namespace.clone());
     if !names::is_dns_label(&namespace) {
         p.push(format!(
