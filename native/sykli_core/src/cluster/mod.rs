@@ -38,6 +38,8 @@ pub struct Cluster {
     pub client: kube::Client,
     /// The namespace from the options, else the kubeconfig context's, else `default`.
     pub namespace: String,
+    /// The API server's URL, for messages.
+    pub server: String,
     watchers: Mutex<HashMap<(String, String), Weak<watch::RunWatcher>>>,
 }
 
@@ -76,11 +78,13 @@ impl Cluster {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
+        let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config)
             .map_err(|e| Error::cluster("config", format!("cannot build a client: {e}")))?;
         Ok(Cluster {
             client,
             namespace,
+            server,
             watchers: Mutex::new(HashMap::new()),
         })
     }

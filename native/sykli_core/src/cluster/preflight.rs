@@ -137,6 +137,42 @@ pub fn needs(job: &Job) -> Vec<Need> {
     needs.into_values().collect()
 }
 
+/// What to do when the namespace does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingNamespace {
+    Fail,
+    Create,
+    /// Only checking (`sykli info --check`): a run would create it.
+    Allow,
+}
+
+/// Checks what each Job needs without creating anything: one line per problem (a missing
+/// namespace, object or key), empty when a run could start. Errors are for a cluster that
+/// cannot be asked (unreachable, unauthorized).
+pub async fn check_jobs(
+    client: &kube::Client,
+    jobs: &[Job],
+    missing_namespace: MissingNamespace,
+) -> Result<Vec<String>> {
+    let mut problems: Vec<String> = Vec::new();
+    for job in jobs {
+        let namespace = job.metadata.namespace.clone().unwrap_or_default();
+        match check(client, &namespace, &needs(job), missing_namespace).await {
+            Ok(()) => {}
+            Err(Error::Cluster {
+                kind: "not_found",
+                message,
+            }) => {
+                if !problems.contains(&message) {
+                    problems.push(message);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(problems)
+}
+
 /// Checks the namespace and every need; the first problem is an error naming the object,
 /// the key and the fix. Objects we may not read (403) are not held against the run: the
 /// account may be allowed to use what it cannot list.
@@ -144,12 +180,13 @@ pub async fn check(
     client: &kube::Client,
     namespace: &str,
     needs: &[Need],
-    create_namespace: bool,
+    missing_namespace: MissingNamespace,
 ) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     match retry("reading the namespace", || namespaces.get_opt(namespace)).await {
         Ok(Some(_)) => {}
-        Ok(None) if create_namespace => {
+        Ok(None) if missing_namespace == MissingNamespace::Allow => {}
+        Ok(None) if missing_namespace == MissingNamespace::Create => {
             let ns = Namespace {
                 metadata: kube::api::ObjectMeta {
                     name: Some(namespace.to_string()),

@@ -153,7 +153,11 @@ pub async fn run_job(
         &cluster.client,
         &namespace,
         &preflight::needs(&job),
-        opts.create_namespace,
+        if opts.create_namespace {
+            preflight::MissingNamespace::Create
+        } else {
+            preflight::MissingNamespace::Fail
+        },
     )
     .await?;
 

@@ -73,6 +73,7 @@ fn k8s_connect(options_json: String) -> Result<ResourceArc<ClusterRes>, NifError
 #[derive(NifMap)]
 struct ClusterInfo {
     namespace: String,
+    server: String,
     open_watchers: usize,
 }
 
@@ -80,6 +81,7 @@ struct ClusterInfo {
 fn k8s_cluster_info(cluster: ResourceArc<ClusterRes>) -> ClusterInfo {
     ClusterInfo {
         namespace: cluster.cluster.namespace.clone(),
+        server: cluster.cluster.server.clone(),
         open_watchers: cluster.cluster.open_watchers(),
     }
 }
@@ -265,4 +267,24 @@ fn k8s_create_volume(
         sykli_core::cluster::objects::create_pvc(&c.client, &namespace, &req).await
     })?;
     Ok(atoms::ok())
+}
+
+/// What would stop these Jobs (a JSON list) from starting: missing namespaces, objects and
+/// keys, one line each. Creates nothing.
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_check_jobs(
+    cluster: ResourceArc<ClusterRes>,
+    jobs_json: String,
+    create_namespace: bool,
+) -> Result<Vec<String>, NifError> {
+    let jobs: Vec<Job> = sykli_core::pipeline::from_json(jobs_json.as_bytes(), "jobs")?;
+    let mode = if create_namespace {
+        sykli_core::cluster::preflight::MissingNamespace::Allow
+    } else {
+        sykli_core::cluster::preflight::MissingNamespace::Fail
+    };
+    let c = Arc::clone(&cluster.cluster);
+    block_on_call(Duration::from_secs(120), async move {
+        sykli_core::cluster::preflight::check_jobs(&c.client, &jobs, mode).await
+    })
 }
