@@ -8,31 +8,65 @@ defmodule Sykli.CLI do
   usage: sykli <command> [options]
 
   commands:
-    info            show the git context a Kubernetes run would use
-    run             run a pipeline (--target=k8s --dry-run prints the Jobs)
+    info            show the git context and the Kubernetes settings a run would use
+    run             run a pipeline on Kubernetes (--target=k8s)
     help            show this help
 
   options for info:
-    -C, --dir DIR   the repository (default: the current directory)
-    --json          print JSON instead of text
-    --max-paths N   how many changed paths to list (default 10)
+    -C, --dir DIR       the repository (default: the current directory)
+    --json              print JSON instead of text
+    --max-paths N       how many changed paths to list (default 10)
+    --check             also ask the cluster: reachable, and every namespace, Secret,
+                        ConfigMap and key the pipeline's Jobs reference exists
+    --pipeline FILE     the pipeline --check checks (default .sykli/pipeline.json)
+    -n, --namespace NS, --context NAME, --kubeconfig FILE   as for run
 
   options for run:
-    --target k8s        run on Kubernetes (the only target here)
-    --dry-run           print the Jobs that would be submitted, submit nothing
-    --pipeline FILE     the pipeline JSON the sykli SDKs emit, or - for stdin
-                        (default: .sykli/pipeline.json in the repository)
-    -o, --output FMT    yaml (default; multi-document) or json (a v1 List)
-    --allow-dirty       build HEAD as committed despite uncommitted changes
-    -n, --namespace NS  the namespace (default: SYKLI_K8S_NAMESPACE, else sykli)
-    -C, --dir DIR       the repository (default: the current directory)
-    --run-id ID         the run id in Job names and labels (default: random)
+    --target k8s            run on Kubernetes (the only target here)
+    --pipeline FILE         the pipeline JSON the sykli SDKs emit, or - for stdin
+                            (default: .sykli/pipeline.json in the repository)
+    -j, --jobs N            run up to N independent tasks at once (default 4)
+    --git-ref REF           build a branch, tag or commit of the remote instead of HEAD
+    --allow-dirty           build HEAD as committed despite uncommitted changes
+    --source-strategy S     git_clone (default), pvc or s3
+    -n, --namespace NS      the namespace (over the task's own, the config file's and
+                            SYKLI_K8S_NAMESPACE; default sykli)
+    --context NAME          the kubeconfig context (default: the current context)
+    --kubeconfig FILE       the kubeconfig (default: KUBECONFIG, then ~/.kube/config)
+    --keep-failed           keep failed Jobs for debugging (kubectl describe job …)
+    --json                  print events and the summary as JSON lines
+    --dry-run               print the Jobs that would be submitted, submit nothing
+    -o, --output FMT        with --dry-run: yaml (default; multi-document) or json (a List)
+    -C, --dir DIR           the repository (default: the current directory)
+    --run-id ID             the run id in Job names and labels (default: random)
+
+  Settings also come from .sykli/config.exs (config :sykli, :k8s, namespace: …);
+  `sykli info` shows each one and where it comes from.
+  Exit status: 0 all tasks succeeded, 1 a task failed or the run could not start,
+  2 usage error, 130 interrupted (Ctrl-C; running Jobs are deleted).
   """
 
   @doc "Runs the command line and halts the VM with its exit status."
   @spec main([String.t()]) :: no_return()
   def main(argv \\ System.argv()) do
+    trap_interrupts()
     System.halt(run(argv))
+  end
+
+  # Ctrl-C: bin/sykli turns SIGINT into SIGTERM for the VM (which ignores SIGINT itself).
+  # During a run SIGTERM interrupts it (its Jobs are deleted, the summary printed); before,
+  # there is nothing to clean up and the command stops at once.
+  defp trap_interrupts do
+    {:ok, _} =
+      System.trap_signal(:sigterm, fn ->
+        case Process.whereis(:sykli_run) do
+          nil -> System.halt(130)
+          pid -> Sykli.Run.interrupt(pid)
+        end
+      end)
+
+    # The VM's own handler would stop it on SIGTERM, with the run's Jobs left behind.
+    :gen_event.delete_handler(:erl_signal_server, :erl_signal_handler, :ok)
   end
 
   @doc "Runs the command line; returns the exit status."
@@ -48,9 +82,19 @@ defmodule Sykli.CLI do
   end
 
   defp info(argv) do
-    switches = [json: :boolean, dir: :string, max_paths: :integer, help: :boolean]
+    switches = [
+      json: :boolean,
+      dir: :string,
+      max_paths: :integer,
+      check: :boolean,
+      pipeline: :string,
+      namespace: :string,
+      context: :string,
+      kubeconfig: :string,
+      help: :boolean
+    ]
 
-    case OptionParser.parse(argv, strict: switches, aliases: [C: :dir, h: :help]) do
+    case OptionParser.parse(argv, strict: switches, aliases: [C: :dir, h: :help, n: :namespace]) do
       {opts, [], []} ->
         if opts[:help], do: out(@usage), else: do_info(opts)
 
@@ -64,41 +108,105 @@ defmodule Sykli.CLI do
 
   defp do_info(opts) do
     dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
+    flags = %{namespace: opts[:namespace], context: opts[:context], kubeconfig: opts[:kubeconfig]}
 
     with {:ok, ctx} <- Sykli.GitContext.detect(dir, max_paths: opts[:max_paths] || 10),
-         {:ok, settings} <- Sykli.Config.effective(ctx.root) do
-      if opts[:json],
-        do: print_json(Map.put(info_map(ctx), :k8s, settings_map(settings))),
-        else: IO.write(render_info(ctx) <> render_settings(settings))
+         :ok <- Sykli.Config.check_flags(flags),
+         {:ok, settings} <- Sykli.Config.effective(ctx.root, flags),
+         {:ok, check} <- if(opts[:check], do: check(ctx, flags, opts), else: {:ok, nil}) do
+      if opts[:json] do
+        data = info_map(ctx) |> Map.put(:k8s, settings_map(settings))
+        print_json(if check, do: Map.put(data, :check, check), else: data)
+      else
+        IO.write(
+          render_info(ctx) <> render_settings(settings) <> if(check, do: render_check(check), else: "")
+        )
+      end
 
       Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
-      0
+      if check && check.problems != [], do: 1, else: 0
     else
-      {:error, %Sykli.Error{message: message}} ->
-        IO.puts(:stderr, "sykli: " <> message)
-        1
+      {:error, %Sykli.Error{message: message}} -> fail(message)
     end
   end
 
-  defp run_cmd(argv) do
-    switches = [
-      target: :string,
-      dry_run: :boolean,
-      pipeline: :string,
-      output: :string,
-      allow_dirty: :boolean,
-      namespace: :string,
-      dir: :string,
-      run_id: :string,
-      help: :boolean
-    ]
+  # Connects and asks the cluster what the pipeline's Jobs would find missing.
+  defp check(ctx, flags, opts) do
+    with {:ok, state} <-
+           Sykli.Target.K8s.setup(
+             Map.to_list(flags) ++
+               [
+                 git_context: %{ctx | dirty: false},
+                 workdir: ctx.root,
+                 namespace_from_flag: flags.namespace != nil
+               ]
+           ) do
+      info = Sykli.Native.k8s_cluster_info(state.cluster)
 
-    case OptionParser.parse(argv, strict: switches, aliases: [o: :output, n: :namespace, C: :dir, h: :help]) do
+      explicit = opts[:pipeline] != nil
+
+      problems =
+        case read_pipeline(opts[:pipeline], ctx.root) do
+          {:ok, text} -> Sykli.Target.K8s.check(text, state)
+          {:error, _} when not explicit -> {:ok, :no_pipeline}
+          {:error, _} = error -> error
+        end
+
+      with {:ok, problems} <- problems do
+        {:ok,
+         %{
+           server: info.server,
+           namespace: state.namespace,
+           pipeline_checked: problems != :no_pipeline,
+           problems: if(problems == :no_pipeline, do: [], else: problems)
+         }}
+      end
+    end
+  end
+
+  defp render_check(check) do
+    lines =
+      ["#{check.server}: reachable"] ++
+        cond do
+          not check.pipeline_checked -> ["no pipeline to check (.sykli/pipeline.json, or --pipeline FILE)"]
+          check.problems == [] -> ["every namespace, Secret, ConfigMap and key the Jobs reference exists"]
+          true -> Enum.map(check.problems, &("✗ " <> &1))
+        end
+
+    row({"Cluster", Enum.join(lines, "\n")})
+  end
+
+  @run_switches [
+    target: :string,
+    dry_run: :boolean,
+    pipeline: :string,
+    output: :string,
+    allow_dirty: :boolean,
+    git_ref: :string,
+    source_strategy: :string,
+    namespace: :string,
+    context: :string,
+    kubeconfig: :string,
+    jobs: :integer,
+    keep_failed: :boolean,
+    json: :boolean,
+    dir: :string,
+    run_id: :string,
+    help: :boolean
+  ]
+
+  defp run_cmd(argv) do
+    case OptionParser.parse(argv,
+           strict: @run_switches,
+           aliases: [o: :output, n: :namespace, C: :dir, h: :help, j: :jobs]
+         ) do
       {opts, [], []} -> if opts[:help], do: out(@usage), else: do_run(opts)
       {_, [extra | _], _} -> usage_error("run takes no argument #{inspect(extra)}")
       {_, _, [{flag, _} | _]} -> usage_error("run does not understand #{flag}")
     end
   end
+
+  @strategies %{"git_clone" => :git_clone, "git-clone" => :git_clone, "pvc" => :pvc, "s3" => :s3}
 
   defp do_run(opts) do
     format = opts[:output] || "yaml"
@@ -110,56 +218,158 @@ defmodule Sykli.CLI do
       format not in ["yaml", "json"] ->
         usage_error("--output must be yaml or json, not #{inspect(format)}")
 
-      !opts[:dry_run] ->
-        usage_error(
-          "submitting Jobs to a cluster is not part of this build yet: use --dry-run to print them " <>
-            "(and kubectl apply -f - to submit them yourself)"
-        )
+      opts[:jobs] != nil and opts[:jobs] < 1 ->
+        usage_error("--jobs must be 1 or more, not #{opts[:jobs]}")
+
+      opts[:source_strategy] != nil and not Map.has_key?(@strategies, opts[:source_strategy]) ->
+        usage_error("--source-strategy must be git_clone, pvc or s3, not #{inspect(opts[:source_strategy])}")
+
+      opts[:output] != nil and !opts[:dry_run] ->
+        usage_error("--output prints the Jobs of a --dry-run; a run prints progress (--json for events)")
 
       true ->
-        dry_run(opts, String.to_atom(format))
+        case prepare_run(opts) do
+          {:ok, %{dry_run: true} = plan} -> dry_run(plan, String.to_atom(format))
+          {:ok, plan} -> submit(plan)
+          {:error, %Sykli.Error{message: message}} -> fail(message)
+        end
     end
   end
 
-  defp dry_run(opts, format) do
+  # Everything a run needs, decided before any API call: the settings, the pipeline (every
+  # Job built once, so any problem shows now), and the commit the Jobs clone.
+  defp prepare_run(opts) do
     dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
 
+    flags = %{
+      namespace: opts[:namespace],
+      context: opts[:context],
+      kubeconfig: opts[:kubeconfig],
+      keep_failed: opts[:keep_failed],
+      source_strategy: @strategies[opts[:source_strategy]]
+    }
+
     with {:ok, ctx} <- Sykli.GitContext.detect(dir),
-         {:ok, pipeline} <- read_pipeline(opts[:pipeline], ctx.root),
-         {:ok, state} <- Sykli.Target.K8s.setup(k8s_state(opts, ctx)),
-         {:ok, text} <-
-           Sykli.Target.K8s.render_pipeline(pipeline, state, format,
-             run_id: opts[:run_id] || Sykli.Target.K8s.run_id(),
-             allow_dirty: opts[:allow_dirty] || false
-           ) do
-      Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
+         :ok <- Sykli.Config.check_flags(flags),
+         {:ok, settings} <- Sykli.Config.resolve(ctx.root, flags),
+         {:ok, text} <- read_pipeline(opts[:pipeline], ctx.root),
+         {:ok, pipeline} <- decode_pipeline(text),
+         {:ok, source} <-
+           Sykli.Target.K8s.Source.prepare(ctx,
+             strategy: settings.source_strategy,
+             allow_dirty: opts[:allow_dirty] || false,
+             git_ref: opts[:git_ref],
+             unpushed: if(opts[:dry_run], do: :warn, else: :refuse)
+           ),
+         {:ok, state} <-
+           Sykli.Target.K8s.setup(
+             Map.to_list(flags) ++
+               [
+                 git_context: source.git_context,
+                 workdir: ctx.root,
+                 dry_run: true,
+                 run_id: opts[:run_id] || Sykli.Target.K8s.run_id(),
+                 namespace_from_flag: opts[:namespace] != nil
+               ]
+           ),
+         {:ok, _} <- Sykli.Target.K8s.render_pipeline(text, state, :json) do
+      Enum.each(ctx.warnings ++ source.warnings, &IO.puts(:stderr, "warning: " <> &1))
 
-      if ctx.dirty do
-        IO.puts(
-          :stderr,
-          "warning: building HEAD #{ctx.sha}: #{Sykli.Target.K8s.dirty_summary(ctx)} are not included"
-        )
-      end
+      {:ok,
+       %{
+         dry_run: opts[:dry_run] || false,
+         json: opts[:json] || false,
+         jobs: opts[:jobs] || 4,
+         text: text,
+         pipeline: pipeline,
+         state: state,
+         source: source
+       }}
+    end
+  end
 
-      if ctx.pushed == false do
-        IO.puts(
-          :stderr,
-          "warning: HEAD #{ctx.sha} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
-        )
-      end
+  defp decode_pipeline(text) do
+    case Sykli.JSON.decode(text) do
+      {:ok, %{} = pipeline} ->
+        {:ok, pipeline}
 
+      {:ok, _} ->
+        {:error, %Sykli.Error{kind: :invalid_pipeline, message: "the pipeline must be a JSON object"}}
+
+      {:error, e} ->
+        {:error, %{e | kind: :invalid_pipeline, message: "the pipeline is not valid JSON: #{e.message}"}}
+    end
+  end
+
+  defp dry_run(plan, format) do
+    with {:ok, text} <- Sykli.Target.K8s.render_pipeline(plan.text, plan.state, format) do
       IO.write(text)
       0
     else
-      {:error, %Sykli.Error{message: message}} ->
-        IO.puts(:stderr, "sykli: " <> message)
-        1
+      {:error, %Sykli.Error{message: message}} -> fail(message)
     end
   end
 
-  defp k8s_state(opts, ctx) do
-    [git_context: ctx, workdir: ctx.root, dry_run: true] ++
-      if(opts[:namespace], do: [namespace: opts[:namespace]], else: [])
+  defp submit(plan) do
+    state = plan.state
+
+    with {:ok, cluster} <- Sykli.Target.K8s.connect(Map.take(state, [:kubeconfig, :context])) do
+      state = %{state | cluster: cluster, dry_run: false}
+      report = if plan.json, do: Sykli.CLI.Progress.json(), else: Sykli.CLI.Progress.human()
+      info = Sykli.Native.k8s_cluster_info(cluster)
+
+      report.(
+        {:run_started,
+         %{
+           run_id: state.run_id,
+           tasks: length(plan.pipeline["tasks"] || []),
+           source: plan.source.description,
+           sha: plan.source.git_context.sha,
+           namespace: state.namespace,
+           server: info.server
+         }}
+      )
+
+      {status, results} =
+        with_interrupts(fn ->
+          Sykli.Run.run(plan.pipeline, state,
+            jobs: plan.jobs,
+            report: report,
+            keep_failed: state[:keep_failed]
+          )
+        end)
+
+      report.({:run_finished, status, results})
+
+      case status do
+        :succeeded -> 0
+        :failed -> 1
+        :cancelled -> 130
+      end
+    else
+      {:error, %Sykli.Error{message: message}} -> fail(message)
+    end
+  end
+
+  # Names the running process for the SIGTERM trap `main/1` installs.
+  defp with_interrupts(fun) do
+    registered =
+      try do
+        Process.register(self(), :sykli_run)
+      rescue
+        ArgumentError -> false
+      end
+
+    try do
+      fun.()
+    after
+      if registered, do: Process.unregister(:sykli_run)
+    end
+  end
+
+  defp fail(message) do
+    IO.puts(:stderr, "sykli: " <> message)
+    1
   end
 
   defp read_pipeline("-", _root), do: {:ok, IO.read(:stdio, :eof) |> to_string()}

@@ -89,6 +89,30 @@ defmodule Sykli.Config do
     end
   end
 
+  @doc """
+  Checks command-line values with the config file's rules: `:ok` or an error naming the
+  flag (`--namespace`) and the value.
+  """
+  @spec check_flags(map() | keyword()) :: :ok | {:error, Error.t()}
+  def check_flags(flags) do
+    Enum.find_value(flags, :ok, fn {key, value} ->
+      case value != nil && check(key, value) do
+        {:error, _} ->
+          flag = "--" <> String.replace(to_string(key), "_", "-")
+          {_, description} = @keys[key]
+
+          {:error,
+           %Error{kind: :invalid_option, message: "#{flag} is #{inspect(value)}, but must be #{description}"}}
+
+        _ ->
+          nil
+      end
+    end)
+  end
+
+  @doc "The keys `.sykli/config.exs` may set under `config :sykli, :k8s`."
+  def keys, do: Map.keys(@keys)
+
   defp check(key, value) do
     case Map.fetch(@keys, key) do
       :error ->
@@ -141,6 +165,9 @@ defmodule Sykli.Config do
     git_known_hosts: nil
   ]
 
+  @doc "The built-in defaults (what a run uses when nothing else says)."
+  def defaults, do: Map.new(@defaults)
+
   @doc """
   The settings a Kubernetes run would use and where each comes from: `flags` (the command
   line) over the config file over `SYKLI_K8S_NAMESPACE` over defaults. Returns a list of
@@ -149,15 +176,11 @@ defmodule Sykli.Config do
   @spec effective(Path.t(), map(), map()) :: {:ok, [{atom(), term(), String.t()}]} | {:error, Error.t()}
   def effective(root, flags \\ %{}, env \\ System.get_env()) do
     with {:ok, file} <- load(root) do
-      env_layer = if ns = env["SYKLI_K8S_NAMESPACE"], do: %{namespace: ns}, else: %{}
+      layers = layers(file, flags, env)
 
-      layers = [
-        {"command line", Map.reject(Map.new(flags), fn {_, v} -> is_nil(v) end)},
-        {@file_name, file},
-        {"SYKLI_K8S_NAMESPACE", env_layer}
-      ]
-
-      keys = Keyword.keys(@defaults) ++ (Map.keys(file) -- Keyword.keys(@defaults))
+      keys =
+        Keyword.keys(@defaults) ++
+          ((layers |> Enum.flat_map(fn {_, l} -> Map.keys(l) end) |> Enum.uniq()) -- Keyword.keys(@defaults))
 
       {:ok,
        Enum.map(keys, fn key ->
@@ -166,5 +189,25 @@ defmodule Sykli.Config do
          end)
        end)}
     end
+  end
+
+  @doc """
+  The same settings as `effective/3`, as a plain map of values (for a run's state).
+  """
+  @spec resolve(Path.t(), map(), map()) :: {:ok, map()} | {:error, Error.t()}
+  def resolve(root, flags \\ %{}, env \\ System.get_env()) do
+    with {:ok, settings} <- effective(root, flags, env) do
+      {:ok, Map.new(settings, fn {key, value, _source} -> {key, value} end)}
+    end
+  end
+
+  defp layers(file, flags, env) do
+    env_layer = if ns = env["SYKLI_K8S_NAMESPACE"], do: %{namespace: ns}, else: %{}
+
+    [
+      {"command line", flags |> Map.new() |> Map.reject(fn {_, v} -> is_nil(v) end)},
+      {@file_name, file},
+      {"SYKLI_K8S_NAMESPACE", env_layer}
+    ]
   end
 end

@@ -92,6 +92,38 @@ defmodule Sykli.GitContext do
   end
 
   @doc """
+  Resolves `ref` (a branch, tag, full ref name or commit) against the context's remote with
+  `git ls-remote` (the user's own credentials: ssh-agent, credential helpers). Returns
+  `%{sha, ref_name, branch}`; a ref the remote does not have is `kind: :unknown_ref`, a
+  commit no remote branch or tag contains is `kind: :not_pushed`.
+  """
+  @spec resolve_ref(t(), String.t()) :: {:ok, map()} | {:error, Sykli.Error.t()}
+  def resolve_ref(%__MODULE__{} = ctx, ref) do
+    with {:ok, remote} <- remote(ctx) do
+      Sykli.Error.wrap(Sykli.Native.git_resolve_ref(ctx.root, remote, chardata!(ref, "ref")))
+    end
+  end
+
+  @doc """
+  Asks the remote itself whether the context's commit can be fetched (for when the
+  remote-tracking refs cannot tell, as in a shallow CI clone): `{:ok, ref_name}` of a remote
+  ref that contains it, else `kind: :not_pushed`.
+  """
+  @spec confirm_pushed(t()) :: {:ok, String.t()} | {:error, Sykli.Error.t()}
+  def confirm_pushed(%__MODULE__{} = ctx) do
+    with {:ok, remote} <- remote(ctx) do
+      Sykli.Error.wrap(Sykli.Native.git_confirm_pushed(ctx.root, remote, ctx.sha))
+    end
+  end
+
+  defp remote(%{remote: nil}),
+    do:
+      {:error,
+       %Sykli.Error{kind: :no_remote, message: "the repository has no remote (git remote add origin URL)"}}
+
+  defp remote(%{remote: remote}), do: {:ok, remote}
+
+  @doc """
   Parses a remote URL: `https://`, `http://`, `ssh://[user@]host[:port]/path`, scp-like
   `git@host:path` and `git://`, nested groups included. Credentials are never returned.
   `file://` URLs and local paths give `{:error, %Sykli.Error{kind: :local_remote}}`: a

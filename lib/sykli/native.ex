@@ -59,6 +59,8 @@ defmodule Sykli.Native do
   def native_info, do: fail()
   def git_detect(_path, _ci_env, _max_paths), do: fail()
   def git_parse_remote_url(_url), do: fail()
+  def git_resolve_ref(_path, _remote, _ref), do: fail()
+  def git_confirm_pushed(_path, _remote, _sha), do: fail()
   def json_encode(_term, _pretty), do: fail()
   def json_decode(_text), do: fail()
   def k8s_job_name(_task_name, _run_id), do: fail()
@@ -70,6 +72,7 @@ defmodule Sykli.Native do
   def k8s_cancel(_run), do: fail()
   def k8s_read_secret(_cluster, _namespace, _name, _key), do: fail()
   def k8s_create_volume(_cluster, _namespace, _volume_json), do: fail()
+  def k8s_check_jobs(_cluster, _jobs_json, _create_namespace), do: fail()
 end
 
 defmodule Sykli.NativeError do

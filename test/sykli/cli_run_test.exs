@@ -83,12 +83,20 @@ defmodule Sykli.CLIRunTest do
   test "a dirty tree fails before anything is built, listing the changes", %{work: work} do
     write!(work, "src/main.rs", "fn main() {}\n")
     {out, 1} = sykli_err(~w(run --target=k8s --dry-run), work)
-    assert out =~ "sykli: the working tree has uncommitted changes (1 change: ?? src/)"
-    assert out =~ "--allow-dirty"
+    short = String.slice(head!(work), 0, 12)
+
+    assert out =~
+             "sykli: the working tree has 1 uncommitted change; the cluster clones commit #{short} from origin"
+
+    assert out =~ "\n  ?? src/\n"
+    assert out =~ "--allow-dirty builds HEAD #{short} as committed"
     refute out =~ "apiVersion"
 
     {out, 0} = sykli_err(~w(run --target=k8s --dry-run --allow-dirty), work)
-    assert out =~ "warning: building HEAD #{head!(work)}: 1 change: ?? src/ are not included"
+
+    assert out =~
+             "warning: --allow-dirty: building HEAD #{short} as committed; 1 uncommitted change is not included"
+
     assert out =~ "apiVersion"
   end
 
@@ -118,7 +126,11 @@ defmodule Sykli.CLIRunTest do
 
     File.write!(file, "{not json")
     {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
-    assert out =~ "sykli: pipeline"
+    assert out =~ "sykli: the pipeline is not valid JSON: "
+
+    File.write!(file, "[]")
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+    assert out =~ "sykli: the pipeline must be a JSON object"
   end
 
   test "a missing pipeline file says how to give one", %{work: work} do
@@ -129,20 +141,28 @@ defmodule Sykli.CLIRunTest do
   end
 
   test "usage errors", %{work: work} do
-    {out, 2} = sykli_err(~w(run --target=k8s), work)
-    assert out =~ "use --dry-run"
+    {out, 2} = sykli_err(~w(run --dry-run), work)
+    assert out =~ "run needs --target=k8s"
     {_, 2} = sykli_err(~w(run --target=local --dry-run), work)
     {out, 2} = sykli_err(~w(run --target=k8s --dry-run -o xml), work)
     assert out =~ "--output must be yaml or json"
+    {out, 2} = sykli_err(~w(run --target=k8s -o yaml), work)
+    assert out =~ "--output prints the Jobs of a --dry-run"
+    {out, 2} = sykli_err(~w(run --target=k8s --jobs 0), work)
+    assert out =~ "--jobs must be 1 or more"
+    {out, 2} = sykli_err(~w(run --target=k8s --source-strategy rsync), work)
+    assert out =~ ~s(--source-strategy must be git_clone, pvc or s3, not "rsync")
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run -n Bad_NS), work)
+    assert out =~ ~s(--namespace is "Bad_NS", but must be a namespace name)
   end
 
-  test "an unpushed HEAD is warned about", %{work: work} do
+  test "a dry run warns about an unpushed HEAD (a real run refuses it: cli_k8s_test)", %{work: work} do
     write!(work, "local.txt", "not pushed\n")
     sha = commit_all!(work, "local only")
     {out, 0} = sykli_err(~w(run --target=k8s --dry-run), work)
 
     assert out =~
-             "warning: HEAD #{sha} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
+             "warning: HEAD #{String.slice(sha, 0, 12)} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
 
     {out, 0} = System.cmd(@sykli, ~w(run --target=k8s --dry-run), cd: work, env: [{"SYKLI_CWD", nil}])
     refute out =~ "warning", "warnings go to stderr; stdout stays kubectl-ready"

@@ -91,6 +91,9 @@ defmodule Sykli.ConfigTest do
     {:git_image, shown, "default"} = List.keyfind(settings, :git_image, 0)
     ctx = %Sykli.GitContext{url: "https://h/r.git", sha: String.duplicate("a", 40)}
     {:ok, state} = Sykli.Target.K8s.setup(git_context: ctx, dry_run: true)
+    assert state.git_image == shown
+    # Without the setting, the Rust side's own default applies: it must be the same.
+    state = Map.delete(state, :git_image)
     task = %{name: "t", command: "true", container: "alpine", mounts: [%{resource: "src", path: "/app"}]}
 
     {:ok, job} =

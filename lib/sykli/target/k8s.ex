@@ -19,7 +19,7 @@ defmodule Sykli.Target.K8s do
   `:ttl_seconds_after_finished`.
   """
 
-  alias Sykli.{Error, GitContext, JSON, Native}
+  alias Sykli.{Config, Error, GitContext, JSON, Native}
 
   @doc "The target's name."
   def name, do: "k8s"
@@ -28,27 +28,45 @@ defmodule Sykli.Target.K8s do
   Builds the target's state and connects to the cluster (kubeconfig from `:kubeconfig`,
   else `KUBECONFIG` / `~/.kube/config`, else the in-cluster account; `:context` picks a
   context). With `dry_run: true` nothing is contacted.
+
+  Settings (`Sykli.Config.keys/0`) given in `opts` win over the repository's
+  `.sykli/config.exs`, which wins over `SYKLI_K8S_NAMESPACE` and the defaults; an invalid
+  config file is an error here, before anything is contacted.
   """
   @spec setup(keyword()) :: {:ok, map()} | {:error, Error.t()}
   def setup(opts \\ []) do
-    state =
-      %{
-        namespace: System.get_env("SYKLI_K8S_NAMESPACE") || "sykli",
-        workdir: File.cwd!(),
-        source_strategy: :git_clone,
-        allow_dirty: false,
-        artifact_pvc: "sykli-artifacts",
-        run_id: run_id(),
-        cluster: nil
-      }
-      |> Map.merge(Map.new(opts))
+    {flags, rest} = opts |> Map.new() |> Map.split(Config.keys())
+    workdir = Map.get(rest, :workdir) || File.cwd!()
+    rest = Map.put_new_lazy(rest, :git_context, fn -> detected(workdir) end)
+    root = (rest.git_context && rest.git_context.root) || workdir
 
-    if state[:dry_run] || state.cluster do
-      {:ok, state}
-    else
-      with {:ok, cluster} <- connect(Map.take(state, [:kubeconfig, :context])) do
-        {:ok, %{state | cluster: cluster}}
+    with :ok <- Config.check_flags(flags),
+         {:ok, settings} <- Config.resolve(root, flags) do
+      state =
+        %{
+          workdir: workdir,
+          allow_dirty: false,
+          artifact_pvc: "sykli-artifacts",
+          run_id: run_id(),
+          cluster: nil
+        }
+        |> Map.merge(settings)
+        |> Map.merge(rest)
+
+      if state[:dry_run] || state.cluster do
+        {:ok, state}
+      else
+        with {:ok, cluster} <- connect(Map.take(state, [:kubeconfig, :context])) do
+          {:ok, %{state | cluster: cluster}}
+        end
       end
+    end
+  end
+
+  defp detected(workdir) do
+    case GitContext.detect(workdir) do
+      {:ok, ctx} -> ctx
+      {:error, _} -> nil
     end
   end
 
@@ -155,7 +173,8 @@ defmodule Sykli.Target.K8s do
         keep_failed: Keyword.get(opts, :keep_failed, Map.get(state, :keep_failed)),
         create_namespace: Keyword.get(opts, :create_namespace, Map.get(state, :create_namespace)),
         timeout_seconds: Keyword.get(opts, :timeout),
-        unschedulable_grace_seconds: Keyword.get(opts, :unschedulable_grace)
+        unschedulable_grace_seconds:
+          Keyword.get(opts, :unschedulable_grace, Map.get(state, :unschedulable_grace))
       })
 
     with {:ok, job} <- build_job_manifest(task, name, state, Keyword.put(opts, :run_id, state.run_id)),
@@ -238,6 +257,20 @@ defmodule Sykli.Target.K8s do
   end
 
   @doc """
+  What would stop the pipeline's Jobs from starting on the connected cluster: a missing
+  namespace (unless `create_namespace`), Secret, ConfigMap, claim or key, one line each.
+  Creates nothing. `opts` as for `render_pipeline/4`.
+  """
+  @spec check(String.t(), map(), keyword()) :: {:ok, [String.t()]} | {:error, Error.t()}
+  def check(pipeline_json, %{cluster: cluster} = state, opts \\ []) when cluster != nil do
+    with {:ok, list} <- render_pipeline(pipeline_json, state, :json, opts),
+         {:ok, %{"items" => jobs}} <- JSON.decode(list),
+         {:ok, jobs_json} <- JSON.encode(jobs) do
+      Error.wrap(Native.k8s_check_jobs(cluster, jobs_json, Map.get(state, :create_namespace) == true))
+    end
+  end
+
+  @doc """
   Every Job of a pipeline (its JSON text), rendered as `:yaml` (multi-document) or `:json`
   (a `v1/List`), kubectl-ready. `opts` as for `build_job_manifest/4`.
   """
@@ -251,12 +284,14 @@ defmodule Sykli.Target.K8s do
   end
 
   defp build_options(state, opts) do
-    with {:ok, ctx} <- git_context(state) do
+    with :ok <- not_yet_supported(state),
+         {:ok, ctx} <- git_context(state) do
       allow_dirty = Keyword.get(opts, :allow_dirty, Map.get(state, :allow_dirty, false))
 
       {:ok,
        compact(%{
          namespace: Map.get(state, :namespace, "sykli"),
+         namespace_override: if(Map.get(state, :namespace_from_flag), do: state.namespace),
          run_id: Keyword.get(opts, :run_id, Map.get(state, :run_id)),
          default_image: Map.get(state, :default_image),
          ttl_seconds_after_finished: Map.get(state, :ttl_seconds_after_finished),
@@ -276,6 +311,25 @@ defmodule Sykli.Target.K8s do
            }
          }
        })}
+    end
+  end
+
+  defp not_yet_supported(state) do
+    case Enum.find(
+           [:git_ssh_secret, :git_token_secret, :git_credentials_secret, :git_known_hosts, :sparse],
+           &state[&1]
+         ) do
+      nil ->
+        :ok
+
+      key ->
+        {:error,
+         %Error{
+           kind: :unsupported,
+           message:
+             "#{key} is set, but private-repository credentials and sparse checkout are not supported by this build yet: " <>
+               "remove it from .sykli/config.exs (or the command line) to clone a public repository"
+         }}
     end
   end
 
