@@ -99,8 +99,9 @@ defmodule Sykli.GitContext do
   """
   @spec resolve_ref(t(), String.t()) :: {:ok, map()} | {:error, Sykli.Error.t()}
   def resolve_ref(%__MODULE__{} = ctx, ref) do
-    with {:ok, remote} <- remote(ctx) do
-      Sykli.Error.wrap(Sykli.Native.git_resolve_ref(ctx.root, remote, chardata!(ref, "ref")))
+    with {:ok, remote} <- remote(ctx),
+         {:ok, {listed, listing}} <- ls_remote(ctx.root, remote) do
+      Sykli.Error.wrap(Sykli.Native.git_resolve_ref(ctx.root, remote, listed, listing, chardata!(ref, "ref")))
     end
   end
 
@@ -111,8 +112,62 @@ defmodule Sykli.GitContext do
   """
   @spec confirm_pushed(t()) :: {:ok, String.t()} | {:error, Sykli.Error.t()}
   def confirm_pushed(%__MODULE__{} = ctx) do
-    with {:ok, remote} <- remote(ctx) do
-      Sykli.Error.wrap(Sykli.Native.git_confirm_pushed(ctx.root, remote, ctx.sha))
+    with {:ok, remote} <- remote(ctx),
+         {:ok, {listed, listing}} <- ls_remote(ctx.root, remote) do
+      Sykli.Error.wrap(Sykli.Native.git_confirm_pushed(ctx.root, remote, listed, listing, ctx.sha))
+    end
+  end
+
+  @ls_remote_timeout 60_000
+
+  # The user's own git, so their ssh-agent, credential helpers and insteadOf rules apply; it
+  # never prompts and is killed when the remote does not answer in time.
+  defp ls_remote(root, remote) do
+    case System.find_executable("git") do
+      nil ->
+        {:error,
+         %Sykli.Error{kind: :git, message: "git is not installed: it is needed to ask the remote what it has"}}
+
+      git ->
+        ls_remote(git, root, remote)
+    end
+  end
+
+  defp ls_remote(git, root, remote) do
+    port =
+      Port.open({:spawn_executable, git}, [
+        :binary,
+        :exit_status,
+        :stderr_to_stdout,
+        args: ["-C", root, "ls-remote", "--quiet", "--", remote],
+        env: [
+          {~c"GIT_TERMINAL_PROMPT", ~c"0"},
+          {~c"GCM_INTERACTIVE", ~c"never"},
+          {~c"GIT_ASKPASS", false},
+          {~c"SSH_ASKPASS", false}
+        ]
+      ])
+
+    deadline = System.monotonic_time(:millisecond) + @ls_remote_timeout
+    collect_ls_remote(port, [], deadline, remote)
+  end
+
+  defp collect_ls_remote(port, acc, deadline, remote) do
+    receive do
+      {^port, {:data, data}} -> collect_ls_remote(port, [acc | data], deadline, remote)
+      {^port, {:exit_status, status}} -> {:ok, {status == 0, IO.iodata_to_binary(acc)}}
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) ->
+        with {:os_pid, pid} <- Port.info(port, :os_pid), do: System.cmd("kill", ["-KILL", to_string(pid)])
+        Port.close(port)
+
+        {:error,
+         %Sykli.Error{
+           kind: :remote_unreachable,
+           message:
+             "git ls-remote #{remote} did not answer within #{div(@ls_remote_timeout, 1000)}s: " <>
+               "check the network and your credentials (git ls-remote #{remote})"
+         }}
     end
   end
 

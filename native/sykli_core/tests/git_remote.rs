@@ -2,8 +2,39 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::Command;
+
 use support::{with_origin, Repo};
-use sykli_core::git::remote::{confirm_pushed, resolve_ref};
+use sykli_core::git::remote::{
+    fetchable, not_on_remote, refs_from_ls_remote, resolve, RemoteRef, Resolved,
+};
+use sykli_core::{Error, Result};
+
+// What the Elixir side does: run the user's git, hand over what it printed.
+fn listing(dir: &Path, remote: &str) -> Result<Vec<RemoteRef>> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["ls-remote", "--quiet", "--", remote])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    refs_from_ls_remote(remote, out.status.success(), &text)
+}
+
+fn resolve_ref(dir: &Path, remote: &str, want: &str) -> Result<Resolved> {
+    let refs = listing(dir, remote)?;
+    resolve(&sykli_core::git::open(dir)?, &refs, remote, want)
+}
+
+fn confirm_pushed(dir: &Path, remote: &str, sha: &str) -> Result<String, Error> {
+    let refs = listing(dir, remote)?;
+    fetchable(&sykli_core::git::open(dir)?, &refs, sha)
+        .ok_or_else(|| not_on_remote(sha, remote, "HEAD"))
+}
 
 #[test]
 fn branches_tags_and_commits_resolve_to_what_the_remote_has() {

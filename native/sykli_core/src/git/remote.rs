@@ -1,13 +1,7 @@
-//! What the remote has: `git ls-remote` with the user's own git (so ssh-agent, credential
-//! helpers and `insteadOf` rules apply exactly as for their `git fetch`), and the answers a
-//! run needs before it creates anything — which commit a ref names, and whether a commit can
-//! be fetched at all.
-
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+//! What the remote has, from `git ls-remote` run with the user's own git (so ssh-agent,
+//! credential helpers and `insteadOf` rules apply exactly as for their `git fetch`), and the
+//! answers a run needs before it creates anything: which commit a ref names, and whether a
+//! commit can be fetched at all.
 
 use git2::{Oid, Repository};
 
@@ -30,73 +24,31 @@ pub struct Resolved {
     pub branch: Option<String>,
 }
 
-/// Lists the remote's refs. `remote` is a remote name (preferred: it carries the user's
-/// URL, credentials and rewrite rules) or a URL. Never prompts; gives up after `timeout`.
-pub fn ls_remote(repo_dir: &Path, remote: &str, timeout: Duration) -> Result<Vec<RemoteRef>> {
-    if remote.starts_with('-') {
-        return Err(Error::InvalidOption {
-            key: "remote".into(),
-            message: format!("{remote:?} is not a remote name or URL"),
-        });
+/// The remote's refs from what `git ls-remote <remote>` printed (stdout and stderr
+/// together), or, when it failed, an error with git's explanation minus any credentials.
+///
+/// The caller runs git: inside the BEAM, SIGCHLD is ignored, so a child's exit status can
+/// only be collected through an Erlang port, not by waiting on it here.
+pub fn refs_from_ls_remote(remote: &str, succeeded: bool, output: &str) -> Result<Vec<RemoteRef>> {
+    if succeeded {
+        return Ok(parse_ls_remote(output));
     }
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(repo_dir)
-        .args(["ls-remote", "--quiet", "--", remote])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GCM_INTERACTIVE", "never")
-        .env("GIT_ASKPASS", "")
-        .env("SSH_ASKPASS", "")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Git(format!("cannot run git ls-remote: {e}")))?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let err_reader = std::thread::spawn(move || {
-            let _ = stderr.read_to_end(&mut err);
-            err
-        });
-        let _ = stdout.read_to_end(&mut out);
-        let err = err_reader.join().unwrap_or_default();
-        let status = child.wait();
-        let _ = tx.send((status, out, err));
-    });
-    let (status, out, err) = match rx.recv_timeout(timeout) {
-        Ok(done) => done,
-        Err(_) => {
-            // SAFETY: kill(2) on the pid of our own child, which has not been waited for.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            return Err(Error::cluster(
-                "remote_unreachable",
-                format!(
-                    "git ls-remote {remote} did not answer within {}s: check the network and your credentials (git ls-remote {remote})",
-                    timeout.as_secs()
-                ),
-            ));
-        }
+    let why = output
+        .lines()
+        .filter(|l| !l.contains('\t'))
+        .map(|l| super::url::strip_credentials(l.trim()).0)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let why = if why.is_empty() {
+        "no explanation".to_string()
+    } else {
+        why
     };
-    let ok = status.map(|s| s.success()).unwrap_or(false);
-    if !ok {
-        let why = String::from_utf8_lossy(&err);
-        let why = why
-            .lines()
-            .map(|l| super::url::strip_credentials(l.trim()).0)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(Error::cluster(
-            "remote_unreachable",
-            format!("git ls-remote {remote} failed: {why}"),
-        ));
-    }
-    Ok(parse_ls_remote(&String::from_utf8_lossy(&out)))
+    Err(Error::cluster(
+        "remote_unreachable",
+        format!("git ls-remote {remote} failed: {why}"),
+    ))
 }
 
 fn parse_ls_remote(text: &str) -> Vec<RemoteRef> {
@@ -219,24 +171,6 @@ pub fn fetchable(repo: &Repository, refs: &[RemoteRef], sha: &str) -> Option<Str
             .filter(|yes| *yes)
             .map(|_| name(r))
     })
-}
-
-/// How long a remote may take to list its refs.
-pub const LS_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Resolves `want` against `remote` of the repository at `repo_dir` (see [`resolve`]).
-pub fn resolve_ref(repo_dir: &Path, remote: &str, want: &str) -> Result<Resolved> {
-    let repo = super::open(repo_dir)?;
-    let refs = ls_remote(repo_dir, remote, LS_REMOTE_TIMEOUT)?;
-    resolve(&repo, &refs, remote, want)
-}
-
-/// The remote ref `sha` can be fetched from, asking the remote itself (for when the
-/// remote-tracking refs cannot tell); a `not_pushed` error when there is none.
-pub fn confirm_pushed(repo_dir: &Path, remote: &str, sha: &str) -> Result<String> {
-    let repo = super::open(repo_dir)?;
-    let refs = ls_remote(repo_dir, remote, LS_REMOTE_TIMEOUT)?;
-    fetchable(&repo, &refs, sha).ok_or_else(|| not_on_remote(sha, remote, "HEAD"))
 }
 
 /// The error for a commit the cluster could not fetch.

@@ -130,11 +130,19 @@ struct ResolvedRef {
     branch: Option<String>,
 }
 
-/// Resolves a branch, tag or commit against a remote of the repository at `path` (runs
-/// `git ls-remote` with the user's credentials; bounded by a timeout).
+/// Resolves a branch, tag or commit against a remote of the repository at `path`, given
+/// what `git ls-remote <remote>` printed and whether it succeeded (the caller runs git).
 #[rustler::nif(schedule = "DirtyIo")]
-fn git_resolve_ref(path: String, remote: String, want: String) -> Result<ResolvedRef, NifError> {
-    let r = git::remote::resolve_ref(Path::new(&path), &remote, &want)?;
+fn git_resolve_ref(
+    path: String,
+    remote: String,
+    listed: bool,
+    listing: String,
+    want: String,
+) -> Result<ResolvedRef, NifError> {
+    let refs = git::remote::refs_from_ls_remote(&remote, listed, &listing)?;
+    let repo = git::open(Path::new(&path))?;
+    let r = git::remote::resolve(&repo, &refs, &remote, &want)?;
     Ok(ResolvedRef {
         sha: r.sha,
         ref_name: r.ref_name,
@@ -142,12 +150,17 @@ fn git_resolve_ref(path: String, remote: String, want: String) -> Result<Resolve
     })
 }
 
-/// The remote ref a commit can be fetched from, asked of the remote itself.
+/// The remote ref a commit can be fetched from, from the remote's own listing.
 #[rustler::nif(schedule = "DirtyIo")]
-fn git_confirm_pushed(path: String, remote: String, sha: String) -> Result<String, NifError> {
-    Ok(git::remote::confirm_pushed(
-        Path::new(&path),
-        &remote,
-        &sha,
-    )?)
+fn git_confirm_pushed(
+    path: String,
+    remote: String,
+    listed: bool,
+    listing: String,
+    sha: String,
+) -> Result<String, NifError> {
+    let refs = git::remote::refs_from_ls_remote(&remote, listed, &listing)?;
+    let repo = git::open(Path::new(&path))?;
+    git::remote::fetchable(&repo, &refs, &sha)
+        .ok_or_else(|| git::remote::not_on_remote(&sha, &remote, "HEAD").into())
 }
