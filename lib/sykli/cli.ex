@@ -254,6 +254,7 @@ defmodule Sykli.CLI do
          {:ok, settings} <- Sykli.Config.resolve(ctx.root, flags),
          {:ok, text} <- read_pipeline(opts[:pipeline], ctx.root),
          {:ok, pipeline} <- decode_pipeline(text),
+         :ok <- Sykli.Run.supported(pipeline),
          {:ok, source} <-
            Sykli.Target.K8s.Source.prepare(ctx,
              strategy: settings.source_strategy,

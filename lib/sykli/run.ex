@@ -30,6 +30,36 @@ defmodule Sykli.Run do
           exit_code: integer() | nil
         }
 
+  # Fields the sykli engine handles before it calls a target; this runner does not, and a
+  # silently ignored condition or secret would run the wrong thing.
+  @engine_fields ~w(when condition matrix task_inputs secrets retry)
+
+  @doc """
+  Checks that `pipeline` uses nothing this runner would ignore (conditions, matrices,
+  artifacts between tasks, secrets, retries): `:ok` or an error naming each task and field.
+  """
+  @spec supported(map()) :: :ok | {:error, Error.t()}
+  def supported(pipeline) do
+    problems =
+      for task <- List.wrap(pipeline["tasks"]),
+          is_map(task),
+          field <- @engine_fields,
+          task[field] not in [nil, [], %{}, false, 0],
+          do: "task #{inspect(task["name"])}: #{field}"
+
+    if problems == [] do
+      :ok
+    else
+      {:error,
+       %Error{
+         kind: :unsupported,
+         message:
+           "sykli run --target=k8s does not handle these yet (the sykli engine does, before it calls the target): " <>
+             Enum.join(problems, ", ") <> ". Remove them, or run the pipeline with the sykli engine"
+       }}
+    end
+  end
+
   @doc "Asks the run in `pid` to stop: running tasks are cancelled, nothing more starts."
   @spec interrupt(pid()) :: :ok
   def interrupt(pid) do

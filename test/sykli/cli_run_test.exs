@@ -124,6 +124,18 @@ defmodule Sykli.CLIRunTest do
     {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
     assert out =~ "tasks depend on each other in a cycle: a → b → a"
 
+    File.write!(file, ~s({"tasks": [{"name": "a", "command": "x", "container": "c"},
+                                     {"name": "a", "command": "", "container": "c"}]}))
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+    assert out =~ ~s(task "a" is defined twice)
+    assert out =~ ~s(task "a": the command is empty)
+
+    File.write!(file, ~s({"tasks": [{"name": "a", "command": "x", "when": "branch == 'main'"},
+                                     {"name": "b", "command": "y", "secrets": ["TOKEN"]}]}))
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
+    assert out =~ ~s(does not handle these yet)
+    assert out =~ ~s(task "a": when, task "b": secrets)
+
     File.write!(file, "{not json")
     {out, 1} = sykli_err(~w(run --target=k8s --dry-run --pipeline #{file}), work)
     assert out =~ "sykli: the pipeline is not valid JSON: "
