@@ -14,9 +14,9 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
     HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodAntiAffinity, PodSpec,
-    PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -142,9 +142,22 @@ pub fn build_job(
             _ => {} // reported by task.problems
         }
     }
+    let mut fs_group = None;
     if source_mounted {
         volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
         volumes.insert(1, empty_dir(TMP_VOLUME));
+        match plan {
+            SourcePlan::GitClone(g) => {
+                for (i, v) in g.access.volumes().into_iter().enumerate() {
+                    volumes.insert(2 + i, v);
+                }
+                if g.access.needs_fs_group() {
+                    // 0400 Secret files become 0440 with the pod's group: readable by the
+                    // clone (which runs as that group), by nothing else it runs.
+                    fs_group = Some(git_clone::NONROOT);
+                }
+            }
+        }
     }
     user_volumes(&k8s, &mut volumes, &mut mounts, &mut p);
 
@@ -265,6 +278,10 @@ pub fn build_job(
         host_network: k8s.host_network,
         dns_policy,
         enable_service_links: Some(false),
+        security_context: fs_group.map(|g| PodSecurityContext {
+            fs_group: Some(g),
+            ..Default::default()
+        }),
         ..Default::default()
     };
 

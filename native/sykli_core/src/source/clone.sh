@@ -8,10 +8,23 @@
 #   SYKLI_WORKSPACE     where the working tree goes (the shared volume)
 #   SYKLI_CLONE_ATTEMPTS  fetch attempts on transient failures (default 5)
 #   SYKLI_CLONE_BACKOFF   first retry delay in seconds, doubled each time, with jitter (default 2)
+#
+# Access (all optional; secrets are files under $SYKLI_GIT_ACCESS, never values here):
+#   SYKLI_GIT_SSH=1             ssh/ssh-key: the private key; with SYKLI_GIT_KNOWN_HOSTS=1
+#                               known-hosts/known_hosts is the only trusted source of host keys,
+#                               else SYKLI_GIT_SSH_ACCEPT_NEW=1 trusts the first key seen
+#   SYKLI_GIT_TOKEN=1           token/token (and token/username, else SYKLI_GIT_TOKEN_USERNAME),
+#                               answered through GIT_ASKPASS
+#   SYKLI_GIT_CREDENTIALS=1     credentials/git-credentials, through git's store helper
+#   SYKLI_GIT_SUBMODULES        off | on | recursive, SYKLI_GIT_SUBMODULE_DEPTH as SYKLI_GIT_DEPTH
+#   SYKLI_GIT_LFS=1             real LFS content (checkout without smudge, then git lfs pull)
+#   SYKLI_GIT_SPARSE            directories, one per line: cone sparse checkout over a
+#                               blob-filtered partial clone
 set -eu
 umask 0000 # the task container may run as any uid: it must be able to write the tree
 
 ws=$SYKLI_WORKSPACE
+# shellcheck disable=SC2153 # set by the manifest, like every SYKLI_ variable
 sha=$SYKLI_GIT_SHA
 ref=${SYKLI_GIT_REF:-}
 attempts=${SYKLI_CLONE_ATTEMPTS:-5}
@@ -20,6 +33,11 @@ out=${TMPDIR:-/tmp}/sykli-clone.$$
 msg_file=/dev/termination-log
 
 log() { printf 'sykli-clone: %s\n' "$*" >&2; }
+access=${SYKLI_GIT_ACCESS:-/sykli/git}
+# Private to this container (its own /tmp volume), removed however the script ends.
+private=${TMPDIR:-/tmp}/sykli-access.$$
+trap 'rm -rf "$private" "$out"' EXIT
+trap 'exit 1' HUP INT TERM
 fail() {
   log "error: $*"
   printf '%s\n' "$*" >"$msg_file" 2>/dev/null || true
@@ -36,13 +54,17 @@ depth_args() {
 # to serve the commit by id (use the branch fallback), 3 when retrying cannot help
 # (authentication, missing repository), 1 otherwise (transient: retry).
 fetch_once() {
-  if git fetch --no-tags --progress "$@" >"$out" 2>&1; then
+  # shellcheck disable=SC2046
+  if git fetch --no-tags --progress $(filter_args) "$@" >"$out" 2>&1; then
     cat "$out" >&2
     return 0
   fi
   cat "$out" >&2
   if grep -q -e 'not our ref' -e 'unadvertised object' -e "couldn't find remote ref" -e 'no such remote ref' "$out"; then
     return 2
+  fi
+  if grep -q -e 'REMOTE HOST IDENTIFICATION HAS CHANGED' -e 'Host key verification failed' "$out"; then
+    return 4
   fi
   if grep -q -i -e 'authentication failed' -e 'could not read username' -e 'permission denied' \
     -e 'repository not found' -e 'does not appear to be a git repository' -e 'host key verification failed' \
@@ -59,7 +81,7 @@ fetch() {
   while :; do
     rc=0
     fetch_once "$@" || rc=$?
-    [ "$rc" -eq 1 ] || return "$rc"
+    [ "$rc" -eq 1 ] || return "$rc" # 0 done; 2, 3, 4: retrying cannot help
     [ "$n" -lt "$attempts" ] || return 1
     jitter=$(od -An -N2 -tu2 /dev/urandom 2>/dev/null | tr -d ' ') || jitter=0
     wait_s=$((delay + ${jitter:-0} % (delay + 1)))
@@ -72,6 +94,87 @@ fetch() {
 }
 
 has_commit() { git cat-file -e "$sha^{commit}" 2>/dev/null; }
+
+# Adds one setting for every git this script runs (submodules and git-lfs included),
+# without writing it anywhere.
+add_config() {
+  i=${GIT_CONFIG_COUNT:-0}
+  export "GIT_CONFIG_KEY_$i=$1" "GIT_CONFIG_VALUE_$i=$2"
+  GIT_CONFIG_COUNT=$((i + 1))
+  export GIT_CONFIG_COUNT
+}
+
+mkdir -m 700 "$private"
+# No credential helper of the image's own config: only what is configured here.
+add_config credential.helper ""
+add_config protocol.file.allow never
+
+if [ -n "${SYKLI_GIT_SSH:-}" ]; then
+  # ssh refuses a key others can read: use a private copy.
+  cp "$access/ssh/ssh-key" "$private/ssh-key"
+  chmod 600 "$private/ssh-key"
+  if [ -n "${SYKLI_GIT_KNOWN_HOSTS:-}" ]; then
+    cp "$access/known-hosts/known_hosts" "$private/known_hosts"
+    strict=yes
+  elif [ -n "${SYKLI_GIT_SSH_ACCEPT_NEW:-}" ]; then
+    : >"$private/known_hosts"
+    strict=accept-new
+    log "warning: trusting the ssh host key the server shows (git_ssh_accept_new)"
+  else
+    fail "an ssh key without known hosts: set git_known_hosts"
+  fi
+  cat >"$private/ssh" <<'EOF'
+#!/bin/sh
+exec ssh -F /dev/null -i "$SYKLI_SSH_DIR/ssh-key" -o IdentitiesOnly=yes -o BatchMode=yes \
+  -o StrictHostKeyChecking="$SYKLI_SSH_STRICT" -o UserKnownHostsFile="$SYKLI_SSH_DIR/known_hosts" \
+  -o GlobalKnownHostsFile=/dev/null "$@"
+EOF
+  chmod 700 "$private/ssh"
+  SYKLI_SSH_DIR=$private
+  SYKLI_SSH_STRICT=$strict
+  GIT_SSH=$private/ssh
+  GIT_SSH_VARIANT=ssh
+  export SYKLI_SSH_DIR SYKLI_SSH_STRICT GIT_SSH GIT_SSH_VARIANT
+  unset GIT_SSH_COMMAND
+fi
+
+if [ -n "${SYKLI_GIT_TOKEN:-}" ]; then
+  # git asks for a user name, then a password: both come from the mounted files.
+  cat >"$private/askpass" <<'EOF'
+#!/bin/sh
+case "$1" in
+  Username*)
+    if [ -r "$SYKLI_GIT_ACCESS/token/username" ]; then cat "$SYKLI_GIT_ACCESS/token/username"
+    else printf '%s\n' "$SYKLI_GIT_TOKEN_USERNAME"; fi ;;
+  *) cat "$SYKLI_GIT_ACCESS/token/token" ;;
+esac
+EOF
+  chmod 700 "$private/askpass"
+  SYKLI_GIT_ACCESS=$access
+  GIT_ASKPASS=$private/askpass
+  export SYKLI_GIT_ACCESS GIT_ASKPASS
+fi
+
+if [ -n "${SYKLI_GIT_CREDENTIALS:-}" ]; then
+  # The store helper may write back: give it a private copy, never the workspace.
+  cp "$access/credentials/git-credentials" "$private/git-credentials"
+  chmod 600 "$private/git-credentials"
+  add_config credential.helper "store --file=$private/git-credentials"
+fi
+
+if [ -n "${SYKLI_GIT_LFS:-}" ]; then
+  command -v git-lfs >/dev/null 2>&1 ||
+    fail "the repository uses Git LFS but the init image has no git-lfs: set git_image to an image with it, or lfs: false"
+  add_config filter.lfs.process "git-lfs filter-process"
+  add_config filter.lfs.required true
+  add_config filter.lfs.clean "git-lfs clean -- %f"
+  add_config filter.lfs.smudge "git-lfs smudge -- %f"
+fi
+
+# Prints the option of a partial clone when checking out sparsely.
+filter_args() {
+  [ -z "${SYKLI_GIT_SPARSE:-}" ] || printf '%s\n' "--filter=blob:none"
+}
 
 mkdir -p "$ws"
 cd "$ws"
@@ -111,13 +214,51 @@ case $rc in
   0) ;;
   2) fail "commit $sha does not exist on $SYKLI_GIT_URL: was it pushed?" ;;
   3) fail "the server refused access to $SYKLI_GIT_URL: $(tail -n 3 "$out" | tr '\n' ' ')" ;;
+  4) fail "the ssh host key of the server does not match git_known_hosts (or it has none for it): $(grep -e 'Host key' -e 'IDENTIFICATION' -e 'key for' "$out" | head -n 3 | tr '\n' ' ')" ;;
   *) fail "could not fetch from $SYKLI_GIT_URL after $attempts attempts: $(tail -n 3 "$out" | tr '\n' ' ')" ;;
 esac
 has_commit || fail "commit $sha is not on $SYKLI_GIT_URL: was it pushed?"
 
+if [ -n "${SYKLI_GIT_SPARSE:-}" ]; then
+  # Only these directories (and the files at the top) are checked out; with the blob
+  # filter, nothing outside them is ever downloaded.
+  printf '%s\n' "$SYKLI_GIT_SPARSE" | git sparse-checkout set --cone --stdin
+fi
+if [ -n "${SYKLI_GIT_LFS:-}" ]; then
+  # Pointers now, content below: a failed download is then a clear error, not a pointer.
+  GIT_LFS_SKIP_SMUDGE=1
+  export GIT_LFS_SKIP_SMUDGE
+fi
 git -c advice.detachedHead=false checkout -q --detach "$sha" --
 head=$(git rev-parse HEAD)
 [ "$head" = "$sha" ] || fail "checked out $head, expected $sha"
-rm -f "$out"
+
+submodules=${SYKLI_GIT_SUBMODULES:-off}
+if [ "$submodules" != off ] && [ -f .gitmodules ]; then
+  recursive=""
+  [ "$submodules" != recursive ] || recursive=--recursive
+  sub_depth=""
+  [ "${SYKLI_GIT_SUBMODULE_DEPTH:-1}" = full ] || sub_depth="--depth=${SYKLI_GIT_SUBMODULE_DEPTH:-1}"
+  log "updating submodules${recursive:+ recursively}"
+  # Relative URLs resolve against the parent's remote; credentials and host keys are the
+  # parent's (they are in the environment). Both words are validated before the manifest
+  # is built, so the unquoted expansions yield one word each at most.
+  # shellcheck disable=SC2086
+  git submodule sync -q $recursive
+  # shellcheck disable=SC2086
+  git submodule update --init $recursive $sub_depth --jobs 4 ||
+    fail "could not fetch the submodules of $SYKLI_GIT_URL (see the log above)"
+fi
+
+if [ -n "${SYKLI_GIT_LFS:-}" ]; then
+  unset GIT_LFS_SKIP_SMUDGE
+  log "fetching Git LFS content"
+  git lfs pull || fail "could not fetch the Git LFS content of $SYKLI_GIT_URL"
+  if [ "$submodules" != off ] && [ -f .gitmodules ]; then
+    # shellcheck disable=SC2016 # a constant command for git to run in each submodule
+    git submodule foreach -q --recursive 'git lfs pull' ||
+      fail "could not fetch the Git LFS content of a submodule"
+  fi
+fi
 printf '%s\n' "$head" >"$msg_file" 2>/dev/null || true
 log "checked out $head"

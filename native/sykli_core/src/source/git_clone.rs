@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde::{Deserialize, Deserializer};
 
+use super::git_access::Access;
 use crate::error::{Error, Result};
 use crate::git::url::{strip_credentials, RemoteUrl, Scheme};
 
@@ -77,6 +78,9 @@ pub struct CloneOptions {
     /// Seconds before the first retry; doubled each time, with jitter.
     #[serde(default = "default_backoff")]
     pub backoff_seconds: u32,
+    /// Credentials, host keys, CA, proxy, submodules, LFS, sparse.
+    #[serde(default)]
+    pub access: Access,
 }
 
 impl Default for CloneOptions {
@@ -86,6 +90,7 @@ impl Default for CloneOptions {
             image: None,
             attempts: default_attempts(),
             backoff_seconds: default_backoff(),
+            access: Access::default(),
         }
     }
 }
@@ -106,6 +111,7 @@ pub struct GitClonePlan {
     pub image: String,
     pub attempts: u32,
     pub backoff_seconds: u32,
+    pub access: Access,
 }
 
 impl GitClonePlan {
@@ -139,9 +145,11 @@ impl GitClonePlan {
             ));
         }
         let parsed = RemoteUrl::parse(url)?;
+        opts.access.validate()?;
         // Without SSH credentials for the cluster, an ssh remote is cloned over https: that
-        // works for public repositories, and fails with a clear "refused access" otherwise.
-        let url = if parsed.scheme == Scheme::Ssh {
+        // works for public repositories (or with a token), and fails with a clear "refused
+        // access" otherwise.
+        let url = if parsed.scheme == Scheme::Ssh && !opts.access.has_ssh() {
             parsed.to_https()
         } else {
             url.to_string()
@@ -174,6 +182,7 @@ impl GitClonePlan {
             image,
             attempts: opts.attempts,
             backoff_seconds: opts.backoff_seconds,
+            access: opts.access.clone(),
         })
     }
 
@@ -184,40 +193,47 @@ impl GitClonePlan {
             value: Some(value.to_string()),
             value_from: None,
         };
+        let mut mounts = vec![
+            VolumeMount {
+                name: volume.to_string(),
+                mount_path: WORKSPACE_PATH.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: tmp.to_string(),
+                mount_path: "/tmp".into(),
+                ..Default::default()
+            },
+        ];
+        mounts.extend(self.access.volume_mounts());
         Container {
             name: "sykli-clone".into(),
             image: Some(self.image.clone()),
             command: Some(vec!["sh".into(), "-c".into(), CLONE_SCRIPT.into()]),
-            env: Some(vec![
-                env("SYKLI_GIT_URL", &self.url),
-                env("SYKLI_GIT_SHA", &self.sha),
-                env("SYKLI_GIT_REF", self.branch.as_deref().unwrap_or("")),
-                env("SYKLI_GIT_DEPTH", &self.depth.env_value()),
-                env("SYKLI_WORKSPACE", WORKSPACE_PATH),
-                env("SYKLI_CLONE_ATTEMPTS", &self.attempts.to_string()),
-                env("SYKLI_CLONE_BACKOFF", &self.backoff_seconds.to_string()),
-                env("HOME", "/tmp"),
-                env("TMPDIR", "/tmp"),
-                env("GIT_TERMINAL_PROMPT", "0"),
-                // Only network transports: never file://, ext:: or others, whatever the URL.
-                env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git"),
-                // The volume is owned by root; we are not: trust exactly this directory.
-                env("GIT_CONFIG_COUNT", "1"),
-                env("GIT_CONFIG_KEY_0", "safe.directory"),
-                env("GIT_CONFIG_VALUE_0", WORKSPACE_PATH),
-            ]),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: volume.to_string(),
-                    mount_path: WORKSPACE_PATH.into(),
-                    ..Default::default()
-                },
-                VolumeMount {
-                    name: tmp.to_string(),
-                    mount_path: "/tmp".into(),
-                    ..Default::default()
-                },
-            ]),
+            env: Some(
+                [
+                    env("SYKLI_GIT_URL", &self.url),
+                    env("SYKLI_GIT_SHA", &self.sha),
+                    env("SYKLI_GIT_REF", self.branch.as_deref().unwrap_or("")),
+                    env("SYKLI_GIT_DEPTH", &self.depth.env_value()),
+                    env("SYKLI_WORKSPACE", WORKSPACE_PATH),
+                    env("SYKLI_CLONE_ATTEMPTS", &self.attempts.to_string()),
+                    env("SYKLI_CLONE_BACKOFF", &self.backoff_seconds.to_string()),
+                    env("HOME", "/tmp"),
+                    env("TMPDIR", "/tmp"),
+                    env("GIT_TERMINAL_PROMPT", "0"),
+                    // Only network transports: never file://, ext:: or others, whatever the URL.
+                    env("GIT_ALLOW_PROTOCOL", "https:http:ssh:git"),
+                    // The volume is owned by root; we are not: trust exactly this directory.
+                    env("GIT_CONFIG_COUNT", "1"),
+                    env("GIT_CONFIG_KEY_0", "safe.directory"),
+                    env("GIT_CONFIG_VALUE_0", WORKSPACE_PATH),
+                ]
+                .into_iter()
+                .chain(self.access.env())
+                .collect(),
+            ),
+            volume_mounts: Some(mounts),
             security_context: Some(restricted_security_context()),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()

@@ -1,5 +1,6 @@
 //! Source strategies: how the exact source gets to a task's mount paths.
 
+pub mod git_access;
 pub mod git_clone;
 
 use serde::Deserialize;
