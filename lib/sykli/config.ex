@@ -28,9 +28,21 @@ defmodule Sykli.Config do
     source_pvc: {:string, "a PersistentVolumeClaim name"},
     source_sync: {{:one_of, [:rsync, :git]}, ":rsync or :git"},
     git_ssh_secret: {:string, "a Secret name"},
+    git_ssh_key: {:string, "a key of the Secret (default ssh-privatekey)"},
+    git_known_hosts: {:string, "a ConfigMap name, or secret/NAME for a Secret"},
+    git_known_hosts_key: {:string, "a key (default known_hosts)"},
+    git_ssh_accept_new: {:boolean, "true or false"},
     git_token_secret: {:string, "a Secret name"},
+    git_token_key: {:string, "a key of the Secret (default token)"},
+    git_token_username_key: {:string, "a key of the Secret"},
+    git_token_username: {:string, "a user name"},
     git_credentials_secret: {:string, "a Secret name"},
-    git_known_hosts: {:string, "a ConfigMap or Secret name"},
+    git_credentials_key: {:string, "a key of the Secret (default .git-credentials)"},
+    git_ca_bundle: {:string, "a ConfigMap name, or secret/NAME for a Secret"},
+    git_ca_bundle_key: {:string, "a key (default ca.crt)"},
+    git_http_proxy: {:string, "a proxy URL"},
+    git_https_proxy: {:string, "a proxy URL"},
+    git_no_proxy: {:string, "a comma-separated list of hosts"},
     clone_depth: {:depth, "a positive integer or :full"},
     clone_attempts: {{:int, 1, 20}, "an integer from 1 to 20"},
     clone_backoff: {{:int, 0, 60}, "seconds, from 0 to 60"},
@@ -162,7 +174,10 @@ defmodule Sykli.Config do
     git_ssh_secret: nil,
     git_token_secret: nil,
     git_credentials_secret: nil,
-    git_known_hosts: nil
+    git_known_hosts: nil,
+    submodules: false,
+    lfs: :auto,
+    sparse: nil
   ]
 
   @doc "The built-in defaults (what a run uses when nothing else says)."

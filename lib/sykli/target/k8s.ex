@@ -284,8 +284,7 @@ defmodule Sykli.Target.K8s do
   end
 
   defp build_options(state, opts) do
-    with :ok <- not_yet_supported(state),
-         {:ok, ctx} <- git_context(state) do
+    with {:ok, ctx} <- git_context(state) do
       allow_dirty = Keyword.get(opts, :allow_dirty, Map.get(state, :allow_dirty, false))
 
       {:ok,
@@ -307,31 +306,61 @@ defmodule Sykli.Target.K8s do
              depth: Map.get(state, :clone_depth) |> depth(),
              image: Map.get(state, :git_image),
              attempts: Map.get(state, :clone_attempts),
-             backoff_seconds: Map.get(state, :clone_backoff)
+             backoff_seconds: Map.get(state, :clone_backoff),
+             access: access(state, ctx)
            }
          }
        })}
     end
   end
 
-  defp not_yet_supported(state) do
-    case Enum.find(
-           [:git_ssh_secret, :git_token_secret, :git_credentials_secret, :git_known_hosts, :sparse],
-           &state[&1]
-         ) do
-      nil ->
-        :ok
-
-      key ->
-        {:error,
-         %Error{
-           kind: :unsupported,
-           message:
-             "#{key} is set, but private-repository credentials and sparse checkout are not supported by this build yet: " <>
-               "remove it from .sykli/config.exs (or the command line) to clone a public repository"
-         }}
-    end
+  # How the clone reaches the repository: the Secrets and ConfigMaps by name (never their
+  # contents), submodules, LFS (on by itself when the repository uses it), sparse paths.
+  defp access(state, ctx) do
+    %{
+      ssh:
+        state[:git_ssh_secret] &&
+          %{
+            secret: state.git_ssh_secret,
+            key: state[:git_ssh_key],
+            known_hosts: object_key(state[:git_known_hosts], state[:git_known_hosts_key]),
+            accept_new: state[:git_ssh_accept_new] == true
+          },
+      token:
+        state[:git_token_secret] &&
+          %{
+            secret: state.git_token_secret,
+            key: state[:git_token_key],
+            username_key: state[:git_token_username_key],
+            username: state[:git_token_username]
+          },
+      credentials:
+        state[:git_credentials_secret] &&
+          %{secret: state.git_credentials_secret, key: state[:git_credentials_key]},
+      ca_bundle: object_key(state[:git_ca_bundle], state[:git_ca_bundle_key]),
+      proxy:
+        (state[:git_http_proxy] || state[:git_https_proxy]) &&
+          %{http: state[:git_http_proxy], https: state[:git_https_proxy], no_proxy: state[:git_no_proxy]},
+      submodules:
+        case Map.get(state, :submodules, false) do
+          true -> "on"
+          :recursive -> "recursive"
+          _ -> "off"
+        end,
+      submodule_depth: depth(state[:submodule_depth]),
+      lfs:
+        case Map.get(state, :lfs, :auto) do
+          :auto -> ctx.lfs == true
+          other -> other == true
+        end,
+      sparse: state[:sparse] || []
+    }
   end
+
+  defp object_key(nil, _key), do: nil
+  defp object_key("secret/" <> name, key), do: %{kind: "secret", name: name, key: key}
+  defp object_key("configmap/" <> name, key), do: %{kind: "config_map", name: name, key: key}
+  defp object_key(name, key), do: %{kind: "config_map", name: name, key: key}
 
   defp git_context(%{git_context: %GitContext{} = ctx}), do: {:ok, ctx}
   defp git_context(state), do: GitContext.detect(Map.get(state, :workdir, File.cwd!()))

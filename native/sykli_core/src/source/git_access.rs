@@ -228,7 +228,7 @@ impl Access {
             Ok(())
         } else {
             Err(Error::InvalidOption {
-                key: "git".into(),
+                key: "git clone settings".into(),
                 message: problems.join("; "),
             })
         }
