@@ -5,6 +5,10 @@
 //!   `git daemon --inetd` child.
 //! * [`SmartHttp`] serves git's smart HTTP protocol: a minimal HTTP/1.1 server that runs
 //!   `git http-backend` as a CGI program for every request (one request per connection).
+//!   With [`ServerOptions::tls`] it speaks HTTPS instead, with a certificate for
+//!   `127.0.0.1` and `localhost` signed by a CA made when the server starts
+//!   ([`SmartHttp::ca_pem`], [`SmartHttp::ca_file`]), so that a client trusts it only when
+//!   told to (`GIT_SSL_CAINFO`, `http.sslCAInfo`).
 //!
 //! Both serve every bare repository under their root directory (`<root>/<repo>`, export-all),
 //! listen on an ephemeral port of 127.0.0.1 only, handle concurrent clients (a thread per
@@ -33,6 +37,7 @@
 //! commit: `error: Server does not allow request for unadvertised object <sha>`. A v2
 //! upload-pack serves any commit by id.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::env;
 use std::ffi::{OsStr, OsString};
@@ -48,7 +53,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
+use tempfile::TempDir;
 
 /// How long dropping a server waits for its connection threads to finish before leaving the
 /// rest detached.
@@ -91,6 +99,10 @@ pub struct ServerOptions {
     /// upload-pack serves any reachable commit by id. `false` leaves git's default (or the
     /// repository's own config).
     pub allow_reachable_sha1_in_want: bool,
+    /// HTTP only: serve HTTPS (TLS 1.2/1.3, HTTP/1.1) with a certificate for IP
+    /// `127.0.0.1` and DNS `localhost`, signed by a CA generated when the server starts
+    /// (see [`SmartHttp::ca_pem`]). [`GitDaemon::start`] refuses it.
+    pub tls: bool,
 }
 
 impl Default for ServerOptions {
@@ -100,6 +112,7 @@ impl Default for ServerOptions {
             fail_first: 0,
             basic_auth: None,
             allow_reachable_sha1_in_want: false,
+            tls: false,
         }
     }
 }
@@ -143,8 +156,14 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Serves the bare repositories under `root` on 127.0.0.1, on a free port.
     pub fn start(root: &Path, opts: ServerOptions) -> io::Result<GitDaemon> {
+        if opts.tls {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "git:// has no TLS: ServerOptions::tls is for SmartHttp",
+            ));
+        }
         Ok(GitDaemon {
-            server: Server::start(root, opts, "git-daemon", serve_daemon)?,
+            server: Server::start(root, opts, None, "git-daemon", serve_daemon)?,
         })
     }
 
@@ -172,26 +191,66 @@ impl GitDaemon {
     }
 }
 
-/// A git smart HTTP server: `git http-backend` (CGI) per request.
+/// A git smart HTTP server: `git http-backend` (CGI) per request; HTTPS with
+/// [`ServerOptions::tls`].
 pub struct SmartHttp {
+    // Declared first: dropped (stopped) before the CA file goes.
     server: Server,
+    tls: Option<CaFile>,
+}
+
+/// The CA of an HTTPS server, and the file it is written to.
+struct CaFile {
+    pem: String,
+    path: PathBuf,
+    _dir: TempDir,
 }
 
 impl SmartHttp {
-    /// Serves the bare repositories under `root` on 127.0.0.1, on a free port.
+    /// Serves the bare repositories under `root` on 127.0.0.1, on a free port; over HTTPS
+    /// when `opts.tls`.
     pub fn start(root: &Path, opts: ServerOptions) -> io::Result<SmartHttp> {
+        let (config, tls) = if opts.tls {
+            let identity = tls_identity()?;
+            let dir = tempfile::Builder::new()
+                .prefix("sykli-git-https-")
+                .tempdir()?;
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, &identity.ca_pem)?;
+            let ca = CaFile {
+                pem: identity.ca_pem,
+                path,
+                _dir: dir,
+            };
+            (Some(identity.config), Some(ca))
+        } else {
+            (None, None)
+        };
         Ok(SmartHttp {
-            server: Server::start(root, opts, "git-http", serve_http)?,
+            server: Server::start(root, opts, config, "git-http", serve_http)?,
+            tls,
         })
     }
 
-    /// `http://127.0.0.1:PORT/<repo>`.
+    /// `http://127.0.0.1:PORT/<repo>`, or `https://…` for a TLS server.
     pub fn url(&self, repo: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{}",
+            "{}://127.0.0.1:{}/{}",
+            if self.tls.is_some() { "https" } else { "http" },
             self.port(),
             repo.trim_start_matches('/')
         )
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate; None for plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|ca| ca.pem.as_str())
+    }
+
+    /// A file holding [`SmartHttp::ca_pem`] (for `GIT_SSL_CAINFO` or `http.sslCAInfo`),
+    /// removed when the server is dropped; None for plain HTTP.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|ca| ca.path.as_path())
     }
 
     pub fn port(&self) -> u16 {
@@ -225,6 +284,8 @@ struct Server {
 struct Core {
     root: PathBuf,
     opts: ServerOptions,
+    /// HTTPS: every connection starts with a TLS handshake.
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: AtomicBool,
     /// Requests seen so far, for `fail_first`.
     counted: AtomicUsize,
@@ -260,7 +321,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Server {
-    fn start(root: &Path, opts: ServerOptions, name: &str, handler: Handler) -> io::Result<Server> {
+    fn start(
+        root: &Path,
+        opts: ServerOptions,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        name: &str,
+        handler: Handler,
+    ) -> io::Result<Server> {
         let root = root.canonicalize()?;
         if !root.is_dir() {
             return Err(io::Error::new(
@@ -274,6 +341,7 @@ impl Server {
         let core = Arc::new(Core {
             root,
             opts,
+            tls,
             shutdown: AtomicBool::new(false),
             counted: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -464,11 +532,12 @@ impl Core {
     }
 
     /// Writes to the client, counting first: whatever the client receives is already counted.
-    fn send(&self, slot: &Slot, mut stream: &TcpStream, data: &[u8]) -> io::Result<()> {
+    fn send(&self, slot: &Slot, mut stream: impl Write, data: &[u8]) -> io::Result<()> {
         let n = data.len() as u64;
         slot.bytes_out.fetch_add(n, Ordering::SeqCst);
         self.bytes_sent.fetch_add(n, Ordering::SeqCst);
-        stream.write_all(data)
+        stream.write_all(data)?;
+        stream.flush()
     }
 
     /// Registers a connection's child for killing on stop. False when the server is
@@ -862,13 +931,143 @@ enum BodyError {
     Bad,
 }
 
-type Input<'a> = BufReader<Counting<&'a TcpStream>>;
+type Input<'a> = BufReader<Counting<&'a HttpConn>>;
+
+/// A client connection of the HTTP server: plain TCP, or TLS over it. Read and written
+/// (through `&HttpConn`) by its connection thread only.
+struct HttpConn {
+    /// The socket: timeouts, addresses, shutdown (for TLS, a second handle on it).
+    tcp: TcpStream,
+    tls: Option<RefCell<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>>,
+}
+
+impl HttpConn {
+    /// For TLS, the handshake is done here (within the socket's read timeout).
+    fn new(core: &Core, stream: TcpStream) -> io::Result<HttpConn> {
+        let Some(config) = &core.tls else {
+            return Ok(HttpConn {
+                tcp: stream,
+                tls: None,
+            });
+        };
+        let conn = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, stream.try_clone()?);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(HttpConn {
+            tcp: stream,
+            tls: Some(RefCell::new(tls)),
+        })
+    }
+
+    /// Ends our side: TLS `close_notify`, then no more output.
+    fn shutdown_write(&self) {
+        if let Some(tls) = &self.tls {
+            let mut tls = tls.borrow_mut();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+        let _ = self.tcp.shutdown(Shutdown::Write);
+    }
+}
+
+impl Read for &HttpConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.tls {
+            Some(tls) => tls.borrow_mut().read(buf),
+            None => (&self.tcp).read(buf),
+        }
+    }
+}
+
+impl Write for &HttpConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.tls {
+            Some(tls) => tls.borrow_mut().write(buf),
+            None => (&self.tcp).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.tls {
+            Some(tls) => tls.borrow_mut().flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// [`linger`] for HTTP(S).
+fn linger_http(input: &mut Input, conn: &HttpConn) {
+    conn.shutdown_write();
+    let _ = conn.tcp.set_read_timeout(Some(LINGER_TIMEOUT));
+    let _ = io::copy(&mut input.take(LINGER_MAX_BYTES), &mut io::sink());
+}
+
+/// A CA, and a server configuration whose certificate (IP 127.0.0.1, DNS localhost) it
+/// signed.
+struct TlsIdentity {
+    ca_pem: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+fn tls_identity() -> io::Result<TlsIdentity> {
+    let err = io::Error::other::<rcgen::Error>;
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "sykli-testkit git CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let key = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .map_err(err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(err)?;
+
+    // The provider is named: the process default may be ambiguous in a workspace build.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsIdentity {
+        ca_pem: ca_cert.pem(),
+        config: Arc::new(config),
+    })
+}
 
 fn serve_http(core: &Arc<Core>, stream: TcpStream, id: u64) {
     let bytes_in = Arc::new(AtomicU64::new(0));
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    // A failed TLS handshake (say, a client that does not trust the CA) is not a request.
+    let Ok(conn) = HttpConn::new(core, stream) else {
+        return;
+    };
+    let stream = &conn;
     let mut input = BufReader::new(Counting {
-        inner: &stream,
+        inner: stream,
         count: Arc::clone(&bytes_in),
     });
     let head = match read_head(&mut input) {
@@ -876,8 +1075,8 @@ fn serve_http(core: &Arc<Core>, stream: TcpStream, id: u64) {
         Ok(Some(head)) => head,
         Err(m) => {
             let slot = core.record(&m.method, m.target, None, false, bytes_in);
-            let _ = respond(core, &slot, &stream, 400, &[], "malformed request\n");
-            linger(&mut input, &stream);
+            let _ = respond(core, &slot, stream, 400, &[], "malformed request\n");
+            linger_http(&mut input, stream);
             return;
         }
     };
@@ -888,15 +1087,15 @@ fn serve_http(core: &Arc<Core>, stream: TcpStream, id: u64) {
         head.header("authorization").is_some(),
         bytes_in,
     );
-    handle_http(core, id, &slot, &stream, &mut input, &head);
-    linger(&mut input, &stream);
+    handle_http(core, id, &slot, stream, &mut input, &head);
+    linger_http(&mut input, stream);
 }
 
 fn handle_http(
     core: &Core,
     id: u64,
     slot: &Slot,
-    stream: &TcpStream,
+    stream: &HttpConn,
     input: &mut Input,
     head: &Head,
 ) {
@@ -984,7 +1183,7 @@ fn run_cgi(
     core: &Core,
     id: u64,
     slot: &Slot,
-    stream: &TcpStream,
+    stream: &HttpConn,
     head: &Head,
     body: Vec<u8>,
     has_body: bool,
@@ -1006,11 +1205,12 @@ fn run_cgi(
         .env("SERVER_PROTOCOL", "HTTP/1.1")
         .env("SERVER_SOFTWARE", "sykli-testkit")
         .env("SERVER_NAME", "127.0.0.1")
+        .envs(core.tls.as_ref().map(|_| ("HTTPS", "on")))
         .env("REQUEST_METHOD", &head.method)
         .env("PATH_INFO", OsStr::from_bytes(&path_info))
         .env("QUERY_STRING", query)
         .env("REMOTE_ADDR", "127.0.0.1");
-    if let Ok(local) = stream.local_addr() {
+    if let Ok(local) = stream.tcp.local_addr() {
         cmd.env("SERVER_PORT", local.port().to_string());
     }
     if has_body {
@@ -1084,7 +1284,7 @@ fn run_cgi(
 }
 
 /// Child → client until the child's output ends; false when the client went away.
-fn pump(core: &Core, slot: &Slot, stream: &TcpStream, from: &mut impl Read) -> bool {
+fn pump(core: &Core, slot: &Slot, stream: &HttpConn, from: &mut impl Read) -> bool {
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         match from.read(&mut buf) {
@@ -1104,7 +1304,7 @@ fn pump(core: &Core, slot: &Slot, stream: &TcpStream, from: &mut impl Read) -> b
 fn respond(
     core: &Core,
     slot: &Slot,
-    stream: &TcpStream,
+    stream: &HttpConn,
     status: u16,
     headers: &[(&str, &str)],
     text: &str,

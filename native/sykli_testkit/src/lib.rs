@@ -2,10 +2,17 @@
 //!
 //! * [`pod_runner`]: runs a Kubernetes Pod spec (or a Job's pod template) locally, every
 //!   container in a bubblewrap sandbox over the host's userland.
+//! * [`sshd`]: a real OpenSSH server on 127.0.0.1 serving bare git repositories over ssh.
+//! * [`git_server`]: git servers (`git://`, smart HTTP and HTTPS) on 127.0.0.1.
+//! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
+//!   goes through it.
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
 pub mod git_server;
+pub mod http_proxy;
+pub mod lfs_server;
 pub mod pod_runner;
+pub mod sshd;
 pub mod validate;
 
 pub use pod_runner::{

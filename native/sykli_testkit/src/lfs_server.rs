@@ -1,0 +1,226 @@
+//! A real Git LFS server on 127.0.0.1 for tests: giftless (PyPI `giftless`, Datopian's LFS
+//! server, installed into the test venv by scripts/setup), with its local-disk storage
+//! backend and anonymous read-write access.
+//!
+//! The server is giftless' own Flask application served by werkzeug's threaded WSGI server
+//! (what `flask run` uses); the few lines of Python below only bind the socket on an
+//! ephemeral port of 127.0.0.1, report that port, and stop the server when its standard
+//! input closes (so a test process that dies takes the server with it).
+//!
+//! * Endpoint: `http://127.0.0.1:PORT/<org>/<repo>.git/info/lfs` (giftless' non-legacy
+//!   endpoint layout; any `<org>/<repo>` works, each is its own object namespace). Put it
+//!   in a repository's `.lfsconfig` (`[lfs] url = ...`).
+//! * Transfers: the `basic` adapter streamed through giftless itself. The batch API answers
+//!   anonymous requests; upload and download actions carry a short-lived JWT (an
+//!   `Authorization` header for uploads, a `?jwt=` query parameter for downloads) that
+//!   git-lfs passes back as told, so no credentials are ever asked for.
+//! * Storage: `<dir>/objects/<org>/<repo>/<oid>` ([`LfsServer::object_path`]).
+//! * No locking API: `POST .../locks/verify` answers 404, which git-lfs reports as a hint on
+//!   push (the push still succeeds); set `lfs.locksverify=false` to silence it.
+//! * Request log (werkzeug's access log) and Python errors: `<dir>/giftless.log`.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::validate::venv_bin;
+
+/// How long [`LfsServer::start`] waits for the server to listen.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository namespace of [`LfsServer::url`].
+pub const DEFAULT_ORG: &str = "sykli";
+pub const DEFAULT_REPO: &str = "test";
+
+/// Runs giftless' app on 127.0.0.1:0, prints `{"port": N}` once listening, serves until
+/// standard input reaches EOF. Configuration comes from `GIFTLESS_CONFIG_STR`.
+const LAUNCHER: &str = r#"
+import json, os, sys, threading
+from werkzeug.serving import make_server
+from giftless.app import init_app
+
+app = init_app()
+server = make_server("127.0.0.1", 0, app, threaded=True)
+
+def watch_stdin():
+    try:
+        sys.stdin.buffer.read()
+    finally:
+        os._exit(0)
+
+threading.Thread(target=watch_stdin, daemon=True).start()
+print(json.dumps({"port": server.server_port}), flush=True)
+server.serve_forever()
+"#;
+
+/// A giftless LFS server process, killed on drop.
+pub struct LfsServer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    port: u16,
+    storage: PathBuf,
+    log: PathBuf,
+}
+
+impl LfsServer {
+    /// Starts giftless on a free port of 127.0.0.1, storing objects under `dir/objects`
+    /// (its log goes to `dir/giftless.log`), and returns once the port accepts connections.
+    ///
+    /// Panics, like [`venv_bin`], when the venv is missing (run scripts/setup); a venv
+    /// without giftless is a startup error whose message carries the Python traceback.
+    pub fn start(dir: &Path) -> io::Result<LfsServer> {
+        fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let storage = dir.join("objects");
+        fs::create_dir_all(&storage)?;
+        let log = dir.join("giftless.log");
+        let config = serde_json::json!({
+            "LEGACY_ENDPOINTS": false,
+            "AUTH_PROVIDERS": ["giftless.auth.allow_anon:read_write"],
+            "TRANSFER_ADAPTERS": {
+                "basic": {
+                    "factory": "giftless.transfer.basic_streaming:factory",
+                    "options": {
+                        "storage_class": "giftless.storage.local_storage:LocalStorage",
+                        "storage_options": {"path": path_str(&storage)?},
+                    },
+                },
+            },
+        });
+        let mut cmd = Command::new(venv_bin("python"));
+        // -I: isolated mode (no PYTHON* variables, no user site, no cwd on sys.path).
+        cmd.args(["-I", "-c", LAUNCHER])
+            .current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("LC_ALL", "C.UTF-8")
+            .env("GIFTLESS_CONFIG_STR", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log)?);
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut server = LfsServer {
+            child,
+            stdin,
+            port: 0,
+            storage,
+            log,
+        };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(line)) if line.is_empty() => {
+                return Err(server.startup_error("it exited before reporting its port"))
+            }
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => return Err(server.startup_error(&format!("reading its port: {e}"))),
+            Err(_) => {
+                return Err(
+                    server.startup_error(&format!("no port reported within {START_TIMEOUT:?}"))
+                )
+            }
+        };
+        let port = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|&p| p != 0);
+        let Some(port) = port else {
+            return Err(server.startup_error(&format!("unexpected first line {line:?}")));
+        };
+        server.port = port;
+        // The socket listens before the port is printed, so one connection must succeed.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
+            Ok(_) => Ok(server),
+            Err(e) => Err(server.startup_error(&format!("port {port} does not answer: {e}"))),
+        }
+    }
+
+    /// The LFS endpoint of the default repository namespace, for `.lfsconfig`:
+    /// `http://127.0.0.1:PORT/sykli/test.git/info/lfs`.
+    pub fn url(&self) -> String {
+        self.url_for(DEFAULT_ORG, DEFAULT_REPO)
+    }
+
+    /// The LFS endpoint of `<org>/<repo>` (a namespace of its own; `org` may contain `/`).
+    pub fn url_for(&self, org: &str, repo: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}/{}.git/info/lfs",
+            self.port,
+            org.trim_matches('/'),
+            repo.trim_matches('/').trim_end_matches(".git")
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where objects are stored: `<dir>/objects`.
+    pub fn storage_dir(&self) -> &Path {
+        &self.storage
+    }
+
+    /// Where the object `oid` (sha256 hex) of the default namespace is stored once uploaded.
+    pub fn object_path(&self, oid: &str) -> PathBuf {
+        self.storage.join(DEFAULT_ORG).join(DEFAULT_REPO).join(oid)
+    }
+
+    /// The server's log file (werkzeug's access log, one line per request, and errors).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn startup_error(&mut self, what: &str) -> io::Error {
+        self.stop();
+        let mut log = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut log);
+        }
+        io::Error::other(format!(
+            "giftless LFS server failed to start: {what} (is giftless in the venv? run \
+             scripts/setup)\n{}",
+            log.trim_end()
+        ))
+    }
+
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LfsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path_str(p: &Path) -> io::Result<&str> {
+    p.to_str().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not UTF-8: {}", p.display()),
+        )
+    })
+}
