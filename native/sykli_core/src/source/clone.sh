@@ -52,7 +52,8 @@ depth_args() {
 
 # Runs one git fetch, output kept in $out. Classifies a failure: 2 when the server refuses
 # to serve the commit by id (use the branch fallback), 3 when retrying cannot help
-# (authentication, missing repository), 1 otherwise (transient: retry).
+# (authentication, missing repository), 4 for an ssh host key that is not trusted, 5 for a
+# TLS certificate that is not, 1 otherwise (transient: retry).
 fetch_once() {
   # shellcheck disable=SC2046
   if git fetch --no-tags --progress $(filter_args) "$@" >"$out" 2>&1; then
@@ -65,6 +66,9 @@ fetch_once() {
   fi
   if grep -q -e 'REMOTE HOST IDENTIFICATION HAS CHANGED' -e 'Host key verification failed' "$out"; then
     return 4
+  fi
+  if grep -q -i -e 'certificate verif' -e 'SSL certificate problem' -e 'unable to get local issuer' "$out"; then
+    return 5
   fi
   if grep -q -i -e 'authentication failed' -e 'could not read username' -e 'permission denied' \
     -e 'repository not found' -e 'does not appear to be a git repository' -e 'host key verification failed' \
@@ -81,7 +85,7 @@ fetch() {
   while :; do
     rc=0
     fetch_once "$@" || rc=$?
-    [ "$rc" -eq 1 ] || return "$rc" # 0 done; 2, 3, 4: retrying cannot help
+    [ "$rc" -eq 1 ] || return "$rc" # 0 done; others: retrying cannot help
     [ "$n" -lt "$attempts" ] || return 1
     jitter=$(od -An -N2 -tu2 /dev/urandom 2>/dev/null | tr -d ' ') || jitter=0
     wait_s=$((delay + ${jitter:-0} % (delay + 1)))
@@ -214,6 +218,7 @@ case $rc in
   0) ;;
   2) fail "commit $sha does not exist on $SYKLI_GIT_URL: was it pushed?" ;;
   3) fail "the server refused access to $SYKLI_GIT_URL: $(tail -n 3 "$out" | tr '\n' ' ')" ;;
+  5) fail "the TLS certificate of $SYKLI_GIT_URL is not trusted (a private CA? set git_ca_bundle): $(grep -i -e certificate -e SSL "$out" | head -n 2 | tr '\n' ' ')" ;;
   4) fail "the ssh host key of the server does not match git_known_hosts (or it has none for it): $(grep -e 'Host key' -e 'IDENTIFICATION' -e 'key for' "$out" | head -n 3 | tr '\n' ' ')" ;;
   *) fail "could not fetch from $SYKLI_GIT_URL after $attempts attempts: $(tail -n 3 "$out" | tr '\n' ' ')" ;;
 esac
