@@ -41,6 +41,12 @@ defmodule Sykli.Test.Cluster do
     base
   end
 
+  @doc "A program of the test kit (`sykli-git-sshd`, `sykli-http-proxy`, …); returns its JSON line."
+  def program!(name, args \\ []) do
+    {_port, info} = start_program!(name, args)
+    info
+  end
+
   @doc "GET from the test cluster's API as the admin (TLS, verified against its CA)."
   def api_get!(info, path) do
     {200, body} = request!(info, :get, path, nil)
