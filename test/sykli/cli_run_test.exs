@@ -177,6 +177,36 @@ defmodule Sykli.CLIRunTest do
              "warning: HEAD #{String.slice(sha, 0, 12)} is on no remote-tracking branch: a cluster cannot fetch it until you push it"
 
     {out, 0} = System.cmd(@sykli, ~w(run --target=k8s --dry-run), cd: work, env: [{"SYKLI_CWD", nil}])
-    refute out =~ "warning", "warnings go to stderr; stdout stays kubectl-ready"
+    refute out =~ "warning: HEAD", "warnings go to stderr; stdout stays kubectl-ready"
+  end
+
+  test "LFS follows the repository unless the config says otherwise; settings reach the clone by name", %{
+    work: work
+  } do
+    clone_env = fn ->
+      {out, 0} = sykli(~w(run --target=k8s --dry-run -o json), work)
+      [build | _] = Sykli.JSON.decode!(out)["items"]
+      [clone] = build["spec"]["template"]["spec"]["initContainers"]
+      Map.new(clone["env"], &{&1["name"], &1["value"]})
+    end
+
+    refute Map.has_key?(clone_env.(), "SYKLI_GIT_LFS")
+    write!(work, ".gitattributes", "*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    commit_all!(work, "lfs")
+    git!(work, ["update-ref", "refs/remotes/origin/main", "HEAD"])
+    assert clone_env.()["SYKLI_GIT_LFS"] == "1"
+
+    write!(work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, lfs: false, submodules: :recursive, git_token_secret: "tok", git_ca_bundle: "secret/corp-ca"
+    """)
+
+    commit_all!(work, "config")
+    git!(work, ["update-ref", "refs/remotes/origin/main", "HEAD"])
+    env = clone_env.()
+    refute Map.has_key?(env, "SYKLI_GIT_LFS")
+    assert env["SYKLI_GIT_SUBMODULES"] == "recursive"
+    assert env["SYKLI_GIT_TOKEN"] == "1"
+    assert env["GIT_SSL_CAINFO"] == "/sykli/git/ca/ca.crt"
   end
 end
