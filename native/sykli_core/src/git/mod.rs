@@ -1,5 +1,6 @@
 //! Git context: what a cluster needs to put the exact source at a task's mount path.
 
+pub mod fileset;
 pub mod index;
 pub mod remote;
 pub mod status;
