@@ -554,3 +554,67 @@ fn namespaces(jobs: &[k8s_openapi::api::batch::v1::Job]) -> Vec<String> {
         .map(|j| j.metadata.namespace.clone().unwrap_or_default())
         .collect()
 }
+
+const TREE: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+fn pvc_job(mount: &str, node: Option<&str>) -> Value {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [{"name": "build", "command": "make", "container": "gcc:14",
+                   "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"},
+                              {"resource": "fe", "path": "/web", "type": "directory"}]}],
+        "resources": {"src:.": {"type": "directory", "path": "."}, "fe": {"type": "directory", "path": "frontend"}}}));
+    let o: BuildOptions = serde_json::from_value(json!({
+        "namespace": "ci", "run_id": "r1x2",
+        "source": {"strategy": "pvc", "pvc": {"claim": "sykli-source", "tree": TREE, "mount": mount, "node": node}}
+    }))
+    .unwrap();
+    let j = serde_json::to_value(&build_pipeline(&p, &o).unwrap()[0]).unwrap();
+    kube_validate(std::slice::from_ref(&j));
+    j
+}
+
+#[test]
+fn the_pvc_strategy_gives_each_job_its_own_copy_of_the_uploaded_tree() {
+    let j = pvc_job("copy", Some("node-a"));
+    let spec = &j["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["volumes"][0],
+        json!({"name": "sykli-workspace", "persistentVolumeClaim": {"claimName": "sykli-source"}})
+    );
+    let name = j["metadata"]["name"].as_str().unwrap();
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["name"], "sykli-sync");
+    assert_eq!(
+        init["command"],
+        json!([
+            "sykli-sync",
+            "checkout",
+            "--store",
+            "/store/sykli",
+            "--tree",
+            TREE,
+            "--to",
+            format!("/store/sykli/runs/{name}")
+        ])
+    );
+    let mounts = &spec["containers"][0]["volumeMounts"];
+    assert_eq!(mounts[0]["subPath"], format!("sykli/runs/{name}"));
+    assert_eq!(mounts[1]["subPath"], format!("sykli/runs/{name}/frontend"));
+    assert_eq!(
+        spec["securityContext"]["fsGroupChangePolicy"],
+        "OnRootMismatch"
+    );
+    assert_eq!(spec["nodeSelector"]["kubernetes.io/hostname"], "node-a");
+    assert_eq!(j["metadata"]["annotations"]["sykli.io/source-tree"], TREE);
+}
+
+#[test]
+fn the_shared_pvc_mount_is_the_published_tree_read_only() {
+    let j = pvc_job("shared", None);
+    let spec = &j["spec"]["template"]["spec"];
+    assert!(spec.get("initContainers").is_none());
+    let mount = &spec["containers"][0]["volumeMounts"][0];
+    assert_eq!(mount["subPath"], format!("sykli/trees/{TREE}"));
+    assert_eq!(mount["readOnly"], true);
+    assert!(spec.get("nodeSelector").is_none());
+}

@@ -121,10 +121,18 @@ pub fn build_job(
             (MountKind::Directory, Some(Resource::Directory { path, .. })) => {
                 source_mounted = true;
                 let sub = pipeline::normalize_resource_path(path).unwrap_or_default();
+                let (sub_path, read_only) = match plan {
+                    SourcePlan::GitClone(_) => ((!sub.is_empty()).then_some(sub), None),
+                    SourcePlan::Pvc(pvc) => (
+                        Some(pvc.sub_path(job_name, &sub)),
+                        pvc.read_only().then_some(true),
+                    ),
+                };
                 mounts.push(VolumeMount {
                     name: WORKSPACE_VOLUME.into(),
                     mount_path: m.path.clone(),
-                    sub_path: (!sub.is_empty()).then_some(sub),
+                    sub_path,
+                    read_only,
                     ..Default::default()
                 });
             }
@@ -142,20 +150,35 @@ pub fn build_job(
             _ => {} // reported by task.problems
         }
     }
-    let mut fs_group = None;
+    let mut pod_security = None;
+    let mut node_pin = None;
     if source_mounted {
-        volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
-        volumes.insert(1, empty_dir(TMP_VOLUME));
         match plan {
             SourcePlan::GitClone(g) => {
+                volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
+                volumes.insert(1, empty_dir(TMP_VOLUME));
                 for (i, v) in g.access.volumes().into_iter().enumerate() {
                     volumes.insert(2 + i, v);
                 }
                 if g.access.needs_fs_group() {
                     // 0400 Secret files become 0440 with the pod's group: readable by the
                     // clone (which runs as that group), by nothing else it runs.
-                    fs_group = Some(git_clone::NONROOT);
+                    pod_security = Some(PodSecurityContext {
+                        fs_group: Some(git_clone::NONROOT),
+                        ..Default::default()
+                    });
                 }
+            }
+            SourcePlan::Pvc(pvc) => {
+                volumes.insert(0, pvc.volume(WORKSPACE_VOLUME));
+                // The copy runs as a non-root user: the claim must be writable by its group.
+                // OnRootMismatch: a large tree is not re-chowned at every pod start.
+                pod_security = Some(PodSecurityContext {
+                    fs_group: Some(git_clone::NONROOT),
+                    fs_group_change_policy: Some("OnRootMismatch".into()),
+                    ..Default::default()
+                });
+                node_pin = pvc.node.clone();
             }
         }
     }
@@ -210,9 +233,12 @@ pub fn build_job(
             SourcePlan::GitClone(g) => {
                 init_containers.push(g.init_container(WORKSPACE_VOLUME, TMP_VOLUME))
             }
+            SourcePlan::Pvc(pvc) => {
+                init_containers.extend(pvc.init_container(WORKSPACE_VOLUME, job_name))
+            }
         }
     }
-    let mut container_names: BTreeSet<String> = ["sykli-clone", TASK_CONTAINER]
+    let mut container_names: BTreeSet<String> = ["sykli-clone", "sykli-sync", TASK_CONTAINER]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -268,7 +294,14 @@ pub fn build_job(
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
         containers: vec![task_container],
         volumes: (!volumes.is_empty()).then_some(volumes),
-        node_selector: (!k8s.node_selector.is_empty()).then(|| k8s.node_selector.clone()),
+        node_selector: {
+            let mut selector = k8s.node_selector.clone();
+            // A ReadWriteOnce claim is attached to one node: the Job must run there.
+            if let Some(node) = &node_pin {
+                selector.insert("kubernetes.io/hostname".into(), node.clone());
+            }
+            (!selector.is_empty()).then_some(selector)
+        },
         tolerations: tolerations(&k8s, &mut p),
         affinity: affinity(&k8s, &mut p),
         priority_class_name: k8s.priority_class_name.clone(),
@@ -278,10 +311,7 @@ pub fn build_job(
         host_network: k8s.host_network,
         dns_policy,
         enable_service_links: Some(false),
-        security_context: fs_group.map(|g| PodSecurityContext {
-            fs_group: Some(g),
-            ..Default::default()
-        }),
+        security_context: pod_security,
         ..Default::default()
     };
 

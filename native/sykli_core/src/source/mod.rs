@@ -2,6 +2,7 @@
 
 pub mod git_access;
 pub mod git_clone;
+pub mod pvc;
 
 use serde::Deserialize;
 
@@ -36,12 +37,16 @@ pub struct SourceOptions {
     pub allow_dirty: bool,
     #[serde(default)]
     pub clone: git_clone::CloneOptions,
+    /// The PVC strategy: the claim and the tree the upload published.
+    #[serde(default)]
+    pub pvc: Option<pvc::PvcOptions>,
 }
 
 /// The source, ready to be put into a Job.
 #[derive(Debug, Clone)]
 pub enum SourcePlan {
     GitClone(git_clone::GitClonePlan),
+    Pvc(pvc::PvcPlan),
 }
 
 impl SourcePlan {
@@ -72,7 +77,14 @@ impl SourcePlan {
                     &opts.clone,
                 )?))
             }
-            Strategy::Pvc => Err(Error::Unsupported("the pvc source strategy".into())),
+            Strategy::Pvc => {
+                let p = opts.pvc.as_ref().ok_or_else(|| Error::InvalidOption {
+                    key: "source_pvc".into(),
+                    message: "the pvc strategy needs a claim (source_pvc) and an uploaded tree"
+                        .into(),
+                })?;
+                Ok(SourcePlan::Pvc(pvc::PvcPlan::new(p)?))
+            }
             Strategy::S3 => Err(Error::Unsupported("the s3 source strategy".into())),
         }
     }
@@ -90,6 +102,10 @@ impl SourcePlan {
                 }
                 a
             }
+            SourcePlan::Pvc(p) => vec![
+                ("sykli.io/source-tree".to_string(), p.tree.clone()),
+                ("sykli.io/source-pvc".to_string(), p.claim.clone()),
+            ],
         }
     }
 }
