@@ -45,7 +45,7 @@ pub struct SourceOptions {
 /// The source, ready to be put into a Job.
 #[derive(Debug, Clone)]
 pub enum SourcePlan {
-    GitClone(git_clone::GitClonePlan),
+    GitClone(Box<git_clone::GitClonePlan>),
     Pvc(pvc::PvcPlan),
 }
 
@@ -70,12 +70,9 @@ impl SourcePlan {
                     key: "url".into(),
                     message: "the repository has no remote to clone from: add one (git remote add origin URL) or give a clone URL".into(),
                 })?;
-                Ok(SourcePlan::GitClone(git_clone::GitClonePlan::new(
-                    url,
-                    sha,
-                    opts.branch.as_deref(),
-                    &opts.clone,
-                )?))
+                Ok(SourcePlan::GitClone(Box::new(
+                    git_clone::GitClonePlan::new(url, sha, opts.branch.as_deref(), &opts.clone)?,
+                )))
             }
             Strategy::Pvc => {
                 let p = opts.pvc.as_ref().ok_or_else(|| Error::InvalidOption {
