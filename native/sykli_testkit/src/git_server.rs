@@ -38,45 +38,37 @@
 //! upload-pack serves any commit by id.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::env;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::mem;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use tempfile::TempDir;
 
-/// How long dropping a server waits for its connection threads to finish before leaving the
-/// rest detached.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::http::{self, Body, BodyError, Framing, Head, Limits, Malformed};
+use crate::server::{self, lock, Conn, Conns, Listener, LINGER_MAX_BYTES, LINGER_TIMEOUT};
+use crate::tls::{self, Chain};
+
+pub use crate::server::STOP_TIMEOUT;
 
 /// How long a client may take to send its request (HTTP request head and body, or the first
 /// packet of a git:// connection).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the response, the client's leftover input is read (and discarded) for at most this
-/// long of idleness before the socket is closed, so that closing does not reset the
-/// connection under a response the client has not read yet.
-const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
-const LINGER_MAX_BYTES: u64 = 16 << 20;
-const MAX_LINE: usize = 8 << 10;
-const MAX_HEADERS: usize = 100;
-const MAX_BODY: u64 = 256 << 20;
-const MAX_CHUNKS: usize = 1 << 20;
+/// What a request body may hold.
+const BODY_LIMITS: Limits = Limits {
+    bytes: 256 << 20,
+    chunks: 1 << 20,
+};
 const MAX_CGI_HEAD: usize = 64 << 10;
 const MAX_PKT: usize = 65520;
-const MAX_ACCEPT_ERRORS: u32 = 100;
 const COPY_BUF: usize = 64 << 10;
 
 /// What a server does beyond serving plainly.
@@ -177,7 +169,7 @@ impl GitDaemon {
     }
 
     pub fn port(&self) -> u16 {
-        self.server.addr.port()
+        self.server.listener.addr().port()
     }
 
     /// One record per connection that sent something, in arrival order.
@@ -211,7 +203,12 @@ impl SmartHttp {
     /// when `opts.tls`.
     pub fn start(root: &Path, opts: ServerOptions) -> io::Result<SmartHttp> {
         let (config, tls) = if opts.tls {
-            let identity = tls_identity()?;
+            let identity = tls::generate(
+                "sykli-testkit git CA",
+                "127.0.0.1",
+                Chain::Leaf,
+                &[b"http/1.1"],
+            )?;
             let dir = tempfile::Builder::new()
                 .prefix("sykli-git-https-")
                 .tempdir()?;
@@ -254,7 +251,7 @@ impl SmartHttp {
     }
 
     pub fn port(&self) -> u16 {
-        self.server.addr.port()
+        self.server.listener.addr().port()
     }
 
     /// One record per request, in arrival order.
@@ -269,16 +266,14 @@ impl SmartHttp {
 }
 
 // ---------------------------------------------------------------------------------------
-// The common part: listener, accept loop, connection registry, records.
+// The common part: the listener (see `crate::server`), live connections, records.
 
 type Handler = fn(&Arc<Core>, TcpStream, u64);
 
 struct Server {
+    // Declared first: dropped (stopped) first.
+    listener: Listener<Live>,
     core: Arc<Core>,
-    addr: SocketAddr,
-    /// A clone of the listener, to wake the accept loop on stop.
-    waker: Option<TcpListener>,
-    accept: Option<JoinHandle<()>>,
 }
 
 struct Core {
@@ -286,21 +281,11 @@ struct Core {
     opts: ServerOptions,
     /// HTTPS: every connection starts with a TLS handshake.
     tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: AtomicBool,
     /// Requests seen so far, for `fail_first`.
     counted: AtomicUsize,
     bytes_sent: AtomicU64,
     records: Mutex<Vec<Arc<Slot>>>,
-    conns: Mutex<Conns>,
-    /// Notified whenever a connection thread ends.
-    idle: Condvar,
-}
-
-#[derive(Default)]
-struct Conns {
-    next_id: u64,
-    live: HashMap<u64, Live>,
-    handles: Vec<JoinHandle<()>>,
+    conns: Arc<Conns<Live>>,
 }
 
 /// A connection being served: what stopping the server must end.
@@ -310,14 +295,26 @@ struct Live {
     child: Option<u32>,
 }
 
+impl Conn for Live {
+    fn new(stream: TcpStream) -> Live {
+        Live {
+            stream,
+            child: None,
+        }
+    }
+
+    fn end(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(pid) = self.child {
+            kill(pid);
+        }
+    }
+}
+
 struct Slot {
     rec: Mutex<RequestRecord>,
     bytes_in: Arc<AtomicU64>,
     bytes_out: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Server {
@@ -335,81 +332,21 @@ impl Server {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        let listener = TcpListener::bind(("127.0.0.1", 0))?;
-        let addr = listener.local_addr()?;
-        let waker = listener.try_clone()?;
+        let conns = Conns::new();
         let core = Arc::new(Core {
             root,
             opts,
             tls,
-            shutdown: AtomicBool::new(false),
             counted: AtomicUsize::new(0),
             bytes_sent: AtomicU64::new(0),
             records: Mutex::new(Vec::new()),
-            conns: Mutex::new(Conns::default()),
-            idle: Condvar::new(),
+            conns: Arc::clone(&conns),
         });
-        let accept_core = Arc::clone(&core);
-        let thread_name = name.to_string();
-        let accept = thread::Builder::new()
-            .name(format!("{name}-accept"))
-            .spawn(move || accept_loop(&accept_core, listener, &thread_name, handler))?;
-        Ok(Server {
-            core,
-            addr,
-            waker: Some(waker),
-            accept: Some(accept),
-        })
-    }
-
-    fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
-            return;
-        };
-        self.core.shutdown.store(true, Ordering::SeqCst);
-        // Wake the accept loop: a connection of our own, and (should that fail) shutting
-        // the listening socket down, which makes a blocked accept() return on Linux.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(waker) = &self.waker {
-            // SAFETY: the descriptor is owned by `waker`, alive for the duration of the call.
-            unsafe { libc::shutdown(waker.as_raw_fd(), libc::SHUT_RDWR) };
-        }
-        let _ = accept.join();
-        self.waker = None; // the last handle on the listening socket: the port is free
-
-        let mut conns = lock(&self.core.conns);
-        for live in conns.live.values() {
-            let _ = live.stream.shutdown(Shutdown::Both);
-            if let Some(pid) = live.child {
-                kill(pid);
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while !conns.live.is_empty() {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            conns = self
-                .core
-                .idle
-                .wait_timeout(conns, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        let handles = mem::take(&mut conns.handles);
-        drop(conns);
-        for handle in handles {
-            if handle.is_finished() {
-                let _ = handle.join();
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
+        let serving = Arc::clone(&core);
+        let listener = Listener::start(name, &conns, move |stream, id| {
+            handler(&serving, stream, id)
+        })?;
+        Ok(Server { listener, core })
     }
 }
 
@@ -420,83 +357,7 @@ fn kill(pid: u32) {
     }
 }
 
-fn accept_loop(core: &Arc<Core>, listener: TcpListener, name: &str, handler: Handler) {
-    let mut errors = 0;
-    while !core.shutdown.load(Ordering::SeqCst) {
-        let accepted = listener.accept();
-        if core.shutdown.load(Ordering::SeqCst) {
-            break;
-        }
-        match accepted {
-            Ok((stream, _)) => {
-                errors = 0;
-                core.dispatch(stream, name, handler);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => {
-                errors += 1;
-                if errors >= MAX_ACCEPT_ERRORS {
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Deregisters a connection when its thread ends, however it ends.
-struct ConnGuard<'a> {
-    core: &'a Core,
-    id: u64,
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.core.conns).live.remove(&self.id);
-        self.core.idle.notify_all();
-    }
-}
-
 impl Core {
-    fn dispatch(self: &Arc<Self>, stream: TcpStream, name: &str, handler: Handler) {
-        let Ok(registered) = stream.try_clone() else {
-            return;
-        };
-        let id = {
-            let mut conns = lock(&self.conns);
-            let (done, running): (Vec<_>, Vec<_>) = mem::take(&mut conns.handles)
-                .into_iter()
-                .partition(|h| h.is_finished());
-            conns.handles = running;
-            for handle in done {
-                let _ = handle.join();
-            }
-            let id = conns.next_id;
-            conns.next_id += 1;
-            conns.live.insert(
-                id,
-                Live {
-                    stream: registered,
-                    child: None,
-                },
-            );
-            id
-        };
-        let core = Arc::clone(self);
-        let spawned = thread::Builder::new()
-            .name(format!("{name}-conn"))
-            .spawn(move || {
-                let _guard = ConnGuard { core: &core, id };
-                handler(&core, stream, id);
-            });
-        match spawned {
-            Ok(handle) => lock(&self.conns).handles.push(handle),
-            Err(_) => {
-                lock(&self.conns).live.remove(&id);
-                self.idle.notify_all();
-            }
-        }
-    }
-
     fn requests(&self) -> Vec<RequestRecord> {
         lock(&self.records).iter().map(|s| s.snapshot()).collect()
     }
@@ -543,11 +404,11 @@ impl Core {
     /// Registers a connection's child for killing on stop. False when the server is
     /// stopping: the caller kills it itself.
     fn set_child(&self, id: u64, pid: Option<u32>) -> bool {
-        let mut conns = lock(&self.conns);
-        if pid.is_some() && self.shutdown.load(Ordering::SeqCst) {
+        let mut registry = self.conns.lock();
+        if pid.is_some() && self.conns.stopping() {
             return false;
         }
-        if let Some(live) = conns.live.get_mut(&id) {
+        if let Some(live) = registry.live.get_mut(&id) {
             live.child = pid;
         }
         true
@@ -624,14 +485,6 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Ends a connection politely: no more output, then the client's leftover input is read and
-/// discarded (bounded in time and size) so that closing does not reset the connection.
-fn linger(input: &mut impl Read, stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(LINGER_TIMEOUT));
-    let _ = io::copy(&mut input.take(LINGER_MAX_BYTES), &mut io::sink());
-}
-
 // ---------------------------------------------------------------------------------------
 // git://
 
@@ -660,7 +513,7 @@ fn serve_daemon(core: &Arc<Core>, stream: TcpStream, id: u64) {
     let Some(request) = request else {
         let slot = core.record("git", String::new(), None, false, bytes_in);
         slot.set_status(400);
-        linger(&mut input, &stream);
+        server::linger(&mut input, &stream);
         return;
     };
     let slot = core.record(
@@ -694,14 +547,14 @@ fn serve_daemon(core: &Arc<Core>, stream: TcpStream, id: u64) {
         Ok(child) => child,
         Err(_) => {
             slot.set_status(500);
-            linger(&mut input, &stream);
+            server::linger(&mut input, &stream);
             return;
         }
     };
     let (Some(stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
         core.reap(id, &mut child, true);
         slot.set_status(500);
-        linger(&mut input, &stream);
+        server::linger(&mut input, &stream);
         return;
     };
     // From here the client may be silent for as long as upload-pack works.
@@ -897,40 +750,6 @@ fn concat_os(prefix: &str, path: &Path) -> OsString {
 // ---------------------------------------------------------------------------------------
 // Smart HTTP
 
-struct Head {
-    method: String,
-    target: String,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// What could be made of a malformed request, for its record.
-struct Malformed {
-    method: String,
-    target: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Body {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-enum BodyError {
-    TooLarge,
-    Bad,
-}
-
 type Input<'a> = BufReader<Counting<&'a HttpConn>>;
 
 /// A client connection of the HTTP server: plain TCP, or TLS over it. Read and written
@@ -997,65 +816,10 @@ impl Write for &HttpConn {
     }
 }
 
-/// [`linger`] for HTTP(S).
+/// [`server::linger`] for HTTP(S).
 fn linger_http(input: &mut Input, conn: &HttpConn) {
     conn.shutdown_write();
-    let _ = conn.tcp.set_read_timeout(Some(LINGER_TIMEOUT));
-    let _ = io::copy(&mut input.take(LINGER_MAX_BYTES), &mut io::sink());
-}
-
-/// A CA, and a server configuration whose certificate (IP 127.0.0.1, DNS localhost) it
-/// signed.
-struct TlsIdentity {
-    ca_pem: String,
-    config: Arc<rustls::ServerConfig>,
-}
-
-fn tls_identity() -> io::Result<TlsIdentity> {
-    let err = io::Error::other::<rcgen::Error>;
-    let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sykli-testkit git CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let key = KeyPair::generate().map_err(err)?;
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .map_err(err)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).map_err(err)?;
-
-    // The provider is named: the process default may be ambiguous in a workspace build.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .map_err(io::Error::other)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsIdentity {
-        ca_pem: ca_cert.pem(),
-        config: Arc::new(config),
-    })
+    server::discard_input(input, &conn.tcp);
 }
 
 fn serve_http(core: &Arc<Core>, stream: TcpStream, id: u64) {
@@ -1070,11 +834,13 @@ fn serve_http(core: &Arc<Core>, stream: TcpStream, id: u64) {
         inner: stream,
         count: Arc::clone(&bytes_in),
     });
-    let head = match read_head(&mut input) {
+    // One empty line before the request is tolerated (RFC 9112, 2.2).
+    let head = match http::read_request_head(&mut input, true, |t| t.starts_with('/')) {
         Ok(None) => return, // closed without a request
         Ok(Some(head)) => head,
         Err(m) => {
-            let slot = core.record(&m.method, m.target, None, false, bytes_in);
+            let (method, target) = method_and_target(m);
+            let slot = core.record(&method, target, None, false, bytes_in);
             let _ = respond(core, &slot, stream, 400, &[], "malformed request\n");
             linger_http(&mut input, stream);
             return;
@@ -1099,7 +865,7 @@ fn handle_http(
     input: &mut Input,
     head: &Head,
 ) {
-    let Ok(body) = body_kind(head) else {
+    let Ok(body) = head.body() else {
         let _ = respond(core, slot, stream, 400, &[], "bad message framing\n");
         return;
     };
@@ -1340,152 +1106,24 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A line without its CRLF (or LF); None at a clean end of input before it.
-fn read_line(input: &mut impl BufRead) -> Result<Option<String>, ()> {
-    let mut line = Vec::new();
-    let n = input
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)
-        .map_err(|_| ())?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if line.pop() != Some(b'\n') {
-        return Err(()); // too long, or cut short
-    }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    String::from_utf8(line).map(Some).map_err(|_| ())
-}
-
-fn read_head(input: &mut impl BufRead) -> Result<Option<Head>, Malformed> {
-    let malformed = |method: &str, target: &str| Malformed {
-        method: method.to_string(),
-        target: target.to_string(),
-    };
-    let mut request_line = None;
-    // One empty line before the request is tolerated (RFC 9112, 2.2).
-    for _ in 0..2 {
-        match read_line(input) {
-            Ok(None) => return Ok(None),
-            Ok(Some(line)) if line.is_empty() => {}
-            Ok(Some(line)) => {
-                request_line = Some(line);
-                break;
+/// What a malformed request's record shows: its method and target, as far as they could be
+/// made out.
+fn method_and_target(m: Malformed) -> (String, String) {
+    match m {
+        Malformed::NoRequestLine => (String::new(), String::new()),
+        Malformed::RequestLine(line) => {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts[..] {
+                [method, target, _] => (method.to_string(), target.to_string()),
+                _ => (parts[0].to_string(), String::new()),
             }
-            Err(()) => return Err(malformed("", "")),
         }
-    }
-    let Some(request_line) = request_line else {
-        return Err(malformed("", ""));
-    };
-    let parts: Vec<&str> = request_line.split(' ').collect();
-    let [method, target, version] = parts[..] else {
-        return Err(malformed(parts.first().copied().unwrap_or(""), ""));
-    };
-    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-    if !method_ok || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return Err(malformed(method, target));
-    }
-    let mut headers = Vec::new();
-    for _ in 0..=MAX_HEADERS {
-        let line = match read_line(input) {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(()) => return Err(malformed(method, target)),
-        };
-        if line.is_empty() {
-            return Ok(Some(Head {
-                method: method.to_string(),
-                target: target.to_string(),
-                headers,
-            }));
-        }
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(malformed(method, target));
-        };
-        if name.is_empty() || name.contains([' ', '\t']) {
-            return Err(malformed(method, target));
-        }
-        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
-    }
-    Err(malformed(method, target)) // too many headers
-}
-
-fn body_kind(head: &Head) -> Result<Body, ()> {
-    if let Some(te) = head.header("transfer-encoding") {
-        let last = te.rsplit(',').next().unwrap_or("").trim();
-        return if last.eq_ignore_ascii_case("chunked") {
-            Ok(Body::Chunked)
-        } else {
-            Err(())
-        };
-    }
-    let lengths: Vec<&str> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    match lengths.first() {
-        None => Ok(Body::None),
-        Some(first) => {
-            if lengths.iter().any(|l| l != first) || first.is_empty() {
-                return Err(());
-            }
-            if !first.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(());
-            }
-            first.parse().map(Body::Length).map_err(|_| ())
-        }
+        Malformed::Headers { method, target } => (method, target),
     }
 }
 
 fn read_body(input: &mut impl BufRead, body: Body, out: &mut impl Write) -> Result<(), BodyError> {
-    fn copy_exact(input: &mut impl BufRead, n: u64, out: &mut impl Write) -> Result<(), BodyError> {
-        let copied = io::copy(&mut input.take(n), out).map_err(|_| BodyError::Bad)?;
-        if copied == n {
-            Ok(())
-        } else {
-            Err(BodyError::Bad)
-        }
-    }
-    match body {
-        Body::None => Ok(()),
-        Body::Length(n) if n > MAX_BODY => Err(BodyError::TooLarge),
-        Body::Length(n) => copy_exact(input, n, out),
-        Body::Chunked => {
-            let mut total = 0u64;
-            for _ in 0..MAX_CHUNKS {
-                let line = read_line(input)
-                    .map_err(|_| BodyError::Bad)?
-                    .ok_or(BodyError::Bad)?;
-                let size = line.split(';').next().unwrap_or("").trim();
-                let size = u64::from_str_radix(size, 16).map_err(|_| BodyError::Bad)?;
-                if size == 0 {
-                    // Trailers, up to the empty line.
-                    for _ in 0..=MAX_HEADERS {
-                        match read_line(input) {
-                            Ok(Some(line)) if line.is_empty() => return Ok(()),
-                            Ok(Some(_)) => {}
-                            _ => return Err(BodyError::Bad),
-                        }
-                    }
-                    return Err(BodyError::Bad);
-                }
-                total = total.saturating_add(size);
-                if total > MAX_BODY {
-                    return Err(BodyError::TooLarge);
-                }
-                copy_exact(input, size, out)?;
-                match read_line(input) {
-                    Ok(Some(line)) if line.is_empty() => {}
-                    _ => return Err(BodyError::Bad),
-                }
-            }
-            Err(BodyError::TooLarge)
-        }
-    }
+    http::copy_body(input, body, out, Framing::Decode, BODY_LIMITS)
 }
 
 struct CgiHead {
@@ -1645,16 +1283,6 @@ mod tests {
 
         assert!(parse_daemon_request(b"hello").is_none());
         assert!(parse_daemon_request(b"upload-pack /r.git\0").is_none());
-    }
-
-    #[test]
-    fn chunked_bodies_decode() {
-        let mut input: &[u8] = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\n";
-        let mut out = Vec::new();
-        assert!(read_body(&mut input, Body::Chunked, &mut out).is_ok());
-        assert_eq!(out, b"Wikipedia");
-        let mut bad: &[u8] = b"4\r\nWikiX\r\n0\r\n\r\n";
-        assert!(read_body(&mut bad, Body::Chunked, &mut Vec::new()).is_err());
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //! * [`git_server`]: git servers (`git://`, smart HTTP and HTTPS) on 127.0.0.1.
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
+//! * [`tls`]: a CA made on the spot and a server certificate for 127.0.0.1 it signs.
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
 pub mod git_server;
+mod http;
 pub mod http_proxy;
 pub mod lfs_server;
 pub mod pod_runner;
+mod server;
 pub mod sshd;
+pub mod tls;
 pub mod validate;
 
 pub use pod_runner::{

@@ -1,37 +1,18 @@
 //! The git-clone strategy, executed: the Job sykli builds runs in the pod runner against
 //! real git servers on 127.0.0.1, and the assertions are on what the task container sees.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use sykli_core::manifest::{build_job, BuildOptions};
+use sykli_core::manifest::BuildOptions;
 use sykli_core::pipeline::{Resource, Task};
-use sykli_core::source::SourcePlan;
 use sykli_testkit::git_server::{GitDaemon, ServerOptions, SmartHttp};
 use sykli_testkit::pod_runner::{run_pod, PodResult, RunOptions, Shell};
-use sykli_testkit::validate::kube_validate;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "T")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "T")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use support::{assert_ok, build_validated_job, git_in, pod_dir};
 
 /// A repository with history, pushed to a bare repository under `root` (what servers serve).
 struct Fixture {
@@ -49,8 +30,8 @@ impl Fixture {
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&work).unwrap();
-        git(&root, &["init", "-q", "--bare", "repo.git"]);
-        git(&work, &["init", "-q"]);
+        git_in(&root, &["init", "-q", "--bare", "repo.git"]);
+        git_in(&work, &["init", "-q"]);
         let write = |p: &str, c: &str| {
             let f = work.join(p);
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
@@ -62,11 +43,11 @@ impl Fixture {
         let mut commits = Vec::new();
         for i in 0..6 {
             write("CHANGELOG", &format!("release {i}\n"));
-            git(&work, &["add", "-A"]);
-            git(&work, &["commit", "-q", "-m", &format!("commit {i}")]);
-            commits.push(git(&work, &["rev-parse", "HEAD"]));
+            git_in(&work, &["add", "-A"]);
+            git_in(&work, &["commit", "-q", "-m", &format!("commit {i}")]);
+            commits.push(git_in(&work, &["rev-parse", "HEAD"]));
         }
-        git(
+        git_in(
             &work,
             &[
                 "remote",
@@ -75,7 +56,7 @@ impl Fixture {
                 root.join("repo.git").to_str().unwrap(),
             ],
         );
-        git(&work, &["push", "-q", "origin", "main"]);
+        git_in(&work, &["push", "-q", "origin", "main"]);
         Fixture {
             tmp,
             work,
@@ -103,13 +84,7 @@ fn job(task: Value, url: &str, sha: &str, branch: &str, depth: Value) -> Value {
         "source": {"url": url, "sha": sha, "branch": (!branch.is_empty()).then_some(branch), "clone": {"depth": depth, "backoff_seconds": 1, "attempts": 4}}
     }))
     .unwrap();
-    let plan = SourcePlan::from_options(&opts.source).unwrap_or_else(|e| panic!("{e}"));
-    let job = serde_json::to_value(
-        build_job(&task, &resources, "sykli-t-t1", &plan, &opts).unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap();
-    kube_validate(std::slice::from_ref(&job));
-    job
+    build_validated_job(&task, &resources, "sykli-t-t1", &opts)
 }
 
 fn checker(expected_sha: &str, extra: &str) -> Value {
@@ -119,27 +94,8 @@ fn checker(expected_sha: &str, extra: &str) -> Value {
 }
 
 fn run(fx: &Fixture, job: &Value, shell: Shell) -> PodResult {
-    let dir = fx.tmp.path().join(format!(
-        "pod-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    run_pod(job, &RunOptions::new(dir).shell(shell)).unwrap_or_else(|e| panic!("runner: {e}"))
-}
-
-fn assert_ok(r: &PodResult) {
-    let logs: String = r
-        .containers
-        .iter()
-        .map(|c| format!("--- {} ({:?})\n{}", c.name, c.reason, c.log))
-        .collect();
-    assert!(r.succeeded(), "pod failed:\n{logs}");
-    assert!(
-        r.container("task").unwrap().log.contains("checked-ok"),
-        "{logs}"
-    );
+    run_pod(job, &RunOptions::new(pod_dir(fx.tmp.path())).shell(shell))
+        .unwrap_or_else(|e| panic!("runner: {e}"))
 }
 
 #[test]
@@ -202,16 +158,16 @@ fn the_exact_commit_when_the_branch_has_moved_on_over_every_server_and_shell() {
 fn a_commit_on_no_branch_tip_is_found_through_the_fallback() {
     let fx = Fixture::new();
     // A side branch whose commit is then left behind: reachable only from a tag.
-    git(&fx.work, &["checkout", "-q", "-b", "side", &fx.commits[1]]);
+    git_in(&fx.work, &["checkout", "-q", "-b", "side", &fx.commits[1]]);
     std::fs::write(fx.work.join("side.txt"), "side\n").unwrap();
-    git(&fx.work, &["add", "-A"]);
-    git(&fx.work, &["commit", "-q", "-m", "side"]);
-    let side = git(&fx.work, &["rev-parse", "HEAD"]);
-    git(
+    git_in(&fx.work, &["add", "-A"]);
+    git_in(&fx.work, &["commit", "-q", "-m", "side"]);
+    let side = git_in(&fx.work, &["rev-parse", "HEAD"]);
+    git_in(
         &fx.work,
         &["commit", "-q", "--allow-empty", "-m", "side moves on"],
     );
-    git(&fx.work, &["push", "-q", "origin", "side"]);
+    git_in(&fx.work, &["push", "-q", "origin", "side"]);
     let v0 = SmartHttp::start(
         &fx.root,
         ServerOptions {
@@ -390,8 +346,8 @@ fn hostile_branch_names_and_values_inject_nothing() {
     )
     .unwrap();
     for (i, name) in HOSTILE.iter().enumerate() {
-        git(&fx.work, &["branch", "-f", name, &fx.commits[2]]);
-        git(
+        git_in(&fx.work, &["branch", "-f", name, &fx.commits[2]]);
+        git_in(
             &fx.work,
             &["push", "-q", "origin", &format!("refs/heads/{name}")],
         );

@@ -12,46 +12,17 @@ use std::time::{Duration, Instant};
 use sykli_testkit::git_server::{GitDaemon, RequestRecord, ServerOptions, SmartHttp, STOP_TIMEOUT};
 use tempfile::TempDir;
 
-/// Every git command is bounded: a hung server fails the test instead of hanging it.
-const GIT_TIMEOUT_SECS: &str = "120";
+mod support;
+use support::{git_command, ok, path, stderr};
+
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn git(dir: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new("timeout");
-    cmd.arg(GIT_TIMEOUT_SECS)
-        .arg("git")
-        .args(args)
-        .current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GIT_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Sykli Test")
-        .env("GIT_AUTHOR_EMAIL", "test@sykli.invalid")
-        .env("GIT_COMMITTER_NAME", "Sykli Test")
-        .env("GIT_COMMITTER_EMAIL", "test@sykli.invalid")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("SSH_ASKPASS")
-        .env("LC_ALL", "C");
-    cmd.output().expect("run git")
+    git_command(dir, args).output().expect("run git")
 }
 
 fn git_ok(dir: &Path, args: &[&str]) -> String {
-    let out = git(dir, args);
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    ok(git(dir, args), &format!("git {args:?}"))
 }
 
 /// A bare `<root>/repo.git` with `commits` commits on `main`, each rewriting a 32 KiB file
@@ -114,10 +85,6 @@ impl Fixture {
         git_ok(self.tmp.path(), &["init", "-q", path(&dir)]);
         dir
     }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// The two servers behind one face, to run the same checks on both.

@@ -8,19 +8,20 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use sykli_testkit::git_server::{ServerOptions, SmartHttp};
 use sykli_testkit::http_proxy::HttpProxy;
 use tempfile::TempDir;
 
-/// Every git command is bounded: a hung server fails the test instead of hanging it.
-const GIT_TIMEOUT_SECS: &str = "120";
+mod support;
+use support::{failed, git_command, ok, path, Running};
+
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const USER: &str = "sykli";
 const PASS: &str = "s3cret-pw";
@@ -44,60 +45,16 @@ const CLEARED: &[&str] = &[
 /// `timeout 120 git <args>` in `dir`, hermetic: no system or global config, no prompts, no
 /// inherited GIT_* or proxy/TLS variables, `HOME` in the fixture; then `envs`.
 fn git_with(dir: &Path, home: &Path, args: &[&str], envs: &[(&str, &OsStr)]) -> Output {
-    let mut cmd = Command::new("timeout");
-    cmd.arg(GIT_TIMEOUT_SECS)
-        .arg("git")
-        .args(args)
-        .current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GIT_") {
-            cmd.env_remove(&key);
-        }
-    }
+    let mut cmd = git_command(dir, args);
     for key in CLEARED {
         cmd.env_remove(key);
     }
     cmd.env("HOME", home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Sykli Test")
-        .env("GIT_AUTHOR_EMAIL", "test@sykli.invalid")
-        .env("GIT_COMMITTER_NAME", "Sykli Test")
-        .env("GIT_COMMITTER_EMAIL", "test@sykli.invalid")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C");
+        .env("XDG_CONFIG_HOME", home.join(".config"));
     for (key, value) in envs {
         cmd.env(key, value);
     }
     cmd.output().expect("run git")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        out.status,
-        stderr(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn failed(out: Output, what: &str) -> String {
-    assert!(
-        !out.status.success(),
-        "{what} succeeded unexpectedly:\n{}",
-        stderr(&out)
-    );
-    stderr(&out)
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A bare `<root>/repo.git` with two commits on `main`.
@@ -544,54 +501,6 @@ fn the_proxy_answers_502_for_an_unreachable_target() {
 
 // ---------------------------------------------------------------------------------------
 // The binaries
-
-/// A binary of this package, running until its stdin closes; its JSON line.
-struct Running {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    line: serde_json::Value,
-}
-
-impl Running {
-    fn start(exe: &str, args: &[&str]) -> Running {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn");
-        let stdin = child.stdin.take();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the JSON line");
-        let line = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        Running { child, stdin, line }
-    }
-
-    fn str(&self, key: &str) -> &str {
-        self.line[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("no {key:?} in {}", self.line))
-    }
-
-    /// Closes stdin: the process must exit, successfully.
-    fn stop(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().expect("wait");
-        assert!(status.success(), "{status}");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.stdin.take().is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 #[test]
 fn the_binaries_serve_https_with_basic_auth_through_the_proxy() {

@@ -12,34 +12,20 @@ use std::time::Duration;
 use sykli_testkit::lfs_server::LfsServer;
 use tempfile::TempDir;
 
-/// Every git command is bounded: a hung server fails the test instead of hanging it.
-const GIT_TIMEOUT_SECS: &str = "120";
+mod support;
+use support::{git_command, path};
+
 const POINTER_HEADER: &str = "version https://git-lfs.github.com/spec/v1\n";
 
 /// git with a throwaway `HOME` (no global config, so no user lfs filter or credential
 /// helper), no system config, and no prompts.
 fn git(home: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new("timeout");
-    cmd.arg(GIT_TIMEOUT_SECS)
-        .arg("git")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GIT_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_AUTHOR_NAME", "Sykli Test")
-        .env("GIT_AUTHOR_EMAIL", "test@sykli.invalid")
-        .env("GIT_COMMITTER_NAME", "Sykli Test")
-        .env("GIT_COMMITTER_EMAIL", "test@sykli.invalid")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("SSH_ASKPASS")
-        .env("LC_ALL", "C");
+    let mut cmd = git_command(dir, args);
+    cmd.stdin(Stdio::null())
+        // The global config is the throwaway HOME's.
+        .env_remove("GIT_CONFIG_GLOBAL")
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -66,10 +52,6 @@ fn random_bytes(n: usize) -> Vec<u8> {
     buf
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
 /// The lfs filter for one command, without `git lfs install`.
 const LFS_FILTER: [&str; 6] = [
     "-c",
@@ -89,6 +71,18 @@ struct Pushed {
     data: Vec<u8>,
     oid: String,
     push_stderr: String,
+}
+
+impl Pushed {
+    /// `git clone` of the bare repository into `<tmp>/clone`, with the lfs filter for the
+    /// command only and `env`.
+    fn clone_with_filter(&self, env: &[(&str, &str)]) -> PathBuf {
+        let clone = self.tmp.path().join("clone");
+        let mut args = LFS_FILTER.to_vec();
+        args.extend(["clone", "-q", path(&self.bare), path(&clone)]);
+        git_ok(&self.home, self.tmp.path(), &args, env);
+        clone
+    }
 }
 
 fn push_fixture(server: &LfsServer, tmp: TempDir) -> Pushed {
@@ -198,15 +192,7 @@ fn push_then_clone_and_pull_round_trips_the_bytes() {
     );
 
     // A clone that skips the smudge filter has the pointer in the work tree.
-    let clone = p.tmp.path().join("clone");
-    let mut args = LFS_FILTER.to_vec();
-    args.extend(["clone", "-q", path(&p.bare), path(&clone)]);
-    git_ok(
-        &p.home,
-        p.tmp.path(),
-        &args,
-        &[("GIT_LFS_SKIP_SMUDGE", "1")],
-    );
+    let clone = p.clone_with_filter(&[("GIT_LFS_SKIP_SMUDGE", "1")]);
     let pointer = fs::read_to_string(clone.join("data.bin")).expect("pointer is text");
     assert!(pointer.starts_with(POINTER_HEADER), "{pointer}");
     assert!(
@@ -244,10 +230,7 @@ fn clone_with_the_filter_smudges_from_the_server() {
     let server = LfsServer::start(&tmp.path().join("lfs")).expect("start giftless");
     let p = push_fixture(&server, tmp);
 
-    let clone = p.tmp.path().join("clone");
-    let mut args = LFS_FILTER.to_vec();
-    args.extend(["clone", "-q", path(&p.bare), path(&clone)]);
-    git_ok(&p.home, p.tmp.path(), &args, &[]);
+    let clone = p.clone_with_filter(&[]);
     assert!(
         fs::read(clone.join("data.bin")).unwrap() == p.data,
         "smudged bytes differ from the original"
@@ -262,15 +245,7 @@ fn missing_object_fails_the_pull() {
     let p = push_fixture(&server, tmp);
     fs::remove_file(server.object_path(&p.oid)).unwrap();
 
-    let clone = p.tmp.path().join("clone");
-    let mut args = LFS_FILTER.to_vec();
-    args.extend(["clone", "-q", path(&p.bare), path(&clone)]);
-    git_ok(
-        &p.home,
-        p.tmp.path(),
-        &args,
-        &[("GIT_LFS_SKIP_SMUDGE", "1")],
-    );
+    let clone = p.clone_with_filter(&[("GIT_LFS_SKIP_SMUDGE", "1")]);
     git_ok(&p.home, &clone, &["lfs", "install", "--local"], &[]);
     let out = git(&p.home, &clone, &["lfs", "pull"], &[]);
     let text = format!(

@@ -3,44 +3,21 @@
 //! auth, HTTPS with a private CA, a proxy, a Git LFS server), with Secrets and ConfigMaps as
 //! the kubelet projects them.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use sykli_core::manifest::{build_job, BuildOptions};
+use sykli_core::manifest::BuildOptions;
 use sykli_core::pipeline::{Resource, Task};
 use sykli_core::source::SourcePlan;
 use sykli_testkit::git_server::{GitDaemon, ServerOptions, SmartHttp};
 use sykli_testkit::pod_runner::{run_pod, PodResult, RunOptions, Shell};
 use sykli_testkit::sshd::GitSshd;
-use sykli_testkit::validate::kube_validate;
 
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "T")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "T")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "protocol.file.allow=always",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use support::{assert_ok, build_validated_job, git_in, logs, pod_dir};
 
 fn write(dir: &Path, path: &str, content: &[u8]) {
     let f = dir.join(path);
@@ -107,14 +84,7 @@ fn job(url: &str, sha: &str, access: Value, check: &str) -> Value {
                    "clone": {"attempts": 1, "backoff_seconds": 0, "access": access}}
     }))
     .unwrap();
-    let plan = SourcePlan::from_options(&opts.source).unwrap_or_else(|e| panic!("{e}"));
-    let job = serde_json::to_value(
-        build_job(&task, &resources, "sykli-check-p1", &plan, &opts)
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap();
-    kube_validate(std::slice::from_ref(&job));
-    job
+    build_validated_job(&task, &resources, "sykli-check-p1", &opts)
 }
 
 #[derive(Default)]
@@ -145,33 +115,10 @@ impl Objects {
 }
 
 fn run(repos: &Repos, job: &Value, objects: Objects) -> PodResult {
-    let dir = repos.tmp.path().join(format!(
-        "pod-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let mut opts = RunOptions::new(dir).shell(Shell::Busybox);
+    let mut opts = RunOptions::new(pod_dir(repos.tmp.path())).shell(Shell::Busybox);
     opts.secrets = objects.secrets;
     opts.config_maps = objects.config_maps;
     run_pod(job, &opts).unwrap_or_else(|e| panic!("runner: {e}"))
-}
-
-fn logs(r: &PodResult) -> String {
-    r.containers
-        .iter()
-        .map(|c| format!("--- {} ({:?})\n{}", c.name, c.reason, c.log))
-        .collect()
-}
-
-fn assert_ok(r: &PodResult) {
-    assert!(r.succeeded(), "pod failed:\n{}", logs(r));
-    assert!(
-        r.container("task").unwrap().log.contains("checked-ok"),
-        "{}",
-        logs(r)
-    );
 }
 
 fn clone_message(r: &PodResult) -> String {

@@ -3,15 +3,14 @@
 //! known_hosts).
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use sykli_testkit::sshd::GitSshd;
 use tempfile::TempDir;
 
-/// Every git command is bounded: a hung server fails the test instead of hanging it.
-const GIT_TIMEOUT_SECS: &str = "120";
+mod support;
+use support::{git_command, ok, path, stderr, Running};
 
 /// `GIT_SSH_COMMAND` authenticating with `key` and trusting only the hosts in `known_hosts`.
 fn ssh_command(key: &Path, known_hosts: &Path) -> String {
@@ -25,45 +24,15 @@ fn ssh_command(key: &Path, known_hosts: &Path) -> String {
 }
 
 fn git(dir: &Path, args: &[&str], ssh: Option<&str>) -> Output {
-    let mut cmd = Command::new("timeout");
-    cmd.arg(GIT_TIMEOUT_SECS)
-        .arg("git")
-        .args(args)
-        .current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("GIT_") {
-            cmd.env_remove(&key);
-        }
-    }
+    let mut cmd = git_command(dir, args);
     if let Some(ssh) = ssh {
         cmd.env("GIT_SSH_COMMAND", ssh);
     }
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "Sykli Test")
-        .env("GIT_AUTHOR_EMAIL", "test@sykli.invalid")
-        .env("GIT_COMMITTER_NAME", "Sykli Test")
-        .env("GIT_COMMITTER_EMAIL", "test@sykli.invalid")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("SSH_ASKPASS")
-        .env("LC_ALL", "C");
-    cmd.output().expect("run git")
+    cmd.env_remove("SSH_AUTH_SOCK").output().expect("run git")
 }
 
 fn git_ok(dir: &Path, args: &[&str], ssh: Option<&str>) -> String {
-    let out = git(dir, args, ssh);
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
+    ok(git(dir, args, ssh), &format!("git {args:?}"))
 }
 
 /// A bare `<root>/repo.git` with one commit on `main`.
@@ -99,10 +68,6 @@ impl Fixture {
         fs::write(&file, format!("{line}\n")).expect("write known_hosts");
         file
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -156,6 +121,18 @@ fn known_hosts_lines_name_the_port_and_differ_only_in_the_key() {
     assert_ne!(right, wrong);
 }
 
+/// `git ls-remote` of `repo.git` with `ssh`, which must fail: its stderr.
+fn refused_ls_remote(fx: &Fixture, sshd: &GitSshd, ssh: &str) -> String {
+    let out = git(
+        fx.tmp.path(),
+        &["ls-remote", &sshd.url("repo.git")],
+        Some(ssh),
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    err
+}
+
 #[test]
 fn a_changed_host_key_is_refused() {
     let fx = Fixture::new();
@@ -163,13 +140,7 @@ fn a_changed_host_key_is_refused() {
     let known_hosts = fx.known_hosts("known_hosts", sshd.wrong_known_hosts_line());
     let ssh = ssh_command(sshd.client_key(), &known_hosts);
 
-    let out = git(
-        fx.tmp.path(),
-        &["ls-remote", &sshd.url("repo.git")],
-        Some(&ssh),
-    );
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_ls_remote(&fx, &sshd, &ssh);
     assert!(
         err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
             || err.contains("Host key verification failed"),
@@ -194,13 +165,7 @@ fn an_unauthorized_client_key_is_refused() {
     assert!(keygen.status.success(), "{}", stderr(&keygen));
     let ssh = ssh_command(&other_key, &known_hosts);
 
-    let out = git(
-        fx.tmp.path(),
-        &["ls-remote", &sshd.url("repo.git")],
-        Some(&ssh),
-    );
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_ls_remote(&fx, &sshd, &ssh);
     assert!(err.contains("Permission denied"), "{err}");
     assert!(!sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
@@ -218,19 +183,11 @@ fn dropping_the_server_removes_its_files() {
 #[test]
 fn the_binary_prints_its_json_line_and_serves_until_stdin_closes() {
     let fx = Fixture::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sykli-git-sshd"))
-        .arg("--root")
-        .arg(&fx.root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sykli-git-sshd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("read the JSON line");
-    let info: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+    let server = Running::start(
+        env!("CARGO_BIN_EXE_sykli-git-sshd"),
+        &["--root", path(&fx.root)],
+    );
+    let info = &server.line;
 
     let port = info["port"].as_u64().expect("port");
     let root = fx.root.canonicalize().unwrap();
@@ -256,8 +213,6 @@ fn the_binary_prints_its_json_line_and_serves_until_stdin_closes() {
     );
     assert!(refs.contains(&fx.commit), "{refs}");
 
-    drop(child.stdin.take()); // closing stdin stops the server
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "{status}");
+    server.stop(); // closing stdin stops the server
     assert!(!key.exists(), "{} left behind", key.display());
 }
