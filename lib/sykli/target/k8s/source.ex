@@ -27,12 +27,41 @@ defmodule Sykli.Target.K8s.Source do
       :git_clone ->
         git_clone(ctx, opts)
 
+      :pvc ->
+        upload(ctx, opts)
+
       other ->
         {:error,
          %Error{
            kind: :unsupported,
            message: "the #{other} source strategy is not supported by this build yet"
          }}
+    end
+  end
+
+  # The working tree as it is goes to the cluster: uncommitted changes are the point, and no
+  # remote is involved.
+  defp upload(ctx, opts) do
+    cond do
+      Keyword.get(opts, :git_ref) ->
+        {:error,
+         %Error{
+           kind: :invalid_option,
+           message:
+             "--git-ref names a commit of the remote; the pvc strategy uploads the working tree: use one or the other"
+         }}
+
+      Keyword.get(opts, :source_sync) == :git ->
+        {:error,
+         %Error{
+           kind: :unsupported,
+           message:
+             "source_sync: :git (uploading HEAD as a bundle) is not supported by this build yet; use :rsync"
+         }}
+
+      true ->
+        what = if ctx.dirty, do: "the working tree (#{changes(ctx.changes.total)})", else: "the working tree"
+        {:ok, %{git_context: ctx, warnings: [], description: "#{what} at #{short(ctx.sha)}"}}
     end
   end
 
