@@ -1,0 +1,251 @@
+//! `sykli-sync`: the receiver inside the cluster and a few tools around the store.
+//! Reads archives on stdin, writes JSON (or an archive) to stdout; errors go to stderr as
+//! one line `sykli-sync: error[<kind>]: <message>` with exit status 1 (2 for a usage error),
+//! `<kind>` being `Error::kind` (`refused`, `tree_mismatch`, `unknown_tree`, ...).
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sykli_sync::{extract_hardened, pack, Error, Limits, Manifest, Store};
+
+const USAGE: &str = "\
+usage:
+  sykli-sync idle                                  wait for SIGTERM or SIGINT, then exit 0
+  sykli-sync manifest --store DIR [--tree HASH]    print the manifest of HASH (default: latest),
+                                                   or {\"tree\":null}
+  sykli-sync apply --store DIR --tree HASH [--max-entries N] [--max-bytes N]  < archive
+                                                   apply a sync archive, print the report
+  sykli-sync checkout --store DIR --tree HASH --to DEST
+                                                   copy a published tree into DEST (empty or absent)
+  sykli-sync pack --root DIR PATH...  > archive    archive PATHs below DIR (`.` for all)
+  sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
+                                                   extract with the hardened extractor
+  sykli-sync scan --root DIR                       print the manifest of a directory
+  sykli-sync version
+";
+
+enum Failure {
+    Usage(String),
+    Error(Error),
+    Io(io::Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("sykli-sync: usage: {msg}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Error(e)) => {
+            eprintln!("sykli-sync: error[{}]: {e}", e.kind());
+            ExitCode::from(1)
+        }
+        Err(Failure::Io(e)) => {
+            eprintln!("sykli-sync: error[io]: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--name VALUE` / `--name=VALUE` options and positional arguments.
+struct Args {
+    options: Vec<(String, String)>,
+    positional: Vec<String>,
+}
+
+fn parse(args: &[String], known: &[&str]) -> Result<Args, Failure> {
+    let mut parsed = Args {
+        options: Vec::new(),
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            parsed.positional.extend(it.by_ref().cloned());
+            break;
+        }
+        if let Some(flag) = a.strip_prefix("--") {
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = it
+                        .next()
+                        .ok_or_else(|| Failure::Usage(format!("--{flag} needs a value")))?;
+                    (flag.to_string(), v.clone())
+                }
+            };
+            if !known.contains(&name.as_str()) {
+                return Err(Failure::Usage(format!("unknown option --{name}")));
+            }
+            if parsed.options.iter().any(|(n, _)| *n == name) {
+                return Err(Failure::Usage(format!("--{name} given twice")));
+            }
+            parsed.options.push((name, value));
+        } else {
+            parsed.positional.push(a.clone());
+        }
+    }
+    Ok(parsed)
+}
+
+impl Args {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn need(&self, name: &str) -> Result<&str, Failure> {
+        self.get(name)
+            .ok_or_else(|| Failure::Usage(format!("--{name} is required")))
+    }
+
+    fn no_positional(&self) -> Result<(), Failure> {
+        match self.positional.first() {
+            Some(p) => Err(Failure::Usage(format!("unexpected argument {p:?}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn limits(&self) -> Result<Limits, Failure> {
+        let mut limits = Limits::default();
+        let number = |name: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| Failure::Usage(format!("--{name} must be a number, not {v:?}")))
+        };
+        if let Some(v) = self.get("max-entries") {
+            limits.max_entries = number("max-entries", v)?;
+        }
+        if let Some(v) = self.get("max-bytes") {
+            limits.max_total_bytes = number("max-bytes", v)?;
+        }
+        Ok(limits)
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value).map_err(io::Error::from)?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(Failure::Usage("a command is required".into()));
+    };
+    match command.as_str() {
+        "idle" => {
+            parse(rest, &[])?.no_positional()?;
+            idle()
+        }
+        "manifest" => {
+            let a = parse(rest, &["store", "tree"])?;
+            a.no_positional()?;
+            let store = Store::new(a.need("store")?);
+            let tree = match a.get("tree") {
+                Some(t) => Some(t.to_string()),
+                None => store.latest()?,
+            };
+            match tree.map(|t| store.manifest(&t)).transpose()?.flatten() {
+                Some(m) => print_json(&m),
+                None => print_json(&serde_json::json!({ "tree": null })),
+            }
+        }
+        "apply" => {
+            let a = parse(rest, &["store", "tree", "max-entries", "max-bytes"])?;
+            a.no_positional()?;
+            let store = Store::new(a.need("store")?);
+            let report = store.apply_with_limits(
+                a.need("tree")?,
+                BufReader::new(io::stdin().lock()),
+                a.limits()?,
+            )?;
+            print_json(&report)
+        }
+        "checkout" => {
+            let a = parse(rest, &["store", "tree", "to"])?;
+            a.no_positional()?;
+            let report = Store::new(a.need("store")?)
+                .checkout(a.need("tree")?, &PathBuf::from(a.need("to")?))?;
+            print_json(&report)
+        }
+        "pack" => {
+            let a = parse(rest, &["root"])?;
+            if a.positional.is_empty() {
+                return Err(Failure::Usage("pack needs at least one PATH".into()));
+            }
+            let mut out = BufWriter::new(io::stdout().lock());
+            pack(&PathBuf::from(a.need("root")?), &a.positional, &mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+        "extract" => {
+            let a = parse(rest, &["to", "max-entries", "max-bytes"])?;
+            a.no_positional()?;
+            let report = extract_hardened(
+                BufReader::new(io::stdin().lock()),
+                &PathBuf::from(a.need("to")?),
+                a.limits()?,
+            )?;
+            print_json(&report)
+        }
+        "scan" => {
+            let a = parse(rest, &["root"])?;
+            a.no_positional()?;
+            print_json(&Manifest::scan(&PathBuf::from(a.need("root")?))?)
+        }
+        "version" | "--version" => {
+            println!("sykli-sync {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(Failure::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// The receiver pod's main process: blocks SIGTERM and SIGINT and waits for one. Blocked
+/// signals are queued even for PID 1 (which ignores default-action signals), so this
+/// works as a container's entrypoint without an init.
+fn idle() -> Result<(), Failure> {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(Failure::Io(io::Error::from_raw_os_error(rc)));
+        }
+        let mut sig: libc::c_int = 0;
+        loop {
+            let rc = libc::sigwait(&set, &mut sig);
+            if rc == 0 {
+                return Ok(());
+            }
+            if rc != libc::EINTR {
+                return Err(Failure::Io(io::Error::from_raw_os_error(rc)));
+            }
+        }
+    }
+}

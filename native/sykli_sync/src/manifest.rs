@@ -1,0 +1,407 @@
+//! What a tree is: a sorted map of paths to files and symlinks, and its hash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result, Rule};
+use crate::fs::{self, Dir, Kind};
+use crate::path::{ancestors, check_path, check_symlink_target, check_tree_hash};
+
+/// One file or symlink of a tree. Directories are implicit (as in git, empty ones are not
+/// part of a tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative, '/'-separated, normalized.
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    File {
+        size: u64,
+        executable: bool,
+        /// Lowercase hex SHA-256 of the content.
+        sha256: String,
+    },
+    Symlink {
+        target: String,
+    },
+}
+
+/// A tree: path → entry, in byte order of the paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    entries: BTreeMap<String, Entry>,
+}
+
+/// How `target` differs from `base`: the paths to send (new or different in any way) and
+/// the paths to delete. Both sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub changed: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// The delta that turns `base` into `target`.
+pub fn diff(base: &Manifest, target: &Manifest) -> Delta {
+    let changed = target
+        .entries
+        .iter()
+        .filter(|(path, entry)| base.entries.get(*path) != Some(entry))
+        .map(|(path, _)| path.clone())
+        .collect();
+    let deleted = base
+        .entries
+        .keys()
+        .filter(|path| !target.entries.contains_key(*path))
+        .cloned()
+        .collect();
+    Delta { changed, deleted }
+}
+
+/// The JSON form: `{"format": 1, "tree": "<hash>", "entries": [{"path", "type", ...}]}`.
+#[derive(Serialize, Deserialize)]
+struct ManifestJson {
+    #[serde(default = "format_one")]
+    format: u32,
+    #[serde(default)]
+    tree: Option<String>,
+    entries: Vec<Entry>,
+}
+
+fn format_one() -> u32 {
+    1
+}
+
+impl Manifest {
+    pub fn new() -> Manifest {
+        Manifest::default()
+    }
+
+    /// Adds or replaces the entry at `entry.path`; returns the previous one. Paths are not
+    /// checked here: [`Manifest::validate`] does that (and `from_json`, `scan`, `from_paths`).
+    pub fn insert(&mut self, entry: Entry) -> Option<Entry> {
+        self.entries.insert(entry.path.clone(), entry)
+    }
+
+    pub fn remove(&mut self, path: &str) -> Option<Entry> {
+        self.entries.remove(path)
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries in byte order of their paths.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// The total size of the files.
+    pub fn total_bytes(&self) -> u64 {
+        self.entries()
+            .map(|e| match e.kind {
+                EntryKind::File { size, .. } => size,
+                EntryKind::Symlink { .. } => 0,
+            })
+            .sum()
+    }
+
+    /// The tree hash: lowercase hex SHA-256 of this canonical serialization —
+    ///
+    /// ```text
+    /// "sykli-sync tree v1\n"
+    /// then for each entry, in ascending byte order of the UTF-8 path:
+    ///   file:    "f " <len(path)> ":" <path> " " <mode> " " <size> " " <sha256> "\n"
+    ///   symlink: "l " <len(path)> ":" <path> " " <len(target)> ":" <target> "\n"
+    /// ```
+    ///
+    /// where `<mode>` is `644` or `755`, `<size>` is decimal, `<sha256>` is 64 lowercase hex
+    /// digits, and `<len(x)>` is the decimal byte length of `x`. The length prefixes make it
+    /// unambiguous whatever bytes (spaces, newlines) a path or target holds.
+    pub fn tree_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"sykli-sync tree v1\n");
+        for e in self.entries.values() {
+            let record = match &e.kind {
+                EntryKind::File {
+                    size,
+                    executable,
+                    sha256,
+                } => format!(
+                    "f {}:{} {} {} {}\n",
+                    e.path.len(),
+                    e.path,
+                    if *executable { "755" } else { "644" },
+                    size,
+                    sha256
+                ),
+                EntryKind::Symlink { target } => {
+                    format!(
+                        "l {}:{} {}:{}\n",
+                        e.path.len(),
+                        e.path,
+                        target.len(),
+                        target
+                    )
+                }
+            };
+            h.update(record.as_bytes());
+        }
+        fs::to_hex(&h.finalize())
+    }
+
+    /// Checks every path and symlink target with the extractor's rules, every hash's form,
+    /// and that no entry is also the parent directory of another.
+    pub fn validate(&self) -> Result<()> {
+        for (path, e) in &self.entries {
+            if *path != e.path {
+                return Err(Error::InvalidManifest(format!(
+                    "entry {:?} is stored under {:?}",
+                    e.path, path
+                )));
+            }
+            check_path(path.as_bytes())?;
+            match &e.kind {
+                EntryKind::File { sha256, .. } => {
+                    if check_tree_hash(sha256).is_err() {
+                        return Err(Error::InvalidManifest(format!(
+                            "{path:?}: sha256 is not 64 lowercase hex digits"
+                        )));
+                    }
+                }
+                EntryKind::Symlink { target } => {
+                    check_symlink_target(path, target.as_bytes())?;
+                }
+            }
+            if let Some(parent) = ancestors(path).find(|a| self.entries.contains_key(*a)) {
+                return Err(Error::InvalidManifest(format!(
+                    "{path:?} is inside {parent:?}, which is not a directory ({})",
+                    Rule::NotADirectory.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON form, with the tree hash: `{"format":1,"tree":"…","entries":[…]}`.
+    pub fn to_json(&self) -> String {
+        let json = ManifestJson {
+            format: 1,
+            tree: Some(self.tree_hash()),
+            entries: self.entries.values().cloned().collect(),
+        };
+        serde_json::to_string(&json).expect("a manifest serializes")
+    }
+
+    /// Parses and validates the JSON form. When it names a `tree`, the entries must hash to it.
+    pub fn from_json(json: &str) -> Result<Manifest> {
+        let parsed: ManifestJson =
+            serde_json::from_str(json).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        if parsed.format != 1 {
+            return Err(Error::InvalidManifest(format!(
+                "format {} is not supported (1 is)",
+                parsed.format
+            )));
+        }
+        let mut m = Manifest::new();
+        for e in parsed.entries {
+            let path = e.path.clone();
+            if m.insert(e).is_some() {
+                return Err(Error::InvalidManifest(format!("{path:?} appears twice")));
+            }
+        }
+        m.validate()?;
+        if let Some(tree) = parsed.tree {
+            let actual = m.tree_hash();
+            if tree != actual {
+                return Err(Error::InvalidManifest(format!(
+                    "it names tree {tree} but its entries hash to {actual}"
+                )));
+            }
+        }
+        Ok(m)
+    }
+
+    /// The manifest of everything below `root` (symlinks are entries, never followed;
+    /// empty directories are not part of a tree). Sockets, FIFOs and devices are an error.
+    pub fn scan(root: &Path) -> Result<Manifest> {
+        let dir = Dir::open(root).map_err(|e| Error::io_path(root, e))?;
+        let mut paths = Vec::new();
+        walk(&dir, None, &mut paths)?;
+        Manifest::from_checked_paths(root, &dir, &paths)
+    }
+
+    /// The manifest of the given paths below `root` (for example the files git reports:
+    /// tracked and untracked, not ignored). A directory stands for everything below it.
+    /// Every path must be valid (see [`crate::check_path`]), exist, and be reached without
+    /// a symlink in its parents. Files are hashed on a few threads.
+    pub fn from_paths(root: &Path, paths: &[String]) -> Result<Manifest> {
+        let dir = Dir::open(root).map_err(|e| Error::io_path(root, e))?;
+        let mut all = Vec::with_capacity(paths.len());
+        for p in paths {
+            check_path(p.as_bytes())?;
+            let Some((parent, name)) = fs::parent_of(&dir, p, false)? else {
+                return Err(Error::io(p, std::io::ErrorKind::NotFound.into()));
+            };
+            match parent.kind(name).map_err(|e| Error::io(p, e))? {
+                None => return Err(Error::io(p, std::io::ErrorKind::NotFound.into())),
+                Some(Kind::Dir) => walk(&dir, Some(p), &mut all)?,
+                Some(_) => all.push(p.clone()),
+            }
+        }
+        all.sort();
+        all.dedup();
+        Manifest::from_checked_paths(root, &dir, &all)
+    }
+
+    fn from_checked_paths(root: &Path, dir: &Dir, paths: &[String]) -> Result<Manifest> {
+        let entries = fs::parallel_map(paths, |p| read_entry(dir, p))?;
+        let mut m = Manifest::new();
+        for e in entries {
+            m.insert(e);
+        }
+        m.validate().map_err(|e| match e {
+            Error::InvalidManifest(msg) => {
+                Error::InvalidManifest(format!("{}: {msg}", root.display()))
+            }
+            other => other,
+        })?;
+        Ok(m)
+    }
+}
+
+impl Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        ManifestJson {
+            format: 1,
+            tree: Some(self.tree_hash()),
+            entries: self.entries.values().cloned().collect(),
+        }
+        .serialize(s)
+    }
+}
+
+/// Collects the files and symlinks below `prefix` (or the root).
+fn walk(root: &Dir, prefix: Option<&str>, out: &mut Vec<String>) -> Result<()> {
+    let mut pending: Vec<Option<String>> = vec![prefix.map(str::to_string)];
+    while let Some(dir_path) = pending.pop() {
+        let opened = match &dir_path {
+            None => None,
+            Some(p) => {
+                let (parent, name) = fs::parent_of(root, p, false)?
+                    .ok_or_else(|| Error::io(p, std::io::ErrorKind::NotFound.into()))?;
+                Some(parent.open_dir(name).map_err(|e| Error::io(p, e))?)
+            }
+        };
+        let here = opened.as_ref().unwrap_or(root);
+        let names = here
+            .list(".")
+            .map_err(|e| Error::io(dir_path.as_deref().unwrap_or("."), e))?;
+        for name in names {
+            let path = match &dir_path {
+                None => name.clone(),
+                Some(p) => format!("{p}/{name}"),
+            };
+            match here.kind(&name).map_err(|e| Error::io(&path, e))? {
+                Some(Kind::Dir) => pending.push(Some(path)),
+                Some(Kind::File { .. }) | Some(Kind::Symlink) => out.push(path),
+                Some(Kind::Other(kind)) => return Err(Error::UnsupportedFile { path, kind }),
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one path's entry (hashing a file's content).
+pub(crate) fn read_entry(root: &Dir, path: &str) -> Result<Entry> {
+    check_path(path.as_bytes())?;
+    let (parent, name) = fs::parent_of(root, path, false)?
+        .ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
+    let kind = parent.kind(name).map_err(|e| Error::io(path, e))?;
+    let kind = match kind {
+        Some(Kind::File { executable, .. }) => {
+            let file = parent.open_file(name).map_err(|e| Error::io(path, e))?;
+            let (size, sha256) = fs::copy_hashing(file, None).map_err(|e| Error::io(path, e))?;
+            EntryKind::File {
+                size,
+                executable,
+                sha256,
+            }
+        }
+        Some(Kind::Symlink) => {
+            let target = parent.read_link(name).map_err(|e| Error::io(path, e))?;
+            let target = check_symlink_target(path, &target)?;
+            EntryKind::Symlink {
+                target: target.to_string(),
+            }
+        }
+        Some(Kind::Dir) => {
+            return Err(Error::UnsupportedFile {
+                path: path.to_string(),
+                kind: "directory",
+            })
+        }
+        Some(Kind::Other(kind)) => {
+            return Err(Error::UnsupportedFile {
+                path: path.to_string(),
+                kind,
+            })
+        }
+        None => return Err(Error::io(path, std::io::ErrorKind::NotFound.into())),
+    };
+    Ok(Entry {
+        path: path.to_string(),
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, content: &str, executable: bool) -> Entry {
+        let (size, sha256) = fs::copy_hashing(content.as_bytes(), None).unwrap();
+        Entry {
+            path: path.into(),
+            kind: EntryKind::File {
+                size,
+                executable,
+                sha256,
+            },
+        }
+    }
+
+    #[test]
+    fn nested_under_a_file_is_invalid() {
+        let mut m = Manifest::new();
+        m.insert(file("a", "x", false));
+        m.insert(file("a/b", "y", false));
+        assert!(matches!(m.validate(), Err(Error::InvalidManifest(_))));
+    }
+}

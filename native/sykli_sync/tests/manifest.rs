@@ -1,0 +1,177 @@
+//! Manifests, tree hashes and deltas, on real files.
+
+mod common;
+
+use common::{symlink, write};
+use sykli_sync::{diff, Delta, Entry, EntryKind, Error, Manifest, Rule};
+
+/// The fixture of the stability test; its hash was computed independently (Python's
+/// hashlib, from the definition documented on `Manifest::tree_hash`). It must never change:
+/// stores on PVCs hold trees named by it.
+fn fixture(root: &std::path::Path) {
+    write(root, "README.md", b"hello\n", false);
+    write(root, "bin/run.sh", b"#!/bin/sh\necho hi\n", true);
+    write(root, "dir with space/new\nline", b"", false);
+    symlink(root, "link", "README.md");
+    symlink(root, "bin/up", "../README.md");
+}
+const FIXTURE_TREE: &str = "5f9c22e9cd7c03c45e878d1f55c4bf0506b32aae47a2dbc022b2fce192823593";
+const EMPTY_TREE: &str = "b66fde05a5437b7272fc8e333f98100ae87eb2e03702983fa590ec12f90d1a57";
+
+#[test]
+fn tree_hash_is_stable_and_matches_the_documented_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let m = Manifest::scan(dir.path()).unwrap();
+    assert_eq!(m.len(), 5);
+    assert_eq!(m.tree_hash(), FIXTURE_TREE);
+    assert_eq!(Manifest::new().tree_hash(), EMPTY_TREE);
+
+    // The same tree whatever the order entries arrive in, and whichever way it was built.
+    let mut reversed = Manifest::new();
+    for e in m.entries().cloned().collect::<Vec<_>>().into_iter().rev() {
+        reversed.insert(e);
+    }
+    assert_eq!(reversed.tree_hash(), FIXTURE_TREE);
+    let listed = Manifest::from_paths(
+        dir.path(),
+        &[
+            "link".into(),
+            "bin".into(),
+            "README.md".into(),
+            "dir with space".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(listed, m);
+
+    // Anything that matters changes it: the executable bit, a byte, a symlink target.
+    let mut x = m.clone();
+    let mut readme = x.get("README.md").unwrap().clone();
+    if let EntryKind::File { executable, .. } = &mut readme.kind {
+        *executable = true;
+    }
+    x.insert(readme);
+    assert_ne!(x.tree_hash(), FIXTURE_TREE);
+    write(dir.path(), "README.md", b"hellO\n", false);
+    assert_ne!(
+        Manifest::scan(dir.path()).unwrap().tree_hash(),
+        FIXTURE_TREE
+    );
+}
+
+#[test]
+fn the_serialization_is_unambiguous() {
+    // Naive "path target\n" records would collide for these two trees.
+    let link = |path: &str, target: &str| Entry {
+        path: path.into(),
+        kind: EntryKind::Symlink {
+            target: target.into(),
+        },
+    };
+    let mut a = Manifest::new();
+    a.insert(link("a b", "c"));
+    let mut b = Manifest::new();
+    b.insert(link("a", "b c"));
+    assert_ne!(a.tree_hash(), b.tree_hash());
+}
+
+#[test]
+fn json_roundtrip_and_integrity() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path());
+    let m = Manifest::scan(dir.path()).unwrap();
+    let json = m.to_json();
+    assert!(
+        json.contains(&format!("\"tree\":\"{FIXTURE_TREE}\"")),
+        "{json}"
+    );
+    assert!(
+        json.contains(
+            r#"{"path":"bin/run.sh","type":"file","size":18,"executable":true,"sha256":""#
+        ),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#"{"path":"link","type":"symlink","target":"README.md"}"#),
+        "{json}"
+    );
+    assert_eq!(Manifest::from_json(&json).unwrap(), m);
+    assert_eq!(serde_json::to_string(&m).unwrap(), json);
+
+    // Entries that do not hash to the tree named, a path that escapes, a bad hash: refused.
+    let tampered = json.replace("\"size\":6", "\"size\":7");
+    assert!(
+        matches!(Manifest::from_json(&tampered), Err(Error::InvalidManifest(msg)) if msg.contains("hash"))
+    );
+    let escaping = r#"{"entries":[{"path":"../x","type":"symlink","target":"a"}]}"#;
+    assert_eq!(
+        Manifest::from_json(escaping).unwrap_err().rule(),
+        Some(Rule::ParentComponent)
+    );
+    let outside = r#"{"entries":[{"path":"x","type":"symlink","target":"/etc/passwd"}]}"#;
+    assert_eq!(
+        Manifest::from_json(outside).unwrap_err().rule(),
+        Some(Rule::SymlinkAbsolute)
+    );
+    let bad_hash =
+        r#"{"entries":[{"path":"x","type":"file","size":1,"executable":false,"sha256":"00"}]}"#;
+    assert!(matches!(
+        Manifest::from_json(bad_hash),
+        Err(Error::InvalidManifest(_))
+    ));
+}
+
+#[test]
+fn scanning_refuses_what_cannot_be_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ok", b"1", false);
+    symlink(dir.path(), "abs", "/etc/passwd");
+    assert_eq!(
+        Manifest::scan(dir.path()).unwrap_err().rule(),
+        Some(Rule::SymlinkAbsolute)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = std::ffi::CString::new(dir.path().join("pipe").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert!(matches!(
+        Manifest::scan(dir.path()),
+        Err(Error::UnsupportedFile { kind: "fifo", .. })
+    ));
+
+    // A listed path reached through a symlinked directory is refused, not followed.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "real/f", b"1", false);
+    symlink(dir.path(), "via", "real");
+    let err = Manifest::from_paths(dir.path(), &["via/f".into()]).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkInPath), "{err}");
+    let err = Manifest::from_paths(dir.path(), &["../etc/passwd".into()]).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::ParentComponent), "{err}");
+}
+
+#[test]
+fn diff_lists_changed_and_deleted_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "same", b"1", false);
+    write(root, "edited", b"old", false);
+    write(root, "chmod", b"x", false);
+    write(root, "gone", b"bye", false);
+    symlink(root, "retarget", "same");
+    let base = Manifest::scan(root).unwrap();
+    assert_eq!(diff(&base, &base), Delta::default());
+    assert!(diff(&base, &base).is_empty());
+
+    write(root, "edited", b"new", false);
+    write(root, "chmod", b"x", true);
+    std::fs::remove_file(root.join("gone")).unwrap();
+    symlink(root, "retarget", "edited");
+    write(root, "added/deep", b"+", false);
+    let target = Manifest::scan(root).unwrap();
+    let d = diff(&base, &target);
+    assert_eq!(d.changed, ["added/deep", "chmod", "edited", "retarget"]);
+    assert_eq!(d.deleted, ["gone"]);
+    // From nothing, everything is changed.
+    assert_eq!(diff(&Manifest::new(), &target).changed.len(), target.len());
+}
