@@ -331,24 +331,37 @@ defmodule Sykli.CLI do
          }}
       )
 
-      {status, results} =
-        with_interrupts(fn ->
-          Sykli.Run.run(plan.pipeline, state,
-            jobs: plan.jobs,
-            report: report,
-            keep_failed: state[:keep_failed]
-          )
-        end)
-
-      report.({:run_finished, status, results})
-
-      case status do
-        :succeeded -> 0
-        :failed -> 1
-        :cancelled -> 130
+      case upload(state, report) do
+        {:ok, state} -> run_pipeline(plan, state, report)
+        {:error, %Sykli.Error{message: message}} -> fail(message)
       end
     else
       {:error, %Sykli.Error{message: message}} -> fail(message)
+    end
+  end
+
+  # The PVC strategy uploads the working tree once, before any task.
+  defp upload(%{source_strategy: :pvc} = state, report) do
+    with {:ok, state, uploaded} <- Sykli.Target.K8s.upload_source(state) do
+      report.({:source_uploaded, Map.put(uploaded, :claim, state.source_pvc)})
+      {:ok, state}
+    end
+  end
+
+  defp upload(state, _report), do: {:ok, state}
+
+  defp run_pipeline(plan, state, report) do
+    {status, results} =
+      with_interrupts(fn ->
+        Sykli.Run.run(plan.pipeline, state, jobs: plan.jobs, report: report, keep_failed: state[:keep_failed])
+      end)
+
+    report.({:run_finished, status, results})
+
+    case status do
+      :succeeded -> 0
+      :failed -> 1
+      :cancelled -> 130
     end
   end
 

@@ -108,8 +108,8 @@ defmodule Sykli.Run do
   end
 
   defp handle(run, tag, {:done, outcome}) do
-    {{name, _task_run, started}, running} = Map.pop(run.running, tag)
-    result = result(name, outcome, started, run)
+    {{name, task_run, started}, running} = Map.pop(run.running, tag)
+    result = result(name, outcome, started, run) |> finish(run, name, task_run.job)
     run.report.({:task_finished, name, result})
     schedule(%{run | running: running, results: Map.put(run.results, name, result)})
   end
@@ -127,6 +127,31 @@ defmodule Sykli.Run do
   end
 
   defp handle(run, _tag, _other), do: run
+
+  # What a source strategy does after a task (the PVC strategy: outputs back, its copy of
+  # the tree removed). Outputs that cannot come back fail the task.
+  defp finish(result, run, name, job) do
+    case K8s.finish_task(run.state, run.tasks[name], job, result.status == :succeeded) do
+      {:ok, %{files: files}} when files > 0 ->
+        run.report.({:task_phase, name, :synced_back, "#{files} output files copied back"})
+        result
+
+      {:ok, _} ->
+        result
+
+      {:error, %Error{} = e} when result.status == :succeeded ->
+        %{
+          result
+          | status: :failed,
+            kind: e.kind,
+            reason: "its outputs could not be copied back: " <> e.message
+        }
+
+      {:error, %Error{} = e} ->
+        run.report.({:task_phase, name, :cleanup_failed, e.message})
+        result
+    end
+  end
 
   defp result(name, {:ok, outcome}, started, _run) do
     %{base(name, started, outcome) | status: :succeeded}

@@ -20,6 +20,17 @@ defmodule Sykli.CLI.Progress do
     )
   end
 
+  defp human_event({:source_uploaded, %{existed: true} = u}),
+    do:
+      IO.puts("sykli: tree #{String.slice(u.tree, 0, 12)} is already on claim #{u.claim}: nothing to upload")
+
+  defp human_event({:source_uploaded, u}) do
+    IO.puts(
+      "sykli: uploaded #{u.files_sent} of #{u.files} files (#{u.files_deleted} deleted, #{u.bytes_sent} bytes) " <>
+        "into claim #{u.claim}: tree #{String.slice(u.tree, 0, 12)}"
+    )
+  end
+
   defp human_event({:task_started, name, %{job: job}}), do: IO.puts("▶ #{name} started (Job #{job})")
   defp human_event({:task_log, name, "task", line}), do: IO.puts("[#{name}] #{shown(line)}")
   defp human_event({:task_log, name, container, line}), do: IO.puts("[#{name}:#{container}] #{shown(line)}")
@@ -97,6 +108,7 @@ defmodule Sykli.CLI.Progress do
   def json_event(event), do: Map.put(json_fields(event), :time, DateTime.to_iso8601(DateTime.utc_now()))
 
   defp json_fields({:run_started, info}), do: Map.put(info, :event, "run_started")
+  defp json_fields({:source_uploaded, u}), do: Map.put(u, :event, "source_uploaded")
   defp json_fields({:task_started, name, %{job: job}}), do: %{event: "task_started", task: name, job: job}
 
   defp json_fields({:task_log, name, container, line}),

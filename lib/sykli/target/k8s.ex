@@ -210,6 +210,109 @@ defmodule Sykli.Target.K8s do
     end
   end
 
+  @doc """
+  The PVC strategy's upload: the working tree (what git sees, dirty changes included, minus
+  `source_exclude`) goes into the claim `source_pvc` through a receiver pod, only what the
+  claim's latest tree lacks. Returns the state the Jobs are built from (tree and, for a
+  ReadWriteOnce claim, the node) and the report (`bytes_sent`, `files_sent`, `existed`, …).
+  """
+  @spec upload_source(map()) :: {:ok, map(), map()} | {:error, Error.t()}
+  def upload_source(%{cluster: cluster} = state) when cluster != nil do
+    with {:ok, claim} <- claim(state),
+         {:ok, ctx} <- git_context(state),
+         {:ok, json} <-
+           JSON.encode(
+             compact(%{
+               namespace: state.namespace,
+               claim: claim,
+               image: state[:sync_image],
+               root: ctx.root,
+               excludes: state[:source_exclude] || []
+             })
+           ),
+         {:ok, report} <- background(&Native.k8s_upload_source(cluster, json, &1)) do
+      {:ok, Map.merge(state, %{pvc_tree: report.tree, pvc_node: report.node}), report}
+    end
+  end
+
+  @doc """
+  After a task of a PVC-strategy run: copies its declared `outputs` back into the working
+  tree when it succeeded and `sync_back` is set (extracted with the hardened rules), and
+  deletes its copy of the tree on the claim (kept with `keep_failed` when it failed).
+  """
+  @spec finish_task(map(), map(), String.t(), boolean()) :: {:ok, map()} | {:error, Error.t()}
+  def finish_task(state, task, job, succeeded?) do
+    if Map.get(state, :source_strategy) == :pvc and state.cluster != nil do
+      outputs = if succeeded? and state[:sync_back], do: outputs(task), else: []
+      remove = succeeded? or not Map.get(state, :keep_failed, false)
+
+      with {:ok, claim} <- claim(state),
+           {:ok, ctx} <- git_context(state),
+           {:ok, json} <-
+             JSON.encode(
+               compact(%{
+                 namespace: task_namespace(task, state),
+                 claim: claim,
+                 image: state[:sync_image],
+                 job: job,
+                 outputs: outputs,
+                 dest: ctx.root,
+                 remove: remove
+               })
+             ) do
+        background(&Native.k8s_finish_run(state.cluster, json, &1))
+      end
+    else
+      {:ok, %{files: 0, bytes: 0}}
+    end
+  end
+
+  defp outputs(task) do
+    case task["outputs"] || task[:outputs] do
+      list when is_list(list) -> Enum.filter(list, &is_binary/1)
+      map when is_map(map) -> map |> Map.values() |> Enum.filter(&is_binary/1)
+      _ -> []
+    end
+  end
+
+  defp task_namespace(task, state) do
+    k8s = task["k8s"] || task[:k8s] || %{}
+
+    if state[:namespace_from_flag],
+      do: state.namespace,
+      else: k8s["namespace"] || k8s[:namespace] || state.namespace
+  end
+
+  defp claim(state) do
+    case state[:source_pvc] do
+      nil ->
+        {:error,
+         %Error{
+           kind: :invalid_config,
+           message: "the pvc source strategy needs source_pvc: the PersistentVolumeClaim to upload into"
+         }}
+
+      claim ->
+        {:ok, claim}
+    end
+  end
+
+  # Runs a NIF that answers later with one `{tag, {:done, result}}`.
+  defp background(start) do
+    tag = make_ref()
+
+    case start.(tag) do
+      :ok ->
+        receive do
+          {^tag, {:done, {:ok, value}}} -> {:ok, value}
+          {^tag, {:done, {:error, {kind, message}}}} -> {:error, %Error{kind: kind, message: message}}
+        end
+
+      {:error, _} = error ->
+        Error.wrap(error)
+    end
+  end
+
   @doc "Cancels a run: its Job is deleted, and `await/2` returns `kind: :cancelled`."
   @spec cancel(map()) :: :ok
   def cancel(%{handle: handle}), do: Native.k8s_cancel(handle)
@@ -284,7 +387,8 @@ defmodule Sykli.Target.K8s do
   end
 
   defp build_options(state, opts) do
-    with {:ok, ctx} <- git_context(state) do
+    with {:ok, ctx} <- git_context(state),
+         {:ok, pvc} <- pvc_options(state, ctx) do
       allow_dirty = Keyword.get(opts, :allow_dirty, Map.get(state, :allow_dirty, false))
 
       {:ok,
@@ -295,6 +399,7 @@ defmodule Sykli.Target.K8s do
          default_image: Map.get(state, :default_image),
          ttl_seconds_after_finished: Map.get(state, :ttl_seconds_after_finished),
          source: %{
+           pvc: pvc,
            strategy: Map.get(state, :source_strategy, :git_clone),
            url: ctx.url,
            sha: ctx.sha,
@@ -356,6 +461,29 @@ defmodule Sykli.Target.K8s do
       sparse: state[:sparse] || []
     }
   end
+
+  # Before an upload (a dry run), the tree is the one the working tree would upload as.
+  defp pvc_options(%{source_strategy: :pvc} = state, ctx) do
+    tree =
+      case state[:pvc_tree] do
+        nil -> Error.wrap(Native.k8s_source_tree(ctx.root, state[:source_exclude] || []))
+        tree -> {:ok, %{tree: tree}}
+      end
+
+    with {:ok, %{tree: tree}} <- tree,
+         {:ok, claim} <- claim(state) do
+      {:ok,
+       %{
+         claim: claim,
+         tree: tree,
+         image: state[:sync_image],
+         node: state[:pvc_node],
+         mount: to_string(Map.get(state, :source_mount, :copy))
+       }}
+    end
+  end
+
+  defp pvc_options(_state, _ctx), do: {:ok, nil}
 
   defp object_key(nil, _key), do: nil
   defp object_key("secret/" <> name, key), do: %{kind: "secret", name: name, key: key}

@@ -5,6 +5,7 @@
 pub mod objects;
 pub mod preflight;
 pub mod run;
+pub mod sync;
 pub mod watch;
 
 use std::collections::HashMap;

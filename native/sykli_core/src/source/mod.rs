@@ -3,6 +3,7 @@
 pub mod git_access;
 pub mod git_clone;
 pub mod pvc;
+pub mod upload;
 
 use serde::Deserialize;
 

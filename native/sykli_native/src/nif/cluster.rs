@@ -23,7 +23,7 @@ static RUNTIME: Lazy<Result<tokio::runtime::Runtime, String>> = Lazy::new(|| {
         .map_err(|e| e.to_string())
 });
 
-fn runtime() -> Result<&'static tokio::runtime::Runtime, NifError> {
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime, NifError> {
     RUNTIME.as_ref().map_err(|e| {
         NifError::from(sykli_core::Error::cluster(
             "api",
@@ -39,7 +39,7 @@ mod atoms {
 pub struct ClusterRes {
     // The client holds futures that are not unwind-safe; a panic in a NIF is caught by
     // rustler before it reaches the client, which is never used across it.
-    cluster: std::panic::AssertUnwindSafe<Arc<Cluster>>,
+    pub(crate) cluster: std::panic::AssertUnwindSafe<Arc<Cluster>>,
 }
 
 #[rustler::resource_impl]
@@ -156,7 +156,7 @@ fn k8s_cancel(run: ResourceArc<RunRes>) -> rustler::Atom {
     atoms::ok()
 }
 
-fn send(pid: &LocalPid, tag: &[u8], message: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
+pub(crate) fn send(pid: &LocalPid, tag: &[u8], message: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
     let mut env = OwnedEnv::new();
     let _ = env.send_and_clear(pid, |env| {
         let tag = env
@@ -175,6 +175,15 @@ struct OutcomeEx {
     exit_code: Option<i32>,
     checked_out: Option<String>,
     kept: bool,
+}
+
+/// `{:error, {kind, message}}` for an error of a background operation.
+pub(crate) fn error_result<'e>(env: Env<'e>, e: &sykli_core::Error) -> Term<'e> {
+    (
+        atoms::error(),
+        super::error_tuple(env, e.kind(), &e.to_string()),
+    )
+        .encode(env)
 }
 
 fn done<'e>(env: Env<'e>, result: sykli_core::Result<Outcome>) -> Term<'e> {

@@ -22,6 +22,7 @@ usage:
   sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
+  sykli-sync remove-run --store DIR --run NAME     delete a Job's copy of a tree (runs/NAME)
   sykli-sync version
 ";
 
@@ -206,6 +207,29 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 a.limits()?,
             )?;
             print_json(&report)
+        }
+        "remove-run" => {
+            let a = parse(rest, &["store", "run"])?;
+            a.no_positional()?;
+            let name = a.need("run")?;
+            // A Job name: one DNS label, so it can only name a directory right under runs/.
+            let label = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-');
+            if !label {
+                return Err(Failure::Usage(format!("{name:?} is not a Job name")));
+            }
+            let dir = PathBuf::from(a.need("store")?).join("runs").join(name);
+            // remove_dir_all does not follow symlinks inside the tree.
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+            print_json(&serde_json::json!({ "removed": name }))
         }
         "scan" => {
             let a = parse(rest, &["root"])?;

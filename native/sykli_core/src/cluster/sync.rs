@@ -1,0 +1,497 @@
+//! The cluster side of the PVC strategy, through the Kubernetes API only (the cluster cannot
+//! reach the laptop): a receiver pod mounts the claim and runs `sykli-sync`; uploads and
+//! downloads travel over `pods/exec` streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Container, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
+    PodSpec, Volume, VolumeMount,
+};
+use kube::api::{Api, AttachParams, DeleteParams, ObjectMeta, PostParams};
+use serde::Deserialize;
+use sykli_sync::{diff, write_archive, Manifest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{api_error, retry, Cluster};
+use crate::error::{Error, Result};
+use crate::manifest::{names, MANAGED_BY};
+use crate::source::git_clone::{restricted_security_context, NONROOT};
+use crate::source::pvc::{STORE_DIR, STORE_PATH};
+use crate::source::upload::LocalTree;
+
+/// How long the receiver pod may take to start.
+const RECEIVER_START: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub namespace: String,
+    pub pod: String,
+    pub claim: String,
+    /// The node, when the claim is ReadWriteOnce (the Jobs must run there too).
+    pub pin_node: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UploadReport {
+    pub tree: String,
+    pub existed: bool,
+    pub bytes_sent: u64,
+    pub files_sent: usize,
+    pub files_deleted: usize,
+    /// Files hashed locally (the others came from the stat cache).
+    pub hashed: usize,
+    pub files: usize,
+}
+
+/// The claim must exist and be writable by more than one pod in turn.
+async fn check_claim(cluster: &Cluster, namespace: &str, claim: &str) -> Result<bool> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
+    let pvc = retry(&format!("reading PersistentVolumeClaim {namespace}/{claim}"), || {
+        claims.get_opt(claim)
+    })
+    .await?
+    .ok_or_else(|| {
+        Error::cluster(
+            "not_found",
+            format!(
+                "PersistentVolumeClaim {namespace}/{claim} does not exist (source_pvc): create it (ReadWriteMany, or ReadWriteOnce) in namespace {namespace}, or name another"
+            ),
+        )
+    })?;
+    let modes = pvc.spec.and_then(|s| s.access_modes).unwrap_or_default();
+    let has = |m: &str| modes.iter().any(|x| x == m);
+    if has("ReadWriteMany") {
+        return Ok(false);
+    }
+    if has("ReadWriteOnce") {
+        return Ok(true);
+    }
+    let why = if has("ReadWriteOncePod") {
+        "ReadWriteOncePod lets one pod at a time use it, but the upload's receiver and the Jobs take turns"
+    } else if has("ReadOnlyMany") {
+        "ReadOnlyMany cannot be written to, and the upload writes the tree into it"
+    } else {
+        "it has no access mode sykli can use"
+    };
+    Err(Error::cluster(
+        "invalid",
+        format!(
+            "PersistentVolumeClaim {namespace}/{claim} has access modes [{}]: {why}; use ReadWriteMany or ReadWriteOnce",
+            modes.join(", ")
+        ),
+    ))
+}
+
+/// The receiver pod for `claim`, started when missing, waited for until Running.
+pub async fn receiver(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    claim: &str,
+    image: &str,
+) -> Result<Receiver> {
+    let rwo = check_claim(cluster, namespace, claim).await?;
+    let name = format!("sykli-sync-{}", names::slug(claim, 40));
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let existing = retry(&format!("reading pod {namespace}/{name}"), || {
+        pods.get_opt(&name)
+    })
+    .await?;
+    let usable = |p: &Pod| {
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        let same_image = p
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.first().and_then(|c| c.image.as_deref()) == Some(image));
+        same_image && (phase == "Running" || phase == "Pending")
+    };
+    match existing {
+        Some(p) if usable(&p) => {}
+        Some(_) => {
+            // Finished, failed, or another image: replace it.
+            let _ = pods.delete(&name, &DeleteParams::background()).await;
+            let gone = |p: Option<&Pod>| p.is_none();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                kube::runtime::wait::await_condition(pods.clone(), &name, gone),
+            )
+            .await;
+            create_receiver(&pods, namespace, &name, claim, image).await?;
+        }
+        None => create_receiver(&pods, namespace, &name, claim, image).await?,
+    }
+    let pod = wait_running(&pods, namespace, &name).await?;
+    let node = pod.spec.and_then(|s| s.node_name);
+    Ok(Receiver {
+        namespace: namespace.into(),
+        pod: name,
+        claim: claim.into(),
+        pin_node: if rwo { node } else { None },
+    })
+}
+
+async fn create_receiver(
+    pods: &Api<Pod>,
+    namespace: &str,
+    name: &str,
+    claim: &str,
+    image: &str,
+) -> Result<()> {
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [
+                    (MANAGED_BY.to_string(), "sykli".to_string()),
+                    ("sykli.io/role".to_string(), "sync-receiver".to_string()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "receiver".into(),
+                image: Some(image.into()),
+                command: Some(vec!["sykli-sync".into(), "idle".into()]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "store".into(),
+                    mount_path: STORE_PATH.into(),
+                    ..Default::default()
+                }]),
+                security_context: Some(restricted_security_context()),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "store".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(NONROOT),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                ..Default::default()
+            }),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            restart_policy: Some("Always".into()),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(api_error(&format!("creating pod {namespace}/{name}"), e)),
+    }
+}
+
+async fn wait_running(pods: &Api<Pod>, namespace: &str, name: &str) -> Result<Pod> {
+    let running = |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Running")
+    };
+    let waited = tokio::time::timeout(
+        RECEIVER_START,
+        kube::runtime::wait::await_condition(pods.clone(), name, running),
+    )
+    .await;
+    match waited {
+        Ok(Ok(Some(p))) => Ok(p),
+        _ => {
+            let why = match pods.get_opt(name).await {
+                Ok(Some(p)) => describe_waiting(&p),
+                _ => "it does not exist".into(),
+            };
+            Err(Error::cluster(
+                "timeout",
+                format!(
+                    "the upload's receiver pod {namespace}/{name} did not start within {}s: {why}",
+                    RECEIVER_START.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+fn describe_waiting(p: &Pod) -> String {
+    let Some(s) = &p.status else {
+        return "no status yet".into();
+    };
+    if let Some(c) = s
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        return format!("unschedulable: {}", c.message.clone().unwrap_or_default());
+    }
+    for cs in s.container_statuses.iter().flatten() {
+        if let Some(w) = cs.state.as_ref().and_then(|st| st.waiting.as_ref()) {
+            return format!(
+                "{}: {}",
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default()
+            );
+        }
+    }
+    format!("phase {}", s.phase.clone().unwrap_or_default())
+}
+
+/// Runs `sykli-sync` in the receiver with `args`, feeding `stdin` (chunks) when given;
+/// returns its stdout. A non-zero exit is an error carrying its one-line message.
+pub async fn exec(
+    cluster: &Cluster,
+    r: &Receiver,
+    args: &[&str],
+    stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+) -> Result<Vec<u8>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &r.namespace);
+    let argv: Vec<String> = std::iter::once("sykli-sync")
+        .chain(args.iter().copied())
+        .map(str::to_string)
+        .collect();
+    let what = format!(
+        "sykli-sync {} in pod {}/{}",
+        args.first().unwrap_or(&""),
+        r.namespace,
+        r.pod
+    );
+    let ap = AttachParams::default()
+        .container("receiver")
+        .stdin(stdin.is_some())
+        .stdout(true)
+        .stderr(true);
+    let mut proc = pods
+        .exec(&r.pod, argv, &ap)
+        .await
+        .map_err(|e| api_error(&format!("starting {what} (RBAC: create on pods/exec)"), e))?;
+    let mut out = proc
+        .stdout()
+        .ok_or_else(|| Error::cluster("api", "exec has no stdout"))?;
+    let mut err = proc
+        .stderr()
+        .ok_or_else(|| Error::cluster("api", "exec has no stderr"))?;
+    let status = proc.take_status();
+    let writer = proc.stdin().zip(stdin).map(|(mut w, mut chunks)| {
+        tokio::spawn(async move {
+            while let Some(chunk) = chunks.recv().await {
+                w.write_all(&chunk).await?;
+            }
+            w.shutdown().await
+        })
+    });
+    let read_out = async {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).await.map(|_| v)
+    };
+    let read_err = async {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).await.map(|_| v)
+    };
+    let (stdout, stderr) = tokio::join!(read_out, read_err);
+    if let Some(w) = writer {
+        match w.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(Error::cluster(
+                    "api",
+                    format!("{what}: sending the upload failed: {e}"),
+                ))
+            }
+            Err(e) => return Err(Error::cluster("api", format!("{what}: {e}"))),
+        }
+    }
+    let status = match status {
+        Some(s) => s.await,
+        None => None,
+    };
+    let stderr = String::from_utf8_lossy(&stderr.unwrap_or_default())
+        .trim()
+        .to_string();
+    let ok = status
+        .as_ref()
+        .is_some_and(|s| s.status.as_deref() == Some("Success"));
+    if !ok {
+        let detail = if stderr.is_empty() {
+            status
+                .and_then(|s| s.message)
+                .unwrap_or_else(|| "no status".into())
+        } else {
+            stderr
+        };
+        return Err(Error::cluster(
+            "sync_failed",
+            format!("{what} failed: {detail}"),
+        ));
+    }
+    stdout.map_err(|e| Error::cluster("api", format!("{what}: reading its output: {e}")))
+}
+
+#[derive(Deserialize)]
+struct NoTree {
+    tree: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApplyReport {
+    tree: String,
+    existed: bool,
+}
+
+fn store() -> String {
+    format!("{STORE_PATH}/{STORE_DIR}")
+}
+
+/// Uploads `local` into the receiver's store: nothing when the tree is already there,
+/// otherwise only what differs from the store's latest tree.
+pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result<UploadReport> {
+    let store = store();
+    let mut report = UploadReport {
+        tree: local.tree.clone(),
+        hashed: local.hashed,
+        files: local.manifest.len(),
+        ..Default::default()
+    };
+    let known = exec(
+        cluster,
+        r,
+        &["manifest", "--store", &store, "--tree", &local.tree],
+        None,
+    )
+    .await?;
+    if manifest_of(&known)?.is_some() {
+        report.existed = true;
+        return Ok(report);
+    }
+    let latest = exec(cluster, r, &["manifest", "--store", &store], None).await?;
+    let base = manifest_of(&latest)?;
+    let base_tree = base.as_ref().map(|m| m.tree_hash());
+    let delta = diff(&base.unwrap_or_default(), &local.manifest);
+    report.files_sent = delta.changed.len();
+    report.files_deleted = delta.deleted.len();
+
+    // The archive is written on a blocking thread and streamed into the exec as it grows.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let root = local.root.clone();
+    let manifest = local.manifest.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let sink = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        write_archive(&root, base_tree.as_deref(), &manifest, &delta, sink)
+    });
+    let applied = exec(
+        cluster,
+        r,
+        &["apply", "--store", &store, "--tree", &local.tree],
+        Some(rx),
+    )
+    .await;
+    let written = writer
+        .await
+        .map_err(|e| Error::cluster("api", format!("writing the upload: {e}")))?
+        .map_err(|e| Error::cluster("sync_failed", format!("packing the working tree: {e}")))?;
+    let applied: ApplyReport = serde_json::from_slice(&applied?)
+        .map_err(|e| Error::cluster("sync_failed", format!("the receiver's answer: {e}")))?;
+    if applied.tree != local.tree {
+        return Err(Error::cluster(
+            "sync_failed",
+            format!(
+                "the receiver published {} instead of {}",
+                applied.tree, local.tree
+            ),
+        ));
+    }
+    report.existed = applied.existed;
+    report.bytes_sent = written;
+    Ok(report)
+}
+
+fn manifest_of(json: &[u8]) -> Result<Option<Manifest>> {
+    let text = String::from_utf8_lossy(json);
+    if let Ok(NoTree { tree: None }) = serde_json::from_str::<NoTree>(&text) {
+        return Ok(None);
+    }
+    Manifest::from_json(&text)
+        .map(Some)
+        .map_err(|e| Error::cluster("sync_failed", format!("the store's manifest: {e}")))
+}
+
+/// Copies the Job's declared outputs from its directory on the claim into `dest`, with the
+/// hardened extractor (nothing lands outside `dest`).
+pub async fn sync_back(
+    cluster: &Cluster,
+    r: &Receiver,
+    job: &str,
+    paths: &[String],
+    dest: &std::path::Path,
+) -> Result<sykli_sync::Report> {
+    let root = format!("{}/runs/{job}", store());
+    let mut args = vec!["pack", "--root", root.as_str()];
+    args.extend(paths.iter().map(String::as_str));
+    let archive = exec(cluster, r, &args, None).await?;
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        sykli_sync::extract_hardened(&archive[..], &dest, sykli_sync::Limits::default())
+    })
+    .await
+    .map_err(|e| Error::cluster("api", format!("extracting outputs: {e}")))?
+    .map_err(|e| Error::cluster("sync_failed", format!("the outputs of {job}: {e}")))
+}
+
+/// Deletes the Job's own copy of the tree from the claim.
+pub async fn remove_run(cluster: &Cluster, r: &Receiver, job: &str) -> Result<()> {
+    exec(
+        cluster,
+        r,
+        &["remove-run", "--store", &store(), "--run", job],
+        None,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A `Write` that hands full chunks to the async side.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.tx.blocking_send(chunk).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the receiver stopped reading",
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        let _ = std::io::Write::flush(self);
+    }
+}

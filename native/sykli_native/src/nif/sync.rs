@@ -1,0 +1,192 @@
+//! The PVC strategy across the NIF: the local tree's hash (dirty I/O), and the upload and
+//! the end of a Job's run (sync back, removal of its copy) on the tokio runtime, answered
+//! with one `{tag, {:done, result}}` message.
+
+use std::sync::Arc;
+
+use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
+use serde::Deserialize;
+use sykli_core::cluster::sync;
+use sykli_core::source::upload;
+
+use super::cluster::{error_result, runtime, send, ClusterRes};
+use super::NifError;
+
+#[derive(NifMap)]
+struct TreeInfo {
+    tree: String,
+    files: usize,
+    hashed: usize,
+    bytes: u64,
+}
+
+/// The tree hash the working tree containing `path` would upload as.
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_source_tree(path: String, excludes: Vec<String>) -> Result<TreeInfo, NifError> {
+    let t = upload::local_tree(std::path::Path::new(&path), &excludes)?;
+    Ok(TreeInfo {
+        bytes: t.manifest.total_bytes(),
+        files: t.manifest.len(),
+        tree: t.tree,
+        hashed: t.hashed,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    namespace: String,
+    claim: String,
+    #[serde(default)]
+    image: Option<String>,
+}
+
+impl Target {
+    fn image(&self) -> &str {
+        self.image
+            .as_deref()
+            .unwrap_or(sykli_core::source::pvc::DEFAULT_SYNC_IMAGE)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadJson {
+    #[serde(flatten)]
+    target: Target,
+    root: String,
+    #[serde(default)]
+    excludes: Vec<String>,
+}
+
+#[derive(NifMap)]
+struct UploadEx {
+    tree: String,
+    node: Option<String>,
+    existed: bool,
+    bytes_sent: u64,
+    files_sent: usize,
+    files_deleted: usize,
+    hashed: usize,
+    files: usize,
+}
+
+/// Uploads the working tree into the claim; answers `{tag, {:done, {:ok, map}}}` or an error.
+#[rustler::nif]
+fn k8s_upload_source<'a>(
+    env: Env<'a>,
+    cluster: ResourceArc<ClusterRes>,
+    options_json: String,
+    tag: Term<'a>,
+) -> Result<rustler::Atom, NifError> {
+    let o: UploadJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "upload options")?;
+    let rt = runtime()?;
+    let pid = env.pid();
+    let tag = tag.to_binary().as_slice().to_vec();
+    let cluster = Arc::clone(&cluster.cluster);
+    rt.spawn(async move {
+        let result = async {
+            let r = sync::receiver(
+                &cluster,
+                &o.target.namespace,
+                &o.target.claim,
+                o.target.image(),
+            )
+            .await?;
+            let (root, excludes) = (o.root.clone(), o.excludes.clone());
+            let local = tokio::task::spawn_blocking(move || {
+                upload::local_tree(std::path::Path::new(&root), &excludes)
+            })
+            .await
+            .map_err(|e| sykli_core::Error::cluster("api", e.to_string()))??;
+            let rep = sync::upload(&cluster, &r, local).await?;
+            Ok::<_, sykli_core::Error>(UploadEx {
+                tree: rep.tree,
+                node: r.pin_node,
+                existed: rep.existed,
+                bytes_sent: rep.bytes_sent,
+                files_sent: rep.files_sent,
+                files_deleted: rep.files_deleted,
+                hashed: rep.hashed,
+                files: rep.files,
+            })
+        }
+        .await;
+        send(&pid, &tag, |env| done(env, result));
+    });
+    Ok(rustler::types::atom::ok())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishJson {
+    #[serde(flatten)]
+    target: Target,
+    job: String,
+    /// Declared outputs to copy back (relative to the repository root), into `dest`.
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    dest: Option<String>,
+    /// Delete the Job's copy of the tree afterwards.
+    #[serde(default)]
+    remove: bool,
+}
+
+#[derive(NifMap)]
+struct FinishEx {
+    files: u64,
+    bytes: u64,
+}
+
+/// After a Job: copy its outputs back (hardened extraction) and delete its copy of the tree.
+#[rustler::nif]
+fn k8s_finish_run<'a>(
+    env: Env<'a>,
+    cluster: ResourceArc<ClusterRes>,
+    options_json: String,
+    tag: Term<'a>,
+) -> Result<rustler::Atom, NifError> {
+    let o: FinishJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "finish options")?;
+    let rt = runtime()?;
+    let pid = env.pid();
+    let tag = tag.to_binary().as_slice().to_vec();
+    let cluster = Arc::clone(&cluster.cluster);
+    rt.spawn(async move {
+        let result = async {
+            let r = sync::receiver(
+                &cluster,
+                &o.target.namespace,
+                &o.target.claim,
+                o.target.image(),
+            )
+            .await?;
+            let mut ex = FinishEx { files: 0, bytes: 0 };
+            if let (false, Some(dest)) = (o.outputs.is_empty(), &o.dest) {
+                let rep =
+                    sync::sync_back(&cluster, &r, &o.job, &o.outputs, std::path::Path::new(dest))
+                        .await?;
+                ex = FinishEx {
+                    files: rep.files,
+                    bytes: rep.bytes,
+                };
+            }
+            if o.remove {
+                sync::remove_run(&cluster, &r, &o.job).await?;
+            }
+            Ok::<_, sykli_core::Error>(ex)
+        }
+        .await;
+        send(&pid, &tag, |env| done(env, result));
+    });
+    Ok(rustler::types::atom::ok())
+}
+
+fn done<'e, T: Encoder>(env: Env<'e>, result: sykli_core::Result<T>) -> Term<'e> {
+    let done =
+        rustler::Atom::from_str(env, "done").unwrap_or_else(|_| rustler::types::atom::error());
+    match result {
+        Ok(v) => (done, (rustler::types::atom::ok(), v)).encode(env),
+        Err(e) => (done, error_result(env, &e)).encode(env),
+    }
+}
