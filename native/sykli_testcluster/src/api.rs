@@ -1,5 +1,5 @@
-//! The HTTP API: authentication, authorization, discovery, CRUD, list, watch, pod logs, the
-//! request log and the fault knobs.
+//! The HTTP API: authentication, authorization, discovery, CRUD, list, watch, pod logs, pod exec
+//! (in [`crate::exec`]), the request log and the fault knobs.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::faults::{FaultState, Faults, RequestRecord};
+use crate::kubelet::Kubelet;
 use crate::logs::LogStore;
 use crate::resources::{Res, ALL, GROUPS};
 use crate::selectors::{FieldSelector, LabelSelector};
@@ -22,6 +23,7 @@ use crate::status::{ApiError, FieldError};
 use crate::store::{EventType, Store, WatchFrom, WatchMsg};
 use crate::util::{go_quote, now_rfc3339, parse_query, unix_now};
 use crate::validation::{self, FieldValidation};
+use crate::volumes::{Volumes, PROVISIONER, PVC_PROTECTION};
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -60,6 +62,10 @@ pub struct ApiState {
     pub config: ApiConfig,
     /// host:port, for discovery's serverAddressByClientCIDRs.
     pub address: String,
+    /// The kubelets (one per node), for pods/exec.
+    pub kubelets: Vec<Arc<Kubelet>>,
+    /// The claims' directories (made with the claim, removed with it).
+    pub volumes: Arc<Volumes>,
 }
 
 impl ApiState {
@@ -79,11 +85,11 @@ impl ApiState {
     }
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
-fn json_response(code: u16, v: &Value) -> Response<Body> {
+pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(serde_json::to_vec(v).unwrap_or_default()));
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     r.headers_mut()
@@ -129,11 +135,11 @@ impl Who {
 
 /// What the request addresses.
 #[derive(Debug, Clone)]
-struct Target {
-    res: Res,
-    ns: Option<String>,
-    name: Option<String>,
-    sub: Option<String>,
+pub(crate) struct Target {
+    pub res: Res,
+    pub ns: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
 }
 
 enum Route {
@@ -292,7 +298,7 @@ fn query_flag(q: &[(String, String)], key: &str) -> bool {
         .any(|(k, v)| k == key && (v == "true" || v == "1" || v.is_empty()))
 }
 
-fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn query_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
@@ -373,10 +379,13 @@ async fn handle(state: &Arc<ApiState>, req: Request<Incoming>, info: &mut Info) 
                 ));
             }
             let is_write = !matches!(verb, "get" | "list" | "watch");
-            if is_write && who == Who::ReadOnly {
+            // Connecting to a pod (exec) is a create on the subresource, also when a WebSocket
+            // asks with GET (AuthorizePodWebsocketUpgradeCreatePermission, on since 1.35).
+            let connect = t.res == Res::Pod && t.sub.as_deref() == Some("exec");
+            if (is_write || connect) && who == Who::ReadOnly {
                 return error_response(&ApiError::forbidden(
                     READONLY_USER,
-                    verb,
+                    if connect { "create" } else { verb },
                     t.res.qualified(),
                     t.sub.as_deref(),
                     t.name.as_deref(),
@@ -430,6 +439,7 @@ fn resource_list(gv: &str) -> Value {
         }));
         match r {
             Res::Pod => {
+                resources.push(json!({"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]}));
                 resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
                 resources.push(json!({"name": "pods/status", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
             }
@@ -487,6 +497,7 @@ async fn resource(
     if let Some(sub) = &t.sub {
         return match (t.res, sub.as_str(), verb) {
             (Res::Pod, "log", "get") => pod_log(state, t, q).await,
+            (Res::Pod, "exec", "get" | "create") => crate::exec::pod_exec(state, req, t, q).await,
             (_, "status", "get") => get(state, t),
             _ => Err(ApiError::method_not_allowed()),
         };
@@ -520,7 +531,7 @@ async fn resource(
     }
 }
 
-fn ns_of(t: &Target) -> &str {
+pub(crate) fn ns_of(t: &Target) -> &str {
     if t.res.namespaced() {
         t.ns.as_deref().unwrap_or("")
     } else {
@@ -960,6 +971,18 @@ fn create(
     let dry_run = query_get(q, "dryRun").is_some_and(|d| d == "All");
     let created = if dry_run {
         obj
+    } else if res == Res::PersistentVolumeClaim {
+        // Provisioned at once (Immediate binding): the claim and its directory appear together.
+        let _guard = state.volumes.lock();
+        let created = create_prepared(&state.store, res, obj)?;
+        if let Err(e) = state.volumes.provision(&ns, meta_name(&created)) {
+            state.store.delete(res, &ns, meta_name(&created));
+            return Err(ApiError::internal(format!(
+                "provisioning the volume of claim {ns}/{}: {e}",
+                meta_name(&created)
+            )));
+        }
+        created
     } else {
         create_prepared(&state.store, res, obj)?
     };
@@ -1111,6 +1134,33 @@ pub fn prepare(store: &Store, res: Res, ns: &str, mut obj: Value) -> Result<Valu
             }
         }
         Res::PersistentVolumeClaim => {
+            // StorageObjectInUseProtection admission, then the provisioner and the PV
+            // controller's binding, all at once.
+            let fs = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if !fs.is_array() {
+                *fs = json!([]);
+            }
+            if let Some(a) = fs.as_array_mut() {
+                if !a.iter().any(|f| f == PVC_PROTECTION) {
+                    a.push(json!(PVC_PROTECTION));
+                }
+            }
+            let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+            if !ann.is_object() {
+                *ann = json!({});
+            }
+            if let Some(a) = ann.as_object_mut() {
+                a.insert("pv.kubernetes.io/bind-completed".into(), json!("yes"));
+                a.insert("pv.kubernetes.io/bound-by-controller".into(), json!("yes"));
+                a.insert(
+                    "volume.beta.kubernetes.io/storage-provisioner".into(),
+                    json!(PROVISIONER),
+                );
+                a.insert(
+                    "volume.kubernetes.io/storage-provisioner".into(),
+                    json!(PROVISIONER),
+                );
+            }
             let spec = m.entry("spec").or_insert_with(|| json!({}));
             if let Some(s) = spec.as_object_mut() {
                 s.entry("volumeMode").or_insert_with(|| json!("Filesystem"));
@@ -1557,6 +1607,14 @@ fn delete(
             if has_finalizers || policy.as_deref() == Some("Foreground") {
                 let f = (policy.as_deref() == Some("Foreground")).then_some("foregroundDeletion");
                 json_response(200, &mark(f, 0)?)
+            } else if res == Res::PersistentVolumeClaim {
+                let _guard = state.volumes.lock();
+                let gone = state
+                    .store
+                    .delete(res, &ns, &name)
+                    .ok_or_else(|| ApiError::not_found(res.qualified(), &name))?;
+                state.volumes.remove(&ns, &name);
+                success(&gone)
             } else {
                 let gone = state
                     .store

@@ -13,12 +13,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde_json::{json, Value};
+use sykli_testkit::pod_runner::ImageFile;
 use sykli_testkit::Shell;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::api::{self, ApiConfig, ApiState};
-use crate::controller::{ControlConfig, Controllers};
+use crate::controller::{ControlConfig, Controllers, NodeConfig};
 use crate::faults::{FaultState, Faults, RequestRecord};
 use crate::kubelet::{self, Kubelet, KubeletConfig};
 use crate::logs::LogStore;
@@ -26,6 +27,7 @@ use crate::resources::Res;
 use crate::store::Store;
 use crate::util::{random_token, Rng};
 use crate::validation::FieldValidation;
+use crate::volumes::Volumes;
 
 pub const NODE_NAME: &str = "sykli-node";
 pub const CONTEXT: &str = "sykli-test";
@@ -38,8 +40,16 @@ pub struct ClusterOptions {
     /// The kubeconfig, pod work dirs and claim directories go here.
     pub dir: PathBuf,
     pub shell: Shell,
-    /// Labels of the node `sykli-node`, besides kubernetes.io/hostname, os and arch.
+    /// The nodes, by name (default: one, [`NODE_NAME`]); each has a kubelet. The scheduler puts
+    /// a pod on the feasible node with the fewest pods (ties: the first in this list).
+    pub nodes: Vec<String>,
+    /// Labels of every node, besides kubernetes.io/hostname, os and arch.
     pub node_labels: BTreeMap<String, String>,
+    /// Labels of one node (by name), on top of `node_labels`.
+    pub per_node_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Files that images stand for: a container whose image is `image` sees `host_path`
+    /// read-only at `container_path`, in its pod and in exec sandboxes.
+    pub image_files: Vec<ImageFile>,
     /// Glob patterns of images that fail to pull.
     pub deny_images: Vec<String>,
     /// Watch history kept per resource type (events).
@@ -66,7 +76,10 @@ impl ClusterOptions {
         ClusterOptions {
             dir: dir.into(),
             shell: Shell::Host,
+            nodes: vec![NODE_NAME.to_string()],
             node_labels: BTreeMap::new(),
+            per_node_labels: BTreeMap::new(),
+            image_files: Vec::new(),
             deny_images: Vec::new(),
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(60),
@@ -78,6 +91,66 @@ impl ClusterOptions {
             faults: Faults::default(),
             seed: None,
         }
+    }
+
+    /// Adds an image file (see [`ClusterOptions::image_files`]).
+    pub fn image_file(
+        mut self,
+        image: impl Into<String>,
+        host_path: impl Into<PathBuf>,
+        container_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.image_files.push(ImageFile {
+            image: image.into(),
+            host_path: host_path.into(),
+            container_path: container_path.into(),
+        });
+        self
+    }
+
+    /// Checks the nodes and image files; resolves the image files' host paths.
+    fn check(&mut self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("the cluster needs at least one node".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if !crate::validation::dns1123_subdomain_errors(n).is_empty() {
+                return Err(format!(
+                    "node name {n:?} is not a DNS-1123 subdomain (lower case letters, digits, '-' and '.')"
+                ));
+            }
+            if !seen.insert(n) {
+                return Err(format!("node {n:?} is named twice"));
+            }
+        }
+        for n in self.per_node_labels.keys() {
+            if !seen.contains(n) {
+                return Err(format!(
+                    "labels for node {n:?}, which is not one of the nodes"
+                ));
+            }
+        }
+        for f in &mut self.image_files {
+            if f.image.is_empty() {
+                return Err("an image file needs an image".into());
+            }
+            if !f.container_path.is_absolute() {
+                return Err(format!(
+                    "image {}: the container path {} is not absolute",
+                    f.image,
+                    f.container_path.display()
+                ));
+            }
+            f.host_path = std::fs::canonicalize(&f.host_path).map_err(|e| {
+                format!(
+                    "image {}: host path {}: {e}",
+                    f.image,
+                    f.host_path.display()
+                )
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -99,7 +172,7 @@ pub struct TestCluster {
     info: ClusterInfo,
     dir: PathBuf,
     state: Arc<ApiState>,
-    kubelet: Arc<Kubelet>,
+    kubelets: Vec<Arc<Kubelet>>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -107,12 +180,13 @@ pub struct TestCluster {
 struct Started {
     info: ClusterInfo,
     state: Arc<ApiState>,
-    kubelet: Arc<Kubelet>,
+    kubelets: Vec<Arc<Kubelet>>,
 }
 
 impl TestCluster {
     /// Starts the cluster and returns once it serves.
-    pub fn start(opts: ClusterOptions) -> Result<TestCluster, String> {
+    pub fn start(mut opts: ClusterOptions) -> Result<TestCluster, String> {
+        opts.check()?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| format!("creating {}: {e}", opts.dir.display()))?;
         let dir = std::fs::canonicalize(&opts.dir)
@@ -132,7 +206,7 @@ impl TestCluster {
                 info: s.info,
                 dir,
                 state: s.state,
-                kubelet: s.kubelet,
+                kubelets: s.kubelets,
                 shutdown: Some(shutdown_tx),
                 thread: Some(thread),
             }),
@@ -205,6 +279,11 @@ impl TestCluster {
             .clear();
     }
 
+    /// The directory that backs claim `ns/name` (while the claim exists).
+    pub fn claim_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.state.volumes.claim_dir(namespace, name)
+    }
+
     /// The directory the cluster keeps its kubeconfig, pod work dirs and claims in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -227,7 +306,9 @@ impl TestCluster {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.kubelet.stop_all();
+        for k in &self.kubelets {
+            k.stop_all();
+        }
     }
 }
 
@@ -254,18 +335,15 @@ fn run(
             return;
         }
     };
-    let kubelet_slot: Arc<Mutex<Option<Arc<Kubelet>>>> = Arc::new(Mutex::new(None));
+    let kubelet_slot: Arc<Mutex<Vec<Arc<Kubelet>>>> = Arc::new(Mutex::new(Vec::new()));
     let slot = Arc::clone(&kubelet_slot);
     rt.block_on(async move {
         if let Err(e) = serve(opts, ready, shutdown, slot).await {
             eprintln!("sykli-test-cluster: {e}");
         }
     });
-    if let Some(k) = kubelet_slot
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
+    let kubelets = std::mem::take(&mut *kubelet_slot.lock().unwrap_or_else(|e| e.into_inner()));
+    for k in kubelets {
         k.stop_all();
     }
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -275,7 +353,7 @@ async fn serve(
     opts: ClusterOptions,
     ready: std::sync::mpsc::Sender<Result<Started, String>>,
     mut shutdown: oneshot::Receiver<()>,
-    kubelet_slot: Arc<Mutex<Option<Arc<Kubelet>>>>,
+    kubelet_slot: Arc<Mutex<Vec<Arc<Kubelet>>>>,
 ) -> Result<(), String> {
     let fail = |ready: &std::sync::mpsc::Sender<Result<Started, String>>, e: String| {
         let _ = ready.send(Err(e.clone()));
@@ -319,6 +397,27 @@ async fn serve(
             .map_err(|e| fail(&ready, e.message.clone()))?;
     }
     let logs = Arc::new(LogStore::default());
+    let volumes = Arc::new(Volumes::new(&opts.dir));
+    let kubelets: Vec<Arc<Kubelet>> = opts
+        .nodes
+        .iter()
+        .map(|node| {
+            Kubelet::new(
+                Arc::clone(&store),
+                Arc::clone(&logs),
+                KubeletConfig {
+                    node_name: node.clone(),
+                    dir: opts.dir.clone(),
+                    shell: opts.shell,
+                    deny_images: opts.deny_images.clone(),
+                    retry_interval: opts.retry_interval,
+                    image_backoff: opts.image_backoff,
+                    image_files: opts.image_files.clone(),
+                    volumes: Arc::clone(&volumes),
+                },
+            )
+        })
+        .collect();
     let state = Arc::new(ApiState {
         store: Arc::clone(&store),
         logs: Arc::clone(&logs),
@@ -332,20 +431,10 @@ async fn serve(
             ..ApiConfig::default()
         },
         address: addr.to_string(),
+        kubelets: kubelets.clone(),
+        volumes: Arc::clone(&volumes),
     });
-    let kubelet = Kubelet::new(
-        Arc::clone(&store),
-        Arc::clone(&logs),
-        KubeletConfig {
-            node_name: NODE_NAME.into(),
-            dir: opts.dir.clone(),
-            shell: opts.shell,
-            deny_images: opts.deny_images.clone(),
-            retry_interval: opts.retry_interval,
-            image_backoff: opts.image_backoff,
-        },
-    );
-    *kubelet_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&kubelet));
+    *kubelet_slot.lock().unwrap_or_else(|e| e.into_inner()) = kubelets.clone();
     let url = format!("https://{addr}");
     let kubeconfig = opts.dir.join("kubeconfig");
     write_kubeconfig(
@@ -358,22 +447,33 @@ async fn serve(
     .map_err(|e| fail(&ready, e))?;
 
     // Controllers and kubelet.
+    let nodes = opts
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut labels = opts.node_labels.clone();
+            labels.extend(opts.per_node_labels.get(n).cloned().unwrap_or_default());
+            NodeConfig::new(n, &labels)
+        })
+        .collect();
     let mut controllers = Controllers::new(
         Arc::clone(&store),
         ControlConfig {
-            node_name: NODE_NAME.into(),
-            node_labels: opts.node_labels.clone(),
+            nodes,
+            volumes: Arc::clone(&volumes),
             backoff_base: opts.backoff_base,
         },
     );
     let mut changed = store.subscribe();
-    let k = Arc::clone(&kubelet);
+    let ks = kubelets.clone();
     let resync = opts.resync;
     let control = tokio::spawn(async move {
         loop {
             changed.borrow_and_update();
             controllers.reconcile();
-            k.reconcile();
+            for k in &ks {
+                k.reconcile();
+            }
             tokio::select! {
                 r = changed.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep(resync) => {}
@@ -392,7 +492,7 @@ async fn serve(
             pid: std::process::id(),
         },
         state: Arc::clone(&state),
-        kubelet: Arc::clone(&kubelet),
+        kubelets: kubelets.clone(),
     }));
     loop {
         tokio::select! {
@@ -404,15 +504,18 @@ async fn serve(
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let service = hyper::service::service_fn(move |req| api::serve(Arc::clone(&state), req));
+                    // With upgrades: pods/exec switches an HTTP/1.1 connection to WebSocket.
                     let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
                 });
             }
         }
     }
     control.abort();
-    kubelet.stop_all();
+    for k in &kubelets {
+        k.stop_all();
+    }
     Ok(())
 }
 

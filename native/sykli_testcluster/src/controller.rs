@@ -1,9 +1,10 @@
 //! The control plane's controllers: the Job controller, the garbage collector (owner
 //! references, propagation policies, finalizers), the namespace controller, the TTL-after-
-//! finished controller and the scheduler (one node). They reconcile from the store's state
-//! whenever it changes, and periodically for time-based work (deadlines, back-off, TTL).
+//! finished controller, the scheduler (over the configured nodes), the PVC protection
+//! controller and the attach/detach controller. They reconcile from the store's state whenever
+//! it changes, and periodically for time-based work (deadlines, back-off, TTL).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +14,17 @@ use crate::api::{create_prepared, prepare};
 use crate::resources::{Res, ALL};
 use crate::store::Store;
 use crate::util::{now_rfc3339, parse_rfc3339, unix_now};
+use crate::volumes::{
+    access_modes, multi_attach_allowed, pod_claims, volume_name, Volumes, PVC_PROTECTION,
+};
 
 /// What the controllers need to know about the cluster.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
-    pub node_name: String,
-    pub node_labels: BTreeMap<String, String>,
+    /// The nodes, in the order ties between equally loaded nodes are broken.
+    pub nodes: Vec<NodeConfig>,
+    /// The claims' directories and the volumes' attachments.
+    pub volumes: Arc<Volumes>,
     /// The Job controller's pod failure back-off base (Kubernetes: 10s, doubling, max 6m).
     pub backoff_base: Duration,
 }
@@ -164,6 +170,8 @@ pub struct Controllers {
     jobs: HashMap<String, JobMemory>,
     /// Pods whose FailedScheduling message was already reported, by uid.
     unschedulable: HashMap<String, String>,
+    /// (pod uid, volume) whose Multi-Attach error was already reported.
+    multi_attach_reported: HashSet<(String, String)>,
 }
 
 impl Controllers {
@@ -173,6 +181,7 @@ impl Controllers {
             cfg,
             jobs: HashMap::new(),
             unschedulable: HashMap::new(),
+            multi_attach_reported: HashSet::new(),
         }
     }
 
@@ -182,6 +191,8 @@ impl Controllers {
         self.garbage_collect();
         self.job_controller();
         self.scheduler();
+        self.pvc_protection();
+        self.attach_detach();
     }
 
     fn namespaces(&mut self) {
@@ -198,6 +209,19 @@ impl Controllers {
                     remaining += 1;
                     match res {
                         Res::Pod => delete_pod(&self.store, &o),
+                        // Held by their protection finalizer until no pod uses them.
+                        Res::PersistentVolumeClaim => {
+                            let _ =
+                                self.store
+                                    .update(*res, name, meta_str(&o, "name"), None, |p| {
+                                        if deleting(p) {
+                                            return Ok(false);
+                                        }
+                                        p["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                                        p["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                                        Ok(true)
+                                    });
+                        }
                         _ => {
                             self.store.delete(*res, name, meta_str(&o, "name"));
                         }
@@ -305,7 +329,7 @@ impl Controllers {
             }
         }
         // Any other object whose finalizers are gone.
-        for res in [Res::Secret, Res::ConfigMap, Res::PersistentVolumeClaim] {
+        for res in [Res::Secret, Res::ConfigMap] {
             let (items, _) = self.store.list(res, None);
             for o in items.iter().filter(|o| deleting(o)) {
                 let empty = o
@@ -710,22 +734,22 @@ impl Controllers {
 
     fn scheduler(&mut self) {
         let (pods, _) = self.store.list(Res::Pod, None);
-        let live: std::collections::HashSet<&str> =
-            pods.iter().map(|p| meta_str(p, "uid")).collect();
+        let live: HashSet<&str> = pods.iter().map(|p| meta_str(p, "uid")).collect();
         self.unschedulable.retain(|u, _| live.contains(u.as_str()));
+        // What the scheduler's cache holds: the assigned pods that have not terminated.
+        let mut assigned: Vec<Value> = pods
+            .iter()
+            .filter(|p| bound_node(p).is_some() && !terminal(p))
+            .map(|p| (**p).clone())
+            .collect();
         for pod in &pods {
-            let bound = pod
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .is_some_and(|n| !n.is_empty());
-            if bound || deleting(pod) || phase(pod) != "Pending" {
+            if bound_node(pod).is_some() || deleting(pod) || phase(pod) != "Pending" {
                 continue;
             }
             let ns = meta_str(pod, "namespace");
             let name = meta_str(pod, "name");
-            match self.fits(pod) {
-                Ok(()) => {
-                    let node = self.cfg.node_name.clone();
+            match self.select_node(pod, &assigned) {
+                Ok(node) => {
                     let now = now_rfc3339();
                     let updated = self.store.update(Res::Pod, ns, name, None, |o| {
                         o["spec"]["nodeName"] = json!(node);
@@ -750,13 +774,11 @@ impl Controllers {
                             None,
                             "Normal",
                             "Scheduled",
-                            &format!(
-                                "Successfully assigned {ns}/{name} to {}",
-                                self.cfg.node_name
-                            ),
+                            &format!("Successfully assigned {ns}/{name} to {node}"),
                             "default-scheduler",
                             None,
                         );
+                        assigned.push(p);
                     }
                 }
                 Err(message) => {
@@ -798,33 +820,69 @@ impl Controllers {
         }
     }
 
-    /// Whether the pod fits the node; else the scheduler's message.
-    fn fits(&self, pod: &Value) -> Result<(), String> {
-        let suffix =
-            "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.";
+    /// The node the pod goes to (the feasible node with the fewest pods, then the first
+    /// configured), or the scheduler's FitError message.
+    fn select_node(&self, pod: &Value, assigned: &[Value]) -> Result<String, String> {
+        let n = self.cfg.nodes.len();
         let ns = meta_str(pod, "namespace");
-        for v in pod
-            .pointer("/spec/volumes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(claim) = v
-                .pointer("/persistentVolumeClaim/claimName")
-                .and_then(Value::as_str)
-            {
-                if self
-                    .store
-                    .get(Res::PersistentVolumeClaim, ns, claim)
-                    .is_none()
-                {
-                    return Err(format!(
-                        "0/1 nodes are available: persistentvolumeclaim \"{claim}\" not found. {suffix}"
-                    ));
-                }
+        // PreFilter: the claims must exist (VolumeRestrictions, VolumeBinding) and not be
+        // going away (VolumeBinding).
+        let mut rwop = Vec::new();
+        for (_, claim) in pod_claims(pod) {
+            let Some(pvc) = self.store.get(Res::PersistentVolumeClaim, ns, claim) else {
+                return Err(fit_error(
+                    n,
+                    Some(&format!("persistentvolumeclaim \"{claim}\" not found")),
+                    &[],
+                ));
+            };
+            if access_modes(&pvc).contains(&"ReadWriteOncePod") {
+                rwop.push(claim);
+            }
+            if deleting(&pvc) {
+                return Err(fit_error(
+                    n,
+                    Some(&format!(
+                        "persistentvolumeclaim \"{claim}\" is being deleted"
+                    )),
+                    &[],
+                ));
             }
         }
-        let labels = self.node_labels();
+        // A ReadWriteOncePod claim that an assigned pod uses makes every node unfit.
+        let rwop_conflict = rwop.iter().any(|claim| {
+            assigned.iter().any(|p| {
+                meta_str(p, "namespace") == ns && pod_claims(p).iter().any(|(_, c)| c == claim)
+            })
+        });
+        let mut fits = Vec::new();
+        let mut reasons = Vec::new();
+        for node in &self.cfg.nodes {
+            let affinity = self.node_matches(pod, node);
+            if !affinity {
+                reasons.push(Unfit::NodeAffinity);
+            } else if rwop_conflict {
+                reasons.push(Unfit::ReadWriteOncePod);
+            } else {
+                fits.push(node.name.as_str());
+            }
+        }
+        let load = |node: &str| {
+            assigned
+                .iter()
+                .filter(|p| bound_node(p) == Some(node))
+                .count()
+        };
+        // min_by_key keeps the first of equal elements: ties go to the earlier node.
+        fits.into_iter()
+            .min_by_key(|node| load(node))
+            .map(str::to_string)
+            .ok_or_else(|| fit_error(n, None, &reasons))
+    }
+
+    /// nodeSelector and required node affinity.
+    fn node_matches(&self, pod: &Value, node: &NodeConfig) -> bool {
+        let labels = &node.labels;
         let selector_ok = pod
             .pointer("/spec/nodeSelector")
             .and_then(Value::as_object)
@@ -837,72 +895,315 @@ impl Controllers {
             .and_then(Value::as_array)
         {
             None => true,
-            Some(terms) => terms.iter().any(|t| self.term_matches(t, &labels)),
+            Some(terms) => terms.iter().any(|t| term_matches(t, &node.name, labels)),
         };
-        if selector_ok && affinity_ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. {suffix}"
-            ))
+        selector_ok && affinity_ok
+    }
+
+    /// The PVC protection controller: a claim being deleted goes once no scheduled pod names
+    /// it, and its volume (the directory) with it.
+    fn pvc_protection(&mut self) {
+        let (pvcs, _) = self.store.list(Res::PersistentVolumeClaim, None);
+        let (pods, _) = self.store.list(Res::Pod, None);
+        for pvc in pvcs.iter().filter(|p| deleting(p)) {
+            let ns = meta_str(pvc, "namespace");
+            let name = meta_str(pvc, "name");
+            let in_use = pods.iter().any(|p| {
+                meta_str(p, "namespace") == ns
+                    && bound_node(p).is_some()
+                    && pod_claims(p).iter().any(|(_, c)| *c == name)
+            });
+            if in_use {
+                continue;
+            }
+            let finalizers: Vec<String> = pvc
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(str::to_string))
+                        .filter(|f| f != PVC_PROTECTION)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if finalizers.is_empty() {
+                // The claim goes, and its dynamically provisioned volume (reclaim policy
+                // Delete) with it.
+                let _guard = self.cfg.volumes.lock();
+                if self
+                    .store
+                    .delete(Res::PersistentVolumeClaim, ns, name)
+                    .is_some()
+                {
+                    self.cfg.volumes.remove(ns, name);
+                }
+            } else {
+                let _ = self
+                    .store
+                    .update(Res::PersistentVolumeClaim, ns, name, None, |o| {
+                        o["metadata"]["finalizers"] = json!(finalizers);
+                        Ok(true)
+                    });
+            }
         }
     }
 
-    fn node_labels(&self) -> BTreeMap<String, String> {
-        let mut l = BTreeMap::new();
-        l.insert(
-            "kubernetes.io/hostname".to_string(),
-            self.cfg.node_name.clone(),
-        );
-        l.insert("kubernetes.io/os".to_string(), "linux".to_string());
-        l.insert(
+    /// The attach/detach controller: a claim's volume is attached to the nodes of the
+    /// non-terminated pods that use it; a volume that may not be attached to several nodes
+    /// (neither ReadWriteMany nor ReadOnlyMany) waits until it is detached from the other node,
+    /// and the pods waiting for it get a FailedAttachVolume Multi-Attach error (once).
+    fn attach_detach(&mut self) {
+        let (pods, _) = self.store.list(Res::Pod, None);
+        let (pvcs, _) = self.store.list(Res::PersistentVolumeClaim, None);
+        let claim = |ns: &str, name: &str| {
+            pvcs.iter()
+                .find(|p| meta_str(p, "namespace") == ns && meta_str(p, "name") == name)
+        };
+        // volume → node → pods that want it there.
+        let mut desired: BTreeMap<String, BTreeMap<String, Vec<&Arc<Value>>>> = BTreeMap::new();
+        let mut multi: HashMap<String, bool> = HashMap::new();
+        for pod in &pods {
+            let Some(node) = bound_node(pod) else {
+                continue;
+            };
+            if terminal(pod) {
+                continue;
+            }
+            for (_, c) in pod_claims(pod) {
+                let Some(pvc) = claim(meta_str(pod, "namespace"), c) else {
+                    continue;
+                };
+                let vol = volume_name(pvc);
+                if vol.is_empty() {
+                    continue;
+                }
+                multi.insert(vol.to_string(), multi_attach_allowed(pvc));
+                desired
+                    .entry(vol.to_string())
+                    .or_default()
+                    .entry(node.to_string())
+                    .or_default()
+                    .push(pod);
+            }
+        }
+        let volumes = Arc::clone(&self.cfg.volumes);
+        for (vol, nodes) in volumes.attachments() {
+            for node in nodes {
+                if !desired.get(&vol).is_some_and(|d| d.contains_key(&node)) {
+                    volumes.detach(&vol, &node);
+                }
+            }
+        }
+        let mut waiting = HashSet::new();
+        for (vol, nodes) in &desired {
+            for (node, wanting) in nodes {
+                if volumes.is_attached(vol, node) {
+                    continue;
+                }
+                let elsewhere: Vec<String> = volumes
+                    .attachments()
+                    .get(vol)
+                    .map(|n| n.iter().filter(|n| *n != node).cloned().collect())
+                    .unwrap_or_default();
+                if elsewhere.is_empty() || multi.get(vol).copied().unwrap_or(false) {
+                    volumes.attach(vol, node);
+                    // The kubelets waiting for it look again.
+                    self.store.poke();
+                    continue;
+                }
+                // Multi-Attach error: name the pods that use the volume on the other nodes.
+                let users: Vec<&Arc<Value>> = elsewhere
+                    .iter()
+                    .filter_map(|n| nodes.get(n))
+                    .flatten()
+                    .copied()
+                    .collect();
+                for pod in wanting {
+                    let key = (meta_str(pod, "uid").to_string(), vol.clone());
+                    waiting.insert(key.clone());
+                    if self.multi_attach_reported.contains(&key) {
+                        continue;
+                    }
+                    self.multi_attach_reported.insert(key);
+                    let ns = meta_str(pod, "namespace");
+                    let local: Vec<&str> = users
+                        .iter()
+                        .filter(|u| meta_str(u, "namespace") == ns)
+                        .map(|u| meta_str(u, "name"))
+                        .collect();
+                    let others = users.len() - local.len();
+                    let why = if users.is_empty() {
+                        "Volume is already exclusively attached to one node and can't be attached to another".to_string()
+                    } else if local.is_empty() {
+                        format!("Volume is already used by {others} pod(s) in different namespaces")
+                    } else if others > 0 {
+                        format!(
+                            "Volume is already used by pod(s) {} and {others} pod(s) in different namespaces",
+                            local.join(", ")
+                        )
+                    } else {
+                        format!("Volume is already used by pod(s) {}", local.join(", "))
+                    };
+                    emit_event(
+                        &self.store,
+                        pod,
+                        None,
+                        "Warning",
+                        "FailedAttachVolume",
+                        &format!("Multi-Attach error for volume \"{vol}\" {why}"),
+                        "attachdetach-controller",
+                        None,
+                    );
+                }
+            }
+        }
+        self.multi_attach_reported.retain(|k| waiting.contains(k));
+    }
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Every label, kubernetes.io/hostname, os and arch included.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeConfig {
+    /// A node with the well-known labels plus `extra`.
+    pub fn new(name: &str, extra: &BTreeMap<String, String>) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("kubernetes.io/hostname".to_string(), name.to_string());
+        labels.insert("kubernetes.io/os".to_string(), "linux".to_string());
+        labels.insert(
             "kubernetes.io/arch".to_string(),
             std::env::consts::ARCH
                 .replace("x86_64", "amd64")
                 .replace("aarch64", "arm64"),
         );
-        l.extend(self.cfg.node_labels.clone());
-        l
+        labels.extend(extra.clone());
+        NodeConfig {
+            name: name.to_string(),
+            labels,
+        }
+    }
+}
+
+/// Why a node does not fit a pod (a Filter plugin's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unfit {
+    /// NodeAffinity: UnschedulableAndUnresolvable.
+    NodeAffinity,
+    /// VolumeRestrictions: Unschedulable (preemption is tried and finds no victims).
+    ReadWriteOncePod,
+}
+
+impl Unfit {
+    fn reason(self) -> &'static str {
+        match self {
+            Unfit::NodeAffinity => "node(s) didn't match Pod's node affinity/selector",
+            Unfit::ReadWriteOncePod => "node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode",
+        }
     }
 
-    fn term_matches(&self, term: &Value, labels: &BTreeMap<String, String>) -> bool {
-        let exprs = term["matchExpressions"].as_array();
-        let fields = term["matchFields"].as_array();
-        if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
-            return false;
+    fn preemption(self) -> &'static str {
+        match self {
+            Unfit::NodeAffinity => "Preemption is not helpful for scheduling",
+            Unfit::ReadWriteOncePod => "No preemption victims found for incoming pod",
         }
-        let check = |e: &Value, value: Option<&str>| {
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            match e["operator"].as_str().unwrap_or("") {
-                "In" => value.is_some_and(|v| values.contains(&v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(&v)),
-                "Exists" => value.is_some(),
-                "DoesNotExist" => value.is_none(),
-                "Gt" | "Lt" => {
-                    let (Some(v), Some(b)) = (
-                        value.and_then(|v| v.parse::<i64>().ok()),
-                        values.first().and_then(|b| b.parse::<i64>().ok()),
-                    ) else {
-                        return false;
-                    };
-                    if e["operator"] == "Gt" {
-                        v > b
-                    } else {
-                        v < b
-                    }
+    }
+}
+
+/// The scheduler's FitError message, followed by what preemption (PostFilter) found: a
+/// PreFilter rejection is stated once; Filter rejections are counted per reason, sorted.
+fn fit_error(nodes: usize, prefilter: Option<&str>, unfit: &[Unfit]) -> String {
+    fn histogram<'a>(items: impl Iterator<Item = &'a str>) -> String {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in items {
+            *counts.entry(i).or_default() += 1;
+        }
+        counts
+            .iter()
+            .map(|(r, c)| format!("{c} {r}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    match prefilter {
+        Some(msg) => format!(
+            "0/{nodes} nodes are available: {msg}. preemption: 0/{nodes} nodes are available: {nodes} Preemption is not helpful for scheduling."
+        ),
+        None => format!(
+            "0/{nodes} nodes are available: {}. preemption: 0/{nodes} nodes are available: {}.",
+            histogram(unfit.iter().map(|u| u.reason())),
+            histogram(unfit.iter().map(|u| u.preemption()))
+        ),
+    }
+}
+
+fn bound_node(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+}
+
+fn terminal(pod: &Value) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+fn term_matches(term: &Value, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
+    let exprs = term["matchExpressions"].as_array();
+    let fields = term["matchFields"].as_array();
+    if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
+        return false;
+    }
+    let check = |e: &Value, value: Option<&str>| {
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match e["operator"].as_str().unwrap_or("") {
+            "In" => value.is_some_and(|v| values.contains(&v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            "Gt" | "Lt" => {
+                let (Some(v), Some(b)) = (
+                    value.and_then(|v| v.parse::<i64>().ok()),
+                    values.first().and_then(|b| b.parse::<i64>().ok()),
+                ) else {
+                    return false;
+                };
+                if e["operator"] == "Gt" {
+                    v > b
+                } else {
+                    v < b
                 }
-                _ => false,
             }
-        };
-        exprs.into_iter().flatten().all(|e| {
-            let key = e["key"].as_str().unwrap_or("");
-            check(e, labels.get(key).map(String::as_str))
-        }) && fields.into_iter().flatten().all(|e| {
-            let value = (e["key"] == "metadata.name").then_some(self.cfg.node_name.as_str());
-            check(e, value)
-        })
+            _ => false,
+        }
+    };
+    exprs.into_iter().flatten().all(|e| {
+        let key = e["key"].as_str().unwrap_or("");
+        check(e, labels.get(key).map(String::as_str))
+    }) && fields.into_iter().flatten().all(|e| {
+        let value = (e["key"] == "metadata.name").then_some(node_name);
+        check(e, value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_errors_read_like_the_scheduler() {
+        assert_eq!(
+            fit_error(1, Some("persistentvolumeclaim \"x\" not found"), &[]),
+            "0/1 nodes are available: persistentvolumeclaim \"x\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+        );
+        assert_eq!(
+            fit_error(2, None, &[Unfit::ReadWriteOncePod, Unfit::NodeAffinity]),
+            "0/2 nodes are available: 1 node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode, 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, 1 Preemption is not helpful for scheduling."
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The kubelet of the single node: runs the pods bound to it with the testkit's pod runner
+//! The kubelet of a node: runs the pods bound to it with the testkit's pod runner
 //! and reports their status as they go (Pending → Running → Succeeded/Failed, container
 //! states, conditions, Events), refuses denied images (ErrImagePull/ImagePullBackOff), waits
 //! for missing Secrets/ConfigMaps (CreateContainerConfigError, FailedMount) and retries, keeps
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
+use sykli_testkit::pod_runner::{exec_sandbox, ExecSandbox, ImageFile};
 use sykli_testkit::{run_pod, ContainerKind, PodPhase, PodResult, RunOptions, RunnerError, Shell};
 use tokio::sync::{mpsc, Notify};
 
@@ -19,7 +20,9 @@ use crate::controller::{emit_event, meta_str};
 use crate::logs::LogStore;
 use crate::resources::Res;
 use crate::store::Store;
+use crate::util::go_quote;
 use crate::util::now_rfc3339;
+use crate::volumes::{read_only, spec_claims, volume_name, Volumes};
 
 #[derive(Debug, Clone)]
 pub struct KubeletConfig {
@@ -33,6 +36,10 @@ pub struct KubeletConfig {
     pub retry_interval: Duration,
     /// From ErrImagePull to ImagePullBackOff.
     pub image_backoff: Duration,
+    /// Host files containers see because of their image.
+    pub image_files: Vec<ImageFile>,
+    /// The claims' directories and the volumes' attachments.
+    pub volumes: Arc<Volumes>,
 }
 
 #[derive(Default)]
@@ -68,11 +75,22 @@ impl Cancel {
 
 type ThreadSlot = Arc<Mutex<Option<std::thread::JoinHandle<()>>>>;
 
+/// What the pod runner was given, so that a command can run in a new sandbox of one of the
+/// pod's containers (exec).
+#[derive(Clone)]
+struct ExecContext {
+    manifest: Value,
+    opts: RunOptions,
+}
+
+type ExecSlot = Arc<Mutex<Option<ExecContext>>>;
+
 struct Worker {
     cancel: Arc<Cancel>,
     work_dir: PathBuf,
     done: Arc<AtomicBool>,
     thread: ThreadSlot,
+    exec: ExecSlot,
 }
 
 pub struct Kubelet {
@@ -146,16 +164,18 @@ impl Kubelet {
                     work_dir: work_dir.clone(),
                     done: Arc::new(AtomicBool::new(false)),
                     thread: Arc::new(Mutex::new(None)),
+                    exec: Arc::new(Mutex::new(None)),
                 };
                 let me = Arc::clone(self);
-                let (cancel, done, thread) = (
+                let (cancel, done, thread, exec) = (
                     Arc::clone(&w.cancel),
                     Arc::clone(&w.done),
                     Arc::clone(&w.thread),
+                    Arc::clone(&w.exec),
                 );
                 let pod = (**pod).clone();
                 tokio::spawn(async move {
-                    me.run(pod, work_dir, cancel, thread).await;
+                    me.run(pod, work_dir, cancel, thread, exec).await;
                     done.store(true, Ordering::SeqCst);
                     me.store.poke();
                 });
@@ -223,6 +243,36 @@ impl Kubelet {
         }
     }
 
+    /// This kubelet's node.
+    pub fn node_name(&self) -> &str {
+        &self.cfg.node_name
+    }
+
+    /// A new sandbox of container `container` of the running pod `uid` that runs `command`
+    /// (what the container runtime's exec does); Err: why not, in the runtime's words.
+    pub fn exec_sandbox(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+    ) -> Result<ExecSandbox, String> {
+        let not_found = || format!("container not found ({})", go_quote(container));
+        let ctx = {
+            let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            let w = workers.get(uid).ok_or_else(not_found)?;
+            if w.done.load(Ordering::SeqCst) || w.cancel.is_cancelled() {
+                return Err(not_found());
+            }
+            let ctx = w.exec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            ctx.ok_or_else(not_found)?
+        };
+        match exec_sandbox(&ctx.manifest, &ctx.opts, container, command) {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn update_status(&self, pod: &Value, f: impl FnOnce(&mut Map<String, Value>)) -> Option<Value> {
         self.store
             .update(
@@ -267,6 +317,7 @@ impl Kubelet {
         work_dir: PathBuf,
         cancel: Arc<Cancel>,
         thread: ThreadSlot,
+        exec: ExecSlot,
     ) {
         let spec = pod["spec"].clone();
         let containers = Containers::of(&spec);
@@ -313,6 +364,9 @@ impl Kubelet {
         // Secrets, ConfigMaps and claims: wait for them as the kubelet does.
         let ns = meta_str(&pod, "namespace").to_string();
         let mut reported: Option<Vec<String>> = None;
+        // Looked at again on every change of the store (a Secret created, a volume attached),
+        // and every retry interval.
+        let mut changed = self.store.subscribe();
         let fixtures = loop {
             if cancel.is_cancelled() {
                 return;
@@ -338,6 +392,11 @@ impl Kubelet {
                                 Problem::Volume { volume, message } => {
                                     self.event(&pod, None, "Warning", "FailedMount", &format!("MountVolume.SetUp failed for volume \"{volume}\" : {message}"));
                                 }
+                                Problem::Claim { volume, message } => {
+                                    self.event(&pod, None, "Warning", "FailedMount", &format!("Unable to attach or mount volumes: unmounted volumes=[{volume}], unattached volumes=[{volume}], failed to process volumes=[{volume}]: {message}"));
+                                }
+                                // The attach/detach controller reports why it does not attach.
+                                Problem::Unattached { .. } => {}
                             }
                         }
                         if self.update_status(&pod, |st| view.render(st)).is_none() {
@@ -345,8 +404,10 @@ impl Kubelet {
                         }
                         reported = Some(keys);
                     }
-                    if cancel.sleep(self.cfg.retry_interval).await {
-                        return;
+                    changed.borrow_and_update();
+                    tokio::select! {
+                        c = cancel.sleep(self.cfg.retry_interval) => if c { return },
+                        _ = changed.changed() => {}
                     }
                 }
             }
@@ -380,10 +441,30 @@ impl Kubelet {
         opts.secrets = fixtures.secrets;
         opts.config_maps = fixtures.config_maps;
         opts.pvcs = fixtures.pvcs;
+        opts.image_files = self.cfg.image_files.clone();
         if cancel.is_cancelled() {
             return;
         }
-        let manifest = pod.clone();
+        // Claims the volume plugin publishes read-only are mounted read-only.
+        let mut manifest = pod.clone();
+        if let Some(vols) = manifest
+            .pointer_mut("/spec/volumes")
+            .and_then(Value::as_array_mut)
+        {
+            for v in vols {
+                let claim = v
+                    .pointer("/persistentVolumeClaim/claimName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if claim.is_some_and(|c| fixtures.read_only_claims.contains(&c)) {
+                    v["persistentVolumeClaim"]["readOnly"] = json!(true);
+                }
+            }
+        }
+        *exec.lock().unwrap_or_else(|e| e.into_inner()) = Some(ExecContext {
+            manifest: manifest.clone(),
+            opts: opts.clone(),
+        });
         let handle = std::thread::Builder::new()
             .name("kubelet-pod".into())
             .spawn(move || {
@@ -658,20 +739,47 @@ impl Kubelet {
             f.config_maps.insert(meta_str(&c, "name").to_string(), data);
         }
         let mut problems = Vec::new();
+        // Claims: fetched, not being deleted, and their volume attached to this node.
+        for (vname, claim) in spec_claims(spec) {
+            let claim_problem = |message: String| Problem::Claim {
+                volume: vname.to_string(),
+                message: format!("error processing PVC {ns}/{claim}: {message}"),
+            };
+            let Some(pvc) = self.store.get(Res::PersistentVolumeClaim, ns, claim) else {
+                problems.push(claim_problem(format!(
+                    "failed to fetch PVC from API server: persistentvolumeclaims \"{claim}\" not found"
+                )));
+                continue;
+            };
+            if pvc
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|t| !t.is_null())
+            {
+                problems.push(claim_problem("PVC is being deleted".into()));
+                continue;
+            }
+            let vol = volume_name(&pvc);
+            if !self.cfg.volumes.is_attached(vol, &self.cfg.node_name) {
+                problems.push(Problem::Unattached {
+                    volume: vname.to_string(),
+                });
+                continue;
+            }
+            let dir = self.cfg.volumes.claim_dir(ns, claim);
+            if !dir.is_dir() {
+                // A claim stored without the API (no provisioner ran): provision it now.
+                let _guard = self.cfg.volumes.lock();
+                if !dir.is_dir() {
+                    let _ = self.cfg.volumes.provision(ns, claim);
+                }
+            }
+            if read_only(&pvc) {
+                f.read_only_claims.insert(claim.to_string());
+            }
+            f.pvcs.insert(claim.to_string(), dir);
+        }
         for v in spec["volumes"].as_array().into_iter().flatten() {
             let vname = v["name"].as_str().unwrap_or("").to_string();
-            if let Some(claim) = v
-                .pointer("/persistentVolumeClaim/claimName")
-                .and_then(Value::as_str)
-            {
-                let dir = self.cfg.dir.join("pvcs").join(ns).join(claim);
-                let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::set_permissions(
-                    &dir,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
-                );
-                f.pvcs.insert(claim.to_string(), dir);
-            }
             for (src, field, kind, map) in [
                 ("secret", "secretName", "secret", &f.secrets),
                 ("configMap", "name", "configmap", &f.config_maps),
@@ -769,8 +877,25 @@ impl Kubelet {
 
 #[derive(Debug)]
 enum Problem {
-    Container { name: String, message: String },
-    Volume { volume: String, message: String },
+    Container {
+        name: String,
+        message: String,
+    },
+    Volume {
+        volume: String,
+        message: String,
+    },
+    /// A claim the volume manager cannot process.
+    Claim {
+        volume: String,
+        message: String,
+    },
+    /// A claim whose volume is not attached to this node (yet).
+    Unattached {
+        // Read through Debug: the key of what was reported.
+        #[allow(dead_code)]
+        volume: String,
+    },
 }
 
 #[derive(Default)]
@@ -778,6 +903,8 @@ struct Fixtures {
     secrets: HashMap<String, HashMap<String, Vec<u8>>>,
     config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
     pvcs: HashMap<String, PathBuf>,
+    /// Claims mounted read-only whatever the pod asks (ReadOnlyMany).
+    read_only_claims: HashSet<String>,
 }
 
 enum RunMsg {

@@ -1,5 +1,6 @@
-//! A strict Kubernetes API subset for tests, with a Job controller, a scheduler and a kubelet
-//! that runs pods with the testkit's pod runner. Never linked into the NIF.
+//! A strict Kubernetes API subset for tests, with a Job controller, a scheduler, claims backed by
+//! directories, and a kubelet per node that runs pods with the testkit's pod runner (and
+//! commands in them: pods/exec over WebSocket). Never linked into the NIF.
 //!
 //! Start one with [`TestCluster::start`]; it serves HTTPS on 127.0.0.1 with a CA made at start,
 //! writes a kubeconfig (contexts `sykli-test` and `sykli-test-readonly`), and stops (killing
@@ -8,6 +9,7 @@
 pub mod api;
 pub mod cluster;
 pub mod controller;
+pub mod exec;
 pub mod faults;
 pub mod kubelet;
 pub mod logs;
@@ -18,9 +20,11 @@ pub mod store;
 pub mod tls;
 pub mod util;
 pub mod validation;
+pub mod volumes;
 
 pub use cluster::{ClusterInfo, ClusterOptions, TestCluster, CONTEXT, NODE_NAME, READONLY_CONTEXT};
 pub use faults::{Faults, RequestRecord};
 pub use resources::Res;
+pub use sykli_testkit::pod_runner::ImageFile;
 pub use sykli_testkit::Shell;
 pub use validation::FieldValidation;

@@ -2006,6 +2006,12 @@ pub fn validate_create(res: Res, object: &Value) -> Result<(), ApiError> {
                     errs.push(FieldError::not_supported("spec.accessModes", m, MODES));
                 }
             }
+            if modes.len() > 1 && modes.iter().any(|m| m == "ReadWriteOncePod") {
+                errs.push(FieldError::forbidden(
+                    "spec.accessModes",
+                    "may not use ReadWriteOncePod with other access modes",
+                ));
+            }
             match spec
                 .pointer("/resources/requests/storage")
                 .and_then(Value::as_str)

@@ -146,3 +146,65 @@ fn rejects_bad_arguments() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shell"));
 }
+
+#[tokio::test]
+async fn nodes_labels_and_image_files_come_from_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let greeting = host.path().join("greeting");
+    std::fs::write(&greeting, "hello from the image\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sykli-test-cluster"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--nodes", "n1,n2", "--node-labels", "tier=ci,n2:pool=gpu"])
+        .arg("--image-file")
+        .arg(format!(
+            "ghcr.io/sykli/sync:test={}:/opt/sykli/greeting",
+            greeting.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sykli-test-cluster starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("a line");
+    let info: Value = serde_json::from_str(&line).expect("JSON line");
+    let kc = kube::config::Kubeconfig::read_from(info["kubeconfig"].as_str().unwrap()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
+    let mut p = pod("greet", "cat /opt/sykli/greeting");
+    p["spec"]["containers"][0]["image"] = serde_json::json!("ghcr.io/sykli/sync:test");
+    p["spec"]["nodeSelector"] = serde_json::json!({"pool": "gpu", "tier": "ci"});
+    create_pod(&client, "default", p).await;
+    let done = wait_phase(&client, "default", "greet", "Succeeded").await;
+    assert_eq!(done.spec.unwrap().node_name.as_deref(), Some("n2"));
+    let log = Api::<Pod>::namespaced(client.clone(), "default")
+        .logs("greet", &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(log, "hello from the image\n");
+    drop(child.stdin.take());
+    let status = wait_exit(child).await;
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn rejects_bad_node_and_image_file_flags() {
+    for args in [
+        &["--nodes", "N_1"][..],
+        &["--nodes", "n1", "--node-labels", "n9:pool=x"][..],
+        &["--image-file", "img-without-paths"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sykli-test-cluster"))
+            .args(["--dir", "/tmp/sykli-test-cluster-bad-flags"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The pod runner: executes a Kubernetes Pod spec (or the pod template of a Job) on this machine.
 //!
-//! Images are ignored. Every container runs the host's userland inside a bubblewrap sandbox
+//! Images are ignored (but for [`RunOptions::image_files`]: host files a container sees because
+//! of its image). Every container runs the host's userland inside a bubblewrap sandbox
 //! (`/usr/bin/bwrap`): host `/usr` and `/etc` read-only, fresh pid/ipc/uts namespaces, the host
 //! network, and the container's identity taken on with `setpriv` (no user namespace, so files a
 //! container writes into a volume are owned by its uid on the host). Volumes are directories
@@ -12,10 +13,14 @@
 //! secret/configMap projection with modes, `CreateContainerConfigError` for what the kubelet
 //! would refuse, termination messages, and a deadline.
 //!
+//! [`exec_sandbox`] plans a command in a new sandbox of a container of a pod that runs (what
+//! `kubectl exec` does), sharing the pod's volumes.
+//!
 //! Known differences from a real node: no restarts (`restartPolicy` of the pod and of sidecars
 //! is not acted on), no probes or lifecycle hooks, secret and configMap volumes are plain files
 //! (no `..data` symlinks), and the image's user database is the host's `/etc/passwd`.
 
+mod exec;
 mod expand;
 mod fixtures;
 mod process;
@@ -37,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use exec::{exec_sandbox, ExecSandbox};
 pub use fixtures::Fixtures;
 
 use process::{Control, Outcome};
@@ -74,6 +80,9 @@ pub struct RunOptions {
     pub config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
     /// PersistentVolumeClaims by claimName: the host directory that backs each.
     pub pvcs: HashMap<String, PathBuf>,
+    /// Host files (or directories) a container sees read-only because of its image: what stands
+    /// in for an image's own content (a helper binary built on the host, say).
+    pub image_files: Vec<ImageFile>,
     pub shell: Shell,
     /// Overall deadline. None: the Job's (or pod's) `activeDeadlineSeconds`, else
     /// [`DEFAULT_TIMEOUT`].
@@ -91,6 +100,7 @@ impl fmt::Debug for RunOptions {
             .field("secrets", &secret_names)
             .field("config_maps", &self.config_maps.keys().collect::<Vec<_>>())
             .field("pvcs", &self.pvcs)
+            .field("image_files", &self.image_files)
             .field("shell", &self.shell)
             .field("timeout", &self.timeout)
             .field("on_log", &self.on_log.as_ref().map(|_| "<fn>"))
@@ -143,6 +153,21 @@ impl RunOptions {
         self
     }
 
+    /// Every container whose `image` is `image` sees `host_path` read-only at `container_path`.
+    pub fn image_file(
+        mut self,
+        image: impl Into<String>,
+        host_path: impl Into<PathBuf>,
+        container_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.image_files.push(ImageFile {
+            image: image.into(),
+            host_path: host_path.into(),
+            container_path: container_path.into(),
+        });
+        self
+    }
+
     pub fn shell(mut self, shell: Shell) -> Self {
         self.shell = shell;
         self
@@ -164,6 +189,41 @@ impl RunOptions {
         self.config_maps.extend(fixtures.config_maps);
         self.pvcs.extend(fixtures.pvcs);
         self
+    }
+}
+
+/// A host file or directory that is part of an image: containers whose `image` is exactly
+/// `image` see `host_path` bound read-only at `container_path` (an absolute path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFile {
+    pub image: String,
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+}
+
+impl ImageFile {
+    /// Parses `IMAGE=HOSTPATH:CONTAINERPATH` (the image may itself contain `:`, the paths may
+    /// not contain `=`; the container path is what follows the last `:`).
+    pub fn parse(spec: &str) -> Result<ImageFile, String> {
+        let (image, paths) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?} is not IMAGE=HOSTPATH:CONTAINERPATH"))?;
+        let (host, container) = paths
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{spec:?} is not IMAGE=HOSTPATH:CONTAINERPATH"))?;
+        if image.is_empty() || host.is_empty() {
+            return Err(format!("{spec:?} is not IMAGE=HOSTPATH:CONTAINERPATH"));
+        }
+        if !container.starts_with('/') {
+            return Err(format!(
+                "{spec:?}: the container path {container:?} must be absolute"
+            ));
+        }
+        Ok(ImageFile {
+            image: image.to_string(),
+            host_path: PathBuf::from(host),
+            container_path: PathBuf::from(container),
+        })
     }
 }
 
@@ -594,7 +654,7 @@ impl<'s> Pod<'s> {
     /// Plans and starts container `index`; false if it could not be created.
     fn launch(&mut self, ctx: &PodContext<'_>, index: usize) -> Result<bool, RunnerError> {
         let container = self.container(index);
-        match sandbox::plan(ctx, container)? {
+        match sandbox::plan(ctx, container, None)? {
             Err(message) => {
                 let r = &mut self.slots[index].result;
                 r.reason = Some(CONFIG_ERROR.to_string());

@@ -1,11 +1,16 @@
 //! sykli-test-cluster: the test cluster as a process, for tests outside Rust.
 //!
 //! ```text
-//! sykli-test-cluster --dir DIR [--shell host|busybox] [--node-labels k=v,...]
+//! sykli-test-cluster --dir DIR [--shell host|busybox] [--nodes NAME,...]
+//!                    [--node-labels [NODE:]k=v,...] [--image-file IMAGE=HOSTPATH:CONTAINERPATH]...
 //!                    [--deny-images pattern,...] [--seed N] [--history-limit N]
 //!                    [--bookmark-interval-ms N] [--backoff-base-ms N]
 //!                    [--field-validation Strict|Warn|Ignore]
 //! ```
+//!
+//! `--nodes` names the nodes (default: one, `sykli-node`). `--node-labels` labels every node,
+//! or with `NODE:` one of them. `--image-file` (repeatable) makes every container whose image is
+//! exactly IMAGE see HOSTPATH read-only at CONTAINERPATH, in its pod and in exec sandboxes.
 //!
 //! Prints one line of JSON once it serves — `{"url", "kubeconfig", "admin_token",
 //! "readonly_token", "pid"}` — and runs until its stdin is closed or it gets SIGTERM/SIGINT;
@@ -15,9 +20,9 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sykli_testcluster::{ClusterOptions, FieldValidation, Shell, TestCluster};
+use sykli_testcluster::{ClusterOptions, FieldValidation, ImageFile, Shell, TestCluster};
 
-const USAGE: &str = "usage: sykli-test-cluster --dir DIR [--shell host|busybox] [--node-labels k=v,...] [--deny-images pattern,...] [--seed N] [--history-limit N] [--bookmark-interval-ms N] [--backoff-base-ms N] [--field-validation Strict|Warn|Ignore]";
+const USAGE: &str = "usage: sykli-test-cluster --dir DIR [--shell host|busybox] [--nodes NAME,...] [--node-labels [NODE:]k=v,...] [--image-file IMAGE=HOSTPATH:CONTAINERPATH]... [--deny-images pattern,...] [--seed N] [--history-limit N] [--bookmark-interval-ms N] [--backoff-base-ms N] [--field-validation Strict|Warn|Ignore]";
 
 fn parse(args: &[String]) -> Result<ClusterOptions, String> {
     let mut opts: Option<ClusterOptions> = None;
@@ -59,13 +64,39 @@ fn parse(args: &[String]) -> Result<ClusterOptions, String> {
                     _ => return Err(format!("--shell must be host or busybox, not {v:?}")),
                 }
             }
+            "--nodes" => {
+                opts.nodes = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if opts.nodes.is_empty() {
+                    return Err("--nodes needs at least one node name".into());
+                }
+            }
             "--node-labels" => {
                 for kv in v.split(',').filter(|s| !s.is_empty()) {
                     let (k2, v2) = kv
                         .split_once('=')
-                        .ok_or_else(|| format!("--node-labels: {kv:?} is not k=v"))?;
-                    opts.node_labels.insert(k2.to_string(), v2.to_string());
+                        .ok_or_else(|| format!("--node-labels: {kv:?} is not [NODE:]k=v"))?;
+                    // Neither label keys nor values contain ':': what precedes one is a node.
+                    match k2.split_once(':') {
+                        Some((node, key)) => {
+                            opts.per_node_labels
+                                .entry(node.to_string())
+                                .or_default()
+                                .insert(key.to_string(), v2.to_string());
+                        }
+                        None => {
+                            opts.node_labels.insert(k2.to_string(), v2.to_string());
+                        }
+                    }
                 }
+            }
+            "--image-file" => {
+                opts.image_files
+                    .push(ImageFile::parse(&v).map_err(|e| format!("--image-file: {e}"))?);
             }
             "--deny-images" => {
                 opts.deny_images

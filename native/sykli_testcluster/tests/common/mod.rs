@@ -261,3 +261,219 @@ pub fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
 }
+
+/// Creates a standalone pod from JSON.
+pub async fn create_pod(client: &Client, ns: &str, v: Value) -> Pod {
+    let pod: Pod = serde_json::from_value(v).expect("pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("pod created")
+}
+
+/// A pod running `script` with `sh -c` in one container named `main` (restartPolicy Never).
+pub fn pod(name: &str, script: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", script]}]
+        }
+    })
+}
+
+/// A pod that mounts claim `claim` at /data.
+pub fn pod_with_claim(name: &str, claim: &str, script: &str) -> Value {
+    let mut p = pod(name, script);
+    p["spec"]["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    p
+}
+
+pub fn pod_phase(p: &Pod) -> &str {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
+pub async fn wait_phase(client: &Client, ns: &str, name: &str, phase: &'static str) -> Pod {
+    wait_pod(client, ns, name, move |p| pod_phase(p) == phase).await
+}
+
+/// The pod's Events as (type, reason, message).
+pub async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::core::v1::Event;
+    let evs = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("events");
+    evs.items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (on a watch of Events) until an Event about `name` has `reason`; returns it as
+/// (type, reason, message).
+pub async fn wait_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> (String, String, String) {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Event;
+    let api = Api::<Event>::namespaced(client.clone(), ns);
+    let cfg =
+        kube::runtime::watcher::Config::default().fields(&format!("involvedObject.name={name}"));
+    let mut stream = Box::pin(kube::runtime::watcher(api, cfg));
+    let fut = async {
+        while let Some(ev) = stream.next().await {
+            match ev.expect("watch") {
+                kube::runtime::watcher::Event::Apply(e)
+                | kube::runtime::watcher::Event::InitApply(e)
+                    if e.reason.as_deref() == Some(reason) =>
+                {
+                    return (
+                        e.type_.unwrap_or_default(),
+                        e.reason.unwrap_or_default(),
+                        e.message.unwrap_or_default(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        panic!("watch ended")
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("no {reason} Event for {name} in {WAIT:?}"))
+}
+
+/// What an exec returned.
+#[derive(Debug)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+}
+
+impl ExecOutput {
+    pub fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status.status.as_deref() == Some("Success")
+    }
+
+    /// The exit code a NonZeroExitCode status reports.
+    pub fn exit_code(&self) -> Option<i32> {
+        if self.status.reason.as_deref() != Some("NonZeroExitCode") {
+            return None;
+        }
+        self.status
+            .details
+            .as_ref()?
+            .causes
+            .as_ref()?
+            .iter()
+            .find(|c| c.reason.as_deref() == Some("ExitCode"))
+            .and_then(|c| c.message.as_deref()?.parse().ok())
+    }
+}
+
+/// Runs `command` in container `container` (None: the only one) of pod `name` with kube-rs's
+/// exec, feeding `stdin` (None: no stdin stream) and collecting stdout, stderr and the status.
+pub async fn exec(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+    command: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> Result<ExecOutput, kube::Error> {
+    use kube::api::AttachParams;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ap = AttachParams::default()
+        .stdin(stdin.is_some())
+        .stdout(true)
+        .stderr(true);
+    if let Some(c) = container {
+        ap = ap.container(c);
+    }
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let fut = async {
+        let mut p = api
+            .exec(name, command.iter().map(|s| s.to_string()), &ap)
+            .await?;
+        let mut out = p.stdout().expect("stdout");
+        let mut err = p.stderr().expect("stderr");
+        let status = p.take_status().expect("status");
+        let input = p.stdin();
+        let feed = async move {
+            if let (Some(mut w), Some(data)) = (input, stdin) {
+                w.write_all(&data).await.expect("stdin");
+                w.shutdown().await.expect("stdin closed");
+            }
+        };
+        let read_out = async {
+            let mut v = Vec::new();
+            out.read_to_end(&mut v).await.expect("stdout");
+            v
+        };
+        let read_err = async {
+            let mut v = Vec::new();
+            err.read_to_end(&mut v).await.expect("stderr");
+            v
+        };
+        let (stdout, stderr, ()) = tokio::join!(read_out, read_err, feed);
+        let status = status.await.expect("a status on the error channel");
+        p.join().await.expect("the session ends cleanly");
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            status,
+        })
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("exec into {name} did not end in {WAIT:?}"))
+}
+
+/// Follows the container's log until it has written `line`.
+pub async fn wait_pod_log(client: &Client, ns: &str, name: &str, container: &str, line: &str) {
+    use futures::{AsyncBufReadExt, StreamExt};
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let lp = kube::api::LogParams {
+        container: Some(container.to_string()),
+        follow: true,
+        ..Default::default()
+    };
+    let stream = api.log_stream(name, &lp).await.expect("log stream");
+    let mut lines = stream.lines();
+    let fut = async {
+        while let Some(l) = lines.next().await {
+            if l.expect("log line") == line {
+                return;
+            }
+        }
+        panic!("{name}/{container} never logged {line:?}")
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{name}/{container} did not log {line:?} in {WAIT:?}"));
+}

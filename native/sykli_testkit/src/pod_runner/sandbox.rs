@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use super::expand::EnvList;
 use super::spec::{check_relative_path, Container, ObjectMeta, PodSpec};
 use super::volumes::{chmod, id_from_i64, io_err, mkdir, PreparedVolume, VolumeKind};
-use super::{RunOptions, RunnerError, Shell};
+use super::{ImageFile, RunOptions, RunnerError, Shell};
 
 pub(crate) const BWRAP: &str = "/usr/bin/bwrap";
 pub(crate) const SETPRIV: &str = "/usr/bin/setpriv";
@@ -115,14 +115,24 @@ fn push_op(args: &mut Vec<OsString>, op: Op) {
     }
 }
 
-/// Resolves `container` into a launch, a config error, or a runner error.
+/// Resolves `container` into a launch, a config error, or a runner error. With `exec`, the launch
+/// runs that command (as given: no `$(VAR)` expansion, no args) in a new sandbox of the
+/// container, which must have been launched before (its termination log is reused).
 pub(crate) fn plan(
     ctx: &PodContext<'_>,
     container: &Container,
+    exec: Option<&[String]>,
 ) -> Result<Result<Launch, ConfigError>, RunnerError> {
-    let command = match &container.command {
-        Some(c) if !c.is_empty() => c,
-        _ => {
+    let command: &[String] = match (exec, &container.command) {
+        (Some(cmd), _) if !cmd.is_empty() => cmd,
+        (Some(_), _) => {
+            return Ok(Err(format!(
+                "container {:?}: the command to execute is empty",
+                container.name
+            )))
+        }
+        (None, Some(c)) if !c.is_empty() => c,
+        (None, _) => {
             return Ok(Err(format!(
                 "container {:?} has no command: the pod runner ignores images, so the image's \
                  entrypoint is unknown to it (set command)",
@@ -182,11 +192,14 @@ pub(crate) fn plan(
     };
 
     // Command line.
-    let mut argv: Vec<OsString> = command
-        .iter()
-        .chain(container.args.iter().flatten())
-        .map(|a| OsString::from_vec(env.expand(a.as_bytes())))
-        .collect();
+    let mut argv: Vec<OsString> = match exec {
+        Some(_) => command.iter().map(OsString::from).collect(),
+        None => command
+            .iter()
+            .chain(container.args.iter().flatten())
+            .map(|a| OsString::from_vec(env.expand(a.as_bytes())))
+            .collect(),
+    };
     if ctx.opts.shell == Shell::Busybox && (argv[0] == "sh" || argv[0] == "/bin/sh") {
         argv.splice(0..1, [OsString::from(BUSYBOX), OsString::from("sh")]);
     }
@@ -243,27 +256,59 @@ pub(crate) fn plan(
         });
     }
 
-    // Termination message file.
-    let containers_dir = ctx.work_dir.join("containers");
-    if !containers_dir.is_dir() {
-        mkdir(&containers_dir, 0o755)?;
+    // Files of the container's image (what stands in for the image's own content).
+    let image = container.image.as_deref().unwrap_or("");
+    let image_files: Vec<&ImageFile> = ctx
+        .opts
+        .image_files
+        .iter()
+        .filter(|f| !image.is_empty() && f.image == image)
+        .collect();
+    for f in &image_files {
+        if fs::symlink_metadata(&f.host_path).is_err() {
+            return Ok(Err(format!(
+                "container {:?}: {} (a file of image {image:?}) does not exist",
+                container.name,
+                f.host_path.display()
+            )));
+        }
+        mounts.push(Op::Bind {
+            src: f.host_path.clone(),
+            dst: f.container_path.clone(),
+            ro: true,
+            dev: false,
+        });
     }
+
+    // Termination message file (an exec shares the container's).
+    let containers_dir = ctx.work_dir.join("containers");
     let own_dir = containers_dir.join(&container.name);
-    mkdir(&own_dir, 0o755)?;
     let termination_file = own_dir.join("termination-log");
-    fs::write(&termination_file, b"")
-        .map_err(io_err(format!("creating {}", termination_file.display())))?;
-    chmod(&termination_file, 0o666)?;
+    let bind_termination = match exec {
+        Some(_) => termination_file.is_file(),
+        None => {
+            if !containers_dir.is_dir() {
+                mkdir(&containers_dir, 0o755)?;
+            }
+            mkdir(&own_dir, 0o755)?;
+            fs::write(&termination_file, b"")
+                .map_err(io_err(format!("creating {}", termination_file.display())))?;
+            chmod(&termination_file, 0o666)?;
+            true
+        }
+    };
     let termination_path = container
         .termination_message_path
         .clone()
         .unwrap_or_else(|| DEFAULT_TERMINATION_PATH.to_string());
-    mounts.push(Op::Bind {
-        src: termination_file.clone(),
-        dst: PathBuf::from(&termination_path),
-        ro: false,
-        dev: false,
-    });
+    if bind_termination {
+        mounts.push(Op::Bind {
+            src: termination_file.clone(),
+            dst: PathBuf::from(&termination_path),
+            ro: false,
+            dev: false,
+        });
+    }
     // Parents before children, as container runtimes order mounts.
     mounts.sort_by_key(|op| match op {
         Op::Bind { dst, .. } => dst.components().count(),
@@ -294,7 +339,10 @@ pub(crate) fn plan(
         .iter()
         .map(|m| Path::new(&m.mount_path))
         .collect();
-    targets.push(Path::new(&termination_path));
+    if bind_termination {
+        targets.push(Path::new(&termination_path));
+    }
+    targets.extend(image_files.iter().map(|f| f.container_path.as_path()));
     if let Some(wd) = &container.working_dir {
         targets.push(Path::new(wd));
     }

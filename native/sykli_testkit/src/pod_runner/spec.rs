@@ -74,6 +74,8 @@ pub(crate) struct SecurityContext {
 pub(crate) struct Container {
     #[serde(default)]
     pub name: String,
+    /// Only matched against [`super::RunOptions::image_files`]: images are not pulled.
+    pub image: Option<String>,
     pub command: Option<Vec<String>>,
     pub args: Option<Vec<String>>,
     pub working_dir: Option<String>,

@@ -217,6 +217,67 @@ pub(crate) fn prepare(
     Ok(out)
 }
 
+/// The volumes of a pod that already runs in `work_dir`, as [`prepare`] made them: nothing is
+/// created (what a new sandbox of one of its containers binds).
+pub(crate) fn existing(
+    spec: &PodSpec,
+    opts: &RunOptions,
+    work_dir: &Path,
+) -> Result<BTreeMap<String, PreparedVolume>, RunnerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let volumes_dir = work_dir.join("volumes");
+    let mut out = BTreeMap::new();
+    for v in &spec.volumes {
+        let local = volumes_dir.join(&v.name);
+        let (kind, host_path, force_read_only) = if v.empty_dir.is_some() {
+            (VolumeKind::EmptyDir, local, false)
+        } else if v.secret.is_some() {
+            (VolumeKind::Secret, local, true)
+        } else if v.config_map.is_some() {
+            (VolumeKind::ConfigMap, local, true)
+        } else if let Some(p) = &v.persistent_volume_claim {
+            let dir = opts.pvcs.get(&p.claim_name).cloned().ok_or_else(|| {
+                RunnerError::InvalidFixtures(format!(
+                    "persistentVolumeClaim {:?} not found (volume {:?})",
+                    p.claim_name, v.name
+                ))
+            })?;
+            (VolumeKind::Pvc, dir, p.read_only.unwrap_or(false))
+        } else if let Some(h) = &v.host_path {
+            (VolumeKind::HostPath, PathBuf::from(&h.path), false)
+        } else {
+            let kind = v
+                .other
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| "<none>".to_string());
+            return Err(RunnerError::UnsupportedVolume {
+                volume: v.name.clone(),
+                kind,
+            });
+        };
+        let meta = fs::metadata(&host_path).map_err(io_err(format!(
+            "volume {:?}: {}",
+            v.name,
+            host_path.display()
+        )))?;
+        let device = kind == VolumeKind::HostPath
+            && (meta.file_type().is_char_device() || meta.file_type().is_block_device());
+        out.insert(
+            v.name.clone(),
+            PreparedVolume {
+                kind,
+                host_path,
+                force_read_only,
+                device,
+                error: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
 fn fresh_dir(path: &Path, mode: u32) -> Result<(), RunnerError> {
     if fs::symlink_metadata(path).is_ok() {
         return Err(RunnerError::Io {
