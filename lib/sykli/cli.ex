@@ -274,7 +274,9 @@ defmodule Sykli.CLI do
                ]
            ),
          {:ok, _} <- Sykli.Target.K8s.render_pipeline(text, state, :json) do
-      Enum.each(ctx.warnings ++ source.warnings, &IO.puts(:stderr, "warning: " <> &1))
+      # The remote matters only when the cluster clones from it.
+      ctx_warnings = if settings.source_strategy == :git_clone, do: ctx.warnings, else: []
+      Enum.each(ctx_warnings ++ source.warnings, &IO.puts(:stderr, "warning: " <> &1))
 
       {:ok,
        %{

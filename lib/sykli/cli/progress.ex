@@ -15,7 +15,7 @@ defmodule Sykli.CLI.Progress do
 
   defp human_event({:run_started, info}) do
     IO.puts(
-      "sykli: run #{info.run_id}: #{info.tasks} #{plural(info.tasks, "task")}, commit #{info.source}, " <>
+      "sykli: run #{info.run_id}: #{info.tasks} #{plural(info.tasks, "task")}, #{info.source}, " <>
         "namespace #{info.namespace} on #{info.server}"
     )
   end

@@ -236,15 +236,17 @@ defmodule Sykli.Target.K8s do
   end
 
   @doc """
-  After a task of a PVC-strategy run: copies its declared `outputs` back into the working
-  tree when it succeeded and `sync_back` is set (extracted with the hardened rules), and
-  deletes its copy of the tree on the claim (kept with `keep_failed` when it failed).
+  After a task of a PVC-strategy run with `sync_back`: copies its declared `outputs` (which
+  its Job's sidecar left on the claim) back into the working tree when it succeeded,
+  extracted with the hardened rules, and removes them from the claim.
   """
   @spec finish_task(map(), map(), String.t(), boolean()) :: {:ok, map()} | {:error, Error.t()}
   def finish_task(state, task, job, succeeded?) do
-    if Map.get(state, :source_strategy) == :pvc and state.cluster != nil do
-      outputs = if succeeded? and state[:sync_back], do: outputs(task), else: []
-      remove = succeeded? or not Map.get(state, :keep_failed, false)
+    declared = outputs(task)
+
+    if Map.get(state, :source_strategy) == :pvc and state[:sync_back] == true and declared != [] and
+         state.cluster != nil do
+      outputs = if succeeded?, do: declared, else: []
 
       with {:ok, claim} <- claim(state),
            {:ok, ctx} <- git_context(state),
@@ -257,7 +259,7 @@ defmodule Sykli.Target.K8s do
                  job: job,
                  outputs: outputs,
                  dest: ctx.root,
-                 remove: remove
+                 remove: true
                })
              ) do
         background(&Native.k8s_finish_run(state.cluster, json, &1))
@@ -302,7 +304,7 @@ defmodule Sykli.Target.K8s do
     tag = make_ref()
 
     case start.(tag) do
-      :ok ->
+      {:ok, :ok} ->
         receive do
           {^tag, {:done, {:ok, value}}} -> {:ok, value}
           {^tag, {:done, {:error, {kind, message}}}} -> {:error, %Error{kind: kind, message: message}}
@@ -478,7 +480,8 @@ defmodule Sykli.Target.K8s do
          tree: tree,
          image: state[:sync_image],
          node: state[:pvc_node],
-         mount: to_string(Map.get(state, :source_mount, :copy))
+         mount: to_string(Map.get(state, :source_mount, :copy)),
+         sync_back: state[:sync_back] == true
        }}
     end
   end

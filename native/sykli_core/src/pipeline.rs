@@ -55,6 +55,10 @@ pub struct Task {
     /// Seconds.
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// Declared outputs: paths relative to the repository root (a list, or a map of names to
+    /// paths).
+    #[serde(default)]
+    pub outputs: Option<serde_json::Value>,
     #[serde(default)]
     pub k8s: Option<K8sOptions>,
 }
@@ -343,9 +347,27 @@ impl Pipeline {
 }
 
 impl Task {
+    /// The declared outputs' paths (strings of a list, or values of a map).
+    pub fn output_paths(&self) -> Vec<String> {
+        let values: Vec<&serde_json::Value> = match &self.outputs {
+            Some(serde_json::Value::Array(a)) => a.iter().collect(),
+            Some(serde_json::Value::Object(m)) => m.values().collect(),
+            _ => Vec::new(),
+        };
+        values
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// What is wrong with this task, each problem naming the field (callers name the task).
     pub fn problems(&self, resources: &BTreeMap<String, Resource>) -> Vec<String> {
         let mut problems = Vec::new();
+        for out in self.output_paths() {
+            if let Err(why) = normalize_resource_path(&out) {
+                problems.push(format!("output {out:?} {why}"));
+            }
+        }
         if self.name.trim().is_empty() {
             problems.push("the name is empty".to_string());
         }

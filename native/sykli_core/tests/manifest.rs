@@ -579,7 +579,11 @@ fn the_pvc_strategy_gives_each_job_its_own_copy_of_the_uploaded_tree() {
     let spec = &j["spec"]["template"]["spec"];
     assert_eq!(
         spec["volumes"][0],
-        json!({"name": "sykli-workspace", "persistentVolumeClaim": {"claimName": "sykli-source"}})
+        json!({"name": "sykli-workspace", "emptyDir": {}})
+    );
+    assert_eq!(
+        spec["volumes"][1],
+        json!({"name": "sykli-store", "persistentVolumeClaim": {"claimName": "sykli-source"}})
     );
     let name = j["metadata"]["name"].as_str().unwrap();
     let init = &spec["initContainers"][0];
@@ -594,18 +598,67 @@ fn the_pvc_strategy_gives_each_job_its_own_copy_of_the_uploaded_tree() {
             "--tree",
             TREE,
             "--to",
-            format!("/store/sykli/runs/{name}")
+            "/workspace"
         ])
     );
+    // The claim is read-only to the copy: a Job never writes into a published tree.
+    assert_eq!(
+        init["volumeMounts"][1],
+        json!({"name": "sykli-store", "mountPath": "/store", "readOnly": true})
+    );
     let mounts = &spec["containers"][0]["volumeMounts"];
-    assert_eq!(mounts[0]["subPath"], format!("sykli/runs/{name}"));
-    assert_eq!(mounts[1]["subPath"], format!("sykli/runs/{name}/frontend"));
+    assert_eq!(
+        mounts[0],
+        json!({"name": "sykli-workspace", "mountPath": "/src"})
+    );
+    assert_eq!(mounts[1]["subPath"], "frontend");
     assert_eq!(
         spec["securityContext"]["fsGroupChangePolicy"],
         "OnRootMismatch"
     );
     assert_eq!(spec["nodeSelector"]["kubernetes.io/hostname"], "node-a");
     assert_eq!(j["metadata"]["annotations"]["sykli.io/source-tree"], TREE);
+    // No outputs to sync back: no sidecar.
+    assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
+    let _ = name;
+}
+
+#[test]
+fn declared_outputs_are_collected_by_a_sidecar_when_syncing_back() {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [{"name": "build", "command": "make", "container": "gcc:14", "outputs": ["dist/app", "reports"],
+                   "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}]}],
+        "resources": {"src:.": {"type": "directory", "path": "."}}}));
+    let o: BuildOptions = serde_json::from_value(json!({
+        "namespace": "ci", "run_id": "r1x2",
+        "source": {"strategy": "pvc", "pvc": {"claim": "sykli-source", "tree": TREE, "sync_back": true}}
+    }))
+    .unwrap();
+    let j = serde_json::to_value(&build_pipeline(&p, &o).unwrap()[0]).unwrap();
+    kube_validate(std::slice::from_ref(&j));
+    let name = j["metadata"]["name"].as_str().unwrap();
+    let side = &j["spec"]["template"]["spec"]["initContainers"][1];
+    assert_eq!(side["restartPolicy"], "Always");
+    assert_eq!(
+        side["command"],
+        json!([
+            "sykli-sync",
+            "collect",
+            "--from",
+            "/workspace",
+            "--to",
+            format!("/store/sykli/runs/{name}"),
+            "--",
+            "dist/app",
+            "reports"
+        ])
+    );
+
+    let bad = json!({"version": "2", "tasks": [{"name": "b", "command": "x", "container": "c", "outputs": ["../etc"]}]});
+    let e = Pipeline::from_json(bad.to_string().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("task \"b\": output \"../etc\" contains"), "{e}");
 }
 
 #[test]
@@ -614,6 +667,10 @@ fn the_shared_pvc_mount_is_the_published_tree_read_only() {
     let spec = &j["spec"]["template"]["spec"];
     assert!(spec.get("initContainers").is_none());
     let mount = &spec["containers"][0]["volumeMounts"][0];
+    assert_eq!(
+        spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "sykli-source"
+    );
     assert_eq!(mount["subPath"], format!("sykli/trees/{TREE}"));
     assert_eq!(mount["readOnly"], true);
     assert!(spec.get("nodeSelector").is_none());

@@ -28,7 +28,10 @@ fn a_resync_hashes_only_what_changed_and_the_tree_follows_the_content() {
     }
     repo.commit_all("first");
     repo.write("notes.txt", "untracked, dirty\n");
-    let all: Vec<String> = (0..20).map(|i| format!("src/f{i}.rs")).chain(["notes.txt".into()]).collect();
+    let all: Vec<String> = (0..20)
+        .map(|i| format!("src/f{i}.rs"))
+        .chain(["notes.txt".into()])
+        .collect();
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     age(&repo, &all, "2020-01-01 00:00:00");
 

@@ -93,7 +93,7 @@ defmodule Sykli.Target.K8s.Source do
        %{
          git_context: %{ctx | sha: resolved.sha, branch: resolved.branch, dirty: false},
          warnings: warnings,
-         description: "#{short(resolved.sha)} (#{label})"
+         description: "commit #{short(resolved.sha)} (#{label})"
        }}
     end
   end
@@ -127,7 +127,7 @@ defmodule Sykli.Target.K8s.Source do
            %{
              git_context: %{ctx | dirty: false},
              warnings: warnings ++ more,
-             description: "#{short(ctx.sha)} (#{ctx.branch || "detached HEAD"})"
+             description: "commit #{short(ctx.sha)} (#{ctx.branch || "detached HEAD"})"
            }}
         end
     end

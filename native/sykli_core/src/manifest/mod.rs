@@ -29,6 +29,8 @@ use quantity::Kind;
 
 pub const WORKSPACE_VOLUME: &str = "sykli-workspace";
 pub const TMP_VOLUME: &str = "sykli-tmp";
+/// The PVC strategy's claim, where the uploaded trees are.
+pub const STORE_VOLUME: &str = "sykli-store";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
@@ -123,10 +125,7 @@ pub fn build_job(
                 let sub = pipeline::normalize_resource_path(path).unwrap_or_default();
                 let (sub_path, read_only) = match plan {
                     SourcePlan::GitClone(_) => ((!sub.is_empty()).then_some(sub), None),
-                    SourcePlan::Pvc(pvc) => (
-                        Some(pvc.sub_path(job_name, &sub)),
-                        pvc.read_only().then_some(true),
-                    ),
+                    SourcePlan::Pvc(pvc) => (pvc.sub_path(&sub), pvc.read_only().then_some(true)),
                 };
                 mounts.push(VolumeMount {
                     name: WORKSPACE_VOLUME.into(),
@@ -170,7 +169,12 @@ pub fn build_job(
                 }
             }
             SourcePlan::Pvc(pvc) => {
-                volumes.insert(0, pvc.volume(WORKSPACE_VOLUME));
+                if pvc.read_only() {
+                    volumes.insert(0, pvc.volume(WORKSPACE_VOLUME));
+                } else {
+                    volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
+                    volumes.insert(1, pvc.volume(STORE_VOLUME));
+                }
                 // The copy runs as a non-root user: the claim must be writable by its group.
                 // OnRootMismatch: a large tree is not re-chowned at every pod start.
                 pod_security = Some(PodSecurityContext {
@@ -228,20 +232,30 @@ pub fn build_job(
     };
 
     let mut init_containers = Vec::new();
+    let mut grace = None;
     if source_mounted {
         match plan {
             SourcePlan::GitClone(g) => {
                 init_containers.push(g.init_container(WORKSPACE_VOLUME, TMP_VOLUME))
             }
             SourcePlan::Pvc(pvc) => {
-                init_containers.extend(pvc.init_container(WORKSPACE_VOLUME, job_name))
+                init_containers.extend(pvc.init_container(WORKSPACE_VOLUME, STORE_VOLUME));
+                let outputs = task.output_paths();
+                if let Some(c) =
+                    pvc.outputs_sidecar(WORKSPACE_VOLUME, STORE_VOLUME, job_name, &outputs)
+                {
+                    init_containers.push(c);
+                    // Time for the copy after the task ends.
+                    grace = Some(300);
+                }
             }
         }
     }
-    let mut container_names: BTreeSet<String> = ["sykli-clone", "sykli-sync", TASK_CONTAINER]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut container_names: BTreeSet<String> =
+        ["sykli-clone", "sykli-sync", "sykli-outputs", TASK_CONTAINER]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     for s in &task.services {
         let mut name = names::slug(&s.name, 50);
         if name.is_empty() {
@@ -312,6 +326,7 @@ pub fn build_job(
         dns_policy,
         enable_service_links: Some(false),
         security_context: pod_security,
+        termination_grace_period_seconds: grace,
         ..Default::default()
     };
 

@@ -1,9 +1,11 @@
 //! The PVC strategy: the working tree (dirty changes included) is uploaded into a
 //! PersistentVolumeClaim as a content-addressed tree (`trees/<hash>` of the `sykli-sync`
-//! store), and each Job's init container copies that tree into a directory of its own on the
-//! same claim (`runs/<job>`), which the task mounts. Concurrent tasks and later runs never
-//! see each other's writes; with `mount: shared` the task mounts the published tree itself,
-//! read-only.
+//! store), and each Job's init container copies that tree from the claim (mounted
+//! read-only) into the Job's own workspace volume, which the task mounts. Concurrent tasks
+//! and later runs never see each other's writes; with `mount: shared` the task mounts the
+//! published tree itself, read-only. Declared outputs to sync back are copied by a native
+//! sidecar, when the task has ended, into `runs/<job>` of the claim, where the laptop picks
+//! them up (and then removes them).
 
 use k8s_openapi::api::core::v1::{
     Container, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
@@ -44,6 +46,9 @@ pub struct PvcOptions {
     pub node: Option<String>,
     #[serde(default)]
     pub mount: Mount,
+    /// Copy the tasks' declared outputs back to the laptop.
+    #[serde(default)]
+    pub sync_back: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +58,7 @@ pub struct PvcPlan {
     pub image: String,
     pub node: Option<String>,
     pub mount: Mount,
+    pub sync_back: bool,
 }
 
 impl PvcPlan {
@@ -89,6 +95,7 @@ impl PvcPlan {
             image,
             node: opts.node.clone(),
             mount: opts.mount,
+            sync_back: opts.sync_back,
         })
     }
 
@@ -104,16 +111,16 @@ impl PvcPlan {
         }
     }
 
-    /// The sub-path of the claim a task mounts for resource path `sub` ("" for the root).
-    pub fn sub_path(&self, job: &str, sub: &str) -> String {
-        let base = match self.mount {
-            Mount::Copy => format!("{STORE_DIR}/runs/{job}"),
-            Mount::Shared => format!("{STORE_DIR}/trees/{}", self.tree),
-        };
-        if sub.is_empty() {
-            base
-        } else {
-            format!("{base}/{sub}")
+    /// The sub-path a task mounts for resource path `sub` ("" for the root): of the Job's own
+    /// workspace, or of the claim when shared.
+    pub fn sub_path(&self, sub: &str) -> Option<String> {
+        match self.mount {
+            Mount::Copy => (!sub.is_empty()).then(|| sub.to_string()),
+            Mount::Shared => Some(if sub.is_empty() {
+                format!("{STORE_DIR}/trees/{}", self.tree)
+            } else {
+                format!("{STORE_DIR}/trees/{}/{sub}", self.tree)
+            }),
         }
     }
 
@@ -122,38 +129,92 @@ impl PvcPlan {
         self.mount == Mount::Shared
     }
 
-    /// The init container copying the tree into the Job's own directory (none when shared).
-    pub fn init_container(&self, volume: &str, job: &str) -> Option<Container> {
+    /// The init container copying the tree from the claim (`store`, mounted read-only)
+    /// into the Job's workspace volume (none when shared).
+    pub fn init_container(&self, workspace: &str, store: &str) -> Option<Container> {
         if self.mount == Mount::Shared {
             return None;
         }
-        Some(Container {
-            name: "sykli-sync".into(),
+        let tree = self.tree.clone();
+        Some(self.helper(
+            "sykli-sync",
+            vec![
+                "checkout",
+                "--store",
+                &store_dir(),
+                "--tree",
+                &tree,
+                "--to",
+                WORKSPACE,
+            ],
+            workspace,
+            store,
+            true,
+        ))
+    }
+
+    /// The native sidecar that, once the task has ended, copies `outputs` (relative to the
+    /// workspace root) to `runs/<job>` on the claim. None without outputs or sync back.
+    pub fn outputs_sidecar(
+        &self,
+        workspace: &str,
+        store: &str,
+        job: &str,
+        outputs: &[String],
+    ) -> Option<Container> {
+        if !self.sync_back || outputs.is_empty() || self.mount == Mount::Shared {
+            return None;
+        }
+        let to = format!("{}/runs/{job}", store_dir());
+        let mut args = vec!["collect", "--from", WORKSPACE, "--to", &to, "--"];
+        args.extend(outputs.iter().map(String::as_str));
+        let mut c = self.helper("sykli-outputs", args, workspace, store, false);
+        c.restart_policy = Some("Always".into());
+        Some(c)
+    }
+
+    // A container of ours running `sykli-sync` (no shell: every value is one argument).
+    fn helper(
+        &self,
+        name: &str,
+        args: Vec<&str>,
+        workspace: &str,
+        store: &str,
+        store_read_only: bool,
+    ) -> Container {
+        Container {
+            name: name.into(),
             image: Some(self.image.clone()),
-            // No shell: every value is one argument.
             command: Some(
-                [
-                    "sykli-sync",
-                    "checkout",
-                    "--store",
-                    &format!("{STORE_PATH}/{STORE_DIR}"),
-                    "--tree",
-                    &self.tree,
-                    "--to",
-                    &format!("{STORE_PATH}/{STORE_DIR}/runs/{job}"),
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+                std::iter::once("sykli-sync")
+                    .chain(args)
+                    .map(str::to_string)
+                    .collect(),
             ),
-            volume_mounts: Some(vec![VolumeMount {
-                name: volume.into(),
-                mount_path: STORE_PATH.into(),
-                ..Default::default()
-            }]),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: workspace.into(),
+                    mount_path: WORKSPACE.into(),
+                    read_only: (!store_read_only).then_some(true),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: store.into(),
+                    mount_path: STORE_PATH.into(),
+                    read_only: store_read_only.then_some(true),
+                    ..Default::default()
+                },
+            ]),
             security_context: Some(restricted_security_context()),
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
-        })
+        }
     }
+}
+
+/// Where our containers mount the Job's workspace.
+const WORKSPACE: &str = "/workspace";
+
+fn store_dir() -> String {
+    format!("{STORE_PATH}/{STORE_DIR}")
 }

@@ -22,7 +22,9 @@ usage:
   sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
-  sykli-sync remove-run --store DIR --run NAME     delete a Job's copy of a tree (runs/NAME)
+  sykli-sync collect --from DIR --to DEST PATH...  wait for SIGTERM (the end of the task, for a
+                                                   native sidecar), then copy PATHs into DEST
+  sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
   sykli-sync version
 ";
 
@@ -207,6 +209,18 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 a.limits()?,
             )?;
             print_json(&report)
+        }
+        "collect" => {
+            let a = parse(rest, &["from", "to"])?;
+            if a.positional.is_empty() {
+                return Err(Failure::Usage("collect needs at least one PATH".into()));
+            }
+            let (from, to) = (PathBuf::from(a.need("from")?), PathBuf::from(a.need("to")?));
+            idle()?;
+            // Through an archive, so the copy obeys the hardened extractor's rules.
+            let mut archive = Vec::new();
+            pack(&from, &a.positional, &mut archive)?;
+            print_json(&extract_hardened(&archive[..], &to, Limits::default())?)
         }
         "remove-run" => {
             let a = parse(rest, &["store", "run"])?;

@@ -1,0 +1,161 @@
+defmodule Sykli.Target.K8sPvcTest do
+  # The PVC strategy end to end: bin/sykli uploads the working tree into a claim of the
+  # strict test cluster over pods/exec, and the Jobs find it at their mount paths. The
+  # sync helper image is the host build of sykli-sync (the test cluster's --image-file).
+  use ExUnit.Case, async: true
+
+  import Sykli.Test.GitRepo
+  alias Sykli.Test.Cluster
+
+  @sykli Path.expand("../../../bin/sykli", __DIR__)
+  @moduletag timeout: 300_000
+  @image "ghcr.io/sykli/sync:test"
+
+  setup do
+    tmp = tmp_dir!()
+    work = init!(Path.join(tmp, "work"))
+    write!(work, ".gitignore", "target/\n")
+    write!(work, "src/main.rs", "fn main() {}\n")
+    write!(work, "src/old.rs", "// deleted later\n")
+    write!(work, "README.md", "readme\n")
+
+    write!(work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+      sync_image: "#{@image}", sync_back: true
+    """)
+
+    commit_all!(work, "first")
+    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
+
+    info =
+      Cluster.start!(Path.join(tmp, "cluster"), [
+        "--image-file",
+        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
+      ])
+
+    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+    {:ok, tmp: tmp, work: work, info: info}
+  end
+
+  defp claim!(ctx, name, mode) do
+    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/persistentvolumeclaims", %{
+      metadata: %{name: name},
+      spec: %{accessModes: [mode], resources: %{requests: %{storage: "1Gi"}}}
+    })
+  end
+
+  defp pipeline!(ctx, tasks) do
+    file = Path.join(ctx.tmp, "pipeline-#{System.unique_integer([:positive])}.json")
+    resources = %{"src:." => %{type: "directory", path: "."}}
+    File.write!(file, Sykli.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
+    file
+  end
+
+  defp task(name, command, extra \\ %{}),
+    do:
+      Map.merge(
+        %{
+          name: name,
+          container: "any",
+          command: command,
+          mounts: [%{resource: "src:.", path: "/app", type: "directory"}]
+        },
+        extra
+      )
+
+  defp sykli(ctx, args) do
+    System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
+      cd: ctx.work,
+      env: [{"SYKLI_CWD", nil}, {"SYKLI_K8S_NAMESPACE", nil}],
+      stderr_to_stdout: true
+    )
+  end
+
+  defp events(out) do
+    out
+    |> String.split("\n", trim: true)
+    |> Enum.flat_map(fn line ->
+      case Sykli.JSON.decode(line) do
+        {:ok, %{"event" => _} = e} -> [e]
+        _ -> []
+      end
+    end)
+  end
+
+  defp uploaded(out), do: Enum.find(events(out), &(&1["event"] == "source_uploaded")) || flunk(out)
+
+  test "the dirty tree arrives exactly; a re-sync sends one file; an identical tree sends nothing", ctx do
+    claim!(ctx, "src", "ReadWriteMany")
+    write!(ctx.work, "src/main.rs", "fn main() { dirty() }\n")
+    File.rm!(Path.join(ctx.work, "src/old.rs"))
+    write!(ctx.work, "src/new.rs", "// staged\n")
+    git!(ctx.work, ["add", "src/new.rs"])
+    write!(ctx.work, "notes/todo.txt", "untracked\n")
+    write!(ctx.work, "target/debug/app", "ignored\n")
+    File.ln_s!("../README.md", Path.join(ctx.work, "src/readme"))
+
+    check =
+      ~s|grep -q dirty src/main.rs && test ! -e src/old.rs && test "$(cat src/new.rs)" = "// staged" | <>
+        ~s|&& test "$(cat notes/todo.txt)" = untracked && test ! -e target && test "$(readlink src/readme)" = ../README.md | <>
+        ~s|&& test "$(cat src/readme)" = readme && echo tree-ok|
+
+    file = pipeline!(ctx, [task("check", check)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    first = uploaded(out)
+    assert first["existed"] == false and first["files_sent"] == first["files"]
+    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok"))
+
+    # One edit: only that file crosses the wire.
+    write!(ctx.work, "notes/todo.txt", "untracked\nmore\n")
+    file2 = pipeline!(ctx, [task("check", ~s|grep -q more notes/todo.txt && echo edit-ok|)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file2}))
+    second = uploaded(out)
+    assert second["files_sent"] == 1 and second["files_deleted"] == 0
+    assert second["bytes_sent"] * 10 < first["bytes_sent"] or second["bytes_sent"] < 2048
+
+    # Nothing changed: nothing sent.
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file2}))
+    third = uploaded(out)
+    assert third["existed"] == true and third["bytes_sent"] == 0
+    assert Cluster.jobs(ctx.info, "ci") == []
+  end
+
+  test "each Job has its own copy; a declared output comes back", ctx do
+    claim!(ctx, "src", "ReadWriteOnce")
+
+    file =
+      pipeline!(ctx, [
+        task("a", "echo a > mine-a && test ! -e mine-b && echo a-alone"),
+        task("b", "echo b > mine-b && test ! -e mine-a && echo b-alone"),
+        task("dist", "mkdir -p dist && echo built > dist/app.txt", %{
+          outputs: ["dist/app.txt"],
+          depends_on: ["a", "b"]
+        })
+      ])
+
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --jobs 2 --pipeline #{file}))
+    assert out =~ "[a] a-alone" and out =~ "[b] b-alone"
+    assert File.read!(Path.join(ctx.work, "dist/app.txt")) == "built\n"
+
+    # A later run sees neither task's writes.
+    file2 = pipeline!(ctx, [task("later", "test ! -e mine-a && test ! -e mine-b && echo clean")])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file2}))
+    assert out =~ "[later] clean"
+  end
+
+  test "a missing claim, a wrong access mode, an escaping symlink: clear errors, no Job", ctx do
+    file = pipeline!(ctx, [task("t", "true")])
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "PersistentVolumeClaim ci/src does not exist (source_pvc)"
+
+    claim!(ctx, "src", "ReadOnlyMany")
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "has access modes [ReadOnlyMany]: ReadOnlyMany cannot be written to"
+
+    File.ln_s!("/etc/passwd", Path.join(ctx.work, "passwd"))
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "the symlink passwd points outside the repository (/etc/passwd)"
+    assert Cluster.jobs(ctx.info, "ci") == []
+  end
+end
