@@ -30,6 +30,9 @@ defmodule Sykli.Target.K8sPvcTest do
 
     info =
       Cluster.start!(Path.join(tmp, "cluster"), [
+        # Three nodes: a ReadWriteOnce claim attaches to one, and the Jobs must follow it.
+        "--nodes",
+        "n1,n2,n3",
         "--image-file",
         "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
       ])
@@ -121,7 +124,7 @@ defmodule Sykli.Target.K8sPvcTest do
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
-  test "each Job has its own copy; a declared output comes back", ctx do
+  test "each Job has its own copy, on the node of a ReadWriteOnce claim; a declared output comes back", ctx do
     claim!(ctx, "src", "ReadWriteOnce")
 
     file =
