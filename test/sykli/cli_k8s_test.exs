@@ -231,7 +231,7 @@ defmodule Sykli.CLIK8sTest do
       assert out =~ "?? notes.txt"
       assert out =~ "ways forward:"
       assert out =~ "--allow-dirty builds HEAD"
-      assert out =~ "--source-strategy=pvc or s3"
+      assert out =~ "--source-strategy=pvc uploads the working tree as it is"
 
       {out, 0} = sykli(ctx, ~w(run --target=k8s --allow-dirty --pipeline #{file}))
 

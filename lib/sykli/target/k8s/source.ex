@@ -187,7 +187,7 @@ defmodule Sykli.Target.K8s.Source do
     lines =
       [push | others] ++
         [
-          "--source-strategy=pvc or s3 would upload the working tree as it is (not supported by this build yet)"
+          "--source-strategy=pvc uploads the working tree as it is into a claim (source_pvc)"
         ]
 
     "ways forward:\n" <> Enum.map_join(lines, "\n", &("  - " <> &1))
