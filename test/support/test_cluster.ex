@@ -63,11 +63,20 @@ defmodule Sykli.Test.Cluster do
   defp request!(info, method, path, body) do
     {:ok, _} = Application.ensure_all_started(:inets)
     {:ok, _} = Application.ensure_all_started(:ssl)
-    headers = [{~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])}]
+    # No pooled connection outlives its cluster (a later one may get the same port).
+    headers = [
+      {~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])},
+      {~c"connection", ~c"close"}
+    ]
+
+    # The CA in memory and no session reuse: clusters of other tests come and go on the
+    # same loopback ports, and OTP caches CA files and sessions across requests.
+    cacerts = for {:Certificate, der, _} <- :public_key.pem_decode(File.read!(ca_file!(info))), do: der
 
     ssl = [
       verify: :verify_peer,
-      cacertfile: String.to_charlist(ca_file!(info)),
+      cacerts: cacerts,
+      reuse_sessions: false,
       server_name_indication: ~c"localhost"
     ]
 
