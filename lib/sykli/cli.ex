@@ -258,6 +258,7 @@ defmodule Sykli.CLI do
          {:ok, source} <-
            Sykli.Target.K8s.Source.prepare(ctx,
              strategy: settings.source_strategy,
+             source_sync: settings[:source_sync],
              allow_dirty: opts[:allow_dirty] || false,
              git_ref: opts[:git_ref],
              unpushed: if(opts[:dry_run], do: :warn, else: :refuse)

@@ -220,6 +220,7 @@ defmodule Sykli.Target.K8s do
   def upload_source(%{cluster: cluster} = state) when cluster != nil do
     with {:ok, claim} <- claim(state),
          {:ok, ctx} <- git_context(state),
+         {:ok, bundle} <- bundle_dir(state, ctx),
          {:ok, json} <-
            JSON.encode(
              compact(%{
@@ -227,7 +228,8 @@ defmodule Sykli.Target.K8s do
                claim: claim,
                image: state[:sync_image],
                root: ctx.root,
-               excludes: state[:source_exclude] || []
+               excludes: state[:source_exclude] || [],
+               bundle_dir: bundle
              })
            ),
          {:ok, report} <- background(&Native.k8s_upload_source(cluster, json, &1)) do
@@ -466,13 +468,8 @@ defmodule Sykli.Target.K8s do
 
   # Before an upload (a dry run), the tree is the one the working tree would upload as.
   defp pvc_options(%{source_strategy: :pvc} = state, ctx) do
-    tree =
-      case state[:pvc_tree] do
-        nil -> Error.wrap(Native.k8s_source_tree(ctx.root, state[:source_exclude] || []))
-        tree -> {:ok, %{tree: tree}}
-      end
-
-    with {:ok, %{tree: tree}} <- tree,
+    with {:ok, bundle} <- bundle_dir(state, ctx),
+         {:ok, %{tree: tree}} <- tree(state, ctx, bundle),
          {:ok, claim} <- claim(state) do
       {:ok,
        %{
@@ -481,12 +478,49 @@ defmodule Sykli.Target.K8s do
          image: state[:sync_image],
          node: state[:pvc_node],
          mount: to_string(Map.get(state, :source_mount, :copy)),
-         sync_back: state[:sync_back] == true
+         sync_back: state[:sync_back] == true,
+         bundle: if(bundle, do: %{sha: ctx.sha, git_image: state[:git_image]})
        }}
     end
   end
 
   defp pvc_options(_state, _ctx), do: {:ok, nil}
+
+  defp tree(%{pvc_tree: tree}, _ctx, _bundle) when is_binary(tree), do: {:ok, %{tree: tree}}
+
+  defp tree(_state, _ctx, bundle) when is_binary(bundle),
+    do: Error.wrap(Native.k8s_source_tree(bundle, [], true))
+
+  defp tree(state, ctx, nil),
+    do: Error.wrap(Native.k8s_source_tree(ctx.root, state[:source_exclude] || [], false))
+
+  # `source_sync: :git`: HEAD as a git bundle, in a directory of its own (made once per
+  # commit, so an unchanged HEAD uploads nothing).
+  defp bundle_dir(%{source_sync: :git}, ctx) do
+    dir = Path.join(System.tmp_dir!(), "sykli-bundle-#{ctx.sha}")
+    file = Path.join(dir, "sykli.bundle")
+
+    if File.exists?(file) do
+      {:ok, dir}
+    else
+      File.mkdir_p!(dir)
+      partial = file <> ".#{System.unique_integer([:positive])}"
+
+      case System.cmd("git", ["-C", ctx.root, "bundle", "create", "-q", partial, "HEAD"],
+             stderr_to_stdout: true
+           ) do
+        {_, 0} ->
+          File.rename!(partial, file)
+          {:ok, dir}
+
+        {out, _} ->
+          File.rm(partial)
+          {:error, %Error{kind: :git, message: "git bundle create failed: #{String.trim(out)}"}}
+      end
+    end
+  end
+
+  defp bundle_dir(_state, _ctx), do: {:ok, nil}
 
   defp object_key(nil, _key), do: nil
   defp object_key("secret/" <> name, key), do: %{kind: "secret", name: name, key: key}

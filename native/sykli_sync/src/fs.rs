@@ -121,6 +121,14 @@ impl Dir {
         Ok(file)
     }
 
+    /// Hard-links `from_name` in `from` as `name` here (never following a symlink, never
+    /// replacing an existing name).
+    pub fn link_from(&self, from: &Dir, from_name: &str, name: &str) -> io::Result<()> {
+        let (a, b) = (cstr(from_name)?, cstr(name)?);
+        retry(|| unsafe { libc::linkat(from.raw(), a.as_ptr(), self.raw(), b.as_ptr(), 0) })
+            .map(drop)
+    }
+
     pub fn open_file(&self, name: &str) -> io::Result<File> {
         let c = cstr(name)?;
         let fd = retry(|| unsafe {

@@ -126,8 +126,8 @@ impl Store {
     /// Applies a sync archive. Exactly one gzip member is read: the input's end is never
     /// waited for. When `expected_tree` is published already, the archive is read through
     /// and nothing is written (but `latest` moves to it). Otherwise a unique stage
-    /// directory gets a copy of the base tree (plain copies, never hard links, so nothing
-    /// can reach a published tree through a Job's files), the deletions (never following
+    /// directory gets the base tree (hard links to its files where possible: published
+    /// trees are never written in place, see `Files::Link`), the deletions (never following
     /// symlinks), and the archive's entries through the hardened extractor. The manifest
     /// that results (base − deleted + extracted, only the extracted files hashed) must hash
     /// to `expected_tree`, or the stage is deleted and nothing is published. Then the
@@ -221,7 +221,7 @@ impl Store {
                 manifest = self
                     .manifest(base)?
                     .ok_or_else(|| Error::UnknownTree(base.clone()))?;
-                copy_tree(&self.tree_dir(base)?, &manifest, &stage_dir)?;
+                copy_tree(&self.tree_dir(base)?, &manifest, &stage_dir, Files::Link)?;
             }
             for path in &header.deleted {
                 check_path(path.as_bytes())?;
@@ -314,7 +314,7 @@ impl Store {
             return Err(Error::DestinationNotEmpty(dest.display().to_string()));
         }
         let dest_dir = Dir::open(dest).map_err(|e| Error::io_path(dest, e))?;
-        copy_tree(&self.tree_dir(tree)?, &manifest, &dest_dir)?;
+        copy_tree(&self.tree_dir(tree)?, &manifest, &dest_dir, Files::Copy)?;
         let mut report = CheckoutReport {
             tree: tree.into(),
             files: 0,
@@ -334,9 +334,21 @@ impl Store {
     }
 }
 
+/// How `copy_tree` brings files over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Files {
+    /// Regular copies: for a Job's own tree, which it may write to.
+    Copy,
+    /// Hard links where the file system allows, else copies: for a new tree staged from the
+    /// previous one. Published trees are never written in place (Jobs copy them, or mount
+    /// them read-only; staging replaces a changed file by unlinking it first), so sharing
+    /// their inodes is safe, and a re-sync costs what changed, not the whole tree.
+    Link,
+}
+
 /// Copies the entries of `manifest` from `src` into `dest`: directories first, then files
 /// (regular copies with the manifest's mode, sizes checked) and symlinks, on a few threads.
-fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir) -> Result<()> {
+fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Result<()> {
     let src_dir = Dir::open(src).map_err(|e| Error::io_path(src, e))?;
     let mut dirs: Vec<&str> = manifest
         .entries()
@@ -365,6 +377,18 @@ fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir) -> Result<()> {
             EntryKind::File {
                 size, executable, ..
             } => {
+                if files == Files::Link {
+                    match to.link_from(&from, from_name, name) {
+                        Ok(()) => return Ok(()),
+                        // Another file system, or no hard links there: copy instead.
+                        Err(err)
+                            if matches!(
+                                err.raw_os_error(),
+                                Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::ENOTSUP)
+                            ) => {}
+                        Err(err) => return Err(Error::io(&e.path, err)),
+                    }
+                }
                 let mut input = from
                     .open_file(from_name)
                     .map_err(|err| Error::io(&e.path, err))?;

@@ -161,4 +161,31 @@ defmodule Sykli.Target.K8sPvcTest do
     assert out =~ "the symlink passwd points outside the repository (/etc/passwd)"
     assert Cluster.jobs(ctx.info, "ci") == []
   end
+
+  test "source_sync :git: an unpushed commit (no remote at all), as committed, with its history", ctx do
+    claim!(ctx, "src", "ReadWriteMany")
+
+    write!(ctx.work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+      sync_image: "#{@image}", source_sync: :git
+    """)
+
+    write!(ctx.work, "src/main.rs", "fn main() { committed() }\n")
+    sha = commit_all!(ctx.work, "local only")
+    write!(ctx.work, "src/main.rs", "fn main() { not_committed() }\n")
+
+    check =
+      ~s|test "$(git rev-parse HEAD)" = #{sha} && grep -q committed src/main.rs && ! grep -q not_committed src/main.rs | <>
+        ~s|&& test "$(git rev-list --count HEAD)" = 2 && echo bundle-ok|
+
+    file = pipeline!(ctx, [task("check", check)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "bundle-ok")), out
+    assert out =~ "1 uncommitted change not included"
+
+    # The same HEAD again: the bundle's tree is already on the claim.
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert uploaded(out)["existed"] == true
+  end
 end

@@ -52,11 +52,16 @@ defmodule Sykli.Target.K8s.Source do
          }}
 
       Keyword.get(opts, :source_sync) == :git ->
-        {:error,
-         %Error{
-           kind: :unsupported,
-           message:
-             "source_sync: :git (uploading HEAD as a bundle) is not supported by this build yet; use :rsync"
+        warnings =
+          if ctx.dirty,
+            do: ["source_sync: :git uploads HEAD as committed; #{changes(ctx.changes.total)} not included"],
+            else: []
+
+        {:ok,
+         %{
+           git_context: %{ctx | dirty: false},
+           warnings: warnings,
+           description: "commit #{short(ctx.sha)} (HEAD as a git bundle)"
          }}
 
       true ->

@@ -574,7 +574,15 @@ fn diagnose(view: &JobView) -> Verdict {
                     )),
                 };
             }
-            if init && t.exit_code != 0 {
+            // A native sidecar is stopped (SIGTERM) once the task is done: its exit status is
+            // not the task's, as the pod phase does not count it either.
+            let sidecar = pod
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.init_containers.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.name == s.name))
+                .is_some_and(|c| c.restart_policy.as_deref() == Some("Always"));
+            if init && t.exit_code != 0 && !sidecar {
                 return Verdict::Done {
                     exit_code: Some(t.exit_code),
                     failure: Some((
@@ -598,6 +606,12 @@ fn diagnose(view: &JobView) -> Verdict {
                         exit_code: Some(t.exit_code),
                         failure: Some(("deadline_exceeded", "the task ran out of time".into())),
                     };
+                }
+                // A task that succeeded with outputs to copy back is done once its outputs
+                // sidecar has copied them (it starts when the task ends); deleting the Job
+                // earlier would stop the copy.
+                if t.exit_code == 0 && copying_outputs(pod) {
+                    return Verdict::Progress(Phase::Running, "copying the task's outputs".into());
                 }
                 return Verdict::Done {
                     exit_code: Some(t.exit_code),
@@ -668,6 +682,23 @@ fn diagnose(view: &JobView) -> Verdict {
     }
     Verdict::Progress(Phase::Pending, "waiting for the pod to start".into())
 }
+
+/// Whether the pod has an outputs sidecar (the PVC strategy's sync back) still at work.
+fn copying_outputs(pod: &Pod) -> bool {
+    let declared = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.name == OUTPUTS_CONTAINER));
+    declared
+        && !statuses(pod, true).any(|s| {
+            s.name == OUTPUTS_CONTAINER
+                && s.state.as_ref().is_some_and(|st| st.terminated.is_some())
+        })
+}
+
+/// The PVC strategy's sidecar that copies a task's outputs when it ends.
+const OUTPUTS_CONTAINER: &str = "sykli-outputs";
 
 #[cfg(test)]
 mod tests {

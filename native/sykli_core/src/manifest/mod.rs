@@ -31,6 +31,8 @@ pub const WORKSPACE_VOLUME: &str = "sykli-workspace";
 pub const TMP_VOLUME: &str = "sykli-tmp";
 /// The PVC strategy's claim, where the uploaded trees are.
 pub const STORE_VOLUME: &str = "sykli-store";
+/// Where a git bundle lands before it is checked out (`source_sync: :git`).
+pub const BUNDLE_VOLUME: &str = "sykli-bundle";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
@@ -174,6 +176,9 @@ pub fn build_job(
                 } else {
                     volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
                     volumes.insert(1, pvc.volume(STORE_VOLUME));
+                    if pvc.bundle.is_some() {
+                        volumes.insert(2, empty_dir(BUNDLE_VOLUME));
+                    }
                 }
                 // The copy runs as a non-root user: the claim must be writable by its group.
                 // OnRootMismatch: a large tree is not re-chowned at every pod start.
@@ -239,7 +244,11 @@ pub fn build_job(
                 init_containers.push(g.init_container(WORKSPACE_VOLUME, TMP_VOLUME))
             }
             SourcePlan::Pvc(pvc) => {
-                init_containers.extend(pvc.init_container(WORKSPACE_VOLUME, STORE_VOLUME));
+                init_containers.extend(pvc.init_containers(
+                    WORKSPACE_VOLUME,
+                    STORE_VOLUME,
+                    BUNDLE_VOLUME,
+                ));
                 let outputs = task.output_paths();
                 if let Some(c) =
                     pvc.outputs_sidecar(WORKSPACE_VOLUME, STORE_VOLUME, job_name, &outputs)
@@ -251,11 +260,16 @@ pub fn build_job(
             }
         }
     }
-    let mut container_names: BTreeSet<String> =
-        ["sykli-clone", "sykli-sync", "sykli-outputs", TASK_CONTAINER]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    let mut container_names: BTreeSet<String> = [
+        "sykli-clone",
+        "sykli-sync",
+        "sykli-bundle",
+        "sykli-outputs",
+        TASK_CONTAINER,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for s in &task.services {
         let mut name = names::slug(&s.name, 50);
         if name.is_empty() {

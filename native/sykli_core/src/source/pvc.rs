@@ -49,7 +49,35 @@ pub struct PvcOptions {
     /// Copy the tasks' declared outputs back to the laptop.
     #[serde(default)]
     pub sync_back: bool,
+    /// `source_sync: :git`: the tree holds `sykli.bundle` (HEAD as a git bundle), which a
+    /// git container checks out at this commit.
+    #[serde(default)]
+    pub bundle: Option<BundleOptions>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleOptions {
+    pub sha: String,
+    /// The image with git (default: the git-clone strategy's).
+    #[serde(default)]
+    pub git_image: Option<String>,
+}
+
+/// Checks out the commit from the bundle the sync copied to /bundle. A constant: the commit
+/// arrives in SYKLI_GIT_SHA (validated as 40 or 64 hex digits before the manifest is built).
+pub const BUNDLE_SCRIPT: &str = r#"set -eu
+umask 0000 # the task may run as any uid
+cd /workspace
+git init -q .
+git fetch -q --no-tags /bundle/sykli.bundle HEAD
+head=$(git rev-parse FETCH_HEAD)
+[ "$head" = "$SYKLI_GIT_SHA" ] || { echo "the bundle holds $head, not $SYKLI_GIT_SHA" | tee /dev/termination-log >&2; exit 1; }
+git -c advice.detachedHead=false checkout -q --detach "$SYKLI_GIT_SHA" --
+printf '%s
+' "$SYKLI_GIT_SHA" >/dev/termination-log 2>/dev/null || true
+echo "sykli-bundle: checked out $SYKLI_GIT_SHA" >&2
+"#;
 
 #[derive(Debug, Clone)]
 pub struct PvcPlan {
@@ -59,6 +87,8 @@ pub struct PvcPlan {
     pub node: Option<String>,
     pub mount: Mount,
     pub sync_back: bool,
+    /// (commit, git image) when the tree is HEAD as a git bundle.
+    pub bundle: Option<(String, String)>,
 }
 
 impl PvcPlan {
@@ -96,6 +126,34 @@ impl PvcPlan {
             node: opts.node.clone(),
             mount: opts.mount,
             sync_back: opts.sync_back,
+            bundle: match &opts.bundle {
+                None => None,
+                Some(b) => {
+                    let sha_ok = (b.sha.len() == 40 || b.sha.len() == 64)
+                        && b.sha
+                            .bytes()
+                            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+                    if !sha_ok {
+                        return Err(invalid(
+                            "sha",
+                            format!("{:?} is not a full commit id", b.sha),
+                        ));
+                    }
+                    if opts.mount == Mount::Shared {
+                        return Err(invalid(
+                            "source_mount",
+                            "a git bundle is checked out per Job: source_mount :shared does not apply".into(),
+                        ));
+                    }
+                    let image = b
+                        .git_image
+                        .clone()
+                        .unwrap_or_else(|| super::git_clone::DEFAULT_GIT_IMAGE.to_string());
+                    check_image(&image)
+                        .map_err(|why| invalid("git_image", format!("{image:?} {why}")))?;
+                    Some((b.sha.clone(), image))
+                }
+            },
         })
     }
 
@@ -129,12 +187,55 @@ impl PvcPlan {
         self.mount == Mount::Shared
     }
 
-    /// The init container copying the tree from the claim (`store`, mounted read-only)
-    /// into the Job's workspace volume (none when shared).
-    pub fn init_container(&self, workspace: &str, store: &str) -> Option<Container> {
+    /// The init containers filling the Job's workspace volume: a copy of the tree from the
+    /// claim (`store`, mounted read-only); for a git bundle, the copy goes to `bundle` and a
+    /// git container checks the commit out. None when shared.
+    pub fn init_containers(&self, workspace: &str, store: &str, bundle: &str) -> Vec<Container> {
         if self.mount == Mount::Shared {
-            return None;
+            return Vec::new();
         }
+        let Some((sha, git_image)) = &self.bundle else {
+            return self.copy(workspace, store).into_iter().collect();
+        };
+        let mut out: Vec<Container> = self.copy(bundle, store).into_iter().collect();
+        let env = |n: &str, v: &str| k8s_openapi::api::core::v1::EnvVar {
+            name: n.into(),
+            value: Some(v.into()),
+            value_from: None,
+        };
+        out.push(Container {
+            name: "sykli-bundle".into(),
+            image: Some(git_image.clone()),
+            command: Some(vec!["sh".into(), "-c".into(), BUNDLE_SCRIPT.into()]),
+            env: Some(vec![
+                env("SYKLI_GIT_SHA", sha),
+                env("HOME", "/tmp"),
+                env("GIT_TERMINAL_PROMPT", "0"),
+                env("GIT_CONFIG_COUNT", "1"),
+                env("GIT_CONFIG_KEY_0", "safe.directory"),
+                env("GIT_CONFIG_VALUE_0", "*"),
+            ]),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: workspace.into(),
+                    mount_path: WORKSPACE.into(),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: bundle.into(),
+                    mount_path: "/bundle".into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            security_context: Some(restricted_security_context()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        });
+        out
+    }
+
+    fn copy(&self, workspace: &str, store: &str) -> Option<Container> {
         let tree = self.tree.clone();
         Some(self.helper(
             "sykli-sync",

@@ -101,6 +101,23 @@ pub fn local_tree(path: &Path, excludes: &[String]) -> Result<LocalTree> {
     })
 }
 
+/// The tree of a directory holding only `sykli.bundle` (`source_sync: :git`).
+pub fn bundle_tree(dir: &Path) -> Result<LocalTree> {
+    let manifest = Manifest::from_paths(dir, &["sykli.bundle".to_string()]).map_err(|e| {
+        Error::InvalidOption {
+            key: "source_sync".into(),
+            message: format!("the git bundle cannot be uploaded: {e}"),
+        }
+    })?;
+    let tree = manifest.tree_hash();
+    Ok(LocalTree {
+        root: dir.to_path_buf(),
+        hashed: manifest.len(),
+        manifest,
+        tree,
+    })
+}
+
 fn hash_file(path: &Path) -> Result<String> {
     let io = |e| Error::Io {
         path: path.to_path_buf(),

@@ -20,10 +20,19 @@ struct TreeInfo {
     bytes: u64,
 }
 
-/// The tree hash the working tree containing `path` would upload as.
+/// The tree hash the working tree containing `path` would upload as (with `bundle`, the
+/// directory `path` holding `sykli.bundle`).
 #[rustler::nif(schedule = "DirtyIo")]
-fn k8s_source_tree(path: String, excludes: Vec<String>) -> Result<TreeInfo, NifError> {
-    let t = upload::local_tree(std::path::Path::new(&path), &excludes)?;
+fn k8s_source_tree(
+    path: String,
+    excludes: Vec<String>,
+    bundle: bool,
+) -> Result<TreeInfo, NifError> {
+    let t = if bundle {
+        upload::bundle_tree(std::path::Path::new(&path))?
+    } else {
+        upload::local_tree(std::path::Path::new(&path), &excludes)?
+    };
     Ok(TreeInfo {
         bytes: t.manifest.total_bytes(),
         files: t.manifest.len(),
@@ -57,6 +66,9 @@ struct UploadJson {
     root: String,
     #[serde(default)]
     excludes: Vec<String>,
+    /// `source_sync: :git`: upload this directory's `sykli.bundle` instead of the tree.
+    #[serde(default)]
+    bundle_dir: Option<String>,
 }
 
 #[derive(NifMap)]
@@ -93,9 +105,11 @@ fn k8s_upload_source<'a>(
                 o.target.image(),
             )
             .await?;
-            let (root, excludes) = (o.root.clone(), o.excludes.clone());
-            let local = tokio::task::spawn_blocking(move || {
-                upload::local_tree(std::path::Path::new(&root), &excludes)
+            let (root, excludes, bundle) =
+                (o.root.clone(), o.excludes.clone(), o.bundle_dir.clone());
+            let local = tokio::task::spawn_blocking(move || match bundle {
+                Some(dir) => upload::bundle_tree(std::path::Path::new(&dir)),
+                None => upload::local_tree(std::path::Path::new(&root), &excludes),
             })
             .await
             .map_err(|e| sykli_core::Error::cluster("api", e.to_string()))??;

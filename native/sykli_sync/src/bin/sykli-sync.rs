@@ -48,6 +48,14 @@ impl From<io::Error> for Failure {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // As early as possible: a sidecar's SIGTERM may come as soon as the task ends, and
+    // before it is blocked it would kill us instead of starting the copy.
+    if matches!(args.first().map(String::as_str), Some("idle" | "collect")) {
+        if let Err(e) = block_stop_signals() {
+            eprintln!("sykli-sync: error[io]: {e}");
+            return ExitCode::from(1);
+        }
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
@@ -265,16 +273,32 @@ fn run(args: &[String]) -> Result<(), Failure> {
 /// The receiver pod's main process: blocks SIGTERM and SIGINT and waits for one. Blocked
 /// signals are queued even for PID 1 (which ignores default-action signals), so this
 /// works as a container's entrypoint without an init.
-fn idle() -> Result<(), Failure> {
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a zeroed set we own.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(Failure::Io(io::Error::from_raw_os_error(rc)));
-        }
+        set
+    }
+}
+
+fn block_stop_signals() -> io::Result<()> {
+    let set = stop_signals();
+    // SAFETY: blocks signals for this (still single) thread; threads spawned later inherit it.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+fn idle() -> Result<(), Failure> {
+    block_stop_signals()?;
+    let set = stop_signals();
+    unsafe {
         let mut sig: libc::c_int = 0;
         loop {
             let rc = libc::sigwait(&set, &mut sig);
