@@ -343,6 +343,41 @@ struct NoTree {
 }
 
 #[derive(Deserialize)]
+struct Status {
+    present: bool,
+    latest: Option<String>,
+}
+
+// The manifest of the last tree this repository put on the claim, kept next to git's own
+// files: when the claim's latest tree is that one, its manifest need not be downloaded.
+fn cache_file(root: &std::path::Path, r: &Receiver) -> Option<std::path::PathBuf> {
+    let repo = crate::git::open(root).ok()?;
+    Some(repo.path().join("sykli").join(format!(
+        "store-{}-{}.json",
+        names::slug(&r.namespace, 63),
+        names::slug(&r.claim, 63)
+    )))
+}
+
+fn cached_manifest(file: Option<&std::path::Path>, tree: &str) -> Option<Manifest> {
+    let text = std::fs::read_to_string(file?).ok()?;
+    Manifest::from_json(&text)
+        .ok()
+        .filter(|m| m.tree_hash() == tree)
+}
+
+fn save_manifest(file: Option<&std::path::Path>, m: &Manifest) {
+    let Some(file) = file else { return };
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+        let tmp = dir.join(format!(".store-manifest.{}", std::process::id()));
+        if std::fs::write(&tmp, m.to_json()).is_ok() {
+            let _ = std::fs::rename(&tmp, file);
+        }
+    }
+}
+
+#[derive(Deserialize)]
 struct ApplyReport {
     tree: String,
     existed: bool,
@@ -362,19 +397,28 @@ pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result
         files: local.manifest.len(),
         ..Default::default()
     };
-    let known = exec(
+    let cache = cache_file(&local.root, r);
+    let status = exec(
         cluster,
         r,
-        &["manifest", "--store", &store, "--tree", &local.tree],
+        &["status", "--store", &store, "--tree", &local.tree],
         None,
     )
     .await?;
-    if manifest_of(&known)?.is_some() {
+    let status: Status = serde_json::from_slice(&status)
+        .map_err(|e| Error::cluster("sync_failed", format!("the receiver's status: {e}")))?;
+    if status.present {
         report.existed = true;
+        save_manifest(cache.as_deref(), &local.manifest);
         return Ok(report);
     }
-    let latest = exec(cluster, r, &["manifest", "--store", &store], None).await?;
-    let base = manifest_of(&latest)?;
+    let base = match status.latest.as_deref() {
+        None => None,
+        Some(latest) => match cached_manifest(cache.as_deref(), latest) {
+            Some(m) => Some(m),
+            None => manifest_of(&exec(cluster, r, &["manifest", "--store", &store], None).await?)?,
+        },
+    };
     let base_tree = base.as_ref().map(|m| m.tree_hash());
     let delta = diff(&base.unwrap_or_default(), &local.manifest);
     report.files_sent = delta.changed.len();
@@ -415,6 +459,7 @@ pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result
     }
     report.existed = applied.existed;
     report.bytes_sent = written;
+    save_manifest(cache.as_deref(), &local.manifest);
     Ok(report)
 }
 

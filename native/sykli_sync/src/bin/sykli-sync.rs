@@ -22,6 +22,7 @@ usage:
   sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
+  sykli-sync status --store DIR --tree HASH       print {\"present\": bool, \"latest\": HASH|null}
   sykli-sync collect --from DIR --to DEST PATH...  wait for SIGTERM (the end of the task, for a
                                                    native sidecar), then copy PATHs into DEST
   sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
@@ -217,6 +218,15 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 a.limits()?,
             )?;
             print_json(&report)
+        }
+        "status" => {
+            let a = parse(rest, &["store", "tree"])?;
+            a.no_positional()?;
+            let store = Store::new(a.need("store")?);
+            print_json(&serde_json::json!({
+                "present": store.has_tree(a.need("tree")?)?,
+                "latest": store.latest()?,
+            }))
         }
         "collect" => {
             let a = parse(rest, &["from", "to"])?;
