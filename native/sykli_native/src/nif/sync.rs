@@ -41,7 +41,7 @@ fn k8s_source_tree(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct Target {
     namespace: String,
@@ -92,43 +92,26 @@ fn k8s_upload_source<'a>(
     tag: Term<'a>,
 ) -> Result<rustler::Atom, NifError> {
     let o: UploadJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "upload options")?;
-    let rt = runtime()?;
-    let pid = env.pid();
-    let tag = tag.to_binary().as_slice().to_vec();
-    let cluster = Arc::clone(&cluster.cluster);
-    rt.spawn(async move {
-        let result = async {
-            let r = sync::receiver(
-                &cluster,
-                &o.target.namespace,
-                &o.target.claim,
-                o.target.image(),
-            )
-            .await?;
-            let (root, excludes, bundle) =
-                (o.root.clone(), o.excludes.clone(), o.bundle_dir.clone());
-            let local = tokio::task::spawn_blocking(move || match bundle {
-                Some(dir) => upload::bundle_tree(std::path::Path::new(&dir)),
-                None => upload::local_tree(std::path::Path::new(&root), &excludes),
-            })
-            .await
-            .map_err(|e| sykli_core::Error::cluster("api", e.to_string()))??;
-            let rep = sync::upload(&cluster, &r, local).await?;
-            Ok::<_, sykli_core::Error>(UploadEx {
-                tree: rep.tree,
-                node: r.pin_node,
-                existed: rep.existed,
-                bytes_sent: rep.bytes_sent,
-                files_sent: rep.files_sent,
-                files_deleted: rep.files_deleted,
-                hashed: rep.hashed,
-                files: rep.files,
-            })
-        }
-        .await;
-        send(&pid, &tag, |env| done(env, result));
-    });
-    Ok(rustler::types::atom::ok())
+    let target = o.target.clone();
+    in_background(env, cluster, target, tag, move |cluster, r| async move {
+        let local = tokio::task::spawn_blocking(move || match o.bundle_dir {
+            Some(dir) => upload::bundle_tree(std::path::Path::new(&dir)),
+            None => upload::local_tree(std::path::Path::new(&o.root), &o.excludes),
+        })
+        .await
+        .map_err(|e| sykli_core::Error::cluster("api", e.to_string()))??;
+        let rep = sync::upload(&cluster, &r, local).await?;
+        Ok(UploadEx {
+            tree: rep.tree,
+            node: r.pin_node,
+            existed: rep.existed,
+            bytes_sent: rep.bytes_sent,
+            files_sent: rep.files_sent,
+            files_deleted: rep.files_deleted,
+            hashed: rep.hashed,
+            files: rep.files,
+        })
+    })
 }
 
 #[derive(Deserialize)]
@@ -162,33 +145,46 @@ fn k8s_finish_run<'a>(
     tag: Term<'a>,
 ) -> Result<rustler::Atom, NifError> {
     let o: FinishJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "finish options")?;
+    let target = o.target.clone();
+    in_background(env, cluster, target, tag, move |cluster, r| async move {
+        let mut ex = FinishEx { files: 0, bytes: 0 };
+        if let (false, Some(dest)) = (o.outputs.is_empty(), &o.dest) {
+            let rep = sync::sync_back(&cluster, &r, &o.job, &o.outputs, std::path::Path::new(dest))
+                .await?;
+            ex = FinishEx {
+                files: rep.files,
+                bytes: rep.bytes,
+            };
+        }
+        if o.remove {
+            sync::remove_run(&cluster, &r, &o.job).await?;
+        }
+        Ok(ex)
+    })
+}
+
+/// Runs `work` with the claim's receiver on the runtime; its result arrives as one
+/// `{tag, {:done, result}}` message. Returns at once.
+fn in_background<'a, T, F>(
+    env: Env<'a>,
+    cluster: ResourceArc<ClusterRes>,
+    target: Target,
+    tag: Term<'a>,
+    work: impl FnOnce(Arc<sykli_core::cluster::Cluster>, sync::Receiver) -> F + Send + 'static,
+) -> Result<rustler::Atom, NifError>
+where
+    T: Encoder + Send + 'static,
+    F: std::future::Future<Output = sykli_core::Result<T>> + Send + 'static,
+{
     let rt = runtime()?;
     let pid = env.pid();
     let tag = tag.to_binary().as_slice().to_vec();
     let cluster = Arc::clone(&cluster.cluster);
     rt.spawn(async move {
         let result = async {
-            let r = sync::receiver(
-                &cluster,
-                &o.target.namespace,
-                &o.target.claim,
-                o.target.image(),
-            )
-            .await?;
-            let mut ex = FinishEx { files: 0, bytes: 0 };
-            if let (false, Some(dest)) = (o.outputs.is_empty(), &o.dest) {
-                let rep =
-                    sync::sync_back(&cluster, &r, &o.job, &o.outputs, std::path::Path::new(dest))
-                        .await?;
-                ex = FinishEx {
-                    files: rep.files,
-                    bytes: rep.bytes,
-                };
-            }
-            if o.remove {
-                sync::remove_run(&cluster, &r, &o.job).await?;
-            }
-            Ok::<_, sykli_core::Error>(ex)
+            let r =
+                sync::receiver(&cluster, &target.namespace, &target.claim, target.image()).await?;
+            work(cluster, r).await
         }
         .await;
         send(&pid, &tag, |env| done(env, result));
