@@ -648,9 +648,25 @@ fn declared_outputs_are_collected_by_a_sidecar_when_syncing_back() {
             "/workspace",
             "--to",
             format!("/store/sykli/runs/{name}"),
+            "--ready",
+            "/sykli-ready/ready",
             "--",
             "dist/app",
             "reports"
+        ])
+    );
+    // The task starts only once the sidecar can no longer miss its end.
+    let gate = &j["spec"]["template"]["spec"]["initContainers"][2];
+    assert_eq!(gate["name"], "sykli-outputs-ready");
+    assert_eq!(
+        gate["command"],
+        json!([
+            "sykli-sync",
+            "wait-ready",
+            "--file",
+            "/sykli-ready/ready",
+            "--timeout",
+            "120"
         ])
     );
 

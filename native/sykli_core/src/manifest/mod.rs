@@ -33,6 +33,8 @@ pub const TMP_VOLUME: &str = "sykli-tmp";
 pub const STORE_VOLUME: &str = "sykli-store";
 /// Where a git bundle lands before it is checked out (`source_sync: :git`).
 pub const BUNDLE_VOLUME: &str = "sykli-bundle";
+/// Where the outputs sidecar tells the task it may start.
+pub const READY_VOLUME: &str = "sykli-ready";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
@@ -250,10 +252,16 @@ pub fn build_job(
                     BUNDLE_VOLUME,
                 ));
                 let outputs = task.output_paths();
-                if let Some(c) =
-                    pvc.outputs_sidecar(WORKSPACE_VOLUME, STORE_VOLUME, job_name, &outputs)
-                {
-                    init_containers.push(c);
+                let gated = pvc.outputs_sidecar(
+                    WORKSPACE_VOLUME,
+                    STORE_VOLUME,
+                    READY_VOLUME,
+                    job_name,
+                    &outputs,
+                );
+                if !gated.is_empty() {
+                    init_containers.extend(gated);
+                    volumes.push(empty_dir(READY_VOLUME));
                     // Time for the copy after the task ends.
                     grace = Some(300);
                 }
@@ -265,6 +273,7 @@ pub fn build_job(
         "sykli-sync",
         "sykli-bundle",
         "sykli-outputs",
+        "sykli-outputs-ready",
         TASK_CONTAINER,
     ]
     .iter()

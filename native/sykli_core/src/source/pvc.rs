@@ -255,23 +255,59 @@ impl PvcPlan {
     }
 
     /// The native sidecar that, once the task has ended, copies `outputs` (relative to the
-    /// workspace root) to `runs/<job>` on the claim. None without outputs or sync back.
+    /// workspace root) to `runs/<job>` on the claim, and the init container after it that
+    /// holds the task back until the sidecar can no longer miss its end (a startup gate
+    /// through the `ready` volume). Nothing without outputs or sync back.
     pub fn outputs_sidecar(
         &self,
         workspace: &str,
         store: &str,
+        ready: &str,
         job: &str,
         outputs: &[String],
-    ) -> Option<Container> {
+    ) -> Vec<Container> {
         if !self.sync_back || outputs.is_empty() || self.mount == Mount::Shared {
-            return None;
+            return Vec::new();
         }
         let to = format!("{}/runs/{job}", store_dir());
-        let mut args = vec!["collect", "--from", WORKSPACE, "--to", &to, "--"];
+        let marker = format!("{READY_PATH}/ready");
+        let mut args = vec![
+            "collect", "--from", WORKSPACE, "--to", &to, "--ready", &marker, "--",
+        ];
         args.extend(outputs.iter().map(String::as_str));
-        let mut c = self.helper("sykli-outputs", args, workspace, store, false);
-        c.restart_policy = Some("Always".into());
-        Some(c)
+        let ready_mount = |read_only: bool| VolumeMount {
+            name: ready.into(),
+            mount_path: READY_PATH.into(),
+            read_only: read_only.then_some(true),
+            ..Default::default()
+        };
+        let mut sidecar = self.helper("sykli-outputs", args, workspace, store, false);
+        sidecar.restart_policy = Some("Always".into());
+        sidecar
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(ready_mount(false));
+        let gate = Container {
+            name: "sykli-outputs-ready".into(),
+            image: Some(self.image.clone()),
+            command: Some(
+                [
+                    "sykli-sync",
+                    "wait-ready",
+                    "--file",
+                    &marker,
+                    "--timeout",
+                    "120",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ),
+            volume_mounts: Some(vec![ready_mount(true)]),
+            security_context: Some(restricted_security_context()),
+            ..Default::default()
+        };
+        vec![sidecar, gate]
     }
 
     // A container of ours running `sykli-sync` (no shell: every value is one argument).
@@ -315,6 +351,8 @@ impl PvcPlan {
 
 /// Where our containers mount the Job's workspace.
 const WORKSPACE: &str = "/workspace";
+/// Where the outputs sidecar says it is ready.
+const READY_PATH: &str = "/sykli-ready";
 
 fn store_dir() -> String {
     format!("{STORE_PATH}/{STORE_DIR}")

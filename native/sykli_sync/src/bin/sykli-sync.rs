@@ -23,8 +23,10 @@ usage:
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
   sykli-sync status --store DIR --tree HASH       print {\"present\": bool, \"latest\": HASH|null}
-  sykli-sync collect --from DIR --to DEST PATH...  wait for SIGTERM (the end of the task, for a
+  sykli-sync collect --from DIR --to DEST [--ready FILE] PATH...
+                                                   wait for SIGTERM (the end of the task, for a
                                                    native sidecar), then copy PATHs into DEST
+  sykli-sync wait-ready --file FILE [--timeout S]  wait until FILE exists (default 120 s)
   sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
   sykli-sync version
 ";
@@ -229,16 +231,43 @@ fn run(args: &[String]) -> Result<(), Failure> {
             }))
         }
         "collect" => {
-            let a = parse(rest, &["from", "to"])?;
+            let a = parse(rest, &["from", "to", "ready"])?;
             if a.positional.is_empty() {
                 return Err(Failure::Usage("collect needs at least one PATH".into()));
             }
             let (from, to) = (PathBuf::from(a.need("from")?), PathBuf::from(a.need("to")?));
+            // SIGTERM is blocked (main did it): only now may the task start.
+            if let Some(ready) = a.get("ready") {
+                std::fs::write(ready, b"ready\n")?;
+            }
             idle()?;
             // Through an archive, so the copy obeys the hardened extractor's rules.
             let mut archive = Vec::new();
             pack(&from, &a.positional, &mut archive)?;
             print_json(&extract_hardened(&archive[..], &to, Limits::default())?)
+        }
+        "wait-ready" => {
+            let a = parse(rest, &["file", "timeout"])?;
+            a.no_positional()?;
+            let file = PathBuf::from(a.need("file")?);
+            let secs: u64 = a
+                .get("timeout")
+                .unwrap_or("120")
+                .parse()
+                .map_err(|_| Failure::Usage("--timeout is a number of seconds".into()))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            // A startup gate: the outputs sidecar is ready once it can no longer miss the
+            // end of the task.
+            while !file.exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{} did not appear within {secs}s", file.display()),
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(())
         }
         "remove-run" => {
             let a = parse(rest, &["store", "run"])?;
