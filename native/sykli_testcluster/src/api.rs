@@ -1647,17 +1647,13 @@ fn deletion_time(grace: i64) -> String {
         .unwrap_or_else(|_| now_rfc3339())
 }
 
-async fn pod_log(
-    state: &Arc<ApiState>,
-    t: &Target,
+/// The container a `pods/log` or `pods/exec` request names, or the pod's only one, with the
+/// API server's messages when it names none of them or leaves the choice open.
+pub(crate) fn pick_container(
+    pod: &Value,
+    name: &str,
     q: &[(String, String)],
-) -> Result<Response<Body>, ApiError> {
-    let ns = ns_of(t);
-    let name = t.name.as_deref().unwrap_or("");
-    let pod = state
-        .store
-        .get(Res::Pod, ns, name)
-        .ok_or_else(|| ApiError::not_found(Res::Pod.qualified(), name))?;
+) -> Result<String, ApiError> {
     let names = |k: &str| -> Vec<String> {
         pod.pointer(&format!("/spec/{k}"))
             .and_then(Value::as_array)
@@ -1670,16 +1666,16 @@ async fn pod_log(
     };
     let mains = names("containers");
     let inits = names("initContainers");
-    let container = match query_get(q, "container").filter(|c| !c.is_empty()) {
+    match query_get(q, "container").filter(|c| !c.is_empty()) {
         Some(c) => {
             if !mains.iter().chain(inits.iter()).any(|n| n == c) {
                 return Err(ApiError::bad_request(format!(
                     "container {c} is not valid for pod {name}"
                 )));
             }
-            c.to_string()
+            Ok(c.to_string())
         }
-        None if mains.len() == 1 => mains[0].clone(),
+        None if mains.len() == 1 => Ok(mains[0].clone()),
         None => {
             let mut m = format!(
                 "a container name must be specified for pod {name}, choose one of: [{}]",
@@ -1691,9 +1687,23 @@ async fn pod_log(
                     inits.join(" ")
                 ));
             }
-            return Err(ApiError::bad_request(m));
+            Err(ApiError::bad_request(m))
         }
-    };
+    }
+}
+
+async fn pod_log(
+    state: &Arc<ApiState>,
+    t: &Target,
+    q: &[(String, String)],
+) -> Result<Response<Body>, ApiError> {
+    let ns = ns_of(t);
+    let name = t.name.as_deref().unwrap_or("");
+    let pod = state
+        .store
+        .get(Res::Pod, ns, name)
+        .ok_or_else(|| ApiError::not_found(Res::Pod.qualified(), name))?;
+    let container = pick_container(&pod, name, q)?;
     if query_flag(q, "previous") {
         // Containers are never restarted here: there is no previous instance.
         return Err(ApiError::bad_request(format!(

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::api::{full, ns_of, query_get, ApiState, Body, Target};
+use crate::api::{full, ns_of, pick_container, ApiState, Body, Target};
 use crate::resources::Res;
 use crate::status::ApiError;
 use crate::util::go_quote;
@@ -129,42 +129,7 @@ pub(crate) async fn pod_exec(
         .store
         .get(Res::Pod, &ns, &name)
         .ok_or_else(|| ApiError::not_found(Res::Pod.qualified(), &name))?;
-    let names = |k: &str| -> Vec<String> {
-        pod.pointer(&format!("/spec/{k}"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["name"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mains = names("containers");
-    let inits = names("initContainers");
-    let container = match query_get(q, "container").filter(|c| !c.is_empty()) {
-        Some(c) => {
-            if !mains.iter().chain(inits.iter()).any(|n| n == c) {
-                return Err(ApiError::bad_request(format!(
-                    "container {c} is not valid for pod {name}"
-                )));
-            }
-            c.to_string()
-        }
-        None if mains.len() == 1 => mains[0].clone(),
-        None => {
-            let mut m = format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                mains.join(" ")
-            );
-            if !inits.is_empty() {
-                m.push_str(&format!(
-                    " or one of the init containers: [{}]",
-                    inits.join(" ")
-                ));
-            }
-            return Err(ApiError::bad_request(m));
-        }
-    };
+    let container = pick_container(&pod, &name, q)?;
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
