@@ -409,30 +409,7 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
         Shell::Busybox => Some(busybox_links(&work_dir)?),
         Shell::Host => None,
     };
-    let pod_name = m.meta.name.clone().unwrap_or_else(|| "pod".to_string());
-    let hostname: String = m
-        .spec
-        .hostname
-        .clone()
-        .unwrap_or_else(|| pod_name.clone())
-        .chars()
-        .take(63)
-        .collect();
-    let ctx = PodContext {
-        meta: &m.meta,
-        pod_name,
-        namespace: m
-            .meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string()),
-        hostname,
-        spec: &m.spec,
-        volumes: &volumes,
-        opts,
-        work_dir: &work_dir,
-        busybox_bin,
-    };
+    let ctx = PodContext::new(&m.meta, &m.spec, &volumes, opts, &work_dir, busybox_bin);
 
     let mut pod = Pod::new(&m.spec, opts.on_log.clone(), deadline);
     let outcome = pod.run(&ctx);

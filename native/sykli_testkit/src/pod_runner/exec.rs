@@ -131,30 +131,14 @@ pub fn exec_sandbox(
         }
         Shell::Host => None,
     };
-    let pod_name = m.meta.name.clone().unwrap_or_else(|| "pod".to_string());
-    let hostname: String = m
-        .spec
-        .hostname
-        .clone()
-        .unwrap_or_else(|| pod_name.clone())
-        .chars()
-        .take(63)
-        .collect();
-    let ctx = PodContext {
-        meta: &m.meta,
-        pod_name,
-        namespace: m
-            .meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_string()),
-        hostname,
-        spec: &m.spec,
-        volumes: &volumes,
+    let ctx = PodContext::new(
+        &m.meta,
+        &m.spec,
+        &volumes,
         opts,
-        work_dir: Path::new(&work_dir),
+        Path::new(&work_dir),
         busybox_bin,
-    };
+    );
     Ok(sandbox::plan(&ctx, c, Some(command))?.map(|Launch { args, .. }| ExecSandbox { args }))
 }
 

@@ -58,6 +58,42 @@ pub(crate) struct PodContext<'a> {
     pub busybox_bin: Option<PathBuf>,
 }
 
+impl<'a> PodContext<'a> {
+    /// The context of a pod's containers (a run, or an exec into one of them): the names
+    /// the kubelet derives from the pod (its name, namespace and hostname).
+    pub fn new(
+        meta: &'a ObjectMeta,
+        spec: &'a PodSpec,
+        volumes: &'a BTreeMap<String, PreparedVolume>,
+        opts: &'a RunOptions,
+        work_dir: &'a Path,
+        busybox_bin: Option<PathBuf>,
+    ) -> PodContext<'a> {
+        let pod_name = meta.name.clone().unwrap_or_else(|| "pod".to_string());
+        let hostname: String = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| pod_name.clone())
+            .chars()
+            .take(63)
+            .collect();
+        PodContext {
+            meta,
+            pod_name,
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
+            hostname,
+            spec,
+            volumes,
+            opts,
+            work_dir,
+            busybox_bin,
+        }
+    }
+}
+
 /// A container ready to start.
 #[derive(Debug)]
 pub(crate) struct Launch {
