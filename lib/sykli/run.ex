@@ -109,7 +109,7 @@ defmodule Sykli.Run do
 
   defp handle(run, tag, {:done, outcome}) do
     {{name, task_run, started}, running} = Map.pop(run.running, tag)
-    result = result(name, outcome, started, run) |> finish(run, name, task_run.job)
+    result = result(name, outcome, started, run) |> finish(run, name, task_run.job, namespace(outcome))
     run.report.({:task_finished, name, result})
     schedule(%{run | running: running, results: Map.put(run.results, name, result)})
   end
@@ -130,8 +130,8 @@ defmodule Sykli.Run do
 
   # What a source strategy does after a task (the PVC strategy: outputs back, its copy of
   # the tree removed). Outputs that cannot come back fail the task.
-  defp finish(result, run, name, job) do
-    case K8s.finish_task(run.state, run.tasks[name], job, result.status == :succeeded) do
+  defp finish(result, run, name, job, namespace) do
+    case K8s.finish_task(run.state, run.tasks[name], job, namespace, result.status == :succeeded) do
       {:ok, %{files: files}} when files > 0 ->
         run.report.({:task_phase, name, :synced_back, "#{files} output files copied back"})
         result
@@ -152,6 +152,11 @@ defmodule Sykli.Run do
         result
     end
   end
+
+  # Where the Job ran (none when it was never created).
+  defp namespace({:ok, outcome}), do: outcome[:namespace]
+  defp namespace({:error, {_kind, _message, outcome}}) when is_map(outcome), do: outcome[:namespace]
+  defp namespace(_), do: nil
 
   defp result(name, {:ok, outcome}, started, _run) do
     %{base(name, started, outcome) | status: :succeeded}

@@ -240,14 +240,16 @@ defmodule Sykli.Target.K8s do
   @doc """
   After a task of a PVC-strategy run with `sync_back`: copies its declared `outputs` (which
   its Job's sidecar left on the claim) back into the working tree when it succeeded,
-  extracted with the hardened rules, and removes them from the claim.
+  extracted with the hardened rules, and removes them from the claim. `namespace` is where
+  its Job ran (`nil`: it never existed, there is nothing to fetch).
   """
-  @spec finish_task(map(), map(), String.t(), boolean()) :: {:ok, map()} | {:error, Error.t()}
-  def finish_task(state, task, job, succeeded?) do
+  @spec finish_task(map(), map(), String.t(), String.t() | nil, boolean()) ::
+          {:ok, map()} | {:error, Error.t()}
+  def finish_task(state, task, job, namespace, succeeded?) do
     declared = outputs(task)
 
     if Map.get(state, :source_strategy) == :pvc and state[:sync_back] == true and declared != [] and
-         state.cluster != nil do
+         namespace != nil and state.cluster != nil do
       outputs = if succeeded?, do: declared, else: []
 
       with {:ok, claim} <- claim(state),
@@ -255,7 +257,7 @@ defmodule Sykli.Target.K8s do
            {:ok, json} <-
              JSON.encode(
                compact(%{
-                 namespace: task_namespace(task, state),
+                 namespace: namespace,
                  claim: claim,
                  image: state[:sync_image],
                  job: job,
@@ -277,14 +279,6 @@ defmodule Sykli.Target.K8s do
       map when is_map(map) -> map |> Map.values() |> Enum.filter(&is_binary/1)
       _ -> []
     end
-  end
-
-  defp task_namespace(task, state) do
-    k8s = task["k8s"] || task[:k8s] || %{}
-
-    if state[:namespace_from_flag],
-      do: state.namespace,
-      else: k8s["namespace"] || k8s[:namespace] || state.namespace
   end
 
   defp claim(state) do
