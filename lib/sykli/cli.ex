@@ -228,8 +228,8 @@ defmodule Sykli.CLI do
         usage_error("--output prints the Jobs of a --dry-run; a run prints progress (--json for events)")
 
       true ->
-        case prepare_run(opts) do
-          {:ok, %{dry_run: true} = plan} -> dry_run(plan, String.to_atom(format))
+        case prepare_run(opts, String.to_atom(format)) do
+          {:ok, %{dry_run: true} = plan} -> out(plan.rendered)
           {:ok, plan} -> submit(plan)
           {:error, %Sykli.Error{message: message}} -> fail(message)
         end
@@ -238,7 +238,7 @@ defmodule Sykli.CLI do
 
   # Everything a run needs, decided before any API call: the settings, the pipeline (every
   # Job built once, so any problem shows now), and the commit the Jobs clone.
-  defp prepare_run(opts) do
+  defp prepare_run(opts, format) do
     dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
 
     flags = %{
@@ -274,7 +274,8 @@ defmodule Sykli.CLI do
                  namespace_from_flag: opts[:namespace] != nil
                ]
            ),
-         {:ok, _} <- Sykli.Target.K8s.render_pipeline(text, state, :json) do
+         # A dry run prints exactly these; a run only needed them to be buildable.
+         {:ok, rendered} <- Sykli.Target.K8s.render_pipeline(text, state, format) do
       # The remote matters only when the cluster clones from it.
       ctx_warnings = if settings.source_strategy == :git_clone, do: ctx.warnings, else: []
       Enum.each(ctx_warnings ++ source.warnings, &IO.puts(:stderr, "warning: " <> &1))
@@ -284,7 +285,7 @@ defmodule Sykli.CLI do
          dry_run: opts[:dry_run] || false,
          json: opts[:json] || false,
          jobs: opts[:jobs] || 4,
-         text: text,
+         rendered: rendered,
          pipeline: pipeline,
          state: state,
          source: source
@@ -302,15 +303,6 @@ defmodule Sykli.CLI do
 
       {:error, e} ->
         {:error, %{e | kind: :invalid_pipeline, message: "the pipeline is not valid JSON: #{e.message}"}}
-    end
-  end
-
-  defp dry_run(plan, format) do
-    with {:ok, text} <- Sykli.Target.K8s.render_pipeline(plan.text, plan.state, format) do
-      IO.write(text)
-      0
-    else
-      {:error, %Sykli.Error{message: message}} -> fail(message)
     end
   end
 
