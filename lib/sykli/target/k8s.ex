@@ -527,10 +527,9 @@ defmodule Sykli.Target.K8s do
   defp depth(:full), do: "full"
   defp depth(other), do: other
 
-  @doc false
-  def dirty_summary(%GitContext{dirty: false}), do: nil
+  defp dirty_summary(%GitContext{dirty: false}), do: nil
 
-  def dirty_summary(%GitContext{changes: c}) do
+  defp dirty_summary(%GitContext{changes: c}) do
     shown = c.paths |> Enum.take(10) |> Enum.map_join(", ", &"#{String.trim(&1.status)} #{&1.path}")
     more = if c.total > 10, do: " and #{c.total - 10} more", else: ""
     "#{c.total} #{if c.total == 1, do: "change", else: "changes"}: #{shown}#{more}"

@@ -3,7 +3,7 @@
 //! not ignored — minus configured excludes. Symlinks are kept when they stay inside the
 //! tree and refused when they do not; submodules are not part of it.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use git2::{Pathspec, PathspecFlags, Status, StatusOptions};
 
@@ -160,14 +160,6 @@ pub fn stays_inside(path: &str, target: &str) -> bool {
         }
     }
     !at.is_empty()
-}
-
-/// The working tree root of the repository containing `path`.
-pub fn root_of(path: &Path) -> Result<PathBuf> {
-    let repo = super::open(path)?;
-    repo.workdir()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| Error::Git("a bare repository has no working tree".into()))
 }
 
 #[cfg(test)]
