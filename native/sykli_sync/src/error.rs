@@ -161,6 +161,14 @@ pub enum Error {
 
     #[error("destination {0} exists and is not an empty directory")]
     DestinationNotEmpty(String),
+
+    /// A download failed (the message names the host and path, never the URL's query).
+    #[error("download failed: {0}")]
+    Download(String),
+
+    /// Downloaded bytes are not the ones that were uploaded.
+    #[error("verification failed: {0}")]
+    Integrity(String),
 }
 
 impl Error {
@@ -177,6 +185,8 @@ impl Error {
             Error::TreeMismatch { .. } => "tree_mismatch",
             Error::UnknownTree(_) => "unknown_tree",
             Error::DestinationNotEmpty(_) => "destination_not_empty",
+            Error::Download(_) => "download",
+            Error::Integrity(_) => "integrity",
         }
     }
 

@@ -28,6 +28,11 @@ usage:
                                                    native sidecar), then copy PATHs into DEST
   sykli-sync wait-ready --file FILE [--timeout S]  wait until FILE exists (default 120 s)
   sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
+  sykli-sync fetch --url-env NAME --sha256 H --size N --tree T --to DIR --download FILE
+                 [--parallel N] [--parallel-min BYTES] [--max-entries N] [--max-bytes N]
+                                                   download the archive at the URL in $NAME
+                                                   (ranged requests in parallel from BYTES up),
+                                                   verify size and SHA-256, extract tree T
   sykli-sync version
 ";
 
@@ -291,6 +296,56 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 Err(e) => return Err(Failure::Io(e)),
             }
             print_json(&serde_json::json!({ "removed": name }))
+        }
+        "fetch" => {
+            let a = parse(
+                rest,
+                &[
+                    "url-env",
+                    "sha256",
+                    "size",
+                    "tree",
+                    "to",
+                    "download",
+                    "parallel",
+                    "parallel-min",
+                    "max-entries",
+                    "max-bytes",
+                ],
+            )?;
+            a.no_positional()?;
+            let var = a.need("url-env")?;
+            // From the environment, not the command line: the URL is a bearer capability
+            // that `ps` and the Job's args would show.
+            let url = std::env::var(var)
+                .map_err(|_| Failure::Usage(format!("${var} (the presigned URL) is not set")))?;
+            let number = |name: &str, default: Option<u64>| -> Result<u64, Failure> {
+                match (a.get(name), default) {
+                    (Some(v), _) => v.parse().map_err(|_| {
+                        Failure::Usage(format!("--{name} must be a number, not {v:?}"))
+                    }),
+                    (None, Some(d)) => Ok(d),
+                    (None, None) => Err(Failure::Usage(format!("--{name} is required"))),
+                }
+            };
+            let download = sykli_sync::Download {
+                url,
+                sha256: a.need("sha256")?.to_string(),
+                size: number("size", None)?,
+                parallel: number("parallel", Some(4))?.clamp(1, 64) as usize,
+                parallel_min: number("parallel-min", Some(64 << 20))?,
+                attempts: 4,
+            };
+            let file = PathBuf::from(a.need("download")?);
+            let fetched = sykli_sync::download(&download, &file)?;
+            let report = sykli_sync::extract_tree(
+                sykli_sync::fetch::reopen(&file)?,
+                &PathBuf::from(a.need("to")?),
+                a.need("tree")?,
+                a.limits()?,
+            );
+            let _ = std::fs::remove_file(&file);
+            print_json(&serde_json::json!({ "download": fetched, "extract": report? }))
         }
         "scan" => {
             let a = parse(rest, &["root"])?;
