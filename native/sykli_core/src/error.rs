@@ -51,6 +51,11 @@ pub enum Error {
     #[error("{message}")]
     Cluster { kind: &'static str, message: String },
 
+    /// Object storage (the S3 strategy) refused or failed; `kind` is `s3_auth` (credentials
+    /// refused), `s3_not_found` (no such bucket), or `s3` (anything else).
+    #[error("{message}")]
+    S3 { kind: &'static str, message: String },
+
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -76,6 +81,7 @@ impl Error {
             Error::DirtyWorkdir { .. } => "dirty_workdir",
             Error::Unsupported(_) => "unsupported",
             Error::Cluster { kind, .. } => kind,
+            Error::S3 { kind, .. } => kind,
             Error::Io { .. } => "io",
         }
     }

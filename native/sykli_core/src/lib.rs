@@ -6,6 +6,7 @@ pub mod error;
 pub mod git;
 pub mod manifest;
 pub mod pipeline;
+pub mod s3;
 pub mod source;
 
 pub use error::{Error, Result};
