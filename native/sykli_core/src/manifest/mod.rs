@@ -35,6 +35,8 @@ pub const STORE_VOLUME: &str = "sykli-store";
 pub const BUNDLE_VOLUME: &str = "sykli-bundle";
 /// Where the outputs sidecar tells the task it may start.
 pub const READY_VOLUME: &str = "sykli-ready";
+/// The S3 strategy's download (the archive, until it is extracted).
+pub const DOWNLOAD_VOLUME: &str = "sykli-download";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
@@ -130,6 +132,7 @@ pub fn build_job(
                 let (sub_path, read_only) = match plan {
                     SourcePlan::GitClone(_) => ((!sub.is_empty()).then_some(sub), None),
                     SourcePlan::Pvc(pvc) => (pvc.sub_path(&sub), pvc.read_only().then_some(true)),
+                    SourcePlan::S3(_) => ((!sub.is_empty()).then_some(sub), None),
                 };
                 mounts.push(VolumeMount {
                     name: WORKSPACE_VOLUME.into(),
@@ -190,6 +193,10 @@ pub fn build_job(
                     ..Default::default()
                 });
                 node_pin = pvc.node.clone();
+            }
+            SourcePlan::S3(_) => {
+                volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
+                volumes.insert(1, empty_dir(DOWNLOAD_VOLUME));
             }
         }
     }
@@ -266,6 +273,9 @@ pub fn build_job(
                     grace = Some(300);
                 }
             }
+            SourcePlan::S3(s3) => {
+                init_containers.push(s3.init_container(WORKSPACE_VOLUME, DOWNLOAD_VOLUME))
+            }
         }
     }
     let mut container_names: BTreeSet<String> = [
@@ -274,6 +284,7 @@ pub fn build_job(
         "sykli-bundle",
         "sykli-outputs",
         "sykli-outputs-ready",
+        "sykli-fetch",
         TASK_CONTAINER,
     ]
     .iter()

@@ -3,6 +3,7 @@
 pub mod git_access;
 pub mod git_clone;
 pub mod pvc;
+pub mod s3;
 pub mod upload;
 
 use serde::Deserialize;
@@ -41,6 +42,9 @@ pub struct SourceOptions {
     /// The PVC strategy: the claim and the tree the upload published.
     #[serde(default)]
     pub pvc: Option<pvc::PvcOptions>,
+    /// The S3 strategy: the published archive and its presigned URL.
+    #[serde(default)]
+    pub s3: Option<s3::S3SourceOptions>,
 }
 
 /// The source, ready to be put into a Job.
@@ -48,6 +52,7 @@ pub struct SourceOptions {
 pub enum SourcePlan {
     GitClone(Box<git_clone::GitClonePlan>),
     Pvc(pvc::PvcPlan),
+    S3(s3::S3Plan),
 }
 
 impl SourcePlan {
@@ -83,7 +88,15 @@ impl SourcePlan {
                 })?;
                 Ok(SourcePlan::Pvc(pvc::PvcPlan::new(p)?))
             }
-            Strategy::S3 => Err(Error::Unsupported("the s3 source strategy".into())),
+            Strategy::S3 => {
+                let o = opts.s3.as_ref().ok_or_else(|| Error::InvalidOption {
+                    key: "s3".into(),
+                    message:
+                        "the s3 strategy needs a published archive (bucket settings under s3:)"
+                            .into(),
+                })?;
+                Ok(SourcePlan::S3(s3::S3Plan::new(o)?))
+            }
         }
     }
 
@@ -104,6 +117,16 @@ impl SourcePlan {
                 ("sykli.io/source-tree".to_string(), p.tree.clone()),
                 ("sykli.io/source-pvc".to_string(), p.claim.clone()),
             ],
+            SourcePlan::S3(p) => {
+                let mut a = vec![
+                    ("sykli.io/source-tree".to_string(), p.tree.clone()),
+                    ("sykli.io/source-sha256".to_string(), p.sha256.clone()),
+                ];
+                if let Some(k) = &p.key {
+                    a.push(("sykli.io/source-object".to_string(), k.clone()));
+                }
+                a
+            }
         }
     }
 }
