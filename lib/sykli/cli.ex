@@ -274,6 +274,7 @@ defmodule Sykli.CLI do
                  namespace_from_flag: opts[:namespace] != nil
                ]
            ),
+         {:ok, state} <- dry_run_archive(state, opts[:dry_run]),
          # A dry run prints exactly these; a run only needed them to be buildable.
          {:ok, rendered} <- Sykli.Target.K8s.render_pipeline(text, state, format) do
       # The remote matters only when the cluster clones from it.
@@ -292,6 +293,13 @@ defmodule Sykli.CLI do
        }}
     end
   end
+
+  # A dry run of the S3 strategy shows the real archive (packed, not uploaded: no call).
+  defp dry_run_archive(%{source_strategy: :s3} = state, true) do
+    with {:ok, state, _} <- Sykli.Target.K8s.publish_source(state, dry_run: true), do: {:ok, state}
+  end
+
+  defp dry_run_archive(state, _), do: {:ok, state}
 
   defp decode_pipeline(text) do
     case Sykli.JSON.decode(text) do
@@ -326,7 +334,7 @@ defmodule Sykli.CLI do
          }}
       )
 
-      case upload(state, report) do
+      case upload(state, plan.pipeline, report) do
         {:ok, state} -> run_pipeline(plan, state, report)
         {:error, %Sykli.Error{message: message}} -> fail(message)
       end
@@ -336,14 +344,34 @@ defmodule Sykli.CLI do
   end
 
   # The PVC strategy uploads the working tree once, before any task.
-  defp upload(%{source_strategy: :pvc} = state, report) do
+  defp upload(%{source_strategy: :pvc} = state, _pipeline, report) do
     with {:ok, state, uploaded} <- Sykli.Target.K8s.upload_source(state) do
       report.({:source_uploaded, Map.put(uploaded, :claim, state.source_pvc)})
       {:ok, state}
     end
   end
 
-  defp upload(state, _report), do: {:ok, state}
+  defp upload(%{source_strategy: :s3} = state, pipeline, report) do
+    with {:ok, state, published} <- Sykli.Target.K8s.publish_source(state, expires: url_lifetime(pipeline)) do
+      report.({:source_published, published})
+      {:ok, state}
+    end
+  end
+
+  defp upload(state, _pipeline, _report), do: {:ok, state}
+
+  # The presigned URL must outlive the run up to its last Job's start: every task's
+  # timeout (an hour when it has none) plus an hour, within SigV4's seven days.
+  defp url_lifetime(pipeline) do
+    tasks = if is_list(pipeline["tasks"]), do: pipeline["tasks"], else: []
+
+    total =
+      Enum.reduce(tasks, 3600, fn t, acc ->
+        acc + if(is_integer(t["timeout"]), do: t["timeout"], else: 3600)
+      end)
+
+    min(total, 7 * 24 * 3600)
+  end
 
   defp run_pipeline(plan, state, report) do
     {status, results} =

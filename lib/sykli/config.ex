@@ -60,10 +60,21 @@ defmodule Sykli.Config do
     keep_failed: {:boolean, "true or false"},
     ttl_seconds_after_finished: {{:int, 0, 31_536_000}, "seconds, 0 or more"},
     unschedulable_grace: {{:int, 1, 86_400}, "seconds, 1 or more"},
-    s3: {:keyword, "a keyword list: bucket:, prefix:, region:, endpoint:, force_path_style:"}
+    s3:
+      {:keyword,
+       "a keyword list: bucket: (required), prefix:, region:, endpoint:, force_path_style:, " <>
+         "multipart_threshold:, multipart_chunksize:"}
   }
 
-  @s3_keys [:bucket, :prefix, :region, :endpoint, :force_path_style]
+  @s3_keys [
+    :bucket,
+    :prefix,
+    :region,
+    :endpoint,
+    :force_path_style,
+    :multipart_threshold,
+    :multipart_chunksize
+  ]
 
   @doc "The config file's path for a repository root."
   def path(root), do: Path.join(root, @file_name)
@@ -156,7 +167,11 @@ defmodule Sykli.Config do
   defp valid?(:string_list, v), do: is_list(v) and Enum.all?(v, &(is_binary(&1) and &1 != ""))
 
   defp valid?(:keyword, v),
-    do: Keyword.keyword?(v) and Enum.all?(Keyword.keys(v), &(&1 in @s3_keys))
+    do: Keyword.keyword?(v) and Enum.all?(v, fn {k, x} -> k in @s3_keys and s3_value?(k, x) end)
+
+  defp s3_value?(:force_path_style, v), do: is_boolean(v)
+  defp s3_value?(k, v) when k in [:multipart_threshold, :multipart_chunksize], do: is_integer(v) and v > 0
+  defp s3_value?(_k, v), do: is_binary(v)
 
   @doc """
   Merges settings, later ones winning: `merge([defaults, config_file, task_k8s, cli_flags])`.

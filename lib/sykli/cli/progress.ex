@@ -31,6 +31,12 @@ defmodule Sykli.CLI.Progress do
     )
   end
 
+  defp human_event({:source_published, %{existed: true} = p}),
+    do: IO.puts("sykli: #{p.object} already holds tree #{String.slice(p.tree, 0, 12)}: nothing to upload")
+
+  defp human_event({:source_published, p}),
+    do: IO.puts("sykli: uploaded #{p.files} files as #{p.size} bytes to #{p.object}")
+
   defp human_event({:task_started, name, %{job: job}}), do: IO.puts("▶ #{name} started (Job #{job})")
   defp human_event({:task_log, name, "task", line}), do: IO.puts("[#{name}] #{shown(line)}")
   defp human_event({:task_log, name, container, line}), do: IO.puts("[#{name}:#{container}] #{shown(line)}")
@@ -109,6 +115,7 @@ defmodule Sykli.CLI.Progress do
 
   defp json_fields({:run_started, info}), do: Map.put(info, :event, "run_started")
   defp json_fields({:source_uploaded, u}), do: Map.put(u, :event, "source_uploaded")
+  defp json_fields({:source_published, p}), do: Map.put(p, :event, "source_published")
   defp json_fields({:task_started, name, %{job: job}}), do: %{event: "task_started", task: name, job: job}
 
   defp json_fields({:task_log, name, container, line}),

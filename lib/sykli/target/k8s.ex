@@ -238,6 +238,53 @@ defmodule Sykli.Target.K8s do
   end
 
   @doc """
+  The S3 strategy's upload: the working tree (as for the PVC strategy) or HEAD as a git
+  bundle (`source_sync: :git`) is packed into one archive keyed by its tree hash and
+  uploaded to `s3: [bucket: ...]` unless the bucket already has it, with credentials from
+  the AWS chain of this process. Returns the state the Jobs are built from (the archive and
+  a presigned GET URL living `expires` seconds) and the report (`uploaded_bytes`,
+  `existed`, `size`, `key`). With `dry_run: true` the archive is only packed (for its
+  checksum): no credentials, no call.
+  """
+  @spec publish_source(map(), keyword()) :: {:ok, map(), map()} | {:error, Error.t()}
+  def publish_source(state, opts \\ []) do
+    with {:ok, s3} <- s3_settings(state),
+         {:ok, ctx} <- git_context(state),
+         {:ok, bundle} <- bundle_dir(state, ctx),
+         {:ok, json} <-
+           JSON.encode(
+             compact(%{
+               root: ctx.root,
+               excludes: state[:source_exclude] || [],
+               bundle_dir: bundle,
+               s3: s3,
+               expires: Keyword.get(opts, :expires, 3600),
+               scratch: Path.join(System.tmp_dir!(), "sykli-s3"),
+               dry_run: Keyword.get(opts, :dry_run, false)
+             })
+           ),
+         {:ok, report} <- background(&Native.k8s_s3_publish(json, &1)) do
+      {:ok, Map.put(state, :s3_published, report), Map.drop(report, [:url])}
+    end
+  end
+
+  defp s3_settings(state) do
+    s3 = Map.new(state[:s3] || [])
+
+    if is_binary(s3[:bucket]) do
+      {:ok, s3}
+    else
+      {:error,
+       %Error{
+         kind: :invalid_config,
+         message:
+           "the s3 source strategy needs a bucket: config :sykli, :k8s, s3: [bucket: \"NAME\"] " <>
+             "(and region:, or endpoint: for MinIO and other S3-compatible services)"
+       }}
+    end
+  end
+
+  @doc """
   After a task of a PVC-strategy run with `sync_back`: copies its declared `outputs` (which
   its Job's sidecar left on the claim) back into the working tree when it succeeded,
   extracted with the hardened rules, and removes them from the claim. `namespace` is where
@@ -386,7 +433,8 @@ defmodule Sykli.Target.K8s do
 
   defp build_options(state, opts) do
     with {:ok, ctx} <- git_context(state),
-         {:ok, pvc} <- pvc_options(state, ctx) do
+         {:ok, pvc} <- pvc_options(state, ctx),
+         {:ok, s3} <- s3_options(state) do
       allow_dirty = Keyword.get(opts, :allow_dirty, Map.get(state, :allow_dirty, false))
 
       {:ok,
@@ -398,6 +446,7 @@ defmodule Sykli.Target.K8s do
          ttl_seconds_after_finished: Map.get(state, :ttl_seconds_after_finished),
          source: %{
            pvc: pvc,
+           s3: s3,
            strategy: Map.get(state, :source_strategy, :git_clone),
            url: ctx.url,
            sha: ctx.sha,
@@ -479,6 +528,27 @@ defmodule Sykli.Target.K8s do
   end
 
   defp pvc_options(_state, _ctx), do: {:ok, nil}
+
+  # Before the upload (the pre-flight build of every Job), the archive is not known yet: a
+  # placeholder shows the Jobs are buildable; they are built again once it is published.
+  defp s3_options(%{source_strategy: :s3} = state) do
+    with {:ok, _} <- s3_settings(state) do
+      p =
+        state[:s3_published] ||
+          %{
+            url: "https://s3.invalid/",
+            sha256: String.duplicate("0", 64),
+            size: 0,
+            tree: String.duplicate("0", 64),
+            key: nil
+          }
+
+      {:ok,
+       %{url: p.url, sha256: p.sha256, size: p.size, tree: p.tree, key: p.key, image: state[:sync_image]}}
+    end
+  end
+
+  defp s3_options(_state), do: {:ok, nil}
 
   defp tree(%{pvc_tree: tree}, _ctx, _bundle) when is_binary(tree), do: {:ok, %{tree: tree}}
 

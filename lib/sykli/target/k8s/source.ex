@@ -27,8 +27,8 @@ defmodule Sykli.Target.K8s.Source do
       :git_clone ->
         git_clone(ctx, opts)
 
-      :pvc ->
-        upload(ctx, opts)
+      strategy when strategy in [:pvc, :s3] ->
+        upload(ctx, Keyword.put(opts, :strategy, strategy))
 
       other ->
         {:error,
@@ -48,7 +48,7 @@ defmodule Sykli.Target.K8s.Source do
          %Error{
            kind: :invalid_option,
            message:
-             "--git-ref names a commit of the remote; the pvc strategy uploads the working tree: use one or the other"
+             "--git-ref names a commit of the remote; the #{Keyword.get(opts, :strategy)} strategy uploads the working tree: use one or the other"
          }}
 
       Keyword.get(opts, :source_sync) == :git ->
@@ -192,7 +192,8 @@ defmodule Sykli.Target.K8s.Source do
     lines =
       [push | others] ++
         [
-          "--source-strategy=pvc uploads the working tree as it is into a claim (source_pvc)"
+          "--source-strategy=pvc uploads the working tree as it is into a claim (source_pvc)",
+          "--source-strategy=s3 uploads it as an archive to a bucket (s3: [bucket: ...])"
         ]
 
     "ways forward:\n" <> Enum.map_join(lines, "\n", &("  - " <> &1))

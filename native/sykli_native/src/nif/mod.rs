@@ -4,6 +4,7 @@ mod cluster;
 mod git;
 mod json;
 mod k8s;
+mod s3;
 mod sync;
 
 use rustler::{Encoder, Env, Term};

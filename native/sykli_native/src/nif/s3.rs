@@ -1,0 +1,107 @@
+//! The S3 strategy across the NIF: pack, upload unless the bucket has the tree, presign.
+//! Blocking HTTP on the tokio runtime's blocking pool; the caller gets one
+//! `{tag, {:done, result}}` message.
+
+use rustler::{Encoder, Env, NifMap, Term};
+use serde::Deserialize;
+use sykli_core::s3::{credentials::ProcessEnv, Bucket, S3Options};
+use sykli_core::source::{s3 as strategy, upload};
+
+use super::cluster::{error_result, runtime, send};
+use super::NifError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishJson {
+    root: String,
+    #[serde(default)]
+    excludes: Vec<String>,
+    /// `source_sync: :git`: this directory's `sykli.bundle` instead of the tree.
+    #[serde(default)]
+    bundle_dir: Option<String>,
+    s3: S3Options,
+    /// How long the presigned URL must live (the run's longest task, and then some).
+    expires: u64,
+    /// Where the archive is packed before the upload.
+    scratch: String,
+    /// Pack only: no credentials, no call to the bucket, no signature.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(NifMap)]
+struct PublishEx {
+    key: String,
+    tree: String,
+    sha256: String,
+    size: u64,
+    uploaded_bytes: u64,
+    existed: bool,
+    files: usize,
+    hashed: usize,
+    url: String,
+    object: String,
+}
+
+/// Publishes the source archive; answers `{tag, {:done, {:ok, map}}}` or an error.
+#[rustler::nif]
+fn k8s_s3_publish<'a>(
+    env: Env<'a>,
+    options_json: String,
+    tag: Term<'a>,
+) -> Result<rustler::Atom, NifError> {
+    let o: PublishJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "s3 options")?;
+    let rt = runtime()?;
+    let pid = env.pid();
+    let tag = tag.to_binary().as_slice().to_vec();
+    rt.spawn(async move {
+        let result = tokio::task::spawn_blocking(move || publish(o))
+            .await
+            .unwrap_or_else(|e| Err(sykli_core::Error::cluster("api", e.to_string())));
+        send(&pid, &tag, |env| {
+            let done = rustler::Atom::from_str(env, "done")
+                .unwrap_or_else(|_| rustler::types::atom::error());
+            match result {
+                Ok(v) => (done, (rustler::types::atom::ok(), v)).encode(env),
+                Err(e) => (done, error_result(env, &e)).encode(env),
+            }
+        });
+    });
+    Ok(rustler::types::atom::ok())
+}
+
+fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
+    let bucket = if o.dry_run {
+        Bucket::offline(&o.s3, &ProcessEnv)?
+    } else {
+        Bucket::new(&o.s3, &ProcessEnv)?
+    };
+    let local = match &o.bundle_dir {
+        Some(dir) => upload::bundle_tree(std::path::Path::new(dir))?,
+        None => upload::local_tree(std::path::Path::new(&o.root), &o.excludes)?,
+    };
+    let scratch = std::path::Path::new(&o.scratch);
+    let p = if o.dry_run {
+        strategy::pack_only(&bucket, &local, scratch)?
+    } else {
+        strategy::publish(&bucket, &local, scratch)?
+    };
+    let object = bucket.object_url(&p.key);
+    let url = if o.dry_run {
+        format!("{object}?(presigned when the run is submitted)")
+    } else {
+        bucket.presign_get(&p.key, o.expires)?
+    };
+    Ok(PublishEx {
+        key: p.key,
+        tree: p.tree,
+        sha256: p.sha256,
+        size: p.size,
+        uploaded_bytes: p.uploaded_bytes,
+        existed: p.existed,
+        files: p.files,
+        hashed: p.hashed,
+        url,
+        object,
+    })
+}
