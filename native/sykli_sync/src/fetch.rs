@@ -216,10 +216,15 @@ fn fetch(
         match copy_at(&mut reader, out, offset, expected) {
             Ok(n) if n == expected => return Ok((n, requests)),
             Ok(n) => {
+                let got = if n > expected {
+                    "more".to_string()
+                } else {
+                    n.to_string()
+                };
                 return Err(Error::Integrity(format!(
-                    "GET {} gave {n} bytes, expected {expected}",
+                    "GET {} gave {got} bytes, expected {expected}",
                     redact(&d.url)
-                )))
+                )));
             }
             Err(e) => last = format!("reading {}: {e}", redact(&d.url)),
         }
