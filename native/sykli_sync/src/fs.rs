@@ -68,6 +68,13 @@ impl Dir {
         })
     }
 
+    /// Another descriptor of the same directory.
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     fn raw(&self) -> libc::c_int {
         self.fd.as_raw_fd()
     }
@@ -276,6 +283,29 @@ pub(crate) fn parent_of<'p>(
     Ok(current.map(|d| (d, name)))
 }
 
+/// Opens the directory `path` ("" for `root` itself) below `root`, never following a
+/// symlink: one `openat(O_NOFOLLOW)` per component, without the checks of [`parent_of`]
+/// (for trees this crate made; see [`dir_error`] for the errors).
+pub(crate) fn open_dir_path(root: &Dir, path: &str) -> io::Result<Dir> {
+    let mut current = root.try_clone()?;
+    if !path.is_empty() {
+        for comp in path.split('/') {
+            current = current.open_dir(comp)?;
+        }
+    }
+    Ok(current)
+}
+
+/// The error for a directory that [`open_dir_path`] could not open, naming the rule when
+/// a component was a symlink or not a directory.
+pub(crate) fn dir_error(path: &str, e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::refused(path, Rule::SymlinkInPath),
+        Some(libc::ENOTDIR) => Error::refused(path, Rule::NotADirectory),
+        _ => Error::io(path, e),
+    }
+}
+
 /// Makes room for a new file or symlink called `name` in `dir`: an existing file or symlink
 /// is unlinked, an empty directory removed; a non-empty directory is refused.
 pub(crate) fn clear_name(dir: &Dir, name: &str, entry: &str) -> Result<()> {
@@ -288,19 +318,6 @@ pub(crate) fn clear_name(dir: &Dir, name: &str, entry: &str) -> Result<()> {
             _ => Error::io(entry, e),
         }),
         Some(_) => dir.unlink(name).map_err(|e| Error::io(entry, e)),
-    }
-}
-
-/// Removes the now-empty parent directories of `path` below `root`, deepest first.
-pub(crate) fn prune_empty_parents(root: &Dir, path: &str) {
-    let mut dirs: Vec<&str> = crate::path::ancestors(path).collect();
-    while let Some(dir) = dirs.pop() {
-        let Ok(Some((parent, name))) = parent_of(root, dir, false) else {
-            return;
-        };
-        if parent.rmdir(name).is_err() {
-            return;
-        }
     }
 }
 

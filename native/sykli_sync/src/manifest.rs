@@ -11,12 +11,12 @@ use crate::fs::{self, Dir, Kind};
 use crate::path::{ancestors, check_path, check_symlink_target, check_tree_hash};
 
 /// One file or symlink of a tree. Directories are implicit (as in git, empty ones are not
-/// part of a tree).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// part of a tree). Its JSON form is flat: `{"path", "type": "file", "size", "executable",
+/// "sha256"}` or `{"path", "type": "symlink", "target"}` (see `Serialize` below).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Relative, '/'-separated, normalized.
     pub path: String,
-    #[serde(flatten)]
     pub kind: EntryKind,
 }
 
@@ -56,29 +56,180 @@ impl Delta {
 
 /// The delta that turns `base` into `target`.
 pub fn diff(base: &Manifest, target: &Manifest) -> Delta {
-    let changed = target
-        .entries
-        .iter()
-        .filter(|(path, entry)| base.entries.get(*path) != Some(entry))
-        .map(|(path, _)| path.clone())
-        .collect();
-    let deleted = base
-        .entries
-        .keys()
-        .filter(|path| !target.entries.contains_key(*path))
-        .cloned()
-        .collect();
-    Delta { changed, deleted }
+    // Both are in path order: one merge pass, no lookups.
+    let mut delta = Delta::default();
+    let mut b = base.entries.values().peekable();
+    for t in target.entries.values() {
+        while let Some(gone) = b.next_if(|e| e.path < t.path) {
+            delta.deleted.push(gone.path.clone());
+        }
+        match b.next_if(|e| e.path == t.path) {
+            Some(same) if same == t => {}
+            _ => delta.changed.push(t.path.clone()),
+        }
+    }
+    delta.deleted.extend(b.map(|e| e.path.clone()));
+    delta
 }
 
 /// The JSON form: `{"format": 1, "tree": "<hash>", "entries": [{"path", "type", ...}]}`.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ManifestJson {
     #[serde(default = "format_one")]
     format: u32,
     #[serde(default)]
     tree: Option<String>,
     entries: Vec<Entry>,
+}
+
+/// The JSON form written, borrowing the entries (a manifest is written once per sync, on
+/// both sides, and copying every entry to write it cost as much as writing it).
+#[derive(Serialize)]
+struct ManifestJsonRef<'a> {
+    format: u32,
+    tree: &'a str,
+    entries: EntriesRef<'a>,
+}
+
+struct EntriesRef<'a>(&'a BTreeMap<String, Entry>);
+
+impl Serialize for EntriesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
+}
+
+// Written by hand rather than with `#[serde(flatten)]`, which buffers every entry into an
+// intermediate map before deserializing it (most of the cost of reading a manifest). The
+// JSON is the same: fields in this order; unknown fields are ignored when reading.
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match &self.kind {
+            EntryKind::File {
+                size,
+                executable,
+                sha256,
+            } => {
+                let mut m = s.serialize_map(Some(5))?;
+                m.serialize_entry("path", &self.path)?;
+                m.serialize_entry("type", "file")?;
+                m.serialize_entry("size", size)?;
+                m.serialize_entry("executable", executable)?;
+                m.serialize_entry("sha256", sha256)?;
+                m.end()
+            }
+            EntryKind::Symlink { target } => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("path", &self.path)?;
+                m.serialize_entry("type", "symlink")?;
+                m.serialize_entry("target", target)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Entry, D::Error> {
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+enum EntryField {
+    Path,
+    Type,
+    Size,
+    Executable,
+    Sha256,
+    Target,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for EntryField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = EntryField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<EntryField, E> {
+                Ok(match v {
+                    "path" => EntryField::Path,
+                    "type" => EntryField::Type,
+                    "size" => EntryField::Size,
+                    "executable" => EntryField::Executable,
+                    "sha256" => EntryField::Sha256,
+                    "target" => EntryField::Target,
+                    _ => EntryField::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a manifest entry")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Entry, A::Error> {
+        use serde::de::Error as _;
+        fn set<T, E: serde::de::Error>(
+            slot: &mut Option<T>,
+            value: T,
+            name: &'static str,
+        ) -> std::result::Result<(), E> {
+            if slot.replace(value).is_some() {
+                return Err(E::duplicate_field(name));
+            }
+            Ok(())
+        }
+        let mut path: Option<String> = None;
+        let mut kind: Option<String> = None;
+        let mut size: Option<u64> = None;
+        let mut executable: Option<bool> = None;
+        let mut sha256: Option<String> = None;
+        let mut target: Option<String> = None;
+        while let Some(field) = map.next_key::<EntryField>()? {
+            match field {
+                EntryField::Path => set(&mut path, map.next_value()?, "path")?,
+                EntryField::Type => set(&mut kind, map.next_value()?, "type")?,
+                EntryField::Size => set(&mut size, map.next_value()?, "size")?,
+                EntryField::Executable => set(&mut executable, map.next_value()?, "executable")?,
+                EntryField::Sha256 => set(&mut sha256, map.next_value()?, "sha256")?,
+                EntryField::Target => set(&mut target, map.next_value()?, "target")?,
+                EntryField::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let path = path.ok_or_else(|| A::Error::missing_field("path"))?;
+        let kind = match kind.as_deref() {
+            Some("file") => EntryKind::File {
+                size: size.ok_or_else(|| A::Error::missing_field("size"))?,
+                executable: executable.ok_or_else(|| A::Error::missing_field("executable"))?,
+                sha256: sha256.ok_or_else(|| A::Error::missing_field("sha256"))?,
+            },
+            Some("symlink") => EntryKind::Symlink {
+                target: target.ok_or_else(|| A::Error::missing_field("target"))?,
+            },
+            Some(other) => {
+                return Err(A::Error::unknown_variant(other, &["file", "symlink"]));
+            }
+            None => return Err(A::Error::missing_field("type")),
+        };
+        Ok(Entry { path, kind })
+    }
 }
 
 fn format_one() -> u32 {
@@ -144,31 +295,35 @@ impl Manifest {
     /// digits, and `<len(x)>` is the decimal byte length of `x`. The length prefixes make it
     /// unambiguous whatever bytes (spaces, newlines) a path or target holds.
     pub fn tree_hash(&self) -> String {
+        use std::fmt::Write as _;
         let mut h = Sha256::new();
         h.update(b"sykli-sync tree v1\n");
+        // One buffer for every record (not a String each).
+        let mut record = String::with_capacity(256);
         for e in self.entries.values() {
-            let record = match &e.kind {
+            record.clear();
+            let _ = match &e.kind {
                 EntryKind::File {
                     size,
                     executable,
                     sha256,
-                } => format!(
-                    "f {}:{} {} {} {}\n",
+                } => writeln!(
+                    record,
+                    "f {}:{} {} {} {}",
                     e.path.len(),
                     e.path,
                     if *executable { "755" } else { "644" },
                     size,
                     sha256
                 ),
-                EntryKind::Symlink { target } => {
-                    format!(
-                        "l {}:{} {}:{}\n",
-                        e.path.len(),
-                        e.path,
-                        target.len(),
-                        target
-                    )
-                }
+                EntryKind::Symlink { target } => writeln!(
+                    record,
+                    "l {}:{} {}:{}",
+                    e.path.len(),
+                    e.path,
+                    target.len(),
+                    target
+                ),
             };
             h.update(record.as_bytes());
         }
@@ -178,6 +333,9 @@ impl Manifest {
     /// Checks every path and symlink target with the extractor's rules, every hash's form,
     /// and that no entry is also the parent directory of another.
     pub fn validate(&self) -> Result<()> {
+        // Entries come in path order, so the files of one directory mostly follow each other:
+        // its ancestors need looking up only when the directory changes.
+        let mut checked_dir: Option<&str> = None;
         for (path, e) in &self.entries {
             if *path != e.path {
                 return Err(Error::InvalidManifest(format!(
@@ -198,11 +356,15 @@ impl Manifest {
                     check_symlink_target(path, target.as_bytes())?;
                 }
             }
-            if let Some(parent) = ancestors(path).find(|a| self.entries.contains_key(*a)) {
-                return Err(Error::InvalidManifest(format!(
-                    "{path:?} is inside {parent:?}, which is not a directory ({})",
-                    Rule::NotADirectory.name()
-                )));
+            let dir = path.rsplit_once('/').map(|(dir, _)| dir);
+            if dir.is_some() && dir != checked_dir {
+                if let Some(parent) = ancestors(path).find(|a| self.entries.contains_key(*a)) {
+                    return Err(Error::InvalidManifest(format!(
+                        "{path:?} is inside {parent:?}, which is not a directory ({})",
+                        Rule::NotADirectory.name()
+                    )));
+                }
+                checked_dir = dir;
             }
         }
         Ok(())
@@ -210,12 +372,70 @@ impl Manifest {
 
     /// The JSON form, with the tree hash: `{"format":1,"tree":"…","entries":[…]}`.
     pub fn to_json(&self) -> String {
-        let json = ManifestJson {
+        self.to_json_with_tree(&self.tree_hash())
+    }
+
+    /// [`Manifest::to_json`] when the caller has just computed the tree hash. Written by
+    /// hand, byte for byte what `serde_json` writes for [`Serialize`]: a store writes one
+    /// per sync, and most strings (hashes, ordinary paths) need no escaping, which serde's
+    /// byte-by-byte escaping (generic, so built with this crate's optimisation level) does
+    /// not notice.
+    pub(crate) fn to_json_with_tree(&self, tree: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(96 + self.entries.len() * 160);
+        out.push_str("{\"format\":1,\"tree\":");
+        json_str(&mut out, tree);
+        out.push_str(",\"entries\":[");
+        for (i, e) in self.entries.values().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"path\":");
+            json_str(&mut out, &e.path);
+            match &e.kind {
+                EntryKind::File {
+                    size,
+                    executable,
+                    sha256,
+                } => {
+                    let _ = write!(out, ",\"type\":\"file\",\"size\":{size},\"executable\":{executable},\"sha256\":");
+                    json_str(&mut out, sha256);
+                }
+                EntryKind::Symlink { target } => {
+                    out.push_str(",\"type\":\"symlink\",\"target\":");
+                    json_str(&mut out, target);
+                }
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn json_ref<'a>(&'a self, tree: &'a str) -> ManifestJsonRef<'a> {
+        ManifestJsonRef {
             format: 1,
-            tree: Some(self.tree_hash()),
-            entries: self.entries.values().cloned().collect(),
-        };
-        serde_json::to_string(&json).expect("a manifest serializes")
+            tree,
+            entries: EntriesRef(&self.entries),
+        }
+    }
+
+    /// A manifest of `entries`, each path at most once. Entries in path order (as
+    /// [`Manifest::to_json`] writes them) are bulk-loaded instead of inserted one by one.
+    fn from_entries(entries: Vec<Entry>) -> Result<Manifest> {
+        if entries.windows(2).all(|w| w[0].path < w[1].path) {
+            return Ok(Manifest {
+                entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+            });
+        }
+        let mut m = Manifest::new();
+        for e in entries {
+            let path = e.path.clone();
+            if m.insert(e).is_some() {
+                return Err(Error::InvalidManifest(format!("{path:?} appears twice")));
+            }
+        }
+        Ok(m)
     }
 
     /// Parses and validates the JSON form. When it names a `tree`, the entries must hash to it.
@@ -228,13 +448,7 @@ impl Manifest {
                 parsed.format
             )));
         }
-        let mut m = Manifest::new();
-        for e in parsed.entries {
-            let path = e.path.clone();
-            if m.insert(e).is_some() {
-                return Err(Error::InvalidManifest(format!("{path:?} appears twice")));
-            }
-        }
+        let m = Manifest::from_entries(parsed.entries)?;
         m.validate()?;
         if let Some(tree) = parsed.tree {
             let actual = m.tree_hash();
@@ -295,14 +509,27 @@ impl Manifest {
     }
 }
 
+/// Appends `s` as a JSON string, as `serde_json` writes it (it escapes `"`, `\\` and
+/// control characters, nothing else).
+fn json_str(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x20 || b == b'"' || b == b'\\' {
+            out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+            return;
+        }
+        i += 1;
+    }
+    out.push('"');
+    out.push_str(s);
+    out.push('"');
+}
+
 impl Serialize for Manifest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        ManifestJson {
-            format: 1,
-            tree: Some(self.tree_hash()),
-            entries: self.entries.values().cloned().collect(),
-        }
-        .serialize(s)
+        self.json_ref(&self.tree_hash()).serialize(s)
     }
 }
 

@@ -28,19 +28,32 @@ pub(crate) fn check_path_rule(bytes: &[u8]) -> Result<&str, Rule> {
     if s.starts_with('/') {
         return Err(Rule::AbsolutePath);
     }
+    // One pass over the components (this runs for every entry of every manifest read).
     // `..` is reported before other component problems: it is the one that matters.
-    if s.split('/').any(|c| c == "..") {
-        return Err(Rule::ParentComponent);
-    }
-    for c in s.split('/') {
-        if c.is_empty() || c == "." {
-            return Err(Rule::EmptyOrDotComponent);
+    let b = s.as_bytes();
+    let mut first_problem = None;
+    let (mut start, mut i) = (0, 0);
+    while i <= b.len() {
+        if i == b.len() || b[i] == b'/' {
+            let c = &b[start..i];
+            if c == b".." {
+                return Err(Rule::ParentComponent);
+            }
+            if first_problem.is_none() {
+                if c.is_empty() || c == b"." {
+                    first_problem = Some(Rule::EmptyOrDotComponent);
+                } else if c.len() > MAX_COMPONENT_BYTES {
+                    first_problem = Some(Rule::ComponentTooLong);
+                }
+            }
+            start = i + 1;
         }
-        if c.len() > MAX_COMPONENT_BYTES {
-            return Err(Rule::ComponentTooLong);
-        }
+        i += 1;
     }
-    Ok(s)
+    match first_problem {
+        Some(rule) => Err(rule),
+        None => Ok(s),
+    }
 }
 
 /// Checks the target of the symlink at `link_path` (already a valid path): not empty, no NUL,
@@ -80,11 +93,14 @@ pub(crate) fn check_symlink_target_rule<'a>(
 
 /// Checks a tree hash: 64 lowercase hex digits (it names directories in the store).
 pub fn check_tree_hash(hash: &str) -> Result<()> {
-    if hash.len() == 64
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    let b = hash.as_bytes();
+    let mut ok = b.len() == 64;
+    let mut i = 0;
+    while ok && i < b.len() {
+        ok = matches!(b[i], b'0'..=b'9' | b'a'..=b'f');
+        i += 1;
+    }
+    if ok {
         Ok(())
     } else {
         Err(Error::InvalidTreeHash(crate::error::display_name(

@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::archive::SyncHeader;
 use crate::error::{Error, Result};
 use crate::extract::{extract_tar, Limits};
-use crate::fs::{self, Dir, Kind};
-use crate::manifest::{EntryKind, Manifest};
+use crate::fs::{self, Dir};
+use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::path::{check_path, check_tree_hash};
 
 /// What [`Store::apply`] did.
@@ -126,9 +126,9 @@ impl Store {
     /// Applies a sync archive. Exactly one gzip member is read: the input's end is never
     /// waited for. When `expected_tree` is published already, the archive is read through
     /// and nothing is written (but `latest` moves to it). Otherwise a unique stage
-    /// directory gets the base tree (hard links to its files where possible: published
-    /// trees are never written in place, see `Files::Link`), the deletions (never following
-    /// symlinks), and the archive's entries through the hardened extractor. The manifest
+    /// directory gets the base tree but for the deleted paths (hard links to its files where
+    /// possible: published trees are never written in place, see `Files::Link`), and the
+    /// archive's entries through the hardened extractor. The manifest
     /// that results (base − deleted + extracted, only the extracted files hashed) must hash
     /// to `expected_tree`, or the stage is deleted and nothing is published. Then the
     /// manifest is written, the stage renamed to `trees/<tree>` and `latest` replaced.
@@ -221,20 +221,15 @@ impl Store {
                 manifest = self
                     .manifest(base)?
                     .ok_or_else(|| Error::UnknownTree(base.clone()))?;
-                copy_tree(&self.tree_dir(base)?, &manifest, &stage_dir, Files::Link)?;
             }
+            // Deleted paths are left out of the base's copy (never linked, then unlinked):
+            // nothing of the stage is touched for them, so no symlink can be followed.
             for path in &header.deleted {
                 check_path(path.as_bytes())?;
-                if manifest.remove(path).is_none() {
-                    continue;
-                }
-                if let Some((parent, name)) = fs::parent_of(&stage_dir, path, false)? {
-                    match parent.kind(name).map_err(|e| Error::io(path, e))? {
-                        Some(Kind::Dir) | None => {}
-                        Some(_) => parent.unlink(name).map_err(|e| Error::io(path, e))?,
-                    }
-                }
-                fs::prune_empty_parents(&stage_dir, path);
+                manifest.remove(path);
+            }
+            if let Some(base) = &header.base {
+                copy_tree(&self.tree_dir(base)?, &manifest, &stage_dir, Files::Link)?;
             }
             Ok(())
         };
@@ -259,7 +254,7 @@ impl Store {
         write_then_rename(
             &tmp,
             &self.manifest_path(expected),
-            manifest.to_json().as_bytes(),
+            manifest.to_json_with_tree(&actual).as_bytes(),
         )?;
         // One flush of the filesystem (the stage and the manifest) instead of an fsync per
         // file, before the rename publishes: a node crash must not leave a published tree
@@ -346,70 +341,126 @@ enum Files {
     Link,
 }
 
-/// Copies the entries of `manifest` from `src` into `dest`: directories first, then files
-/// (regular copies with the manifest's mode, sizes checked) and symlinks, on a few threads.
+/// Entries of one directory that `copy_tree` handles as one piece of work: its two
+/// directories are opened once, then each entry costs one call (a link) or one copy.
+const UNIT: usize = 256;
+
+/// Copies the entries of `manifest` from `src` into `dest`: directories first (in a
+/// depth-first walk, each made and opened from its parent's descriptor), then files (hard
+/// links, or regular copies with the manifest's mode, sizes checked) and symlinks, a
+/// directory's run of entries at a time, on a few threads.
 fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Result<()> {
     let src_dir = Dir::open(src).map_err(|e| Error::io_path(src, e))?;
-    let mut dirs: Vec<&str> = manifest
+    let entries: Vec<(&str, &str, &Entry)> = manifest
         .entries()
-        .flat_map(|e| crate::path::ancestors(&e.path))
+        .map(|e| match e.path.rsplit_once('/') {
+            Some((dir, name)) => (dir, name, e),
+            None => ("", e.path.as_str(), e),
+        })
         .collect();
-    dirs.sort();
-    dirs.dedup();
-    for d in dirs {
-        let (parent, name) = fs::parent_of(dest, d, true)?.expect("created");
+    // In path order, a directory's entries mostly follow each other ("a/x", "a/y"; only a
+    // sibling sorting between them, "a-b/…" or "a.d/…" before "a/…", splits a run).
+    let units: Vec<&[(&str, &str, &Entry)]> = entries
+        .chunk_by(|a, b| a.0 == b.0)
+        .flat_map(|run| run.chunks(UNIT))
+        .collect();
+    make_dirs(dest, units.iter().map(|u| u[0].0))?;
+    fs::parallel_map(&units, |unit| {
+        let dir = unit[0].0;
+        let damaged = |path: &str, detail: String| Error::Changed {
+            path: format!("{}/{path}", src.display()),
+            detail,
+        };
+        let from = fs::open_dir_path(&src_dir, dir).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => damaged(dir, "it is missing from the published tree".into()),
+            _ => fs::dir_error(unit[0].2.path.as_str(), e),
+        })?;
+        let to = fs::open_dir_path(dest, dir).map_err(|e| fs::dir_error(dir, e))?;
+        for &(_, name, e) in *unit {
+            match &e.kind {
+                EntryKind::File {
+                    size, executable, ..
+                } => {
+                    if files == Files::Link {
+                        match to.link_from(&from, name, name) {
+                            Ok(()) => continue,
+                            // Another file system, or no hard links there: copy instead.
+                            Err(err)
+                                if matches!(
+                                    err.raw_os_error(),
+                                    Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::ENOTSUP)
+                                ) => {}
+                            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                                return Err(damaged(
+                                    &e.path,
+                                    "it is missing from the published tree".into(),
+                                ))
+                            }
+                            Err(err) => return Err(Error::io(&e.path, err)),
+                        }
+                    }
+                    let mut input =
+                        from.open_file(name)
+                            .map_err(|err| match err.raw_os_error() {
+                                Some(libc::ENOENT) => {
+                                    damaged(&e.path, "it is missing from the published tree".into())
+                                }
+                                _ => Error::io(&e.path, err),
+                            })?;
+                    let mut output = to
+                        .create_file(name, *executable)
+                        .map_err(|err| Error::io(&e.path, err))?;
+                    let copied =
+                        io::copy(&mut input, &mut output).map_err(|err| Error::io(&e.path, err))?;
+                    if copied != *size {
+                        return Err(damaged(
+                            &e.path,
+                            format!("it has {copied} bytes, its manifest says {size}"),
+                        ));
+                    }
+                }
+                EntryKind::Symlink { target } => {
+                    to.symlink(target, name)
+                        .map_err(|err| Error::io(&e.path, err))?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Makes `dirs` and their ancestors below `dest` (existing ones are fine): sorted by
+/// components, so that the walk is depth-first and each directory's parent is the open
+/// directory on top of a stack (one `mkdirat` and one `openat` per directory).
+fn make_dirs<'a>(dest: &Dir, dirs: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut all: Vec<&str> = Vec::new();
+    for d in dirs.filter(|d| !d.is_empty()) {
+        if all.last() != Some(&d) {
+            all.extend(crate::path::ancestors(d));
+            all.push(d);
+        }
+    }
+    all.sort_unstable_by(|a, b| a.split('/').cmp(b.split('/')));
+    all.dedup();
+    let mut open: Vec<(&str, Dir)> = Vec::new();
+    for d in all {
+        while let Some((top, _)) = open.last() {
+            if d.len() > top.len() && d.starts_with(top) && d.as_bytes()[top.len()] == b'/' {
+                break;
+            }
+            open.pop();
+        }
+        let parent = open.last().map_or(dest, |(_, dir)| dir);
+        let name = d.rsplit_once('/').map_or(d, |(_, name)| name);
         match parent.mkdir(name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(d, e)),
         }
+        let dir = parent.open_dir(name).map_err(|e| fs::dir_error(d, e))?;
+        open.push((d, dir));
     }
-    let entries: Vec<_> = manifest.entries().collect();
-    fs::parallel_map(&entries, |e| {
-        let damaged = |detail: String| Error::Changed {
-            path: format!("{}/{}", src.display(), e.path),
-            detail,
-        };
-        let (to, name) = fs::parent_of(dest, &e.path, false)?.expect("made above");
-        let (from, from_name) = fs::parent_of(&src_dir, &e.path, false)?
-            .ok_or_else(|| damaged("it is missing from the published tree".into()))?;
-        match &e.kind {
-            EntryKind::File {
-                size, executable, ..
-            } => {
-                if files == Files::Link {
-                    match to.link_from(&from, from_name, name) {
-                        Ok(()) => return Ok(()),
-                        // Another file system, or no hard links there: copy instead.
-                        Err(err)
-                            if matches!(
-                                err.raw_os_error(),
-                                Some(libc::EXDEV | libc::EPERM | libc::EMLINK | libc::ENOTSUP)
-                            ) => {}
-                        Err(err) => return Err(Error::io(&e.path, err)),
-                    }
-                }
-                let mut input = from
-                    .open_file(from_name)
-                    .map_err(|err| Error::io(&e.path, err))?;
-                let mut output = to
-                    .create_file(name, *executable)
-                    .map_err(|err| Error::io(&e.path, err))?;
-                let copied =
-                    io::copy(&mut input, &mut output).map_err(|err| Error::io(&e.path, err))?;
-                if copied != *size {
-                    return Err(damaged(format!(
-                        "it has {copied} bytes, its manifest says {size}"
-                    )));
-                }
-            }
-            EntryKind::Symlink { target } => {
-                to.symlink(target, name)
-                    .map_err(|err| Error::io(&e.path, err))?;
-            }
-        }
-        Ok(())
-    })?;
     Ok(())
 }
 

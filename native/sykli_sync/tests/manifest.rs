@@ -175,3 +175,115 @@ fn diff_lists_changed_and_deleted_paths() {
     // From nothing, everything is changed.
     assert_eq!(diff(&Manifest::new(), &target).changed.len(), target.len());
 }
+
+#[test]
+fn the_json_writer_is_serdes_byte_for_byte_and_reading_is_strict_where_it_matters() {
+    let file = |path: &str, sha256: &str| Entry {
+        path: path.into(),
+        kind: EntryKind::File {
+            size: 12,
+            executable: false,
+            sha256: sha256.into(),
+        },
+    };
+    let link = |path: &str, target: &str| Entry {
+        path: path.into(),
+        kind: EntryKind::Symlink {
+            target: target.into(),
+        },
+    };
+    let mut m = Manifest::new();
+    m.insert(file("plain.rs", &"a".repeat(64)));
+    m.insert(file("quote\"back\\slash", &"b".repeat(64)));
+    m.insert(file("ctl\u{1}\t\r\u{1f}\u{7f}é🙂", &"c".repeat(64)));
+    m.insert(link("l1", "plain.rs"));
+    m.insert(link("l2", "ctl\u{1}\t\r\u{1f}\u{7f}é🙂"));
+    let json = m.to_json();
+    assert_eq!(serde_json::to_string(&m).unwrap(), json);
+    assert_eq!(Manifest::from_json(&json).unwrap(), m);
+    assert_eq!(
+        serde_json::to_string(m.get("l1").unwrap()).unwrap(),
+        r#"{"path":"l1","type":"symlink","target":"plain.rs"}"#
+    );
+
+    // Entries in any order, unknown fields ignored; missing, doubled or unknown ones are not.
+    let sha = "d".repeat(64);
+    let any_order = format!(
+        r#"{{"entries":[{{"sha256":"{sha}","x":[1],"executable":true,"type":"file","size":3,"path":"z"}},{{"target":"z","path":"a","type":"symlink"}}]}}"#
+    );
+    let parsed = Manifest::from_json(&any_order).unwrap();
+    assert_eq!(
+        parsed
+            .entries()
+            .map(|e| e.path.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "z"]
+    );
+    for (bad, why) in [
+        (
+            r#"{"entries":[{"path":"x","type":"file","size":1,"executable":false}]}"#,
+            "missing field `sha256`",
+        ),
+        (
+            r#"{"entries":[{"path":"x","target":"y"}]}"#,
+            "missing field `type`",
+        ),
+        (
+            r#"{"entries":[{"path":"x","type":"fifo"}]}"#,
+            "unknown variant `fifo`",
+        ),
+        (
+            r#"{"entries":[{"path":"x","path":"y","type":"symlink","target":"z"}]}"#,
+            "duplicate field `path`",
+        ),
+        (
+            r#"{"entries":[{"path":"x","type":"symlink","target":"a"},{"path":"x","type":"symlink","target":"b"}]}"#,
+            "\"x\" appears twice",
+        ),
+    ] {
+        let err = Manifest::from_json(bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidManifest(msg) if msg.contains(why)),
+            "{bad}: {err}"
+        );
+    }
+}
+
+#[test]
+fn diff_of_interleaved_paths() {
+    // "a-b/…" and "a.c" sort between "a" and "a/…": the merge must not lose its place.
+    let entry = |path: &str, sha: char| Entry {
+        path: path.into(),
+        kind: EntryKind::File {
+            size: 1,
+            executable: false,
+            sha256: sha.to_string().repeat(64),
+        },
+    };
+    let manifest = |entries: &[(&str, char)]| {
+        let mut m = Manifest::new();
+        for (p, s) in entries {
+            m.insert(entry(p, *s));
+        }
+        m
+    };
+    let base = manifest(&[
+        ("a-b/x", '1'),
+        ("a.c", '1'),
+        ("a/x", '1'),
+        ("a/y", '1'),
+        ("b", '1'),
+    ]);
+    let target = manifest(&[
+        ("a", '1'),
+        ("a-b/x", '2'),
+        ("a/y", '1'),
+        ("a/z", '1'),
+        ("c", '1'),
+    ]);
+    let d = diff(&base, &target);
+    assert_eq!(d.changed, ["a", "a-b/x", "a/z", "c"]);
+    assert_eq!(d.deleted, ["a.c", "a/x", "b"]);
+    assert_eq!(diff(&target, &base).changed, ["a-b/x", "a.c", "a/x", "b"]);
+    assert_eq!(diff(&target, &base).deleted, ["a", "a/z", "c"]);
+}

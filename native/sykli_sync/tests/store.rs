@@ -409,3 +409,64 @@ fn apply_refuses_malicious_entries_and_publishes_nothing() {
     assert!(listing(&store_root.join("staging")).is_empty());
     assert_eq!(listing(pvc.path()), ["store"]);
 }
+
+#[test]
+fn staging_links_every_run_of_a_directory_and_notices_a_damaged_base() {
+    // Paths whose directories interleave in path order ("a/…", "a-b/…", "a.d", "a/…"), deep
+    // ones, a directory of more entries than one unit of work, symlinks, root files.
+    let work = tempfile::tempdir().unwrap();
+    let pvc = tempfile::tempdir().unwrap();
+    let root = work.path();
+    for p in ["a/1", "a-b/x", "a.d", "a/b/c/d/e", "a/z", "z", "a-b/y/deep"] {
+        write(root, p, p.as_bytes(), false);
+    }
+    for i in 0..600 {
+        write(
+            root,
+            &format!("big/f{i:03}"),
+            format!("{i}").as_bytes(),
+            i % 7 == 0,
+        );
+    }
+    symlink(root, "a/b/link", "c/d/e");
+    let store = Store::new(pvc.path());
+    let (t1, archive, _) = archive_for(&store, root);
+    store.apply(&t1, &archive[..]).unwrap();
+
+    write(root, "a/z", b"changed", false);
+    std::fs::remove_file(root.join("a-b/y/deep")).unwrap();
+    std::fs::remove_dir(root.join("a-b/y")).unwrap();
+    let (t2, archive, delta) = archive_for(&store, root);
+    assert_eq!(delta.changed, ["a/z"]);
+    assert_eq!(delta.deleted, ["a-b/y/deep"]);
+    store.apply(&t2, &archive[..]).unwrap();
+    let p2 = published(&store, &t2);
+    assert!(
+        snapshot(&p2) == snapshot(root),
+        "the published tree differs"
+    );
+    // Unchanged files are the base's inodes; the changed one is new; a deleted file's
+    // directory, empty now, is not made at all.
+    let ino = |tree: &str, p: &str| {
+        std::fs::metadata(published(&store, tree).join(p))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino(&t1, "big/f599"), ino(&t2, "big/f599"));
+    assert_eq!(ino(&t1, "a/b/c/d/e"), ino(&t2, "a/b/c/d/e"));
+    assert_ne!(ino(&t1, "a/z"), ino(&t2, "a/z"));
+    assert!(!p2.join("a-b/y").exists());
+
+    // A published tree missing a file (damaged by hand) cannot be a base: the apply says
+    // which file and publishes nothing.
+    std::fs::remove_file(p2.join("big/f300")).unwrap();
+    write(root, "z", b"again", false);
+    let (t3, archive, _) = archive_for(&store, root);
+    let err = store.apply(&t3, &archive[..]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Changed { path, detail } if path.ends_with("/big/f300") && detail.contains("missing")),
+        "{err}"
+    );
+    assert!(!published(&store, &t3).exists());
+    assert!(listing(&pvc.path().join("staging")).is_empty());
+}
