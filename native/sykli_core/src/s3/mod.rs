@@ -222,7 +222,11 @@ impl Bucket {
     }
 
     fn path(&self, key: &str) -> String {
-        format!("{}/{}", self.path_prefix, sigv4::encode_key(key))
+        match (key, self.path_prefix.as_str()) {
+            ("", "") => "/".into(),
+            ("", bucket) => bucket.into(),
+            (key, bucket) => format!("{bucket}/{}", sigv4::encode_key(key)),
+        }
     }
 
     fn url(&self, path: &str, query: &[(String, String)]) -> String {
@@ -280,6 +284,9 @@ impl Bucket {
         };
         let resp = match body {
             Body::Empty => {
+                if method == "POST" || method == "PUT" {
+                    builder = builder.header("content-length", "0");
+                }
                 let req = builder.body(()).map_err(|e| fail(e.to_string()))?;
                 self.agent.run(req)
             }
@@ -338,6 +345,26 @@ impl Bucket {
             body,
             what,
         })
+    }
+
+    /// Checks that the bucket exists and the credentials may list it (ListObjectsV2 of at
+    /// most one key): a missing bucket or refused credentials are errors, before any upload.
+    pub fn check(&self) -> Result<()> {
+        let r = self.send(
+            "GET",
+            "",
+            vec![
+                ("list-type".into(), "2".into()),
+                ("max-keys".into(), "1".into()),
+                ("prefix".into(), format!("{}{OBJECT_DIR}", self.prefix)),
+            ],
+            vec![],
+            Body::Empty,
+        )?;
+        match r.status {
+            200 => Ok(()),
+            _ => Err(r.error(self)),
+        }
     }
 
     /// The object at `key`, or `None`. Refused credentials are an `s3_auth` error.
@@ -483,6 +510,11 @@ impl Bucket {
 
     /// A presigned GET URL for `key`, valid `expires` seconds (at most seven days).
     pub fn presign_get(&self, key: &str, expires: u64) -> Result<String> {
+        self.presign_get_at(key, expires, &Stamp::now())
+    }
+
+    /// As [`Bucket::presign_get`], signed as of `stamp`.
+    pub fn presign_get_at(&self, key: &str, expires: u64, stamp: &Stamp) -> Result<String> {
         if expires == 0 || expires > sigv4::MAX_PRESIGN_SECONDS {
             return Err(Error::InvalidOption {
                 key: "timeout".into(),
@@ -500,7 +532,7 @@ impl Bucket {
             headers: vec![],
             payload_sha256: sigv4::UNSIGNED_PAYLOAD,
         };
-        let q = sigv4::presign_query(&req, self.creds()?, &self.region, &Stamp::now(), expires);
+        let q = sigv4::presign_query(&req, self.creds()?, &self.region, stamp, expires);
         Ok(format!("{}://{}{path}?{q}", self.scheme, self.host))
     }
 }

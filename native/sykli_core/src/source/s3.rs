@@ -77,6 +77,7 @@ pub fn publish(bucket: &Bucket, local: &LocalTree, scratch: &Path) -> Result<Pub
         files: local.manifest.len(),
         hashed: local.hashed,
     };
+    bucket.check()?;
     if let Some(info) = bucket.head(&key)? {
         if let Some(sha) = info.sha256.filter(|s| is_sha256(s)) {
             return Ok(base(sha, info.size, 0, true));
