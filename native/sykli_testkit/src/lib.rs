@@ -6,6 +6,8 @@
 //! * [`git_server`]: git servers (`git://`, smart HTTP and HTTPS) on 127.0.0.1.
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
+//! * [`s3_server`]: a real S3-compatible server (s3s-fs) on 127.0.0.1 that verifies SigV4
+//!   signatures and presigned URLs, storing objects as plain files.
 //! * [`tls`]: a CA made on the spot and a server certificate for 127.0.0.1 it signs.
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
@@ -14,6 +16,7 @@ mod http;
 pub mod http_proxy;
 pub mod lfs_server;
 pub mod pod_runner;
+pub mod s3_server;
 mod server;
 pub mod sshd;
 pub mod tls;

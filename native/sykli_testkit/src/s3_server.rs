@@ -1,0 +1,333 @@
+//! A real S3-compatible server on 127.0.0.1 for tests: `s3s-fs` (crates.io `s3s-fs`
+//! [`S3S_FS_VERSION`], the file-system backend of the `s3s` S3 service library), built by
+//! scripts/setup into `~/.cache/sykli/tools` (`SYKLI_TOOLS` overrides it).
+//!
+//! Why this one: it was picked by testing candidates with boto3-signed requests. s3s-fs
+//! verifies SigV4 header signatures (`UNSIGNED-PAYLOAD` and real payload hashes, the hash
+//! checked against the body: a mismatch is refused, though as `500 InternalError` where AWS
+//! says `400 XAmzContentSHA256Mismatch`) and presigned URLs, and rejects an expired
+//! presigned URL (`403 AccessDenied`, "Request has expired"). moto's server (5.2.5, with
+//! its IAM auth enforced through `INITIAL_NO_AUTH_ACTION_COUNT`) verifies header signatures
+//! but answers every presigned URL, fresh, expired or forged, with a 500 (it reads the
+//! signature from the `Authorization` header only), so it can test neither.
+//!
+//! * Endpoint: [`S3Server::endpoint`], `http://127.0.0.1:PORT`, path-style requests only
+//!   (`http://127.0.0.1:PORT/<bucket>/<key>`; no virtual-host style).
+//! * Credentials: one static key pair, random per server ([`S3Server::access_key`],
+//!   [`S3Server::secret_key`]). A wrong secret is `403 SignatureDoesNotMatch`, an unknown
+//!   access key `403 NotSignedUp`, an unsigned request `403 AccessDenied`. Not checked:
+//!   the region of the credential scope (any region signs; [`REGION`] is the one to use)
+//!   and `X-Amz-Security-Token` (ignored). There is no STS.
+//! * Presigned URLs: `X-Amz-Date` more than 15 minutes in the future is
+//!   `403 RequestTimeTooSkewed`; an `X-Amz-Expires` above AWS' 604800 s is accepted.
+//! * Storage: a bucket is the directory `<dir>/data/<bucket>` ([`S3Server::create_bucket`]
+//!   makes it, as the server's own CreateBucket does), an object the plain file
+//!   `<dir>/data/<bucket>/<key>` ([`S3Server::object_path`]): overwrite it to corrupt the
+//!   object. Each object's user metadata and ETag/checksums live in sidecar files
+//!   `<dir>/data/.bucket-<b64(bucket)>.object-<b64(key)>.{metadata,internal}.json`
+//!   (URL-safe base64 without padding), so a corrupted file is still served with the ETag
+//!   of what was uploaded.
+//! * Request log (each request and response, errors with their reason):
+//!   `<dir>/s3s-fs.log` ([`S3Server::log_path`]).
+//!
+//! The server runs until the handle is dropped, or until the test process dies: a watchdog
+//! (`sh`, reading a pipe from this process) kills it when the pipe closes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long [`S3Server::start`] waits for the server to listen.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The s3s-fs release scripts/setup installs (and [`S3Server::start`] insists on).
+pub const S3S_FS_VERSION: &str = "0.14.0";
+
+/// The region clients should sign for (s3s-fs does not check it).
+pub const REGION: &str = "us-east-1";
+
+/// What s3s-fs logs: its start line (which carries the port), each request and response
+/// (`s3s::service`), and the reason of every rejected request (`s3s::ops`).
+const LOG_FILTER: &str = "s3s_fs=info,s3s=info,s3s::service=debug";
+
+/// The line s3s-fs logs once its socket listens, followed by the address.
+const LISTENING: &str = "server is running at http://";
+
+/// Kills the process `$1` when standard input reaches EOF.
+const WATCHDOG: &str = r#"cat >/dev/null; kill -KILL "$1" 2>/dev/null"#;
+
+/// An s3s-fs server process, killed on drop.
+pub struct S3Server {
+    child: Child,
+    watchdog: Option<(Child, Option<ChildStdin>)>,
+    port: u16,
+    access_key: String,
+    secret_key: String,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free port of 127.0.0.1 with a fresh random key pair, storing
+    /// under `dir/data` (its log goes to `dir/s3s-fs.log`), and returns once the port
+    /// accepts connections.
+    ///
+    /// A missing or different s3s-fs is an error that says to run scripts/setup.
+    pub fn start(dir: &Path) -> io::Result<S3Server> {
+        let bin = s3s_fs_bin()?;
+        fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let root = dir.join("data");
+        fs::create_dir_all(&root)?;
+        let log = dir.join("s3s-fs.log");
+        let access_key = format!("AKIA{}", random_hex(8)?.to_uppercase());
+        let secret_key = random_hex(20)?;
+
+        let log_file = OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(&root)
+            .current_dir(&dir)
+            .env_clear()
+            .env("RUST_LOG", LOG_FILTER)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file.try_clone()?)
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut server = S3Server {
+            child,
+            watchdog: None,
+            port: 0,
+            access_key,
+            secret_key,
+            root,
+            log,
+        };
+        let watchdog = Command::new("sh")
+            .args(["-c", WATCHDOG, "sh", &server.child.id().to_string()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match watchdog {
+            Ok(mut w) => {
+                let stdin = w.stdin.take();
+                server.watchdog = Some((w, stdin));
+            }
+            Err(e) => return Err(server.startup_error(&format!("starting its watchdog: {e}"))),
+        }
+
+        // Copies s3s-fs' output to the log, reporting the port of its start line.
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || copy_log(stdout, log_file, tx));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let port = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Ok(port)) => port,
+            Ok(Err(e)) => return Err(server.startup_error(&e)),
+            Err(_) => {
+                return Err(
+                    server.startup_error(&format!("no port reported within {START_TIMEOUT:?}"))
+                )
+            }
+        };
+        server.port = port;
+        // The socket listens before the line is logged, so one connection must succeed.
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let left = deadline.saturating_duration_since(Instant::now());
+        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
+            Ok(_) => Ok(server),
+            Err(e) => Err(server.startup_error(&format!("port {port} does not answer: {e}"))),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for path-style requests (`/<bucket>/<key>`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// [`REGION`].
+    pub fn region(&self) -> &'static str {
+        REGION
+    }
+
+    /// The process id of s3s-fs.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory holding the buckets: `<dir>/data`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The environment an AWS SDK or CLI needs to use this server: `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_DEFAULT_REGION", REGION.to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+        ]
+    }
+
+    /// Creates the bucket `bucket` (its directory, which is all s3s-fs' CreateBucket does)
+    /// and returns its directory. `bucket` must be a valid S3 bucket name (3 to 63 of
+    /// `a-z`, `0-9`, `.`, `-`, starting and ending with a letter or digit): s3s-fs refuses
+    /// requests naming any other.
+    pub fn create_bucket(&self, bucket: &str) -> io::Result<PathBuf> {
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a valid S3 bucket name: {bucket:?}"),
+            ));
+        }
+        let path = self.bucket_path(bucket);
+        fs::create_dir(&path)?;
+        Ok(path)
+    }
+
+    /// The directory of bucket `bucket`: `<dir>/data/<bucket>`.
+    pub fn bucket_path(&self, bucket: &str) -> PathBuf {
+        self.root.join(bucket)
+    }
+
+    /// The file holding object `key` of `bucket` once uploaded (by PUT or a completed
+    /// multipart upload): `<dir>/data/<bucket>/<key>` (a key's `/` are directories). Holds
+    /// for keys without empty, `.` or `..` segments.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.bucket_path(bucket).join(key.trim_start_matches('/'))
+    }
+
+    /// The server's log file (each request and response, and why a request failed).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn startup_error(&mut self, what: &str) -> io::Error {
+        self.stop();
+        io::Error::other(format!(
+            "s3s-fs failed to start: {what}\n{}",
+            self.log().trim_end()
+        ))
+    }
+
+    fn stop(&mut self) {
+        // The watchdog first: it kills s3s-fs, which stays unreaped (so its pid cannot be
+        // reused) until the wait below.
+        if let Some((mut watchdog, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = watchdog.wait();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `s3s-fs` from the tools root scripts/setup installs into (`SYKLI_TOOLS`, else
+/// `~/.cache/sykli/tools`), checked to be release [`S3S_FS_VERSION`].
+fn s3s_fs_bin() -> io::Result<PathBuf> {
+    let tools = std::env::var_os("SYKLI_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sykli/tools")
+        });
+    let bin = tools.join("bin/s3s-fs");
+    let version = Command::new(&bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match version {
+        Ok(v) if v == format!("s3s-fs {S3S_FS_VERSION}") => Ok(bin),
+        Ok(v) => Err(io::Error::other(format!(
+            "{} is {v:?}, not s3s-fs {S3S_FS_VERSION}: run scripts/setup",
+            bin.display()
+        ))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}: run scripts/setup", bin.display()),
+        )),
+    }
+}
+
+/// Appends each line of `output` to `log`; sends the port of the [`LISTENING`] line, or
+/// why there was none.
+fn copy_log(output: impl Read, mut log: File, tx: mpsc::Sender<Result<u16, String>>) {
+    let mut reader = BufReader::new(output);
+    let mut tx = Some(tx);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(format!("reading its output: {e}")));
+                }
+                return;
+            }
+        }
+        let _ = log.write_all(line.as_bytes());
+        if let Some(at) = line.find(LISTENING) {
+            let addr = line[at + LISTENING.len()..].trim();
+            let port = addr
+                .parse::<SocketAddr>()
+                .map(|a| a.port())
+                .map_err(|_| format!("unexpected start line {:?}", line.trim()));
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(port);
+            }
+        }
+    }
+    if let Some(tx) = tx.take() {
+        let _ = tx.send(Err("it exited before reporting its port".to_string()));
+    }
+}
+
+/// `bytes` random bytes from /dev/urandom, in hex.
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
