@@ -1,0 +1,172 @@
+defmodule Sykli.Target.K8sS3Test do
+  # The S3 strategy end to end: bin/sykli packs the working tree, uploads it to a real
+  # S3-compatible server on 127.0.0.1 that verifies SigV4 (s3s-fs), and the Jobs of the
+  # strict test cluster fetch it through a presigned URL with the host build of sykli-sync.
+  use ExUnit.Case, async: true
+
+  import Sykli.Test.GitRepo
+  alias Sykli.Test.Cluster
+
+  @sykli Path.expand("../../../bin/sykli", __DIR__)
+  @moduletag timeout: 300_000
+  @image "ghcr.io/sykli/sync:test"
+  @bucket "builds"
+
+  setup do
+    tmp = tmp_dir!()
+    s3 = Cluster.program!("sykli-s3-server", ["--dir", Path.join(tmp, "s3"), "--bucket", @bucket])
+    work = init!(Path.join(tmp, "work"))
+    write!(work, ".gitignore", "target/\n")
+    write!(work, "src/main.rs", "fn main() {}\n")
+    write!(work, "src/old.rs", "// deleted later\n")
+    write!(work, "README.md", "readme\n")
+
+    write!(work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, namespace: "ci", source_strategy: :s3, sync_image: "#{@image}",
+      s3: [bucket: "#{@bucket}", prefix: "ci", endpoint: "#{s3["endpoint"]}", region: "#{s3["region"]}"]
+    """)
+
+    commit_all!(work, "first")
+    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
+
+    info =
+      Cluster.start!(Path.join(tmp, "cluster"), [
+        "--image-file",
+        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
+      ])
+
+    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+    {:ok, tmp: tmp, work: work, info: info, s3: s3}
+  end
+
+  defp pipeline!(ctx, tasks) do
+    file = Path.join(ctx.tmp, "pipeline-#{System.unique_integer([:positive])}.json")
+    resources = %{"src:." => %{type: "directory", path: "."}}
+    File.write!(file, Sykli.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
+    file
+  end
+
+  defp task(name, command),
+    do: %{
+      name: name,
+      container: "any",
+      command: command,
+      mounts: [%{resource: "src:.", path: "/app", type: "directory"}]
+    }
+
+  # Credentials only through the AWS chain's environment; HOME has no ~/.aws.
+  defp sykli(ctx, args, secret \\ nil) do
+    System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
+      cd: ctx.work,
+      env: [
+        {"SYKLI_CWD", nil},
+        {"SYKLI_K8S_NAMESPACE", nil},
+        {"HOME", ctx.tmp},
+        {"AWS_PROFILE", nil},
+        {"AWS_SESSION_TOKEN", nil},
+        {"AWS_ACCESS_KEY_ID", ctx.s3["access_key"]},
+        {"AWS_SECRET_ACCESS_KEY", secret || ctx.s3["secret_key"]}
+      ],
+      stderr_to_stdout: true
+    )
+  end
+
+  defp events(out) do
+    out
+    |> String.split("\n", trim: true)
+    |> Enum.flat_map(fn line ->
+      case Sykli.JSON.decode(line) do
+        {:ok, %{"event" => _} = e} -> [e]
+        _ -> []
+      end
+    end)
+  end
+
+  defp published(out), do: Enum.find(events(out), &(&1["event"] == "source_published")) || flunk(out)
+
+  defp object_file(ctx, key), do: Path.join([ctx.s3["root"], @bucket, key])
+
+  test "the dirty tree arrives exactly; an unchanged tree uploads nothing", ctx do
+    write!(ctx.work, "src/main.rs", "fn main() { dirty() }\n")
+    File.rm!(Path.join(ctx.work, "src/old.rs"))
+    write!(ctx.work, "notes/todo.txt", "untracked\n")
+    write!(ctx.work, "target/debug/app", "ignored\n")
+    File.ln_s!("../README.md", Path.join(ctx.work, "src/readme"))
+
+    check =
+      ~s|grep -q dirty src/main.rs && test ! -e src/old.rs && test "$(cat notes/todo.txt)" = untracked | <>
+        ~s|&& test ! -e target && test "$(readlink src/readme)" = ../README.md && test ! -e .git && echo tree-ok|
+
+    file = pipeline!(ctx, [task("check", check)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    first = published(out)
+    assert first["existed"] == false and first["uploaded_bytes"] == first["size"] and first["size"] > 0
+    assert first["key"] == "ci/sykli-source/#{first["tree"]}.tar.gz"
+    assert File.exists?(object_file(ctx, first["key"]))
+    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok")), out
+
+    # Nothing changed: the bucket has it, nothing is sent.
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    again = published(out)
+    assert again["existed"] == true and again["uploaded_bytes"] == 0
+    assert again["tree"] == first["tree"] and again["sha256"] == first["sha256"]
+    assert Cluster.jobs(ctx.info, "ci") == []
+  end
+
+  test "the Job holds a presigned URL and no credentials", ctx do
+    file = pipeline!(ctx, [task("fail", "exit 3")])
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
+    assert out =~ "exit code 3" or out =~ "exited with 3", out
+    [name] = Cluster.jobs(ctx.info, "ci")
+    text = Sykli.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}"))
+    refute text =~ ctx.s3["secret_key"]
+    refute text =~ "AWS_SECRET_ACCESS_KEY"
+    assert text =~ "X-Amz-Signature="
+    assert text =~ "X-Amz-Expires="
+
+    # A dry run packs (same checksum) but signs nothing and calls nothing.
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --dry-run -o json --pipeline #{file}), "not-even-read")
+    refute out =~ "X-Amz-Signature"
+    refute out =~ ctx.s3["secret_key"]
+    assert out =~ "sykli.io/source-sha256"
+  end
+
+  test "a corrupted object fails the task's verification, naming the object", ctx do
+    file = pipeline!(ctx, [task("check", "echo should-not-run")])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    p = published(out)
+    path = object_file(ctx, p["key"])
+    size = File.stat!(path).size
+    File.write!(path, :binary.copy("x", size))
+
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert published(out)["existed"] == true
+    refute Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "should-not-run"))
+    assert out =~ "verification failed", out
+    assert out =~ p["key"]
+    refute out =~ "X-Amz-Signature", "the URL is a capability: never in a message"
+  end
+
+  test "wrong credentials fail before any Job is created", ctx do
+    file = pipeline!(ctx, [task("check", "true")])
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}), "wrong-secret")
+    assert out =~ "SignatureDoesNotMatch" or out =~ "InvalidAccessKeyId", out
+    assert out =~ "credentials from environment"
+    refute out =~ "wrong-secret"
+    assert Cluster.jobs(ctx.info, "ci") == []
+  end
+
+  test "a missing bucket is named with the settings to fix", ctx do
+    File.write!(
+      Path.join(ctx.work, ".sykli/config.exs"),
+      File.read!(Path.join(ctx.work, ".sykli/config.exs"))
+      |> String.replace(~s(bucket: "builds"), ~s(bucket: "nope"))
+    )
+
+    file = pipeline!(ctx, [task("check", "true")])
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
+    assert out =~ ~s(bucket "nope" does not exist), out
+    assert Cluster.jobs(ctx.info, "ci") == []
+  end
+end
