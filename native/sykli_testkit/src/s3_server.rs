@@ -27,6 +27,11 @@
 //!   `<dir>/data/.bucket-<b64(bucket)>.object-<b64(key)>.{metadata,internal}.json`
 //!   (URL-safe base64 without padding), so a corrupted file is still served with the ETag
 //!   of what was uploaded.
+//! * Missing buckets: a PUT into a bucket that does not exist creates it (AWS answers
+//!   `NoSuchBucket`) and a GET in one is `404 NoSuchKey`; HeadBucket (`404`) or a listing
+//!   tells a missing bucket.
+//! * Multipart: parts under 5 MiB but the last are `400 EntityTooSmall` at completion, as
+//!   on AWS; the completed object's ETag is `"<hex>-<parts>"`.
 //! * Request log (each request and response, errors with their reason):
 //!   `<dir>/s3s-fs.log` ([`S3Server::log_path`]).
 //!

@@ -19,6 +19,7 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.
 
 A response prints as {"status", "headers" (lower-cased names), "body_hex", "code",
 "message"} (code and message of an S3 XML error); a request as well as "sent_headers".
+A boto3 call the server refuses prints {"status", "code"}.
 """
 
 import argparse
@@ -34,6 +35,7 @@ from unittest import mock
 
 import boto3
 import botocore.auth
+import botocore.exceptions
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -188,7 +190,11 @@ def main():
     h.add_argument("key")
     h.set_defaults(run=head)
     a = p.parse_args()
-    json.dump(a.run(a), sys.stdout)
+    try:
+        out = a.run(a)
+    except botocore.exceptions.ClientError as e:
+        out = {"status": e.response["ResponseMetadata"]["HTTPStatusCode"], "code": e.response["Error"]["Code"]}
+    json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":

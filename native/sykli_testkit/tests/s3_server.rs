@@ -392,6 +392,7 @@ fn create_bucket_ranges_metadata_and_multipart() {
     ]);
     assert_eq!(r["status"], 200, "{r}");
     assert_eq!(r["parts"], 3, "{r}");
+    assert!(r["etag"].as_str().unwrap().ends_with("-3\""), "{r}");
     assert_eq!(
         fs::read(f.server.object_path(BUCKET, "dir/big.bin")).unwrap(),
         big
@@ -407,6 +408,28 @@ fn create_bucket_ranges_metadata_and_multipart() {
     );
     assert_eq!(r["status"], 206, "{r}");
     assert_eq!(body(&r), &big[from..=to]);
+    // Parts under 5 MiB (but the last) are refused when the upload completes.
+    let r = f.client(&[
+        "multipart",
+        BUCKET,
+        "small-parts.bin",
+        &big_file,
+        "--part-size",
+        &(1 << 20).to_string(),
+    ]);
+    assert_error(&r, 400, "EntityTooSmall");
+    assert!(!f.server.object_path(BUCKET, "small-parts.bin").exists());
+
+    // Unlike AWS (NoSuchBucket), a PUT into a bucket that does not exist creates it; only
+    // a HeadBucket (or a listing) tells a missing bucket.
+    let r = f.client(&["raw", "HEAD", "/never-created"]);
+    assert_eq!(r["status"], 404, "{r}");
+    let r = f.client(&["raw", "GET", "/never-created/key"]);
+    assert_error(&r, 404, "NoSuchKey");
+    let small = f.file("small.bin", b"small");
+    let r = f.client(&["raw", "PUT", "/never-created/key", "--body-file", &small]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert!(f.server.bucket_path("never-created").is_dir());
 }
 
 #[test]
