@@ -240,6 +240,12 @@ fn refused_credentials_and_a_missing_bucket_are_errors_that_name_the_fix() {
     );
     assert!(!msg.contains("not-the-secret"), "{msg}");
 
+    let mut unknown = env(&server, None);
+    unknown.insert("AWS_ACCESS_KEY_ID".into(), "AKIAUNKNOWNKEY000000".into());
+    let b = Bucket::new(&options(&server, None), &unknown).unwrap();
+    let err = s3::publish(&b, &local, &tmp.path().join("s")).unwrap_err();
+    assert_eq!(err.kind(), "s3_auth", "{err}");
+
     let mut o = options(&server, None);
     o.bucket = "missing".into();
     let b = Bucket::new(&o, &env(&server, None)).unwrap();

@@ -5,7 +5,7 @@ defmodule Sykli.Target.K8sS3Test do
   use ExUnit.Case, async: true
 
   import Sykli.Test.GitRepo
-  alias Sykli.Test.Cluster
+  alias Sykli.Test.{Cluster, S3Server}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -14,7 +14,7 @@ defmodule Sykli.Target.K8sS3Test do
 
   setup do
     tmp = tmp_dir!()
-    s3 = Cluster.program!("sykli-s3-server", ["--dir", Path.join(tmp, "s3"), "--bucket", @bucket])
+    s3 = S3Server.start!(Path.join(tmp, "s3"), [@bucket])
     work = init!(Path.join(tmp, "work"))
     write!(work, ".gitignore", "target/\n")
     write!(work, "src/main.rs", "fn main() {}\n")
@@ -85,7 +85,7 @@ defmodule Sykli.Target.K8sS3Test do
 
   defp published(out), do: Enum.find(events(out), &(&1["event"] == "source_published")) || flunk(out)
 
-  defp object_file(ctx, key), do: Path.join([ctx.s3["root"], @bucket, key])
+  defp object_file(ctx, key), do: S3Server.object_path(ctx.s3, @bucket, key)
 
   test "the dirty tree arrives exactly; an unchanged tree uploads nothing", ctx do
     write!(ctx.work, "src/main.rs", "fn main() { dirty() }\n")

@@ -591,7 +591,7 @@ impl Reply {
             (c, m) => format!("{} {c}: {m}", self.status),
         };
         let (kind, hint) = match code.as_str() {
-            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"
+            "InvalidAccessKeyId" | "NotSignedUp" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken"
             | "TokenRefreshRequired" | "InvalidSecurity" => (
                 "s3_auth",
                 format!(
