@@ -434,7 +434,7 @@ defmodule Sykli.Target.K8s do
   defp build_options(state, opts) do
     with {:ok, ctx} <- git_context(state),
          {:ok, pvc} <- pvc_options(state, ctx),
-         {:ok, s3} <- s3_options(state) do
+         {:ok, s3} <- s3_options(state, ctx) do
       allow_dirty = Keyword.get(opts, :allow_dirty, Map.get(state, :allow_dirty, false))
 
       {:ok,
@@ -531,24 +531,25 @@ defmodule Sykli.Target.K8s do
 
   # Before the upload (the pre-flight build of every Job), the archive is not known yet: a
   # placeholder shows the Jobs are buildable; they are built again once it is published.
-  defp s3_options(%{source_strategy: :s3} = state) do
+  defp s3_options(%{source_strategy: :s3} = state, ctx) do
     with {:ok, _} <- s3_settings(state) do
-      p =
-        state[:s3_published] ||
-          %{
-            url: "https://s3.invalid/",
-            sha256: String.duplicate("0", 64),
-            size: 0,
-            tree: String.duplicate("0", 64),
-            key: nil
-          }
+      zero = String.duplicate("0", 64)
+      p = state[:s3_published] || %{url: "https://s3.invalid/", sha256: zero, size: 0, tree: zero, key: nil}
 
       {:ok,
-       %{url: p.url, sha256: p.sha256, size: p.size, tree: p.tree, key: p.key, image: state[:sync_image]}}
+       %{
+         url: p.url,
+         sha256: p.sha256,
+         size: p.size,
+         tree: p.tree,
+         key: p.key,
+         image: state[:sync_image],
+         bundle: if(state[:source_sync] == :git, do: %{sha: ctx.sha, git_image: state[:git_image]})
+       }}
     end
   end
 
-  defp s3_options(_state), do: {:ok, nil}
+  defp s3_options(_state, _ctx), do: {:ok, nil}
 
   defp tree(%{pvc_tree: tree}, _ctx, _bundle) when is_binary(tree), do: {:ok, %{tree: tree}}
 

@@ -114,6 +114,29 @@ defmodule Sykli.Target.K8sS3Test do
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
+  test "source_sync: :git ships HEAD as a bundle: an unpushed commit is checked out, history included", ctx do
+    config = Path.join(ctx.work, ".sykli/config.exs")
+
+    File.write!(
+      config,
+      String.replace(File.read!(config), "source_strategy: :s3,", "source_strategy: :s3, source_sync: :git,")
+    )
+
+    write!(ctx.work, "src/second.rs", "// committed, never pushed\n")
+    commit_all!(ctx.work, "second")
+    sha = head!(ctx.work)
+    write!(ctx.work, "src/second.rs", "// a local change the bundle leaves out\n")
+
+    check =
+      ~s|test "$(git rev-parse HEAD)" = #{sha} && test "$(cat src/second.rs)" = "// committed, never pushed" | <>
+        ~s|&& test "$(git log --format=%s -1 HEAD~1)" = first && echo bundle-ok|
+
+    file = pipeline!(ctx, [task("check", check)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert published(out)["uploaded_bytes"] > 0
+    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "bundle-ok")), out
+  end
+
   test "the Job holds a presigned URL and no credentials", ctx do
     file = pipeline!(ctx, [task("fail", "exit 3")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))

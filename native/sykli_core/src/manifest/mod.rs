@@ -274,7 +274,7 @@ pub fn build_job(
                 }
             }
             SourcePlan::S3(s3) => {
-                init_containers.push(s3.init_container(WORKSPACE_VOLUME, DOWNLOAD_VOLUME))
+                init_containers.extend(s3.init_containers(WORKSPACE_VOLUME, DOWNLOAD_VOLUME))
             }
         }
     }

@@ -128,31 +128,14 @@ impl PvcPlan {
             sync_back: opts.sync_back,
             bundle: match &opts.bundle {
                 None => None,
-                Some(b) => {
-                    let sha_ok = (b.sha.len() == 40 || b.sha.len() == 64)
-                        && b.sha
-                            .bytes()
-                            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-                    if !sha_ok {
-                        return Err(invalid(
-                            "sha",
-                            format!("{:?} is not a full commit id", b.sha),
-                        ));
-                    }
-                    if opts.mount == Mount::Shared {
-                        return Err(invalid(
-                            "source_mount",
-                            "a git bundle is checked out per Job: source_mount :shared does not apply".into(),
-                        ));
-                    }
-                    let image = b
-                        .git_image
-                        .clone()
-                        .unwrap_or_else(|| super::git_clone::DEFAULT_GIT_IMAGE.to_string());
-                    check_image(&image)
-                        .map_err(|why| invalid("git_image", format!("{image:?} {why}")))?;
-                    Some((b.sha.clone(), image))
+                Some(_) if opts.mount == Mount::Shared => {
+                    return Err(invalid(
+                        "source_mount",
+                        "a git bundle is checked out per Job: source_mount :shared does not apply"
+                            .into(),
+                    ))
                 }
+                Some(b) => Some(check_bundle(b)?),
             },
         })
     }
@@ -198,40 +181,7 @@ impl PvcPlan {
             return self.copy(workspace, store).into_iter().collect();
         };
         let mut out: Vec<Container> = self.copy(bundle, store).into_iter().collect();
-        let env = |n: &str, v: &str| k8s_openapi::api::core::v1::EnvVar {
-            name: n.into(),
-            value: Some(v.into()),
-            value_from: None,
-        };
-        out.push(Container {
-            name: "sykli-bundle".into(),
-            image: Some(git_image.clone()),
-            command: Some(vec!["sh".into(), "-c".into(), BUNDLE_SCRIPT.into()]),
-            env: Some(vec![
-                env("SYKLI_GIT_SHA", sha),
-                env("HOME", "/tmp"),
-                env("GIT_TERMINAL_PROMPT", "0"),
-                env("GIT_CONFIG_COUNT", "1"),
-                env("GIT_CONFIG_KEY_0", "safe.directory"),
-                env("GIT_CONFIG_VALUE_0", "*"),
-            ]),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: workspace.into(),
-                    mount_path: WORKSPACE.into(),
-                    ..Default::default()
-                },
-                VolumeMount {
-                    name: bundle.into(),
-                    mount_path: "/bundle".into(),
-                    read_only: Some(true),
-                    ..Default::default()
-                },
-            ]),
-            security_context: Some(restricted_security_context()),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
-            ..Default::default()
-        });
+        out.push(bundle_checkout(workspace, bundle, sha, git_image));
         out
     }
 
@@ -346,6 +296,69 @@ impl PvcPlan {
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
         }
+    }
+}
+
+/// The commit and git image of a bundle, checked.
+pub fn check_bundle(b: &BundleOptions) -> Result<(String, String)> {
+    let invalid = |key: &str, message: String| Error::InvalidOption {
+        key: key.into(),
+        message,
+    };
+    let sha_ok = (b.sha.len() == 40 || b.sha.len() == 64)
+        && b.sha
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !sha_ok {
+        return Err(invalid(
+            "sha",
+            format!("{:?} is not a full commit id", b.sha),
+        ));
+    }
+    let image = b
+        .git_image
+        .clone()
+        .unwrap_or_else(|| super::git_clone::DEFAULT_GIT_IMAGE.to_string());
+    check_image(&image).map_err(|why| invalid("git_image", format!("{image:?} {why}")))?;
+    Ok((b.sha.clone(), image))
+}
+
+/// The git container that checks out commit `sha` from the bundle at `/bundle` (volume
+/// `bundle`) into the workspace: `source_sync: :git`, for the PVC and S3 strategies.
+pub fn bundle_checkout(workspace: &str, bundle: &str, sha: &str, git_image: &str) -> Container {
+    let env = |n: &str, v: &str| k8s_openapi::api::core::v1::EnvVar {
+        name: n.into(),
+        value: Some(v.into()),
+        value_from: None,
+    };
+    Container {
+        name: "sykli-bundle".into(),
+        image: Some(git_image.to_string()),
+        command: Some(vec!["sh".into(), "-c".into(), BUNDLE_SCRIPT.into()]),
+        env: Some(vec![
+            env("SYKLI_GIT_SHA", sha),
+            env("HOME", "/tmp"),
+            env("GIT_TERMINAL_PROMPT", "0"),
+            env("GIT_CONFIG_COUNT", "1"),
+            env("GIT_CONFIG_KEY_0", "safe.directory"),
+            env("GIT_CONFIG_VALUE_0", "*"),
+        ]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: workspace.into(),
+                mount_path: WORKSPACE.into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: bundle.into(),
+                mount_path: "/bundle".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        security_context: Some(restricted_security_context()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
     }
 }
 

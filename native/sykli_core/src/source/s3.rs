@@ -153,6 +153,10 @@ pub struct S3SourceOptions {
     pub parallel: Option<u32>,
     #[serde(default)]
     pub parallel_min: Option<u64>,
+    /// `source_sync: :git`: the archive holds `sykli.bundle` (HEAD as a git bundle), which a
+    /// git container checks out at this commit.
+    #[serde(default)]
+    pub bundle: Option<super::pvc::BundleOptions>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +169,8 @@ pub struct S3Plan {
     pub image: String,
     pub parallel: u32,
     pub parallel_min: u64,
+    /// (commit, git image) when the archive is HEAD as a git bundle.
+    pub bundle: Option<(String, String)>,
 }
 
 impl S3Plan {
@@ -202,11 +208,26 @@ impl S3Plan {
             image,
             parallel: o.parallel.unwrap_or(DEFAULT_PARALLEL).clamp(1, 64),
             parallel_min: o.parallel_min.unwrap_or(DEFAULT_PARALLEL_MIN),
+            bundle: match &o.bundle {
+                None => None,
+                Some(b) => Some(super::pvc::check_bundle(b)?),
+            },
         })
     }
 
-    /// The init container that fills the workspace volume from the archive.
-    pub fn init_container(&self, workspace: &str, download: &str) -> Container {
+    /// The init containers that fill the workspace volume: the fetch of the archive, and
+    /// for a git bundle (extracted next to the download), the checkout of its commit.
+    pub fn init_containers(&self, workspace: &str, download: &str) -> Vec<Container> {
+        match &self.bundle {
+            None => vec![self.fetch(workspace, download, WORKSPACE)],
+            Some((sha, git_image)) => vec![
+                self.fetch(workspace, download, DOWNLOAD_PATH),
+                super::pvc::bundle_checkout(workspace, download, sha, git_image),
+            ],
+        }
+    }
+
+    fn fetch(&self, workspace: &str, download: &str, to: &str) -> Container {
         let args: Vec<String> = [
             "sykli-sync",
             "fetch",
@@ -219,9 +240,9 @@ impl S3Plan {
             "--tree",
             &self.tree,
             "--to",
-            WORKSPACE,
+            to,
             "--download",
-            &format!("{DOWNLOAD_PATH}/source.tar.gz"),
+            &format!("{DOWNLOAD_PATH}/.sykli-source.tar.gz"),
             "--parallel",
             &self.parallel.to_string(),
             "--parallel-min",
