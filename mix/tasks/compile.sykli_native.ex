@@ -51,7 +51,8 @@ defmodule Mix.Tasks.Compile.SykliNative do
         built = Path.join([target_dir, if(profile == "release", do: "release", else: "debug"), @library])
         File.mkdir_p!(Path.dirname(lib))
         # Copy then rename: a running VM that has the old library mapped keeps a valid file.
-        tmp = lib <> ".tmp"
+        # Unique per OS process: two `mix compile` runs of one checkout must not share it.
+        tmp = lib <> ".#{System.pid()}.tmp"
         File.cp!(built, tmp)
         File.rename!(tmp, lib)
         File.write!(stamp, stamp(fingerprint, profile))
