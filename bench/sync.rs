@@ -285,7 +285,7 @@ async fn round(
     exec_in(&pods, &r, &["mkdir", "-p", PLAIN], None).await;
 
     // A cold first sync: no stat cache.
-    let _ = std::fs::remove_file(root.join(".git/sykli/upload-stat-cache.json"));
+    let _ = std::fs::remove_file(root.join(".git/sykli/upload-stat-cache"));
 
     // 1. The whole tree.
     settle(&claim_dir);

@@ -85,3 +85,58 @@ fn a_symlink_out_of_the_tree_is_refused_by_name() {
     // Excluding it is the way out.
     assert!(working_tree_files(&repo.dir, &["passwd".to_string()]).is_ok());
 }
+
+#[test]
+fn tracked_and_untracked_files_merge_in_path_order_whatever_became_of_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&tmp.path().join("w"));
+    // More files in one directory than one thread's share of the stat calls.
+    for i in 0..700 {
+        repo.write(&format!("big/f{i:03}"), "x\n");
+    }
+    repo.write("a/x", "1\n");
+    repo.write("a/y", "1\n");
+    repo.write("gone/only", "1\n");
+    repo.write("was-file", "1\n");
+    repo.write("odd name/new\nline", "1\n");
+    repo.commit_all("first");
+    // Untracked paths sorting between tracked ones ("a-b/…" and "a.c" before "a/…").
+    repo.write("a-b/new", "u\n");
+    repo.write("a.c", "u\n");
+    repo.write("a/z", "u\n");
+    repo.write("big/f350-new", "u\n");
+    // A tracked file deleted with its directory, one replaced by a directory.
+    std::fs::remove_dir_all(repo.dir.join("gone")).unwrap();
+    std::fs::remove_file(repo.dir.join("was-file")).unwrap();
+    repo.write("was-file/inner", "u\n");
+
+    let got = paths(&repo, &[]);
+    let mut want: Vec<String> = (0..700).map(|i| format!("big/f{i:03}")).collect();
+    want.extend(
+        [
+            "a/x",
+            "a/y",
+            "odd name/new\nline",
+            "a-b/new",
+            "a.c",
+            "a/z",
+            "big/f350-new",
+            "was-file/inner",
+        ]
+        .map(String::from),
+    );
+    want.sort();
+    assert_eq!(got, want);
+    let excluded = paths(&repo, &["big/", "a.c"]);
+    assert_eq!(
+        excluded,
+        [
+            "a-b/new",
+            "a/x",
+            "a/y",
+            "a/z",
+            "odd name/new\nline",
+            "was-file/inner"
+        ]
+    );
+}

@@ -62,3 +62,30 @@ fn a_resync_hashes_only_what_changed_and_the_tree_follows_the_content() {
     let excluded = local_tree(&repo.dir, &["notes.txt".to_string()]).unwrap();
     assert_eq!(excluded.manifest.len(), 20);
 }
+
+#[test]
+fn the_stat_cache_survives_odd_paths_and_a_damaged_cache_only_costs_hashing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Repo::init(&tmp.path().join("w"));
+    let odd = ["a b/c d.txt", "new\nline", "tab\there", "ünï/cödé"];
+    for p in odd {
+        repo.write(p, p);
+    }
+    repo.commit_all("first");
+    age(&repo, &odd, "2020-01-01 00:00:00");
+    let first = local_tree(&repo.dir, &[]).unwrap();
+    assert_eq!(first.hashed, 4);
+    let again = local_tree(&repo.dir, &[]).unwrap();
+    assert_eq!(again.hashed, 0, "every odd path found in the cache");
+    assert_eq!(again.manifest, first.manifest);
+
+    let cache = repo.dir.join(".git/sykli/upload-stat-cache");
+    let text = std::fs::read(&cache).unwrap();
+    std::fs::write(&cache, &text[..text.len() / 2]).unwrap();
+    let truncated = local_tree(&repo.dir, &[]).unwrap();
+    assert_eq!(truncated.hashed, 4, "a torn cache is not trusted");
+    assert_eq!(truncated.tree, first.tree);
+    std::fs::write(&cache, b"{\"written_ns\":1,\"files\":{}}").unwrap();
+    assert_eq!(local_tree(&repo.dir, &[]).unwrap().hashed, 4);
+    assert_eq!(local_tree(&repo.dir, &[]).unwrap().hashed, 0);
+}

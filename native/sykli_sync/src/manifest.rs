@@ -509,6 +509,16 @@ impl Manifest {
     }
 }
 
+/// Later entries replace earlier ones with the same path, as [`Manifest::insert`] does;
+/// entries that come in path order are bulk-loaded rather than inserted one by one.
+impl FromIterator<Entry> for Manifest {
+    fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Manifest {
+        Manifest {
+            entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
+        }
+    }
+}
+
 /// Appends `s` as a JSON string, as `serde_json` writes it (it escapes `"`, `\\` and
 /// control characters, nothing else).
 fn json_str(out: &mut String, s: &str) {

@@ -5,7 +5,7 @@
 
 use std::path::{Component, Path};
 
-use git2::{Pathspec, PathspecFlags, Status, StatusOptions};
+use git2::{Pathspec, PathspecFlags, Status, StatusOptions, StatusShow};
 
 use crate::error::{Error, Result};
 
@@ -32,6 +32,10 @@ pub struct FileInfo {
 
 /// The working tree's files (see the module documentation), sorted by path. `excludes` are
 /// git pathspecs (`build/`, `*.log`, `:(glob)docs/**/*.pdf`).
+///
+/// Two walks of the tree make it up, run side by side: git's status (libgit2, for the
+/// untracked files; its own repository handle on another thread) and the `lstat` of every
+/// tracked file here (a directory's files through its descriptor, on a few threads).
 pub fn working_tree_files(root: &Path, excludes: &[String]) -> Result<Vec<FileInfo>> {
     let repo = super::open(root)?;
     let workdir = repo
@@ -54,7 +58,7 @@ pub fn working_tree_files(root: &Path, excludes: &[String]) -> Result<Vec<FileIn
             .is_some_and(|ps| ps.matches_path(Path::new(path), PathspecFlags::DEFAULT))
     };
 
-    let mut paths: Vec<String> = Vec::new();
+    let mut tracked: Vec<String> = Vec::new();
     let index = repo.index()?;
     for entry in index.iter() {
         // Stage 0 only (a conflicted path is taken once), no gitlinks (submodules).
@@ -62,67 +66,194 @@ pub fn working_tree_files(root: &Path, excludes: &[String]) -> Result<Vec<FileIn
         if stage != 0 || entry.mode == 0o160000 {
             continue;
         }
-        paths.push(utf8(&entry.path)?);
+        tracked.push(utf8(&entry.path)?);
     }
+    drop(index);
+    drop(repo);
+    tracked.retain(|p| !excluded(p));
+    if !tracked.is_sorted() {
+        tracked.sort();
+    }
+
+    let (tracked, untracked) = std::thread::scope(|s| {
+        let untracked = s.spawn(|| untracked_files(&workdir));
+        let tracked = stat_all(&workdir, &tracked);
+        let untracked = untracked
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (tracked, untracked)
+    });
+    let mut untracked = untracked?;
+    untracked.retain(|p| !excluded(p));
+    untracked.sort();
+    let untracked = stat_all(&workdir, &untracked)?;
+    let tracked = tracked?;
+
+    // Both sorted: merge them (a path is in one or the other, or once in both).
+    let mut files = Vec::with_capacity(tracked.len() + untracked.len());
+    let mut u = untracked.into_iter().peekable();
+    for t in tracked {
+        while let Some(x) = u.next_if(|x| x.path < t.path) {
+            files.push(x);
+        }
+        if u.peek().is_some_and(|x| x.path == t.path) {
+            u.next();
+        }
+        files.push(t);
+    }
+    files.extend(u);
+    Ok(files)
+}
+
+/// The paths git's status calls new in the working tree (untracked, not ignored).
+fn untracked_files(workdir: &Path) -> Result<Vec<String>> {
+    let repo = super::open(workdir)?;
     let mut opts = StatusOptions::new();
-    opts.include_untracked(true)
+    // The working tree against the index only: HEAD's tree does not matter here.
+    opts.show(StatusShow::Workdir)
+        .include_untracked(true)
         .recurse_untracked_dirs(true)
         .include_ignored(false)
         .exclude_submodules(true);
+    let mut paths = Vec::new();
     for s in repo.statuses(Some(&mut opts))?.iter() {
         if s.status().contains(Status::WT_NEW) {
             paths.push(utf8(s.path_bytes())?);
         }
     }
-    paths.sort();
-    paths.dedup();
+    Ok(paths)
+}
 
+/// How many files one thread of `stat_all` takes at a time (all from one directory).
+const STAT_UNIT: usize = 512;
+
+/// The `FileInfo` of each of `paths` (sorted) that exists and has content to send, in
+/// order: each run of a directory's files is `fstatat`-ed through the directory's
+/// descriptor (no path walk per file), the runs shared among a few threads. Errors are the
+/// first in path order.
+fn stat_all(workdir: &Path, paths: &[String]) -> Result<Vec<FileInfo>> {
+    let split = |p: &String| match p.rsplit_once('/') {
+        Some((dir, _)) => dir.len(),
+        None => 0,
+    };
+    let units: Vec<&[String]> = paths
+        .chunk_by(|a, b| a[..split(a)] == b[..split(b)])
+        .flat_map(|run| run.chunks(STAT_UNIT))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(units.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(unit) = units.get(i) else { break };
+            done.push((i, stat_dir_run(workdir, unit)));
+        }
+        done
+    };
+    let mut results: Vec<(usize, Result<Vec<FileInfo>>)> = if threads == 1 {
+        work()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    };
+    results.sort_unstable_by_key(|(i, _)| *i);
+    let mut files = Vec::with_capacity(paths.len());
+    for (_, r) in results {
+        files.extend(r?);
+    }
+    Ok(files)
+}
+
+/// The files of one directory's run (see `stat_all`). The directory is opened as a path
+/// (symlinks followed, as `lstat` of the whole path would); a missing directory means its
+/// files were deleted.
+fn stat_dir_run(workdir: &Path, paths: &[String]) -> Result<Vec<FileInfo>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let dir_name = paths[0].rsplit_once('/').map_or("", |(dir, _)| dir);
+    let dir_path = workdir.join(dir_name);
+    let io_err = |path: &str, e: std::io::Error| Error::Io {
+        path: workdir.join(path),
+        source: e,
+    };
+    let c = CString::new(dir_path.as_os_str().as_bytes())
+        .map_err(|_| io_err(&paths[0], std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: a NUL-terminated path; the descriptor is owned (closed) below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok(Vec::new());
+        }
+        return Err(io_err(&paths[0], e));
+    }
+    let dir = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dir_fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
-        if excluded(&path) {
-            continue;
-        }
-        let full = workdir.join(&path);
-        let meta = match std::fs::symlink_metadata(&full) {
-            Ok(m) => m,
+        let name = path
+            .rsplit_once('/')
+            .map_or(path.as_str(), |(_, name)| name);
+        let cname = CString::new(name)
+            .map_err(|_| io_err(path, std::io::ErrorKind::InvalidInput.into()))?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid directory descriptor, a NUL-terminated name, a stat buffer we own.
+        let rc =
+            unsafe { libc::fstatat(dir_fd, cname.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
             // Deleted in the working tree: not part of what is uploaded.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(Error::Io {
-                    path: full,
+            if e.kind() == std::io::ErrorKind::NotFound {
+                continue;
+            }
+            return Err(io_err(path, e));
+        }
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                let full = workdir.join(path);
+                let target = std::fs::read_link(&full).map_err(|e| Error::Io {
+                    path: full.clone(),
                     source: e,
-                })
+                })?;
+                let target = target.to_string_lossy().into_owned();
+                if !stays_inside(path, &target) {
+                    return Err(Error::InvalidOption {
+                        key: "source".into(),
+                        message: format!(
+                            "the symlink {path} points outside the repository ({target}): a cluster could not follow it; remove it or exclude it (source_exclude)"
+                        ),
+                    });
+                }
+                FileKind::Symlink { target }
             }
-        };
-        let kind = if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&full).map_err(|e| Error::Io {
-                path: full.clone(),
-                source: e,
-            })?;
-            let target = target.to_string_lossy().into_owned();
-            if !stays_inside(&path, &target) {
-                return Err(Error::InvalidOption {
-                    key: "source".into(),
-                    message: format!(
-                        "the symlink {path} points outside the repository ({target}): a cluster could not follow it; remove it or exclude it (source_exclude)"
-                    ),
-                });
-            }
-            FileKind::Symlink { target }
-        } else if meta.is_file() {
-            use std::os::unix::fs::MetadataExt;
-            FileKind::File {
-                size: meta.len(),
-                executable: meta.mode() & 0o111 != 0,
-                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-                ino: meta.ino(),
-            }
-        } else {
+            libc::S_IFREG => FileKind::File {
+                size: st.st_size as u64,
+                executable: st.st_mode & 0o111 != 0,
+                mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+                ino: st.st_ino,
+            },
             // A directory where the index has a file (a type change), a socket, a FIFO: no
             // content to send.
-            continue;
+            _ => continue,
         };
-        files.push(FileInfo { path, kind });
+        files.push(FileInfo {
+            path: path.clone(),
+            kind,
+        });
     }
     Ok(files)
 }

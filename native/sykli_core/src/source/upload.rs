@@ -2,11 +2,10 @@
 //! `git::fileset`), hashing only the files whose size, mtime or inode changed since the
 //! last upload (a stat cache in the git directory, as git's index does it).
 
-use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sykli_sync::{Entry, EntryKind, Manifest};
 
@@ -26,37 +25,89 @@ pub struct LocalTree {
     pub hashed: usize,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StatCache {
-    written_ns: i128,
-    /// path → (size, mtime_ns, ino, sha256)
-    files: BTreeMap<String, (u64, i128, u64, String)>,
+/// The stat cache, a file in the git directory: a first line
+/// `sykli upload stat cache v2 <written_ns>`, then one record per file, in path order:
+/// `<sha256> <size> <mtime_ns> <ino> <path>` ended by a NUL (paths never hold one, and
+/// may hold anything else). Read and written once per sync, so made to be cheap to both.
+const CACHE_NAME: &str = "upload-stat-cache";
+const CACHE_MAGIC: &str = "sykli upload stat cache v2 ";
+
+struct CachedFile<'a> {
+    path: &'a str,
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    sha256: &'a str,
+}
+
+/// The records of a cache file, in path order; empty when it is missing or unreadable
+/// (that only costs hashing). Returns the time it was written too.
+fn parse_cache(text: &str) -> (i128, Vec<CachedFile<'_>>) {
+    let parsed = (|| {
+        let (first, body) = text.split_once('\n')?;
+        let written_ns: i128 = first.strip_prefix(CACHE_MAGIC)?.parse().ok()?;
+        // Written whole then renamed, but a torn file (or a stranger's) is not trusted.
+        if !body.is_empty() && !body.ends_with('\0') {
+            return None;
+        }
+        let mut files = Vec::new();
+        for record in body.split_terminator('\0') {
+            let mut f = record.splitn(5, ' ');
+            files.push(CachedFile {
+                sha256: f.next()?,
+                size: f.next()?.parse().ok()?,
+                mtime_ns: f.next()?.parse().ok()?,
+                ino: f.next()?.parse().ok()?,
+                path: f.next()?,
+            });
+        }
+        if !files.is_sorted_by(|a, b| a.path < b.path) {
+            return None;
+        }
+        Some((written_ns, files))
+    })();
+    parsed.unwrap_or_default()
 }
 
 /// The manifest of the working tree containing `path`, minus `excludes` (git pathspecs).
+///
+/// Reading the stat cache runs beside git's walk of the working tree, and writing the new
+/// one beside checking the manifest and hashing the tree: a re-sync's local cost is mostly
+/// the walk.
 pub fn local_tree(path: &Path, excludes: &[String]) -> Result<LocalTree> {
     let repo = crate::git::open(path)?;
     let root = repo
         .workdir()
         .ok_or_else(|| Error::Git("a bare repository has no working tree to upload".into()))?
         .to_path_buf();
-    let cache_file = repo.path().join("sykli").join("upload-stat-cache.json");
-    let old: StatCache = std::fs::read(&cache_file)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let sykli_dir = repo.path().join("sykli");
+    drop(repo);
+    let cache_file = sykli_dir.join(CACHE_NAME);
     let now_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
 
-    let mut manifest = Manifest::new();
-    let mut cache = StatCache {
-        written_ns: now_ns,
-        files: BTreeMap::new(),
-    };
+    let (old_text, files) = std::thread::scope(|s| {
+        let old = s.spawn(|| {
+            std::fs::read(&cache_file)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        });
+        let files = fileset::working_tree_files(&root, excludes);
+        let old = old.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (old.unwrap_or_default(), files)
+    });
+    let files = files?;
+    let (old_written_ns, old) = parse_cache(&old_text);
+
+    let mut entries = Vec::with_capacity(files.len());
+    let mut cache = String::with_capacity(64 + files.len() * 120);
+    let _ = writeln!(cache, "{CACHE_MAGIC}{now_ns}");
     let mut hashed = 0;
-    for f in fileset::working_tree_files(&root, excludes)? {
+    // Both in path order: a merge, no lookups.
+    let mut old = old.into_iter().peekable();
+    for f in files {
         let kind = match f.kind {
             FileKind::Symlink { target } => EntryKind::Symlink { target },
             FileKind::File {
@@ -65,19 +116,21 @@ pub fn local_tree(path: &Path, excludes: &[String]) -> Result<LocalTree> {
                 mtime_ns,
                 ino,
             } => {
-                let cached = old.files.get(&f.path).filter(|(s, m, i, _)| {
-                    *s == size && *m == mtime_ns && *i == ino && mtime_ns + RACY_NS < old.written_ns
+                while old.next_if(|c| c.path < f.path.as_str()).is_some() {}
+                let cached = old.next_if(|c| c.path == f.path).filter(|c| {
+                    c.size == size
+                        && c.mtime_ns == mtime_ns
+                        && c.ino == ino
+                        && mtime_ns + RACY_NS < old_written_ns
                 });
                 let sha256 = match cached {
-                    Some((_, _, _, h)) => h.clone(),
+                    Some(c) => c.sha256.to_string(),
                     None => {
                         hashed += 1;
                         hash_file(&root.join(&f.path))?
                     }
                 };
-                cache
-                    .files
-                    .insert(f.path.clone(), (size, mtime_ns, ino, sha256.clone()));
+                let _ = write!(cache, "{sha256} {size} {mtime_ns} {ino} {}\0", f.path);
                 EntryKind::File {
                     size,
                     executable,
@@ -85,14 +138,23 @@ pub fn local_tree(path: &Path, excludes: &[String]) -> Result<LocalTree> {
                 }
             }
         };
-        manifest.insert(Entry { path: f.path, kind });
+        entries.push(Entry { path: f.path, kind });
     }
-    manifest.validate().map_err(|e| Error::InvalidOption {
+    let manifest: Manifest = entries.into_iter().collect();
+    let (checked, tree) = std::thread::scope(|s| {
+        // Best effort: a cache that cannot be written only costs hashing next time.
+        s.spawn(|| save_cache(&sykli_dir, cache.as_bytes()));
+        let tree = s.spawn(|| manifest.tree_hash());
+        let checked = manifest.validate();
+        (
+            checked,
+            tree.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        )
+    });
+    checked.map_err(|e| Error::InvalidOption {
         key: "source".into(),
         message: format!("the working tree cannot be uploaded: {e}"),
     })?;
-    save_cache(&cache_file, &cache);
-    let tree = manifest.tree_hash();
     Ok(LocalTree {
         root,
         manifest,
@@ -136,16 +198,17 @@ fn hash_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-// Best effort: a cache that cannot be written only costs hashing next time.
-fn save_cache(file: &Path, cache: &StatCache) {
-    let Some(dir) = file.parent() else { return };
+fn save_cache(dir: &Path, bytes: &[u8]) {
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let tmp = dir.join(format!(".upload-stat-cache.{}", std::process::id()));
-    if let Ok(bytes) = serde_json::to_vec(cache) {
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, file);
-        }
+    // Unique per call: two uploads in one process (the NIF) may write at the same time.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{CACHE_NAME}.{}.{call}", std::process::id()));
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(CACHE_NAME));
     }
+    // The JSON cache of earlier versions.
+    let _ = std::fs::remove_file(dir.join("upload-stat-cache.json"));
 }
