@@ -6,6 +6,8 @@
 //! * [`git_server`]: git servers (`git://`, smart HTTP and HTTPS) on 127.0.0.1.
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
+//! * [`moto_server`]: moto's STS and S3 on 127.0.0.1 with IAM auth enforced, for the AWS
+//!   web identity exchange and the temporary credentials it gives.
 //! * [`s3_server`]: a real S3-compatible server (s3s-fs) on 127.0.0.1 that verifies SigV4
 //!   signatures and presigned URLs, storing objects as plain files.
 //! * [`tls`]: a CA made on the spot and a server certificate for 127.0.0.1 it signs.
@@ -15,6 +17,7 @@ pub mod git_server;
 mod http;
 pub mod http_proxy;
 pub mod lfs_server;
+pub mod moto_server;
 pub mod pod_runner;
 pub mod s3_server;
 mod server;
