@@ -353,7 +353,8 @@ defmodule Sykli.CLI do
 
   defp upload(%{source_strategy: :s3} = state, pipeline, report) do
     with {:ok, state, published} <- Sykli.Target.K8s.publish_source(state, expires: url_lifetime(pipeline)) do
-      report.({:source_published, published})
+      Enum.each(published.warnings, &IO.puts(:stderr, "warning: " <> &1))
+      report.({:source_published, Map.delete(published, :warnings)})
       {:ok, state}
     end
   end

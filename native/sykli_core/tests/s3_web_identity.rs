@@ -131,6 +131,9 @@ fn a_web_identity_from_the_environment_is_exchanged_with_sts_and_its_credentials
     assert!(creds.access_key_id.starts_with("ASIA"), "{creds:?}");
     let token_sent = creds.session_token.clone().expect("a session token");
     assert!(!token_sent.is_empty());
+    // STS says when they expire (an hour by default): presigned URLs die with them.
+    let left = bucket.credentials_lifetime().expect("an expiration");
+    assert!(left > 60 && left <= 12 * 3600, "{left}");
     // One call to STS, nothing to S3 yet.
     assert_eq!(server.requests(), ["POST / 200"]);
 

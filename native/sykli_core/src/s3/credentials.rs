@@ -14,6 +14,9 @@ pub struct Credentials {
     pub session_token: Option<String>,
     /// Where they came from, for messages ("environment", "profile default", ...).
     pub source: String,
+    /// When temporary credentials stop working (Unix seconds), when known: presigned URLs
+    /// die with them.
+    pub expires_at: Option<u64>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -86,6 +89,7 @@ pub fn find(env: &dyn Env) -> Result<Found> {
                 secret_access_key: s,
                 session_token: env.var("AWS_SESSION_TOKEN"),
                 source: "environment (AWS_ACCESS_KEY_ID)".into(),
+                expires_at: None,
             }))
         }
         (Some(_), None) | (None, Some(_)) => {
@@ -119,6 +123,7 @@ pub fn find(env: &dyn Env) -> Result<Found> {
             secret_access_key: s.clone(),
             session_token: section.get("aws_session_token").cloned(),
             source: format!("profile {name}"),
+            expires_at: None,
         }));
     }
     if let (Some(file), Some(role)) = (
@@ -195,6 +200,7 @@ pub fn parse_assume_role(xml: &str, source: &str) -> Result<Credentials> {
             secret_access_key: s,
             session_token: get("SessionToken"),
             source: source.to_string(),
+            expires_at: get("Expiration").and_then(|t| parse_timestamp(&t)),
         }),
         _ => Err(Error::S3 {
             kind: "s3_auth",
@@ -204,6 +210,28 @@ pub fn parse_assume_role(xml: &str, source: &str) -> Result<Credentials> {
             ),
         }),
     }
+}
+
+/// `2026-11-26T12:34:56Z` (fractional seconds allowed) as Unix seconds.
+pub fn parse_timestamp(t: &str) -> Option<u64> {
+    let t = t.trim().strip_suffix('Z')?;
+    let (date, time) = t.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.split('.').next()?;
+    let mut h = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (H. Hinnant), the inverse of sigv4's civil_from_days.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 fn unescape(s: &str) -> String {
@@ -361,6 +389,7 @@ mod tests {
             secret_access_key: "TOPSECRET".into(),
             session_token: Some("TOKEN".into()),
             source: "t".into(),
+            expires_at: None,
         };
         let d = format!("{c:?}");
         assert!(!d.contains("TOPSECRET") && !d.contains("TOKEN"), "{d}");
@@ -372,10 +401,19 @@ mod tests {
             <SessionToken>T&amp;1</SessionToken><SecretAccessKey>S</SecretAccessKey>\
             <AccessKeyId>A</AccessKeyId></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
         let c = parse_assume_role(xml, "wi").unwrap();
+        assert_eq!(c.expires_at, None);
         assert_eq!(
             (c.access_key_id.as_str(), c.session_token.as_deref()),
             ("A", Some("T&1"))
         );
         assert!(parse_assume_role("<Error><Message>denied</Message></Error>", "wi").is_err());
+        let with_expiry = xml.replace(
+            "<AccessKeyId>",
+            "<Expiration>2013-05-24T01:00:00.000Z</Expiration><AccessKeyId>",
+        );
+        let c = parse_assume_role(&with_expiry, "wi").unwrap();
+        assert_eq!(c.expires_at, Some(1_369_357_200));
+        assert_eq!(parse_timestamp("2000-02-29T12:34:56Z"), Some(951_827_696));
+        assert_eq!(parse_timestamp("yesterday"), None);
     }
 }

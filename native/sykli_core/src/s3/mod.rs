@@ -99,6 +99,17 @@ impl Bucket {
         Ok(b)
     }
 
+    /// Seconds until the credentials expire, when they are temporary and say so: a
+    /// presigned URL stops working then, whatever its X-Amz-Expires.
+    pub fn credentials_lifetime(&self) -> Option<u64> {
+        let at = self.creds.as_ref()?.expires_at?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Some(at.saturating_sub(now))
+    }
+
     /// The bucket's addressing only, without credentials (a dry run).
     pub fn offline(opts: &S3Options, env: &dyn credentials::Env) -> Result<Bucket> {
         if !valid_bucket(&opts.bucket) {
@@ -128,7 +139,13 @@ impl Bucket {
             p if p.ends_with('/') => p.to_string(),
             p => format!("{p}/"),
         };
-        let (scheme, endpoint_host, named) = match &opts.endpoint {
+        // As the AWS SDKs do: the S3-specific variable, then the general one.
+        let endpoint = opts
+            .endpoint
+            .clone()
+            .or_else(|| env.var("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env.var("AWS_ENDPOINT_URL"));
+        let (scheme, endpoint_host, named) = match &endpoint {
             Some(e) => {
                 let (scheme, rest) = e.split_once("://").ok_or_else(|| Error::InvalidOption {
                     key: "s3.endpoint".into(),
@@ -687,12 +704,18 @@ fn assume_role_with_web_identity(
             let e = body[s..].find(&format!("</{t}>"))? + s;
             Some(body[s..e].to_string())
         };
+        let reason = match (tag("Code"), tag("Message")) {
+            (Some(c), Some(m)) => format!("{status} {c}: {m}"),
+            (Some(c), None) => format!("{status} {c}"),
+            _ => format!(
+                "HTTP {status}: {}",
+                body.trim().chars().take(200).collect::<String>()
+            ),
+        };
         return Err(Error::S3 {
             kind: "s3_auth",
             message: format!(
-                "STS refused AssumeRoleWithWebIdentity for {role_arn} ({status} {}: {})",
-                tag("Code").unwrap_or_default(),
-                tag("Message").unwrap_or_default()
+                "STS {endpoint} refused AssumeRoleWithWebIdentity for {role_arn} ({reason})"
             ),
         });
     }

@@ -235,6 +235,7 @@ mod tests {
             secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
             session_token: None,
             source: "test".into(),
+            expires_at: None,
         }
     }
 

@@ -41,6 +41,8 @@ struct PublishEx {
     hashed: usize,
     url: String,
     object: String,
+    /// For the user: the URL may die before the run ends.
+    warnings: Vec<String>,
 }
 
 /// Publishes the source archive; answers `{tag, {:done, {:ok, map}}}` or an error.
@@ -87,6 +89,23 @@ fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
         strategy::publish(&bucket, &local, scratch)?
     };
     let object = bucket.object_url(&p.key);
+    let mut warnings = Vec::new();
+    if let Some(left) = bucket
+        .credentials_lifetime()
+        .filter(|left| *left < o.expires)
+    {
+        warnings.push(format!(
+            "the temporary credentials ({}) expire in {} min, and the presigned URL with them: \
+             a task whose Job starts later cannot fetch the source (ask for longer sessions, \
+             or use long-lived credentials)",
+            bucket
+                .creds
+                .as_ref()
+                .map(|c| c.source.as_str())
+                .unwrap_or("?"),
+            left / 60
+        ));
+    }
     let url = if o.dry_run {
         format!("{object}?(presigned when the run is submitted)")
     } else {
@@ -103,5 +122,6 @@ fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
         hashed: p.hashed,
         url,
         object,
+        warnings,
     })
 }
