@@ -145,10 +145,34 @@ defmodule Sykli.Config do
       :error ->
         {:error, "unknown key #{inspect(key)} in config :sykli, :k8s#{suggest(key)}"}
 
+      {:ok, {:keyword, description}} ->
+        s3_check(value, description)
+
       {:ok, {type, description}} ->
         if valid?(type, value),
           do: :ok,
           else: {:error, "#{inspect(key)} is #{inspect(value)}, but must be #{description}"}
+    end
+  end
+
+  # Names the bad sub-key without echoing values: a misplaced secret must not reach a log.
+  defp s3_check(value, description) do
+    bad = if Keyword.keyword?(value), do: Enum.find(value, fn {k, v} -> not valid?(:keyword, [{k, v}]) end)
+
+    case {Keyword.keyword?(value), bad} do
+      {false, _} ->
+        {:error, ":s3 must be #{description}"}
+
+      {true, nil} ->
+        :ok
+
+      {true, {k, _}} when k in @s3_keys ->
+        {:error, ":s3 #{inspect(k)} has a value of the wrong type (#{description})"}
+
+      {true, {k, _}} ->
+        {:error,
+         ":s3 has an unknown key #{inspect(k)} (#{description}); credentials come from the AWS chain " <>
+           "(AWS_ACCESS_KEY_ID, AWS_PROFILE, web identity), never from this file"}
     end
   end
 

@@ -51,7 +51,9 @@ defmodule Sykli.ConfigTest do
       {"namespace: \"Not_Valid\"", ~s(:namespace is "Not_Valid", but must be a namespace name)},
       {"clone_attempts: 99", ":clone_attempts is 99, but must be an integer from 1 to 20"},
       {"sparse: \"src\"", ~s(:sparse is "src", but must be a list of paths)},
-      {"s3: [bucket: \"b\", secret_key: \"x\"]", ":s3 is"},
+      {"s3: [bucket: \"b\", secret_key: \"x\"]", ":s3 has an unknown key :secret_key"},
+      {"s3: [bucket: \"b\", force_path_style: \"yes\"]",
+       ":s3 :force_path_style has a value of the wrong type"},
       {"lfs: \"yes\"", ~s(:lfs is "yes", but must be true, false or :auto)}
     ]
 
@@ -60,6 +62,7 @@ defmodule Sykli.ConfigTest do
       assert {:error, %Sykli.Error{kind: :invalid_config, message: message}} = Config.load(root)
       assert message =~ expected, "#{setting}: #{message}"
       assert message =~ Config.path(root)
+      refute message =~ ~s("x"), "a value under :s3 is never echoed: #{message}"
     end
   end
 
