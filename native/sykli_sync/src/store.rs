@@ -200,6 +200,16 @@ impl Store {
         limits: &Limits,
     ) -> Result<u64> {
         let stage_dir = Dir::open(stage).map_err(|e| Error::io_path(stage, e))?;
+        // The base is most likely the latest tree: its manifest is read (and checked) while
+        // the archive's header is on its way (the laptop may still be asking `status`).
+        let mut preload = Some(std::thread::spawn({
+            let store = self.clone();
+            move || {
+                let latest = store.latest().ok().flatten()?;
+                let m = store.manifest(&latest).ok().flatten()?;
+                Some((latest, m))
+            }
+        }));
         let mut manifest = Manifest::new();
         let mut on_header = |bytes: Vec<u8>| -> Result<()> {
             let header: SyncHeader = serde_json::from_slice(&bytes).map_err(|e| {
@@ -218,9 +228,13 @@ impl Store {
                 )));
             }
             if let Some(base) = &header.base {
-                manifest = self
-                    .manifest(base)?
-                    .ok_or_else(|| Error::UnknownTree(base.clone()))?;
+                let preloaded = preload.take().and_then(|p| p.join().ok().flatten());
+                manifest = match preloaded {
+                    Some((tree, m)) if tree == *base => m,
+                    _ => self
+                        .manifest(base)?
+                        .ok_or_else(|| Error::UnknownTree(base.clone()))?,
+                };
             }
             // Deleted paths are left out of the base's copy (never linked, then unlinked):
             // nothing of the stage is touched for them, so no symlink can be followed.

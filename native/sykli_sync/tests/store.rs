@@ -470,3 +470,44 @@ fn staging_links_every_run_of_a_directory_and_notices_a_damaged_base() {
     assert!(!published(&store, &t3).exists());
     assert!(listing(&pvc.path().join("staging")).is_empty());
 }
+
+#[test]
+fn a_base_other_than_the_latest_tree_works_and_an_empty_member_ends_the_input() {
+    // The receiver reads the latest tree's manifest ahead of the header: a header naming
+    // another base must not get it.
+    let work = tempfile::tempdir().unwrap();
+    let pvc = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let store = Store::new(pvc.path());
+    write(root, "f", b"one", false);
+    let (t1, archive, _) = archive_for(&store, root);
+    store.apply(&t1, &archive[..]).unwrap();
+    write(root, "f", b"two", false);
+    let (t2, archive, _) = archive_for(&store, root);
+    store.apply(&t2, &archive[..]).unwrap();
+    assert_eq!(store.latest().unwrap().as_deref(), Some(t2.as_str()));
+
+    write(root, "g", b"new", false);
+    let target = Manifest::scan(root).unwrap();
+    let base = store.manifest(&t1).unwrap().unwrap();
+    let delta = diff(&base, &target);
+    assert_eq!(delta.changed, ["f", "g"]);
+    let mut bytes = Vec::new();
+    write_archive(root, Some(&t1), &target, &delta, &mut bytes).unwrap();
+    let t3 = target.tree_hash();
+    assert!(!store.apply(&t3, &bytes[..]).unwrap().existed);
+    assert!(snapshot(&published(&store, &t3)) == snapshot(root));
+
+    // What the laptop sends when the tree turns out to be there already: one empty gzip
+    // member, so the apply ends without waiting for the end of its input.
+    let empty_member = [
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let never_ends = std::io::Read::chain(&empty_member[..], std::io::repeat(0));
+    let report = store.apply(&t1, never_ends).unwrap();
+    assert!(report.existed);
+    assert_eq!(store.latest().unwrap().as_deref(), Some(t1.as_str()));
+    // For a tree that is not there it is no archive: an error, nothing published.
+    let err = store.apply(&"3".repeat(64), &empty_member[..]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArchive(_)), "{err}");
+}

@@ -359,19 +359,46 @@ fn cache_file(root: &std::path::Path, r: &Receiver) -> Option<std::path::PathBuf
     )))
 }
 
-fn cached_manifest(file: Option<&std::path::Path>, tree: &str) -> Option<Manifest> {
+/// The manifest in the cache file and the tree it is (checked: its entries hash to it).
+fn cached_manifest(file: Option<&std::path::Path>) -> Option<(String, Manifest)> {
     let text = std::fs::read_to_string(file?).ok()?;
-    Manifest::from_json(&text)
-        .ok()
-        .filter(|m| m.tree_hash() == tree)
+    let m = Manifest::from_json(&text).ok()?;
+    let tree = cached_tree(&text).map_or_else(|| m.tree_hash(), str::to_string);
+    Some((tree, m))
 }
 
-fn save_manifest(file: Option<&std::path::Path>, m: &Manifest) {
+/// The tree a cached manifest names, from the start of its JSON (`{"format":1,"tree":"…"`,
+/// as `Manifest::to_json` writes it), without parsing the rest.
+fn cached_tree(text: &str) -> Option<&str> {
+    let tree = text.strip_prefix(r#"{"format":1,"tree":""#)?.get(..64)?;
+    sykli_sync::check_tree_hash(tree).ok()?;
+    Some(tree)
+}
+
+/// The tree of the cached manifest in `file`, from its first bytes only.
+fn cached_tree_in(file: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut start = [0u8; 128];
+    let mut f = std::fs::File::open(file).ok()?;
+    let mut n = 0;
+    while n < start.len() {
+        match f.read(&mut start[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    cached_tree(std::str::from_utf8(&start[..n]).ok()?).map(str::to_string)
+}
+
+fn save_manifest(file: Option<&std::path::Path>, json: &str) {
     let Some(file) = file else { return };
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
-        let tmp = dir.join(format!(".store-manifest.{}", std::process::id()));
-        if std::fs::write(&tmp, m.to_json()).is_ok() {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".store-manifest.{}.{call}", std::process::id()));
+        if std::fs::write(&tmp, json).is_ok() {
             let _ = std::fs::rename(&tmp, file);
         }
     }
@@ -389,6 +416,13 @@ fn store() -> String {
 
 /// Uploads `local` into the receiver's store: nothing when the tree is already there,
 /// otherwise only what differs from the store's latest tree.
+///
+/// Local work and round trips overlap the receiver's work: the cached base manifest is
+/// read during the `status` exec; unless the tree is the one this repository uploaded last
+/// (then it is most likely there: only `status` asks), the `apply` exec starts beside the
+/// `status` exec and waits for its input — the delta once `status` has named the base, or
+/// nothing when the tree is there (the receiver then only notes it as its latest); the
+/// archive is written, and the next sync's cached manifest serialized, while it applies.
 pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result<UploadReport> {
     let store = store();
     let mut report = UploadReport {
@@ -398,50 +432,96 @@ pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result
         ..Default::default()
     };
     let cache = cache_file(&local.root, r);
-    let status = exec(
-        cluster,
-        r,
-        &["status", "--store", &store, "--tree", &local.tree],
-        None,
-    )
-    .await?;
-    let status: Status = serde_json::from_slice(&status)
-        .map_err(|e| Error::cluster("sync_failed", format!("the receiver's status: {e}")))?;
-    if status.present {
-        report.existed = true;
-        save_manifest(cache.as_deref(), &local.manifest);
-        return Ok(report);
-    }
-    let base = match status.latest.as_deref() {
-        None => None,
-        Some(latest) => match cached_manifest(cache.as_deref(), latest) {
-            Some(m) => Some(m),
-            None => manifest_of(&exec(cluster, r, &["manifest", "--store", &store], None).await?)?,
-        },
+    let last_uploaded = cache.as_deref().and_then(cached_tree_in);
+    let cached = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || cached_manifest(cache.as_deref()))
     };
-    let base_tree = base.as_ref().map(|m| m.tree_hash());
-    let delta = diff(&base.unwrap_or_default(), &local.manifest);
-    report.files_sent = delta.changed.len();
-    report.files_deleted = delta.deleted.len();
-
-    // The archive is written on a blocking thread and streamed into the exec as it grows.
+    let manifest = Arc::new(local.manifest);
+    let root = local.root;
+    let apply_args = ["apply", "--store", &store, "--tree", &local.tree];
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let root = local.root.clone();
-    let manifest = local.manifest.clone();
-    let writer = tokio::task::spawn_blocking(move || {
-        let sink = ChannelWriter {
-            tx,
-            buf: Vec::new(),
-        };
-        write_archive(&root, base_tree.as_deref(), &manifest, &delta, sink)
-    });
-    let applied = exec(
-        cluster,
-        r,
-        &["apply", "--store", &store, "--tree", &local.tree],
-        Some(rx),
-    )
-    .await;
+    let mut apply_input = Some(rx);
+
+    // Asks `status`, then feeds the `apply` exec: the delta against the base (writing it on
+    // a blocking thread, streamed as it grows), or nothing (`None`) when the tree is there.
+    let feed = async {
+        let mut tx = Some(tx);
+        let fed = async {
+            let status = exec(
+                cluster,
+                r,
+                &["status", "--store", &store, "--tree", &local.tree],
+                None,
+            )
+            .await?;
+            let status: Status = serde_json::from_slice(&status).map_err(|e| {
+                Error::cluster("sync_failed", format!("the receiver's status: {e}"))
+            })?;
+            let cached = cached.await.ok().flatten();
+            if status.present {
+                return Ok::<_, Error>((cached.map(|(tree, _)| tree), None));
+            }
+            let base = match status.latest.as_deref() {
+                None => None,
+                Some(latest) => match cached.filter(|(tree, _)| tree == latest) {
+                    Some(cached) => Some(cached),
+                    None => manifest_of(
+                        &exec(cluster, r, &["manifest", "--store", &store], None).await?,
+                    )?
+                    .map(|m| (m.tree_hash(), m)),
+                },
+            };
+            let (base_tree, base) = base.unzip();
+            let delta = diff(&base.unwrap_or_default(), &manifest);
+            let counts = (delta.changed.len(), delta.deleted.len());
+            let (root, manifest) = (root.clone(), manifest.clone());
+            let tx = tx.take().expect("taken once");
+            let writer = tokio::task::spawn_blocking(move || {
+                let sink = ChannelWriter {
+                    tx,
+                    buf: Vec::new(),
+                };
+                write_archive(&root, base_tree.as_deref(), &manifest, &delta, sink)
+            });
+            Ok((None, Some((writer, counts))))
+        }
+        .await;
+        if let Some(tx) = tx {
+            // Nothing to send (the tree is there, or asking failed): one empty gzip member
+            // ends the apply's input, which never waits for the end of stdin (an exec over
+            // WebSocket v4 cannot signal it).
+            let _ = tx.send(EMPTY_GZIP_MEMBER.to_vec()).await;
+        }
+        fed
+    };
+    let (fed, mut early_apply) = if last_uploaded.as_deref() == Some(local.tree.as_str()) {
+        (feed.await, None)
+    } else {
+        let applying = exec(cluster, r, &apply_args, apply_input.take());
+        let (fed, applied) = tokio::join!(feed, applying);
+        (fed, Some(applied))
+    };
+    let (cached_tree, sending) = fed?;
+    let Some((writer, (files_sent, files_deleted))) = sending else {
+        // The tree is there (an early `apply`, fed nothing, only noted it as the latest).
+        report.existed = true;
+        if cached_tree.as_ref() != Some(&local.tree) {
+            let _ = tokio::task::spawn_blocking(move || {
+                save_manifest(cache.as_deref(), &manifest.to_json())
+            })
+            .await;
+        }
+        return Ok(report);
+    };
+    report.files_sent = files_sent;
+    report.files_deleted = files_deleted;
+    // The next sync's base, ready to be saved once the receiver has published it.
+    let next_cache = tokio::task::spawn_blocking(move || manifest.to_json());
+    let applied = match early_apply.take() {
+        Some(applied) => applied,
+        None => exec(cluster, r, &apply_args, apply_input.take()).await,
+    };
     let written = writer
         .await
         .map_err(|e| Error::cluster("api", format!("writing the upload: {e}")))?
@@ -459,9 +539,16 @@ pub async fn upload(cluster: &Cluster, r: &Receiver, local: LocalTree) -> Result
     }
     report.existed = applied.existed;
     report.bytes_sent = written;
-    save_manifest(cache.as_deref(), &local.manifest);
+    if let Ok(json) = next_cache.await {
+        let _ = tokio::task::spawn_blocking(move || save_manifest(cache.as_deref(), &json)).await;
+    }
     Ok(report)
 }
+
+/// A gzip member of no content: an archive input that ends without the end of stdin.
+const EMPTY_GZIP_MEMBER: [u8; 20] = [
+    0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 fn manifest_of(json: &[u8]) -> Result<Option<Manifest>> {
     let text = String::from_utf8_lossy(json);
