@@ -4,10 +4,10 @@
 //! `<kind>` being `Error::kind` (`refused`, `tree_mismatch`, `unknown_tree`, ...).
 
 use std::io::{self, BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use sykli_sync::{extract_hardened, pack, Error, Limits, Manifest, Store};
+use sykli_sync::{check_path, extract_hardened, pack, Error, Limits, Manifest, Report, Store};
 
 const USAGE: &str = "\
 usage:
@@ -19,6 +19,9 @@ usage:
   sykli-sync checkout --store DIR --tree HASH --to DEST
                                                    copy a published tree into DEST (empty or absent)
   sykli-sync pack --root DIR PATH...  > archive    archive PATHs below DIR (`.` for all)
+  sykli-sync copy --root DIR --from REL --to REL  copy a file or directory tree within DIR
+                                                   (hardened: no symlink followed or left
+                                                   pointing out of DIR)
   sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
@@ -38,6 +41,8 @@ usage:
 
 enum Failure {
     Usage(String),
+    /// What to copy does not exist (`error[not_found]`).
+    NotFound(String),
     Error(Error),
     Io(io::Error),
 }
@@ -69,6 +74,10 @@ fn main() -> ExitCode {
         Err(Failure::Usage(msg)) => {
             eprintln!("sykli-sync: usage: {msg}\n\n{USAGE}");
             ExitCode::from(2)
+        }
+        Err(Failure::NotFound(msg)) => {
+            eprintln!("sykli-sync: error[not_found]: {msg}");
+            ExitCode::from(1)
         }
         Err(Failure::Error(e)) => {
             eprintln!("sykli-sync: error[{}]: {e}", e.kind());
@@ -216,6 +225,12 @@ fn run(args: &[String]) -> Result<(), Failure> {
             out.flush()?;
             Ok(())
         }
+        "copy" => {
+            let a = parse(rest, &["root", "from", "to"])?;
+            a.no_positional()?;
+            let root = PathBuf::from(a.need("root")?);
+            print_json(&copy(&root, a.need("from")?, a.need("to")?)?)
+        }
         "extract" => {
             let a = parse(rest, &["to", "max-entries", "max-bytes"])?;
             a.no_positional()?;
@@ -362,6 +377,53 @@ fn run(args: &[String]) -> Result<(), Failure> {
         }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
     }
+}
+
+/// `copy`: `from` (a file, a symlink or a directory tree) to `to`, both relative to `root`.
+/// Through an archive, as `collect`: `pack` refuses what is reached through a symlink or
+/// points out of `root`, and its entries, renamed from `from` to `to`, are checked again by
+/// the hardened extractor where they land.
+fn copy(root: &Path, from: &str, to: &str) -> Result<Report, Failure> {
+    check_path(from.as_bytes())?;
+    check_path(to.as_bytes())?;
+    let mut packed = Vec::new();
+    match pack(root, &[from.to_string()], &mut packed) {
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(Failure::NotFound(format!(
+                "{from} does not exist in {}",
+                root.display()
+            )))
+        }
+        packed => packed?,
+    };
+    let mut renamed = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for entry in tar::Archive::new(flate2::read::GzDecoder::new(&packed[..])).entries()? {
+        let mut entry = entry?;
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let below = path
+            .trim_end_matches('/')
+            .strip_prefix(from)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+            .ok_or_else(|| io::Error::other(format!("pack wrote {path:?}, not below {from}")))?;
+        let path = format!("{to}{below}");
+        let mut header = entry.header().clone();
+        match header.entry_type() {
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+                let target = String::from_utf8_lossy(&target).into_owned();
+                renamed.append_link(&mut header, &path, &target)?
+            }
+            tar::EntryType::Directory => {
+                renamed.append_data(&mut header, format!("{path}/"), io::empty())?
+            }
+            _ => renamed.append_data(&mut header, &path, &mut entry)?,
+        }
+    }
+    let archive = renamed.into_inner()?.finish()?;
+    Ok(extract_hardened(&archive[..], root, Limits::default())?)
 }
 
 /// The receiver pod's main process: blocks SIGTERM and SIGINT and waits for one. Blocked

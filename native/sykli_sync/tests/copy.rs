@@ -1,0 +1,141 @@
+//! `sykli-sync copy`: the K8s target's `copy_artifact`, run in the receiver pod on the
+//! artifact claim. It copies within the root and never follows a symlink out of it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{snapshot, symlink, write};
+
+fn bin() -> String {
+    std::env::var("SYKLI_SYNC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sykli-sync").to_string())
+}
+
+fn copy(root: &Path, from: &str, to: &str) -> Output {
+    Command::new(bin())
+        .args([
+            "copy",
+            "--root",
+            root.to_str().unwrap(),
+            "--from",
+            from,
+            "--to",
+            to,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn refused(out: &Output, what: &str) {
+    assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(out));
+    assert!(
+        stderr(out).starts_with("sykli-sync: error[refused]"),
+        "{what}: {}",
+        stderr(out)
+    );
+}
+
+#[test]
+fn copies_a_file_and_a_tree_within_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(root, "producer/out.txt", b"artifact\n", false);
+    write(root, "producer/dist/bin/app", b"#!/bin/sh\n", true);
+    write(root, "producer/dist/lib/a.txt", b"a\n", false);
+    symlink(root, "producer/dist/current", "bin/app");
+
+    let out = copy(root, "producer/out.txt", "consumer/in/x");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"], 1);
+    assert_eq!(
+        std::fs::read(root.join("consumer/in/x")).unwrap(),
+        b"artifact\n"
+    );
+
+    let out = copy(root, "producer/dist", "consumer/dist");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copied = snapshot(&root.join("consumer/dist"));
+    assert_eq!(copied, snapshot(&root.join("producer/dist")));
+    assert_eq!(copied["current"], "symlink -> bin/app");
+    assert_eq!(copied["bin/app"], "file 755 \"#!/bin/sh\\n\"");
+    // The source is left as it was.
+    assert_eq!(
+        std::fs::read(root.join("producer/out.txt")).unwrap(),
+        b"artifact\n"
+    );
+}
+
+#[test]
+fn a_symlink_pointing_outside_the_root_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret", b"host secret\n", false);
+    let root = dir.path().join("claim");
+    std::fs::create_dir(&root).unwrap();
+    let secret = outside.path().join("secret");
+
+    // The source itself is a symlink out of the root (absolute, and by `..`).
+    symlink(&root, "producer/abs", secret.to_str().unwrap());
+    refused(&copy(&root, "producer/abs", "consumer/abs"), "absolute");
+    let up = format!("../../../{}", secret.strip_prefix("/").unwrap().display());
+    symlink(&root, "producer/up", &up);
+    refused(&copy(&root, "producer/up", "consumer/up"), "..");
+
+    // A directory reached through a symlink.
+    symlink(&root, "producer/dir", outside.path().to_str().unwrap());
+    refused(&copy(&root, "producer/dir/secret", "consumer/s"), "parent");
+
+    // A symlink inside a copied tree that points out of it.
+    write(&root, "producer/tree/ok.txt", b"ok\n", false);
+    symlink(&root, "producer/tree/leak", "../../../secret");
+    refused(&copy(&root, "producer/tree", "consumer/tree"), "inside");
+
+    // A symlink that is fine where it is but would point outside where it lands.
+    write(&root, "producer/deep/target.txt", b"t\n", false);
+    symlink(&root, "producer/deep/link", "../deep/target.txt");
+    refused(&copy(&root, "producer/deep/link", "top"), "re-rooted");
+
+    // The destination's parent is a symlink out of the root.
+    let outside_dest = tempfile::tempdir().unwrap();
+    symlink(&root, "escape", outside_dest.path().to_str().unwrap());
+    write(&root, "producer/out.txt", b"artifact\n", false);
+    refused(&copy(&root, "producer/out.txt", "escape/x"), "destination");
+
+    assert!(!root.join("consumer").exists(), "{:?}", snapshot(&root));
+    assert!(!root.join("top").exists());
+    assert_eq!(std::fs::read_dir(outside_dest.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read(&secret).unwrap(), b"host secret\n");
+}
+
+#[test]
+fn paths_must_stay_relative_and_the_source_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("claim");
+    write(&root, "producer/out.txt", b"artifact\n", false);
+    for (from, to) in [
+        ("../producer/out.txt", "x"),
+        ("/etc/passwd", "x"),
+        ("producer/out.txt", "../x"),
+        ("producer/out.txt", "/tmp/x"),
+        ("producer/out.txt", "a/../../x"),
+        ("", "x"),
+    ] {
+        refused(&copy(&root, from, to), &format!("{from} -> {to}"));
+    }
+    assert!(!dir.path().join("x").exists());
+
+    let out = copy(&root, "producer/missing", "consumer/x");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("sykli-sync: error[not_found]: producer/missing does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("consumer").exists());
+}
