@@ -59,6 +59,10 @@ pub struct Task {
     /// paths).
     #[serde(default)]
     pub outputs: Option<serde_json::Value>,
+    /// Artifacts of other tasks this task reads (resolved by the sykli engine through the
+    /// target's `copy_artifact`); here only whether there are any matters.
+    #[serde(default)]
+    pub task_inputs: Option<serde_json::Value>,
     #[serde(default)]
     pub k8s: Option<K8sOptions>,
 }
@@ -358,6 +362,17 @@ impl Task {
             .into_iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect()
+    }
+
+    /// Whether the task declares `outputs` or `task_inputs` (its Job mounts the artifact
+    /// claim).
+    pub fn uses_artifacts(&self) -> bool {
+        let some = |v: &Option<serde_json::Value>| match v {
+            Some(serde_json::Value::Array(a)) => !a.is_empty(),
+            Some(serde_json::Value::Object(m)) => !m.is_empty(),
+            _ => false,
+        };
+        some(&self.outputs) || some(&self.task_inputs)
     }
 
     /// What is wrong with this task, each problem naming the field (callers name the task).

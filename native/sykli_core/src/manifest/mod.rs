@@ -37,6 +37,10 @@ pub const BUNDLE_VOLUME: &str = "sykli-bundle";
 pub const READY_VOLUME: &str = "sykli-ready";
 /// The S3 strategy's download (the archive, until it is extracted).
 pub const DOWNLOAD_VOLUME: &str = "sykli-download";
+/// The artifact claim, in the Jobs of tasks that declare `outputs` or `task_inputs`.
+pub const ARTIFACTS_VOLUME: &str = "sykli-artifacts";
+/// Where Jobs see the artifact claim: a task's artifact is `/artifacts/<task>/<name>`.
+pub const ARTIFACTS_MOUNT: &str = "/artifacts";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
@@ -60,6 +64,10 @@ pub struct BuildOptions {
     pub source: SourceOptions,
     #[serde(default = "default_ttl")]
     pub ttl_seconds_after_finished: i32,
+    /// The artifact claim, mounted read-write at [`ARTIFACTS_MOUNT`] in the Jobs of tasks
+    /// that declare `outputs` or `task_inputs` (none: not mounted).
+    #[serde(default)]
+    pub artifact_pvc: Option<String>,
 }
 
 impl Default for BuildOptions {
@@ -71,6 +79,7 @@ impl Default for BuildOptions {
             default_image: None,
             source: SourceOptions::default(),
             ttl_seconds_after_finished: default_ttl(),
+            artifact_pvc: None,
         }
     }
 }
@@ -199,6 +208,41 @@ pub fn build_job(
                 volumes.insert(1, empty_dir(DOWNLOAD_VOLUME));
             }
         }
+    }
+    if let Some(claim) = opts.artifact_pvc.as_ref().filter(|_| task.uses_artifacts()) {
+        if !names::is_dns_subdomain(claim) {
+            p.push(format!(
+                "artifact_pvc {claim:?} is not a valid PersistentVolumeClaim name"
+            ));
+        }
+        if mounts
+            .iter()
+            .any(|m| m.mount_path.trim_end_matches('/') == ARTIFACTS_MOUNT)
+        {
+            p.push(format!(
+                "a mount at {ARTIFACTS_MOUNT}: that is where the artifact claim goes for a task with outputs or task_inputs"
+            ));
+        }
+        volumes.push(Volume {
+            name: ARTIFACTS_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: ARTIFACTS_VOLUME.into(),
+            mount_path: ARTIFACTS_MOUNT.into(),
+            ..Default::default()
+        });
+        // The claim is shared with the receiver pod that copies artifacts (a non-root user):
+        // both reach it through the group.
+        pod_security.get_or_insert_with(|| PodSecurityContext {
+            fs_group: Some(git_clone::NONROOT),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            ..Default::default()
+        });
     }
     user_volumes(&k8s, &mut volumes, &mut mounts, &mut p);
 
