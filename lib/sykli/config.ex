@@ -31,6 +31,7 @@ defmodule Sykli.Config do
     source_mount: {{:one_of, [:copy, :shared]}, ":copy or :shared"},
     sync_image: {:string, "an image reference"},
     sync_back: {:boolean, "true or false"},
+    artifact_pvc: {:claim_or_false, "a PersistentVolumeClaim name, or false (tasks mount no artifact claim)"},
     git_ssh_secret: {:string, "a Secret name"},
     git_ssh_key: {:string, "a key of the Secret (default ssh-privatekey)"},
     git_known_hosts: {:string, "a ConfigMap name, or secret/NAME for a Secret"},
@@ -184,6 +185,7 @@ defmodule Sykli.Config do
 
   defp valid?(:string, v), do: is_binary(v) and v != ""
   defp valid?(:boolean, v), do: is_boolean(v)
+  defp valid?(:claim_or_false, v), do: v == false or valid?(:string, v)
   defp valid?(:dns_label, v), do: is_binary(v) and v =~ ~r/\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\z/
   defp valid?({:one_of, allowed}, v), do: v in allowed
   defp valid?({:int, min, max}, v), do: is_integer(v) and v >= min and v <= max

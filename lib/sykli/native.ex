@@ -76,6 +76,7 @@ defmodule Sykli.Native do
   def k8s_source_tree(_path, _excludes, _bundle), do: fail()
   def k8s_upload_source(_cluster, _options_json, _tag), do: fail()
   def k8s_finish_run(_cluster, _options_json, _tag), do: fail()
+  def k8s_copy_artifact(_cluster, _options_json, _tag), do: fail()
   def k8s_s3_publish(_options_json, _tag), do: fail()
 end
 

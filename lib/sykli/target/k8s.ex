@@ -16,7 +16,8 @@ defmodule Sykli.Target.K8s do
   `:git_context` (detected from `:workdir` when absent), `:source_strategy`
   (`:git_clone`), `:clone_depth` (1, any positive number, or `:full`), `:git_image`,
   `:clone_attempts`, `:clone_backoff`, `:default_image`, `:allow_dirty`,
-  `:ttl_seconds_after_finished`.
+  `:ttl_seconds_after_finished`, `:artifact_pvc` (the artifact claim, default
+  `"sykli-artifacts"`; see `artifact_path/4`).
   """
 
   alias Sykli.{Config, Error, GitContext, JSON, Native}
@@ -358,6 +359,124 @@ defmodule Sykli.Target.K8s do
     end
   end
 
+  @artifacts "/artifacts"
+
+  @doc """
+  Where the artifact `artifact_name` of task `task_name` is stored and read:
+  `/artifacts/<task>/<name>`, on the artifact claim (`state.artifact_pvc`), which the Jobs
+  of tasks declaring `outputs` or `task_inputs` mount at `/artifacts`. A producing task
+  writes its artifact there; `copy_artifact/4` copies it on the claim.
+
+  Both names are relative paths (`dist/app` is fine): an empty, absolute, `..` or `.`
+  component, an empty component or a NUL byte raises `ArgumentError` naming it.
+  """
+  @spec artifact_path(String.t(), String.t(), String.t(), map()) :: String.t()
+  def artifact_path(task_name, artifact_name, _workdir, _state) do
+    Enum.join(
+      [@artifacts, artifact_name!("task name", task_name), artifact_name!("artifact name", artifact_name)],
+      "/"
+    )
+  end
+
+  defp artifact_name!(what, name) do
+    cond do
+      not is_binary(name) or name == "" ->
+        raise ArgumentError, "invalid #{what} #{inspect(name)}: it must be a non-empty string"
+
+      String.contains?(name, <<0>>) ->
+        raise ArgumentError, "invalid #{what} #{inspect(name)}: it contains a NUL byte"
+
+      String.starts_with?(name, "/") ->
+        raise ArgumentError, "invalid #{what} #{inspect(name)}: it must be relative, not absolute"
+
+      Enum.any?(String.split(name, "/"), &(&1 in ["", ".", ".."])) ->
+        raise ArgumentError,
+              "invalid #{what} #{inspect(name)}: no \"..\", \".\" or empty components"
+
+      true ->
+        name
+    end
+  end
+
+  @doc """
+  Copies an artifact (a file or a directory tree) from `source` to `dest`, both paths as
+  `artifact_path/4` gives them (below `/artifacts/`), on the artifact claim, in the cluster:
+  the claim's receiver pod (`sykli-sync-<claim>`, as for the PVC strategy, image
+  `sync_image`) runs `sykli-sync copy`, which follows no symlink out of the claim and leaves
+  none pointing out of it. Nothing crosses the laptop.
+
+  `{:error, %Sykli.Error{kind: :invalid_option}}` for a path outside `/artifacts/` (before
+  any API call), `kind: :not_found` when the claim or the source does not exist.
+  """
+  @spec copy_artifact(String.t(), String.t(), String.t(), map()) :: :ok | {:error, Error.t()}
+  def copy_artifact(source, dest, _workdir, state) do
+    with :ok <- artifact_location(source),
+         :ok <- artifact_location(dest),
+         {:ok, claim} <- artifact_claim!(state),
+         {:ok, cluster} <- connected(state),
+         {:ok, json} <-
+           JSON.encode(
+             compact(%{
+               namespace: state.namespace,
+               claim: claim,
+               image: state[:sync_image],
+               from: source,
+               to: dest
+             })
+           ),
+         {:ok, _report} <- background(&Native.k8s_copy_artifact(cluster, json, &1)) do
+      :ok
+    end
+  end
+
+  defp artifact_location(path) do
+    rel =
+      is_binary(path) && String.starts_with?(path, @artifacts <> "/") &&
+        String.replace_prefix(path, @artifacts <> "/", "")
+
+    if rel && rel != "" && not String.contains?(rel, <<0>>) &&
+         not Enum.any?(String.split(rel, "/"), &(&1 in ["", ".", ".."])) do
+      :ok
+    else
+      {:error,
+       %Error{
+         kind: :invalid_option,
+         message:
+           "artifact path #{inspect(path)} is not below #{@artifacts}/ (use artifact_path/4: " <>
+             "relative names without \"..\")"
+       }}
+    end
+  end
+
+  # `artifact_pvc: false` in the config: no artifact claim anywhere.
+  defp artifact_claim(state) do
+    case state[:artifact_pvc] do
+      claim when is_binary(claim) -> claim
+      _ -> nil
+    end
+  end
+
+  defp artifact_claim!(state) do
+    case artifact_claim(state) do
+      nil ->
+        {:error,
+         %Error{
+           kind: :invalid_config,
+           message: "artifact_pvc is #{inspect(state[:artifact_pvc])}: there is no artifact claim to copy on"
+         }}
+
+      claim ->
+        {:ok, claim}
+    end
+  end
+
+  defp connected(%{cluster: cluster}) when cluster != nil, do: {:ok, cluster}
+
+  defp connected(_state),
+    do:
+      {:error,
+       %Error{kind: :invalid_option, message: "not connected to a cluster (a dry run?): nothing to copy on"}}
+
   @doc "Cancels a run: its Job is deleted, and `await/2` returns `kind: :cancelled`."
   @spec cancel(map()) :: :ok
   def cancel(%{handle: handle}), do: Native.k8s_cancel(handle)
@@ -444,6 +563,7 @@ defmodule Sykli.Target.K8s do
          run_id: Keyword.get(opts, :run_id, Map.get(state, :run_id)),
          default_image: Map.get(state, :default_image),
          ttl_seconds_after_finished: Map.get(state, :ttl_seconds_after_finished),
+         artifact_pvc: artifact_claim(state),
          source: %{
            pvc: pvc,
            s3: s3,

@@ -126,6 +126,8 @@ defmodule Sykli.Target.K8sPvcTest do
 
   test "each Job has its own copy, on the node of a ReadWriteOnce claim; a declared output comes back", ctx do
     claim!(ctx, "src", "ReadWriteOnce")
+    # A task declaring outputs mounts the artifact claim (artifact_pvc) too.
+    claim!(ctx, "sykli-artifacts", "ReadWriteMany")
 
     file =
       pipeline!(ctx, [

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{api_error, retry, Cluster};
 use crate::error::{Error, Result};
-use crate::manifest::{names, MANAGED_BY};
+use crate::manifest::{names, ARTIFACTS_MOUNT, MANAGED_BY};
 use crate::source::git_clone::{restricted_security_context, NONROOT};
 use crate::source::pvc::{STORE_DIR, STORE_PATH};
 use crate::source::upload::LocalTree;
@@ -45,8 +45,14 @@ pub struct UploadReport {
     pub files: usize,
 }
 
-/// The claim must exist and be writable by more than one pod in turn.
-async fn check_claim(cluster: &Cluster, namespace: &str, claim: &str) -> Result<bool> {
+/// The claim must exist and be writable by more than one pod in turn. `setting` names the
+/// option that named the claim (`source_pvc`, `artifact_pvc`), for the error.
+async fn check_claim(
+    cluster: &Cluster,
+    namespace: &str,
+    claim: &str,
+    setting: &str,
+) -> Result<bool> {
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
     let pvc = retry(&format!("reading PersistentVolumeClaim {namespace}/{claim}"), || {
         claims.get_opt(claim)
@@ -56,7 +62,7 @@ async fn check_claim(cluster: &Cluster, namespace: &str, claim: &str) -> Result<
         Error::cluster(
             "not_found",
             format!(
-                "PersistentVolumeClaim {namespace}/{claim} does not exist (source_pvc): create it (ReadWriteMany, or ReadWriteOnce) in namespace {namespace}, or name another"
+                "PersistentVolumeClaim {namespace}/{claim} does not exist ({setting}): create it (ReadWriteMany, or ReadWriteOnce) in namespace {namespace}, or name another"
             ),
         )
     })?;
@@ -91,7 +97,18 @@ pub async fn receiver(
     claim: &str,
     image: &str,
 ) -> Result<Receiver> {
-    let rwo = check_claim(cluster, namespace, claim).await?;
+    receiver_for(cluster, namespace, claim, image, "source_pvc").await
+}
+
+/// [`receiver`] for a claim named by the option `setting` (named when the claim is missing).
+pub async fn receiver_for(
+    cluster: &Arc<Cluster>,
+    namespace: &str,
+    claim: &str,
+    image: &str,
+    setting: &str,
+) -> Result<Receiver> {
+    let rwo = check_claim(cluster, namespace, claim, setting).await?;
     let name = format!("sykli-sync-{}", names::slug(claim, 40));
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let existing = retry(&format!("reading pod {namespace}/{name}"), || {
@@ -592,6 +609,65 @@ pub async fn remove_run(cluster: &Cluster, r: &Receiver, job: &str) -> Result<()
     )
     .await
     .map(|_| ())
+}
+
+/// What `sykli-sync copy` copied.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CopyReport {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// Copies the artifact at `from` to `to` on the receiver's claim, in the cluster
+/// (`sykli-sync copy`, hardened: nothing reached or left pointing out of the claim). Both
+/// are paths where Jobs see the claim (below [`ARTIFACTS_MOUNT`]).
+pub async fn copy_artifact(
+    cluster: &Cluster,
+    r: &Receiver,
+    from: &str,
+    to: &str,
+) -> Result<CopyReport> {
+    let (from_rel, to_rel) = (artifact_rel(from)?, artifact_rel(to)?);
+    let out = exec(
+        cluster,
+        r,
+        &[
+            "copy", "--root", STORE_PATH, "--from", from_rel, "--to", to_rel,
+        ],
+        None,
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Cluster { message, .. } if message.contains("error[not_found]") => {
+            Error::cluster(
+                "not_found",
+                format!(
+                    "the artifact {from} does not exist on PersistentVolumeClaim {}/{} (artifact_pvc): did the task that produces it write it there?",
+                    r.namespace, r.claim
+                ),
+            )
+        }
+        e => e,
+    })?;
+    serde_json::from_slice(&out)
+        .map_err(|e| Error::cluster("sync_failed", format!("sykli-sync copy's report: {e}")))
+}
+
+/// `/artifacts/<path>` → `<path>`, refusing anything else (the receiver checks it again).
+pub fn artifact_rel(path: &str) -> Result<&str> {
+    path.strip_prefix(ARTIFACTS_MOUNT)
+        .and_then(|p| p.strip_prefix('/'))
+        .filter(|p| sykli_sync::check_path(p.as_bytes()).is_ok())
+        .ok_or_else(|| {
+            Error::cluster(
+                "invalid_option",
+                format!(
+                    "artifact path {path:?} is not below {ARTIFACTS_MOUNT}/ (relative, without \"..\")"
+                ),
+            )
+        })
 }
 
 /// A `Write` that hands full chunks to the async side.

@@ -48,6 +48,13 @@ struct Target {
     claim: String,
     #[serde(default)]
     image: Option<String>,
+    /// The option that named the claim, for the error when it is missing.
+    #[serde(skip, default = "source_pvc")]
+    setting: &'static str,
+}
+
+fn source_pvc() -> &'static str {
+    "source_pvc"
 }
 
 impl Target {
@@ -163,6 +170,52 @@ fn k8s_finish_run<'a>(
     })
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyJson {
+    #[serde(flatten)]
+    target: Target,
+    /// Paths as Jobs see them: below `/artifacts/`.
+    from: String,
+    to: String,
+}
+
+#[derive(NifMap)]
+struct CopyEx {
+    files: u64,
+    directories: u64,
+    symlinks: u64,
+    bytes: u64,
+}
+
+/// The artifact callbacks' copy: `from` to `to` on the artifact claim, in the cluster (the
+/// claim's receiver pod runs `sykli-sync copy`). Paths outside `/artifacts/` are refused
+/// here, before any API call. Answers `{tag, {:done, {:ok, map}}}` or an error.
+#[rustler::nif]
+fn k8s_copy_artifact<'a>(
+    env: Env<'a>,
+    cluster: ResourceArc<ClusterRes>,
+    options_json: String,
+    tag: Term<'a>,
+) -> Result<rustler::Atom, NifError> {
+    let o: CopyJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "copy options")?;
+    sync::artifact_rel(&o.from)?;
+    sync::artifact_rel(&o.to)?;
+    let target = Target {
+        setting: "artifact_pvc",
+        ..o.target.clone()
+    };
+    in_background(env, cluster, target, tag, move |cluster, r| async move {
+        let rep = sync::copy_artifact(&cluster, &r, &o.from, &o.to).await?;
+        Ok(CopyEx {
+            files: rep.files,
+            directories: rep.directories,
+            symlinks: rep.symlinks,
+            bytes: rep.bytes,
+        })
+    })
+}
+
 /// Runs `work` with the claim's receiver on the runtime; its result arrives as one
 /// `{tag, {:done, result}}` message. Returns at once.
 fn in_background<'a, T, F>(
@@ -182,8 +235,14 @@ where
     let cluster = Arc::clone(&cluster.cluster);
     rt.spawn(async move {
         let result = async {
-            let r =
-                sync::receiver(&cluster, &target.namespace, &target.claim, target.image()).await?;
+            let r = sync::receiver_for(
+                &cluster,
+                &target.namespace,
+                &target.claim,
+                target.image(),
+                target.setting,
+            )
+            .await?;
             work(cluster, r).await
         }
         .await;

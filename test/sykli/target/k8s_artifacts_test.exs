@@ -1,0 +1,256 @@
+defmodule Sykli.Target.K8sArtifactsTest do
+  # The artifact callbacks end to end on the strict test cluster: a producer Job writes its
+  # artifact on the artifact claim (mounted because it declares outputs), copy_artifact
+  # copies it on the claim through the receiver pod (the host build of sykli-sync, as the
+  # test cluster's --image-file), and a consumer Job (declaring task_inputs) reads the copy.
+  use ExUnit.Case, async: true
+
+  import Sykli.Test.GitRepo
+  alias Sykli.Error
+  alias Sykli.Target.K8s
+  alias Sykli.Test.Cluster
+
+  @moduletag timeout: 300_000
+  @image "ghcr.io/sykli/sync:test"
+
+  setup do
+    tmp = tmp_dir!()
+    work = init!(Path.join(tmp, "work"))
+    write!(work, "README.md", "readme\n")
+    commit_all!(work, "first")
+    # The Jobs mount no source, but a git context names one.
+    git!(work, ["remote", "add", "origin", "https://git.invalid/app.git"])
+    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
+
+    info =
+      Cluster.start!(Path.join(tmp, "cluster"), [
+        "--image-file",
+        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
+      ])
+
+    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+
+    {:ok, state} =
+      K8s.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, sync_image: @image)
+
+    {:ok, info: info, state: state, work: work}
+  end
+
+  defp claim!(info, name) do
+    Cluster.api_post!(info, "/api/v1/namespaces/ci/persistentvolumeclaims", %{
+      metadata: %{name: name},
+      spec: %{accessModes: ["ReadWriteMany"], resources: %{requests: %{storage: "1Gi"}}}
+    })
+  end
+
+  defp logs_to_me(name), do: fn event -> send(self(), {:event, name, event}) end
+
+  defp artifact_mounts(job) do
+    spec = job["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+
+    volumes =
+      for v <- spec["volumes"] || [],
+          v["persistentVolumeClaim"],
+          do: {v["name"], v["persistentVolumeClaim"]["claimName"]}
+
+    mounts = for m <- container["volumeMounts"] || [], do: {m["name"], m["mountPath"], m["readOnly"]}
+    {volumes, mounts}
+  end
+
+  test "a producer's artifact is copied on the claim and read by a consumer Job", ctx do
+    claim!(ctx.info, "sykli-artifacts")
+    file = K8s.artifact_path("producer", "app.txt", ctx.work, ctx.state)
+    dist = K8s.artifact_path("producer", "dist", ctx.work, ctx.state)
+    assert file == "/artifacts/producer/app.txt"
+    assert dist == "/artifacts/producer/dist"
+
+    producer = %{
+      name: "producer",
+      container: "any",
+      command:
+        ~s|mkdir -p /artifacts/producer/dist/lib && printf 'built %s\\n' "$(echo by-producer)" > #{file} | <>
+          ~s|&& echo lib > #{dist}/lib/a.txt && ln -s lib/a.txt #{dist}/current && echo produced|,
+      outputs: %{"app" => "app.txt", "dist" => "dist"}
+    }
+
+    # Declaring outputs mounts the claim read-write at /artifacts; a task without neither
+    # outputs nor task_inputs does not get it.
+    {:ok, job} = K8s.build_job_manifest(producer, "p", ctx.state)
+
+    assert {[{"sykli-artifacts", "sykli-artifacts"}], [{"sykli-artifacts", "/artifacts", nil}]} =
+             artifact_mounts(job)
+
+    {:ok, plain} = K8s.build_job_manifest(%{name: "plain", container: "any", command: "true"}, "q", ctx.state)
+    assert {[], []} = artifact_mounts(plain)
+
+    assert :ok = K8s.run_task(producer, ctx.state, on_event: logs_to_me(:producer))
+    assert_received {:event, :producer, {:log, "task", "produced"}}
+
+    assert :ok = K8s.copy_artifact(file, "/artifacts/consumer/in/x", ctx.work, ctx.state)
+    assert :ok = K8s.copy_artifact(dist, "/artifacts/consumer/dist", ctx.work, ctx.state)
+
+    consumer = %{
+      name: "consumer",
+      container: "any",
+      command:
+        ~s|test "$(cat /artifacts/consumer/in/x)" = "built by-producer" | <>
+          ~s|&& test "$(cat /artifacts/consumer/dist/lib/a.txt)" = lib | <>
+          ~s|&& test "$(readlink /artifacts/consumer/dist/current)" = lib/a.txt | <>
+          ~s|&& test "$(cat /artifacts/consumer/dist/current)" = lib && echo consumed-ok|,
+      task_inputs: [%{from_task: "producer", output: "app", dest: "in/x"}]
+    }
+
+    {:ok, run} = K8s.start_task(consumer, ctx.state)
+    assert {:ok, %{exit_code: 0}} = K8s.await(run, logs_to_me(:consumer))
+    assert_received {:event, :consumer, {:log, "task", "consumed-ok"}}
+    assert Cluster.jobs(ctx.info, "ci") == []
+
+    # The receiver pod is the PVC strategy's, for the artifact claim.
+    pod = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/sykli-sync-sykli-artifacts")
+
+    assert [%{"persistentVolumeClaim" => %{"claimName" => "sykli-artifacts"}}] = pod["spec"]["volumes"]
+  end
+
+  test "a missing source is :not_found naming the artifact; nothing is written", ctx do
+    claim!(ctx.info, "sykli-artifacts")
+    source = K8s.artifact_path("producer", "never-built", ctx.work, ctx.state)
+
+    assert {:error, %Error{kind: :not_found, message: message}} =
+             K8s.copy_artifact(source, "/artifacts/consumer/y", ctx.work, ctx.state)
+
+    assert message =~ "the artifact /artifacts/producer/never-built does not exist"
+    assert message =~ "ci/sykli-artifacts"
+
+    check = %{
+      name: "check",
+      container: "any",
+      command: "test ! -e /artifacts/consumer && echo nothing-there",
+      task_inputs: [%{from_task: "producer", output: "never-built", dest: "y"}]
+    }
+
+    assert :ok = K8s.run_task(check, ctx.state, on_event: logs_to_me(:check))
+    assert_received {:event, :check, {:log, "task", "nothing-there"}}
+  end
+
+  test "a missing artifact claim is named by the pre-flight and by copy_artifact; no Job", ctx do
+    state = %{ctx.state | artifact_pvc: "no-such-claim"}
+    task = %{name: "producer", container: "any", command: "true", outputs: ["app.txt"]}
+
+    assert {:error, %Error{kind: :not_found, message: message}} =
+             K8s.run_task(task, state, on_event: fn _ -> :ok end)
+
+    assert message =~ "no-such-claim"
+    assert Cluster.jobs(ctx.info, "ci") == []
+
+    assert {:error, %Error{kind: :not_found, message: message}} =
+             K8s.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.work, state)
+
+    assert message =~ "PersistentVolumeClaim ci/no-such-claim does not exist (artifact_pvc)"
+  end
+end
+
+defmodule Sykli.Target.K8sArtifactPathTest do
+  # The callbacks' argument checks: before any API call (the cluster below does not exist).
+  use ExUnit.Case, async: true
+
+  alias Sykli.Error
+  alias Sykli.Target.K8s
+
+  setup do
+    dir = Path.join(System.tmp_dir!(), "sykli-artifact-path-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    kubeconfig = Path.join(dir, "kubeconfig")
+
+    # Port 1 on loopback: nothing listens there, so an API call would fail with a
+    # connection error, never with :invalid_option.
+    File.write!(kubeconfig, """
+    apiVersion: v1
+    kind: Config
+    clusters: [{name: nowhere, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+    users: [{name: u, user: {token: t}}]
+    contexts: [{name: c, context: {cluster: nowhere, user: u, namespace: ci}}]
+    current-context: c
+    """)
+
+    {:ok, state} = K8s.setup(kubeconfig: kubeconfig, namespace: "ci", workdir: dir, git_context: nil)
+    {:ok, state: state, dir: dir}
+  end
+
+  test "artifact_path: /artifacts/<task>/<name>, and an invalid name raises naming it", ctx do
+    assert K8s.artifact_path("build", "app", ctx.dir, ctx.state) == "/artifacts/build/app"
+    assert K8s.artifact_path("build", "dist/app.tar", ctx.dir, ctx.state) == "/artifacts/build/dist/app.tar"
+
+    for bad <- ["", "/etc/passwd", "..", "a/../../b", "a\0b", "a//b", "./a"] do
+      assert_raise ArgumentError, ~r/invalid task name #{Regex.escape(inspect(bad))}/, fn ->
+        K8s.artifact_path(bad, "app", ctx.dir, ctx.state)
+      end
+
+      assert_raise ArgumentError, ~r/invalid artifact name #{Regex.escape(inspect(bad))}/, fn ->
+        K8s.artifact_path("build", bad, ctx.dir, ctx.state)
+      end
+    end
+  end
+
+  test "copy_artifact refuses paths outside /artifacts/, naming them, before any API call", ctx do
+    good = "/artifacts/build/app"
+
+    for {source, dest, named} <- [
+          {"/artifacts/../etc/passwd", good, "/artifacts/../etc/passwd"},
+          {"/etc/passwd", good, "/etc/passwd"},
+          {good, "/tmp/x", "/tmp/x"},
+          {good, "/artifacts/consumer/../../x", "/artifacts/consumer/../../x"},
+          {good, "/artifacts/", "/artifacts/"},
+          {"/artifactsx/a", good, "/artifactsx/a"},
+          {good, "relative/x", "relative/x"}
+        ] do
+      assert {:error, %Error{kind: :invalid_option, message: message}} =
+               K8s.copy_artifact(source, dest, ctx.dir, ctx.state)
+
+      assert message =~ inspect(named)
+    end
+  end
+
+  test "artifact_pvc: false mounts no claim, and copy_artifact says there is none", ctx do
+    {:ok, off} =
+      K8s.setup(
+        kubeconfig: ctx.state.kubeconfig,
+        namespace: "ci",
+        workdir: ctx.dir,
+        git_context: nil,
+        artifact_pvc: false
+      )
+
+    task = %{name: "build", container: "any", command: "true", outputs: ["app"]}
+    git = %Sykli.GitContext{url: "https://git.invalid/app.git", sha: String.duplicate("a", 40), dirty: false}
+
+    for {state, mounted} <- [{ctx.state, ["/artifacts"]}, {off, []}] do
+      {:ok, job} = K8s.build_job_manifest(task, "j", Map.put(state, :git_context, git))
+      [container] = job["spec"]["template"]["spec"]["containers"]
+      assert Enum.map(container["volumeMounts"] || [], & &1["mountPath"]) == mounted
+    end
+
+    assert {:error, %Error{kind: :invalid_config, message: "artifact_pvc is false" <> _}} =
+             K8s.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.dir, off)
+
+    assert {:error, %Error{kind: :invalid_option, message: message}} = K8s.setup(artifact_pvc: "")
+    assert message =~ "--artifact-pvc"
+  end
+
+  test "the NIF refuses them too, at once (no API call)", ctx do
+    json =
+      Sykli.JSON.encode!(%{namespace: "ci", claim: "c", from: "/artifacts/a/../../etc", to: "/artifacts/b"})
+
+    assert {:error, {:invalid_option, message}} =
+             Sykli.Native.k8s_copy_artifact(ctx.state.cluster, json, make_ref())
+
+    assert message =~ ~s|"/artifacts/a/../../etc" is not below /artifacts/|
+
+    assert {:error, {_, "copy options" <> _}} =
+             Sykli.Native.k8s_copy_artifact(ctx.state.cluster, "{", make_ref())
+
+    assert_raise ArgumentError, fn -> Sykli.Native.k8s_copy_artifact(:not_a_cluster, json, make_ref()) end
+    refute_received _
+  end
+end
