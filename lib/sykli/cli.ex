@@ -271,7 +271,10 @@ defmodule Sykli.CLI do
                  workdir: ctx.root,
                  dry_run: true,
                  run_id: opts[:run_id] || Sykli.Target.K8s.run_id(),
-                 namespace_from_flag: opts[:namespace] != nil
+                 namespace_from_flag: opts[:namespace] != nil,
+                 # This command passes no artifacts between tasks (it refuses task_inputs):
+                 # the artifact claim is mounted only when the config names one.
+                 artifact_pvc: settings[:artifact_pvc] || false
                ]
            ),
          {:ok, state} <- dry_run_archive(state, opts[:dry_run]),
