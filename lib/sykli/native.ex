@@ -8,6 +8,10 @@ defmodule Sykli.Native do
   for path <- Mix.Tasks.Compile.SykliNative.native_files() ++ Mix.Tasks.Compile.SykliNative.native_dirs(),
       do: @external_resource(path)
 
+  # The compiler decides which files make the fingerprint; mix.exs requires it, so mix does
+  # not track it as a dependency of this module: a change there must recompile this too.
+  @external_resource Path.expand("../../mix/tasks/compile.sykli_native.ex", __DIR__)
+
   @fingerprint Mix.Tasks.Compile.SykliNative.fingerprint()
 
   @doc false

@@ -82,7 +82,7 @@ defmodule Mix.Tasks.Compile.SykliNative do
   def root, do: Path.expand("../..", __DIR__)
 
   # The crates linked into the NIF; test infrastructure and benchmarks are not.
-  @crates ["sykli_core", "sykli_native"]
+  @crates ["sykli_core", "sykli_native", "sykli_sync"]
 
   @doc "Every file whose change means the library must be rebuilt."
   def native_files do
