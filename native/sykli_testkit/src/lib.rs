@@ -4,6 +4,9 @@
 //!   container in a bubblewrap sandbox over the host's userland.
 //! * [`sshd`]: a real OpenSSH server on 127.0.0.1 serving bare git repositories over ssh.
 //! * [`git_server`]: git servers (`git://`, smart HTTP and HTTPS) on 127.0.0.1.
+//! * [`hostile_archives`]: a corpus of malicious archives (escapes, symlink tricks, hard
+//!   links, devices, huge names), answered by `sykli-hostile-sync`, a hostile stand-in for
+//!   the sync image.
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
 //! * [`moto_server`]: moto's STS and S3 on 127.0.0.1 with IAM auth enforced, for the AWS
@@ -14,6 +17,7 @@
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
 pub mod git_server;
+pub mod hostile_archives;
 mod http;
 pub mod http_proxy;
 pub mod lfs_server;
