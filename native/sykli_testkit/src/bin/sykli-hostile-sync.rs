@@ -1,0 +1,132 @@
+//! `sykli-hostile-sync`: a hostile stand-in for the sync image (`sykli-sync`), for end-to-end
+//! tests of the sync back. Mapped over the image with the test cluster's `--image-file`, it
+//! runs as the claim's receiver pod and answers the product's commands — but `pack` (how
+//! the laptop fetches a task's outputs) answers with an archive of the malicious corpus
+//! (`sykli_testkit::hostile_archives`) instead of the outputs: the first output named is
+//! the case. `pack … benign` answers a well-formed archive.
+//!
+//! ```text
+//! sykli-hostile-sync idle                              wait for SIGTERM or SIGINT (the pod)
+//! sykli-hostile-sync pack --root DIR CASE [PATH...]    the archive of CASE on stdout
+//! sykli-hostile-sync remove-run --store DIR --run JOB  {"removed": JOB} (nothing removed)
+//! sykli-hostile-sync corpus --sentinel DIR             the cases, one JSON object a line
+//! ```
+//!
+//! The sentinel directory the absolute paths aim at is read from `/etc/sykli-hostile/sentinel`
+//! (another image file: its contents are the host path), or `--sentinel`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sykli_testkit::hostile_archives::{benign, corpus};
+
+const SENTINEL_FILE: &str = "/etc/sykli-hostile/sentinel";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("sykli-hostile-sync: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.windows(2)
+        .find(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+}
+
+fn sentinel(args: &[String]) -> Result<PathBuf, String> {
+    if let Some(s) = option(args, "--sentinel") {
+        return Ok(PathBuf::from(s));
+    }
+    let s = std::fs::read_to_string(SENTINEL_FILE)
+        .map_err(|e| format!("{SENTINEL_FILE}: {e} (map it with --image-file)"))?;
+    Ok(PathBuf::from(s.trim()))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let stdout = |bytes: &[u8]| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("stdout: {e}"))
+    };
+    match args.first().map(String::as_str) {
+        Some("idle") => idle(),
+        Some("pack") => {
+            // pack --root DIR PATH...: the first path that is not the root's value.
+            let rest = &args[1..];
+            let mut paths = Vec::new();
+            let mut i = 0;
+            while i < rest.len() {
+                if rest[i].starts_with("--") {
+                    i += 2;
+                } else {
+                    paths.push(rest[i].as_str());
+                    i += 1;
+                }
+            }
+            let name = *paths.first().ok_or("pack: no path")?;
+            if name == "benign" {
+                return stdout(&benign().0);
+            }
+            let cases = corpus(&sentinel(args)?);
+            let case = cases
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| format!("pack: no case {name:?}"))?;
+            stdout(&case.archive())
+        }
+        Some("remove-run") => {
+            let job = option(args, "--run").ok_or("remove-run: --run is required")?;
+            stdout(format!("{}\n", serde_json::json!({ "removed": job })).as_bytes())
+        }
+        Some("corpus") => {
+            let sentinel = sentinel(args)?;
+            let mut lines = String::new();
+            for c in corpus(&sentinel) {
+                let line = serde_json::json!({
+                    "name": c.name,
+                    "rule": c.rule,
+                    "entry": c.entry,
+                    "planted_symlink": c.planted_symlink,
+                });
+                lines.push_str(&format!("{line}\n"));
+            }
+            stdout(lines.as_bytes())
+        }
+        Some(other) => Err(format!(
+            "{other:?}: not something this hostile receiver answers"
+        )),
+        None => Err("a command is required".into()),
+    }
+}
+
+/// The pod's main process: waits for SIGTERM or SIGINT (blocked, then `sigwait`: works as
+/// PID 1, which ignores default-action signals).
+fn idle() -> Result<(), String> {
+    // SAFETY: a signal set we own, filled and used by this single thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(format!("pthread_sigmask: {rc}"));
+        }
+        let mut sig: libc::c_int = 0;
+        loop {
+            match libc::sigwait(&set, &mut sig) {
+                0 => return Ok(()),
+                libc::EINTR => continue,
+                rc => return Err(format!("sigwait: {rc}")),
+            }
+        }
+    }
+}
