@@ -121,6 +121,15 @@ defmodule Sykli.Target.K8sPvcTest do
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file2}))
     third = uploaded(out)
     assert third["existed"] == true and third["bytes_sent"] == 0
+
+    # Back to the first tree, which the claim has (not the one uploaded last): nothing sent
+    # either (the apply started beside the status exec gets an empty input and ends).
+    write!(ctx.work, "notes/todo.txt", "untracked\n")
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    back = uploaded(out)
+    assert back["tree"] == first["tree"]
+    assert back["existed"] == true and back["bytes_sent"] == 0
+    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok"))
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
