@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::archive::SyncHeader;
 use crate::error::{Error, Result};
@@ -254,13 +253,7 @@ fn copy_at(r: &mut impl Read, out: &File, mut offset: u64, limit: u64) -> io::Re
 
 /// "403 AccessDenied: Request has expired" from an S3 error document, else the status.
 fn s3_error(status: u16, body: &str) -> String {
-    let tag = |name: &str| {
-        let open = format!("<{name}>");
-        let start = body.find(&open)? + open.len();
-        let end = body[start..].find(&format!("</{name}>"))? + start;
-        Some(body[start..end].trim().to_string())
-    };
-    match (tag("Code"), tag("Message")) {
+    match (xml_tag(body, "Code"), xml_tag(body, "Message")) {
         (Some(c), Some(m)) => format!("{status} {c}: {m}"),
         (Some(c), None) => format!("{status} {c}"),
         _ => format!("HTTP {status}"),
@@ -268,24 +261,22 @@ fn s3_error(status: u16, body: &str) -> String {
 }
 
 pub fn hash_file(path: &Path) -> Result<String> {
-    let mut f = BufReader::with_capacity(
-        1 << 20,
-        File::open(path).map_err(|e| Error::io_path(path, e))?,
-    );
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io_path(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    let f = File::open(path).map_err(|e| Error::io_path(path, e))?;
+    Ok(sha256_of(f).map_err(|e| Error::io_path(path, e))?.1)
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The byte count and lowercase hex SHA-256 of everything `r` gives.
+pub fn sha256_of(r: impl Read) -> io::Result<(u64, String)> {
+    crate::fs::copy_hashing(r, None)
+}
+
+/// The text of the first `<name>…</name>` element of an XML document (S3's and STS's
+/// answers are small and flat enough for this), trimmed.
+pub fn xml_tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{name}>"))? + start;
+    Some(body[start..end].trim())
 }
 
 /// Opens a downloaded file for extraction, from its start.

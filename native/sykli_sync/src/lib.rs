@@ -17,7 +17,9 @@ mod store;
 pub use archive::{pack, write_archive, SyncHeader};
 pub use error::{Error, Result, Rule};
 pub use extract::{extract_hardened, Limits, Report};
-pub use fetch::{download, extract_tree, hash_file, redact, Download, DownloadReport};
+pub use fetch::{
+    download, extract_tree, hash_file, redact, sha256_of, xml_tag, Download, DownloadReport,
+};
 pub use manifest::{diff, Delta, Entry, EntryKind, Manifest};
 pub use path::{
     check_path, check_symlink_target, check_tree_hash, MAX_COMPONENT_BYTES, MAX_PATH_BYTES,

@@ -188,12 +188,7 @@ pub fn find(env: &dyn Env) -> Result<Found> {
 
 /// The STS answer to `AssumeRoleWithWebIdentity`, parsed.
 pub fn parse_assume_role(xml: &str, source: &str) -> Result<Credentials> {
-    let get = |tag: &str| {
-        let open = format!("<{tag}>");
-        let start = xml.find(&open)? + open.len();
-        let end = xml[start..].find(&format!("</{tag}>"))? + start;
-        Some(unescape(xml[start..end].trim()))
-    };
+    let get = |tag: &str| sykli_sync::xml_tag(xml, tag).map(unescape);
     match (get("AccessKeyId"), get("SecretAccessKey")) {
         (Some(k), Some(s)) => Ok(Credentials {
             access_key_id: k,

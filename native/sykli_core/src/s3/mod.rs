@@ -581,16 +581,11 @@ impl Reply {
     }
 
     fn tag(&self, name: &str) -> Option<String> {
-        let open = format!("<{name}>");
-        let start = self.body.find(&open)? + open.len();
-        let end = self.body[start..].find(&format!("</{name}>"))? + start;
-        Some(self.body[start..end].trim().to_string())
+        sykli_sync::xml_tag(&self.body, name).map(str::to_string)
     }
 
     fn code(&self) -> Option<&str> {
-        let start = self.body.find("<Code>")? + 6;
-        let end = self.body[start..].find("</Code>")? + start;
-        Some(self.body[start..end].trim())
+        sykli_sync::xml_tag(&self.body, "Code")
     }
 
     /// One line naming the object, S3's reason and the fix.
@@ -698,12 +693,7 @@ fn assume_role_with_web_identity(
         .read_to_string()
         .unwrap_or_default();
     if status != 200 {
-        let tag = |t: &str| {
-            let open = format!("<{t}>");
-            let s = body.find(&open)? + open.len();
-            let e = body[s..].find(&format!("</{t}>"))? + s;
-            Some(body[s..e].to_string())
-        };
+        let tag = |t: &str| sykli_sync::xml_tag(&body, t);
         let reason = match (tag("Code"), tag("Message")) {
             (Some(c), Some(m)) => format!("{status} {c}: {m}"),
             (Some(c), None) => format!("{status} {c}"),
@@ -723,24 +713,13 @@ fn assume_role_with_web_identity(
 }
 
 fn hash_range(path: &Path, offset: u64, len: u64) -> Result<String> {
-    use sha2::{Digest, Sha256};
     let io = |e| Error::Io {
         path: path.to_path_buf(),
         source: e,
     };
     let mut f = File::open(path).map_err(io)?;
     f.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut f = f.take(len);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sykli_sync::sha256_of(f.take(len)).map_err(io)?.1)
 }
 
 fn xml_escape(s: &str) -> String {

@@ -3,10 +3,8 @@
 //! last upload (a stat cache in the git directory, as git's index does it).
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use sykli_sync::{Entry, EntryKind, Manifest};
 
 use crate::error::{Error, Result};
@@ -185,17 +183,8 @@ fn hash_file(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source: e,
     };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let f = std::fs::File::open(path).map_err(io)?;
+    Ok(sykli_sync::sha256_of(f).map_err(io)?.1)
 }
 
 fn save_cache(dir: &Path, bytes: &[u8]) {
