@@ -44,20 +44,7 @@ defmodule Sykli.CLIK8sTest do
   end
 
   # A pipeline file outside the repository (so writing it leaves the tree clean).
-  defp pipeline!(ctx, tasks) do
-    file = Path.join(ctx.tmp, "pipeline-#{System.unique_integer([:positive])}.json")
-
-    File.write!(
-      file,
-      Sykli.JSON.encode!(%{
-        version: "2",
-        tasks: tasks,
-        resources: %{"src:." => %{type: "directory", path: "."}}
-      })
-    )
-
-    file
-  end
+  defp pipeline!(ctx, tasks), do: Sykli.Test.Pipeline.file!(ctx.tmp, tasks)
 
   defp src(path), do: [%{resource: "src:.", path: path, type: "directory"}]
 

@@ -5,7 +5,8 @@ defmodule Sykli.Target.K8sPvcTest do
   use ExUnit.Case, async: true
 
   import Sykli.Test.GitRepo
-  alias Sykli.Test.Cluster
+  import Sykli.Test.Pipeline, only: [task: 2, task: 3, events: 1, event!: 2, logged?: 2]
+  alias Sykli.Test.{Cluster, Pipeline}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -48,25 +49,6 @@ defmodule Sykli.Target.K8sPvcTest do
     })
   end
 
-  defp pipeline!(ctx, tasks) do
-    file = Path.join(ctx.tmp, "pipeline-#{System.unique_integer([:positive])}.json")
-    resources = %{"src:." => %{type: "directory", path: "."}}
-    File.write!(file, Sykli.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
-    file
-  end
-
-  defp task(name, command, extra \\ %{}),
-    do:
-      Map.merge(
-        %{
-          name: name,
-          container: "any",
-          command: command,
-          mounts: [%{resource: "src:.", path: "/app", type: "directory"}]
-        },
-        extra
-      )
-
   defp sykli(ctx, args) do
     System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
       cd: ctx.work,
@@ -75,18 +57,7 @@ defmodule Sykli.Target.K8sPvcTest do
     )
   end
 
-  defp events(out) do
-    out
-    |> String.split("\n", trim: true)
-    |> Enum.flat_map(fn line ->
-      case Sykli.JSON.decode(line) do
-        {:ok, %{"event" => _} = e} -> [e]
-        _ -> []
-      end
-    end)
-  end
-
-  defp uploaded(out), do: Enum.find(events(out), &(&1["event"] == "source_uploaded")) || flunk(out)
+  defp uploaded(out), do: event!(out, "source_uploaded")
 
   test "the dirty tree arrives exactly; a re-sync sends one file; an identical tree sends nothing", ctx do
     claim!(ctx, "src", "ReadWriteMany")
@@ -103,15 +74,15 @@ defmodule Sykli.Target.K8sPvcTest do
         ~s|&& test "$(cat notes/todo.txt)" = untracked && test ! -e target && test "$(readlink src/readme)" = ../README.md | <>
         ~s|&& test "$(cat src/readme)" = readme && echo tree-ok|
 
-    file = pipeline!(ctx, [task("check", check)])
+    file = Pipeline.file!(ctx.tmp, [task("check", check)])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     first = uploaded(out)
     assert first["existed"] == false and first["files_sent"] == first["files"]
-    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok"))
+    assert logged?(out, "tree-ok")
 
     # One edit: only that file crosses the wire.
     write!(ctx.work, "notes/todo.txt", "untracked\nmore\n")
-    file2 = pipeline!(ctx, [task("check", ~s|grep -q more notes/todo.txt && echo edit-ok|)])
+    file2 = Pipeline.file!(ctx.tmp, [task("check", ~s|grep -q more notes/todo.txt && echo edit-ok|)])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file2}))
     second = uploaded(out)
     assert second["files_sent"] == 1 and second["files_deleted"] == 0
@@ -129,7 +100,7 @@ defmodule Sykli.Target.K8sPvcTest do
     back = uploaded(out)
     assert back["tree"] == first["tree"]
     assert back["existed"] == true and back["bytes_sent"] == 0
-    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok"))
+    assert logged?(out, "tree-ok")
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
@@ -138,7 +109,7 @@ defmodule Sykli.Target.K8sPvcTest do
     claim!(ctx, "src", "ReadWriteOnce")
 
     file =
-      pipeline!(ctx, [
+      Pipeline.file!(ctx.tmp, [
         task("a", "echo a > mine-a && test ! -e mine-b && echo a-alone"),
         task("b", "echo b > mine-b && test ! -e mine-a && echo b-alone"),
         task("dist", "mkdir -p dist && echo built > dist/app.txt", %{
@@ -152,13 +123,13 @@ defmodule Sykli.Target.K8sPvcTest do
     assert File.read!(Path.join(ctx.work, "dist/app.txt")) == "built\n"
 
     # A later run sees neither task's writes.
-    file2 = pipeline!(ctx, [task("later", "test ! -e mine-a && test ! -e mine-b && echo clean")])
+    file2 = Pipeline.file!(ctx.tmp, [task("later", "test ! -e mine-a && test ! -e mine-b && echo clean")])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file2}))
     assert out =~ "[later] clean"
   end
 
   test "a missing claim, a wrong access mode, an escaping symlink: clear errors, no Job", ctx do
-    file = pipeline!(ctx, [task("t", "true")])
+    file = Pipeline.file!(ctx.tmp, [task("t", "true")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
     assert out =~ "PersistentVolumeClaim ci/src does not exist (source_pvc)"
 
@@ -189,9 +160,9 @@ defmodule Sykli.Target.K8sPvcTest do
       ~s|test "$(git rev-parse HEAD)" = #{sha} && grep -q committed src/main.rs && ! grep -q not_committed src/main.rs | <>
         ~s|&& test "$(git rev-list --count HEAD)" = 2 && echo bundle-ok|
 
-    file = pipeline!(ctx, [task("check", check)])
+    file = Pipeline.file!(ctx.tmp, [task("check", check)])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
-    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "bundle-ok")), out
+    assert logged?(out, "bundle-ok"), out
     assert out =~ "1 uncommitted change not included"
 
     # The same HEAD again: the bundle's tree is already on the claim.

@@ -5,7 +5,8 @@ defmodule Sykli.Target.K8sS3Test do
   use ExUnit.Case, async: true
 
   import Sykli.Test.GitRepo
-  alias Sykli.Test.{Cluster, S3Server}
+  import Sykli.Test.Pipeline, only: [task: 2, task: 3, events: 1, event!: 2, logged?: 2]
+  alias Sykli.Test.{Cluster, Pipeline, S3Server}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -40,21 +41,6 @@ defmodule Sykli.Target.K8sS3Test do
     {:ok, tmp: tmp, work: work, info: info, s3: s3}
   end
 
-  defp pipeline!(ctx, tasks) do
-    file = Path.join(ctx.tmp, "pipeline-#{System.unique_integer([:positive])}.json")
-    resources = %{"src:." => %{type: "directory", path: "."}}
-    File.write!(file, Sykli.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
-    file
-  end
-
-  defp task(name, command),
-    do: %{
-      name: name,
-      container: "any",
-      command: command,
-      mounts: [%{resource: "src:.", path: "/app", type: "directory"}]
-    }
-
   # Credentials only through the AWS chain's environment; HOME has no ~/.aws.
   defp sykli(ctx, args, secret \\ nil) do
     System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
@@ -72,18 +58,7 @@ defmodule Sykli.Target.K8sS3Test do
     )
   end
 
-  defp events(out) do
-    out
-    |> String.split("\n", trim: true)
-    |> Enum.flat_map(fn line ->
-      case Sykli.JSON.decode(line) do
-        {:ok, %{"event" => _} = e} -> [e]
-        _ -> []
-      end
-    end)
-  end
-
-  defp published(out), do: Enum.find(events(out), &(&1["event"] == "source_published")) || flunk(out)
+  defp published(out), do: event!(out, "source_published")
 
   defp object_file(ctx, key), do: S3Server.object_path(ctx.s3, @bucket, key)
 
@@ -98,13 +73,13 @@ defmodule Sykli.Target.K8sS3Test do
       ~s|grep -q dirty src/main.rs && test ! -e src/old.rs && test "$(cat notes/todo.txt)" = untracked | <>
         ~s|&& test ! -e target && test "$(readlink src/readme)" = ../README.md && test ! -e .git && echo tree-ok|
 
-    file = pipeline!(ctx, [task("check", check)])
+    file = Pipeline.file!(ctx.tmp, [task("check", check)])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     first = published(out)
     assert first["existed"] == false and first["uploaded_bytes"] == first["size"] and first["size"] > 0
     assert first["key"] == "ci/sykli-source/#{first["tree"]}.tar.gz"
     assert File.exists?(object_file(ctx, first["key"]))
-    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "tree-ok")), out
+    assert logged?(out, "tree-ok"), out
 
     # Nothing changed: the bucket has it, nothing is sent.
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
@@ -131,14 +106,14 @@ defmodule Sykli.Target.K8sS3Test do
       ~s|test "$(git rev-parse HEAD)" = #{sha} && test "$(cat src/second.rs)" = "// committed, never pushed" | <>
         ~s|&& test "$(git log --format=%s -1 HEAD~1)" = first && echo bundle-ok|
 
-    file = pipeline!(ctx, [task("check", check)])
+    file = Pipeline.file!(ctx.tmp, [task("check", check)])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     assert published(out)["uploaded_bytes"] > 0
-    assert Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "bundle-ok")), out
+    assert logged?(out, "bundle-ok"), out
   end
 
   test "the Job holds a presigned URL and no credentials", ctx do
-    file = pipeline!(ctx, [task("fail", "exit 3")])
+    file = Pipeline.file!(ctx.tmp, [task("fail", "exit 3")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ "exit code 3" or out =~ "exited with 3", out
     [name] = Cluster.jobs(ctx.info, "ci")
@@ -156,7 +131,7 @@ defmodule Sykli.Target.K8sS3Test do
   end
 
   test "a corrupted object fails the task's verification, naming the object", ctx do
-    file = pipeline!(ctx, [task("check", "echo should-not-run")])
+    file = Pipeline.file!(ctx.tmp, [task("check", "echo should-not-run")])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     p = published(out)
     path = object_file(ctx, p["key"])
@@ -165,14 +140,14 @@ defmodule Sykli.Target.K8sS3Test do
 
     {out, 1} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     assert published(out)["existed"] == true
-    refute Enum.any?(events(out), &(&1["event"] == "log" and &1["line"] == "should-not-run"))
+    refute logged?(out, "should-not-run")
     assert out =~ "verification failed", out
     assert out =~ p["key"]
     refute out =~ "X-Amz-Signature", "the URL is a capability: never in a message"
   end
 
   test "wrong credentials fail before any Job is created", ctx do
-    file = pipeline!(ctx, [task("check", "true")])
+    file = Pipeline.file!(ctx.tmp, [task("check", "true")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}), "wrong-secret")
     assert out =~ "SignatureDoesNotMatch" or out =~ "InvalidAccessKeyId", out
     assert out =~ "credentials from environment"
@@ -187,7 +162,7 @@ defmodule Sykli.Target.K8sS3Test do
       |> String.replace(~s(bucket: "builds"), ~s(bucket: "nope"))
     )
 
-    file = pipeline!(ctx, [task("check", "true")])
+    file = Pipeline.file!(ctx.tmp, [task("check", "true")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ ~s(bucket "nope" does not exist), out
     assert Cluster.jobs(ctx.info, "ci") == []
