@@ -15,8 +15,8 @@
 //! 3. nothing changed: sykli's re-sync, then the tar stream once more.
 //!
 //! sykli's time is `local_tree` + `upload`, both measured; its bytes are the archive it sends
-//! (`UploadReport.bytes_sent`), and, separately, the manifest JSON the receiver sends back (the
-//! same `sykli-sync manifest` calls, repeated afterwards, untimed). tar's bytes are the gzip
+//! (`UploadReport.bytes_sent`), and, separately, what the receiver answers before the upload
+//! (its `status`, asked again afterwards, untimed). tar's bytes are the gzip
 //! stream, its time from spawning `tar czf` to the exec's Success status. The receiver's
 //! copies are checked against the working tree (`diff -r`) at the end of every round.
 //!
@@ -537,8 +537,8 @@ fn main() {
     let base = med(&|r| r.manifest_exec_ms);
     let parse = med(&|r| r.parse_ms);
     println!(
-        "re-sync after one change, {change_t:.0} ms: local manifest {local:.0} ms, exec `status` (an exec's round trip, ~{null:.0} ms), the rest {:.0} ms (diff, archive, exec `apply`: the receiver hard-links the base tree, extracts, hashes, syncfs); the base manifest came from the local cache (downloading the store's would add {base:.0} ms + {parse:.0} ms to parse)",
-        change_t - local - null,
+        "re-sync after one change, {change_t:.0} ms: local manifest {local:.0} ms, upload {:.0} ms (the `status` exec, an exec's round trip ~{null:.0} ms, beside the start of the `apply` exec, which then gets the delta: the receiver hard-links the base tree, extracts, hashes, syncfs); the base manifest came from the local cache (downloading the store's would add {base:.0} ms + {parse:.0} ms to parse)",
+        change_t - local,
     );
     println!(
         "in the receiver: copying the whole tree (`sykli-sync checkout`, one exec) {:.0} ms, then syncfs {:.0} ms; syncfs after tar's full stream {:.0} ms (first) and {:.0} ms (after the change), not in tar's times",
