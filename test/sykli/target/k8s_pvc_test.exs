@@ -5,7 +5,7 @@ defmodule Sykli.Target.K8sPvcTest do
   use ExUnit.Case, async: true
 
   import Sykli.Test.GitRepo
-  import Sykli.Test.Pipeline, only: [task: 2, task: 3, events: 1, event!: 2, logged?: 2]
+  import Sykli.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
   alias Sykli.Test.{Cluster, Pipeline}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
