@@ -17,7 +17,8 @@ defmodule Sykli.CLI do
     --json              print JSON instead of text
     --max-paths N       how many changed paths to list (default 10)
     --check             also ask the cluster: reachable, and every namespace, Secret,
-                        ConfigMap and key the pipeline's Jobs reference exists
+                        ConfigMap and key the pipeline's Jobs reference exists (and,
+                        with the s3 strategy, that the bucket is there and listable)
     --pipeline FILE     the pipeline --check checks (default .sykli/pipeline.json)
     -n, --namespace NS, --context NAME, --kubeconfig FILE   as for run
 
@@ -153,24 +154,45 @@ defmodule Sykli.CLI do
         end
 
       with {:ok, problems} <- problems do
+        bucket = bucket_check(state)
+
         {:ok,
          %{
            server: info.server,
            namespace: state.namespace,
            pipeline_checked: problems != :no_pipeline,
-           problems: if(problems == :no_pipeline, do: [], else: problems)
+           problems: if(problems == :no_pipeline, do: [], else: problems) ++ bucket.problems,
+           s3: bucket.line,
+           s3_problems: bucket.problems
          }}
       end
     end
   end
 
+  # The S3 strategy's bucket, with the credentials a run would use.
+  defp bucket_check(%{source_strategy: :s3} = state) do
+    case Sykli.Target.K8s.check_bucket(state) do
+      {:ok, b} ->
+        %{
+          line: "s3://#{b.bucket}/#{b.prefix} (#{b.region}): listable with credentials from #{b.credentials}",
+          problems: []
+        }
+
+      {:error, %Sykli.Error{message: message}} ->
+        %{line: "✗ " <> message, problems: [message]}
+    end
+  end
+
+  defp bucket_check(_state), do: %{line: nil, problems: []}
+
   defp render_check(check) do
     lines =
       ["#{check.server}: reachable"] ++
-        cond do
-          not check.pipeline_checked -> ["no pipeline to check (.sykli/pipeline.json, or --pipeline FILE)"]
-          check.problems == [] -> ["every namespace, Secret, ConfigMap and key the Jobs reference exists"]
-          true -> Enum.map(check.problems, &("✗ " <> &1))
+        if(check.s3, do: [check.s3], else: []) ++
+        case {check.pipeline_checked, check.problems -- check.s3_problems} do
+          {false, _} -> ["no pipeline to check (.sykli/pipeline.json, or --pipeline FILE)"]
+          {true, []} -> ["every namespace, Secret, ConfigMap and key the Jobs reference exists"]
+          {true, problems} -> Enum.map(problems, &("✗ " <> &1))
         end
 
     row({"Cluster", Enum.join(lines, "\n")})

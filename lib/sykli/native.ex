@@ -82,6 +82,7 @@ defmodule Sykli.Native do
   def k8s_finish_run(_cluster, _options_json, _tag), do: fail()
   def k8s_copy_artifact(_cluster, _options_json, _tag), do: fail()
   def k8s_s3_publish(_options_json, _tag), do: fail()
+  def k8s_s3_check(_s3_json, _tag), do: fail()
 end
 
 defmodule Sykli.NativeError do

@@ -269,6 +269,18 @@ defmodule Sykli.Target.K8s do
     end
   end
 
+  @doc """
+  For `sykli info --check` with the S3 strategy: resolves the credentials (as a run would)
+  and checks that the bucket exists and lets them list the archives' prefix. Uploads nothing.
+  """
+  @spec check_bucket(map()) :: {:ok, map()} | {:error, Error.t()}
+  def check_bucket(state) do
+    with {:ok, s3} <- s3_settings(state),
+         {:ok, json} <- JSON.encode(s3) do
+      background(&Native.k8s_s3_check(json, &1))
+    end
+  end
+
   defp s3_settings(state) do
     s3 = Map.new(state[:s3] || [])
 

@@ -155,6 +155,19 @@ defmodule Sykli.Target.K8sS3Test do
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
+  test "info --check lists the bucket with the run's credentials, and names a refusal", ctx do
+    {out, 0} = sykli(ctx, ~w(info --check))
+
+    assert out =~
+             "s3://builds/ci/sykli-source/ (#{ctx.s3["region"]}): listable with credentials from environment",
+           out
+
+    {out, 1} = sykli(ctx, ~w(info --check), "wrong-secret")
+    assert out =~ "✗ GET s3://builds/", out
+    assert out =~ "SignatureDoesNotMatch"
+    refute out =~ "wrong-secret"
+  end
+
   test "a missing bucket is named with the settings to fix", ctx do
     File.write!(
       Path.join(ctx.work, ".sykli/config.exs"),

@@ -53,11 +53,54 @@ fn k8s_s3_publish<'a>(
     tag: Term<'a>,
 ) -> Result<rustler::Atom, NifError> {
     let o: PublishJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "s3 options")?;
+    answer_later(env, tag, move || publish(o))
+}
+
+#[derive(NifMap)]
+struct CheckEx {
+    bucket: String,
+    region: String,
+    credentials: String,
+    prefix: String,
+}
+
+/// Resolves the credentials and checks that the bucket exists and lets them list the
+/// archives' prefix (`sykli info --check`); answers like `k8s_s3_publish`.
+#[rustler::nif]
+fn k8s_s3_check<'a>(
+    env: Env<'a>,
+    s3_json: String,
+    tag: Term<'a>,
+) -> Result<rustler::Atom, NifError> {
+    let o: S3Options = sykli_core::pipeline::from_json(s3_json.as_bytes(), "s3 options")?;
+    answer_later(env, tag, move || {
+        let bucket = Bucket::new(&o, &ProcessEnv)?;
+        bucket.check()?;
+        Ok(CheckEx {
+            credentials: bucket
+                .creds
+                .as_ref()
+                .map(|c| c.source.clone())
+                .unwrap_or_default(),
+            prefix: format!("{}{}", bucket.prefix, sykli_core::s3::OBJECT_DIR),
+            bucket: bucket.name,
+            region: bucket.region,
+        })
+    })
+}
+
+/// Runs blocking `work` on the runtime's blocking pool; the caller gets one
+/// `{tag, {:done, result}}` message.
+fn answer_later<T: Encoder + Send + 'static>(
+    env: Env,
+    tag: Term,
+    work: impl FnOnce() -> sykli_core::Result<T> + Send + 'static,
+) -> Result<rustler::Atom, NifError> {
     let rt = runtime()?;
     let pid = env.pid();
     let tag = tag.to_binary().as_slice().to_vec();
     rt.spawn(async move {
-        let result = tokio::task::spawn_blocking(move || publish(o))
+        let result = tokio::task::spawn_blocking(work)
             .await
             .unwrap_or_else(|e| Err(sykli_core::Error::cluster("api", e.to_string())));
         send(&pid, &tag, |env| {
