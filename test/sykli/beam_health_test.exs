@@ -35,7 +35,18 @@ defmodule Sykli.BeamHealthTest do
       fn g -> Native.k8s_connect(g) end,
       fn g -> Native.k8s_cluster_info(g) end,
       fn g -> Native.k8s_cancel(g) end,
-      fn g -> Native.k8s_run_job(g, "{}", "{}", make_ref()) end
+      fn g -> Native.k8s_run_job(g, "{}", "{}", make_ref()) end,
+      fn g -> Native.git_resolve_ref(g, "origin", [], "", "main") end,
+      fn g -> Native.git_confirm_pushed(".", g, [], "", "0") end,
+      fn g -> Native.k8s_read_secret(g, "ns", "name", "key") end,
+      fn g -> Native.k8s_create_volume(g, "ns", "{}") end,
+      fn g -> Native.k8s_check_jobs(g, "[]", false) end,
+      fn g -> Native.k8s_source_tree(g, [], false) end,
+      fn g -> Native.k8s_upload_source(g, "{}", make_ref()) end,
+      fn g -> Native.k8s_finish_run(g, "{}", make_ref()) end,
+      fn g -> Native.k8s_copy_artifact(g, "{}", make_ref()) end,
+      fn g -> Native.k8s_s3_publish(g, make_ref()) end,
+      fn g -> Native.k8s_s3_check(g, make_ref()) end
     ]
 
     raised =
