@@ -139,3 +139,35 @@ fn paths_must_stay_relative_and_the_source_must_exist() {
     );
     assert!(!root.join("consumer").exists());
 }
+
+#[test]
+fn overlapping_source_and_destination_are_refused_and_nothing_is_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("claim");
+    write(&root, "producer/dist/app.txt", b"app\n", false);
+    let before = snapshot(&root);
+    for (from, to) in [
+        ("producer", "producer/dist/again"),
+        ("producer/dist", "producer"),
+        ("producer", "producer"),
+    ] {
+        let out = copy(&root, from, to);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{from} -> {to}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("one contains the other"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // A copy leaves only the copy: its spool file is gone too.
+    let out = copy(&root, "producer/dist", "consumer/dist");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut after = snapshot(&root);
+    after.retain(|k, _| !k.starts_with("consumer"));
+    assert_eq!(after, before);
+}

@@ -3,7 +3,7 @@
 //! one line `sykli-sync: error[<kind>]: <message>` with exit status 1 (2 for a usage error),
 //! `<kind>` being `Error::kind` (`refused`, `tree_mismatch`, `unknown_tree`, ...).
 
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -262,9 +262,13 @@ fn run(args: &[String]) -> Result<(), Failure> {
             }
             idle()?;
             // Through an archive, so the copy obeys the hardened extractor's rules.
-            let mut archive = Vec::new();
-            pack(&from, &a.positional, &mut archive)?;
-            print_json(&extract_hardened(&archive[..], &to, Limits::default())?)
+            // Packed whole (a refused path leaves nothing behind) into a spool beside the
+            // destination, not memory.
+            let parent = to.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)?;
+            let spool = spool(parent, |w| Ok(pack(&from, &a.positional, w).map(|_| ())?))?;
+            let report = extract_hardened(BufReader::new(spool.file()?), &to, Limits::default())?;
+            print_json(&report)
         }
         "wait-ready" => {
             let a = parse(rest, &["file", "timeout"])?;
@@ -386,21 +390,77 @@ fn run(args: &[String]) -> Result<(), Failure> {
 fn copy(root: &Path, from: &str, to: &str) -> Result<Report, Failure> {
     check_path(from.as_bytes())?;
     check_path(to.as_bytes())?;
-    let mut packed = Vec::new();
-    match pack(root, &[from.to_string()], &mut packed) {
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            return Err(Failure::NotFound(format!(
-                "{from} does not exist in {}",
-                root.display()
-            )))
-        }
-        packed => packed?,
-    };
+    // The archive streams from the walk of `from` into the writes of `to`: they must not
+    // overlap, or the copy would read what it is writing.
+    let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+    if inside(to, from) || inside(from, to) {
+        return Err(Failure::Usage(format!(
+            "cannot copy {from} to {to}: one contains the other"
+        )));
+    }
+    // The whole source is packed (and checked) before anything is written: a refused entry
+    // leaves no partial copy. Spooled to a file on the claim, not held in memory.
+    let spool = spool(root, |w| match pack(root, &[from.to_string()], w) {
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Err(
+            Failure::NotFound(format!("{from} does not exist in {}", root.display())),
+        ),
+        packed => Ok(packed.map(|_| ())?),
+    })?;
+    let result = piped(
+        |w| rename_entries(&mut BufReader::new(spool.file()?), from, to, w),
+        |r| Ok(extract_hardened(r, root, Limits::default())?),
+    );
+    drop(spool);
+    result
+}
+
+/// A file holding what `produce` wrote, in `dir`, deleted when dropped.
+struct Spool(PathBuf);
+
+impl Spool {
+    fn file(&self) -> Result<std::fs::File, Failure> {
+        Ok(std::fs::File::open(&self.0)?)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn spool(
+    dir: &Path,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), Failure>,
+) -> Result<Spool, Failure> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let spool = Spool(dir.join(format!(".sykli-spool.{}.{nanos}", std::process::id())));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&spool.0)?;
+    let mut w = BufWriter::with_capacity(256 << 10, file);
+    produce(&mut w)?;
+    w.flush()?;
+    Ok(spool)
+}
+
+/// Re-roots the entries of the gzip tar `input` from `from` to `to`, written to `out`.
+fn rename_entries(
+    input: &mut dyn Read,
+    from: &str,
+    to: &str,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    // No compression: the stream never leaves this process.
     let mut renamed = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
+        out,
+        flate2::Compression::none(),
     ));
-    for entry in tar::Archive::new(flate2::read::GzDecoder::new(&packed[..])).entries()? {
+    for entry in tar::Archive::new(flate2::read::GzDecoder::new(input)).entries()? {
         let mut entry = entry?;
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let below = path
@@ -422,8 +482,46 @@ fn copy(root: &Path, from: &str, to: &str) -> Result<Report, Failure> {
             _ => renamed.append_data(&mut header, &path, &mut entry)?,
         }
     }
-    let archive = renamed.into_inner()?.finish()?;
-    Ok(extract_hardened(&archive[..], root, Limits::default())?)
+    renamed.into_inner()?.finish()?;
+    Ok(())
+}
+
+fn broken_pipe(f: &Failure) -> bool {
+    let io = match f {
+        Failure::Io(e) => Some(e),
+        Failure::Error(Error::Io { source, .. }) => Some(source),
+        _ => None,
+    };
+    io.is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+}
+
+/// Runs `produce` on a thread, writing into a pipe that `consume` reads here, so an archive
+/// streams through instead of being held in memory. When both fail, the producer's error
+/// is the one reported (the consumer only saw a stream cut short).
+fn piped<T>(
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), Failure> + Send,
+    consume: impl FnOnce(&mut dyn Read) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let (mut reader, writer) = io::pipe()?;
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || {
+            let mut w = BufWriter::with_capacity(256 << 10, writer);
+            produce(&mut w).and_then(|()| w.flush().map_err(Failure::Io))
+            // The writer drops here: the reader sees the end of the stream.
+        });
+        let consumed = consume(&mut reader);
+        // Unblock a producer still writing into a pipe nobody reads any more.
+        drop(reader);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(Failure::Io(io::Error::other("the archive writer panicked"))));
+        match (produced, consumed) {
+            // The consumer stopped first (a refused entry): its reason, not the broken pipe.
+            (Err(p), Err(c)) if broken_pipe(&p) => Err(c),
+            (Err(e), _) => Err(e),
+            (Ok(()), consumed) => consumed,
+        }
+    })
 }
 
 /// The receiver pod's main process: blocks SIGTERM and SIGINT and waits for one. Blocked
