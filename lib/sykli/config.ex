@@ -12,7 +12,8 @@ defmodule Sykli.Config do
   Every key is checked: an unknown key or a value of the wrong type is an error naming the
   key, the value and the file (with a suggestion for a likely typo). A config file that
   raises is reported, never a crash. Precedence, highest first: CLI flags, a task's own
-  `k8s` options, this file, defaults (`merge/2`).
+  `k8s` options (applied when its Job is built), this file, `SYKLI_K8S_NAMESPACE`,
+  defaults (`effective/3`).
   """
 
   alias Sykli.Error
@@ -198,17 +199,6 @@ defmodule Sykli.Config do
   defp s3_value?(:force_path_style, v), do: is_boolean(v)
   defp s3_value?(k, v) when k in [:multipart_threshold, :multipart_chunksize], do: is_integer(v) and v > 0
   defp s3_value?(_k, v), do: is_binary(v)
-
-  @doc """
-  Merges settings, later ones winning: `merge([defaults, config_file, task_k8s, cli_flags])`.
-  `nil` values do not override (an unset flag keeps the config's value).
-  """
-  @spec merge([map() | keyword()]) :: map()
-  def merge(layers) do
-    Enum.reduce(layers, %{}, fn layer, acc ->
-      layer |> Map.new() |> Enum.reject(fn {_, v} -> is_nil(v) end) |> Map.new() |> then(&Map.merge(acc, &1))
-    end)
-  end
 
   @defaults [
     source_strategy: :git_clone,

@@ -76,17 +76,21 @@ defmodule Sykli.ConfigTest do
     assert {:error, %Sykli.Error{kind: :invalid_config}} = Config.load(root)
   end
 
-  test "precedence: CLI flags over the task's options over the file over defaults; nil keeps" do
-    defaults = %{namespace: "sykli", clone_depth: 1, keep_failed: false}
-    file = %{namespace: "from-file", clone_depth: :full}
-    task = [namespace: "from-task"]
-    cli = %{namespace: nil, keep_failed: true}
+  test "precedence: flags over the file over SYKLI_K8S_NAMESPACE over defaults; an unset flag keeps" do
+    root = with_config!("import Config\nconfig :sykli, :k8s, namespace: \"from-file\", clone_depth: :full\n")
+    env = %{"SYKLI_K8S_NAMESPACE" => "from-env"}
 
-    assert Config.merge([defaults, file, task, cli]) == %{
-             namespace: "from-task",
-             clone_depth: :full,
-             keep_failed: true
-           }
+    {:ok, settings} = Config.effective(root, %{namespace: nil, keep_failed: true}, env)
+    assert {:namespace, "from-file", ".sykli/config.exs"} in settings
+    assert {:clone_depth, :full, ".sykli/config.exs"} in settings
+    assert {:keep_failed, true, "command line"} in settings
+    assert {:lfs, :auto, "default"} in settings
+
+    {:ok, settings} = Config.effective(root, %{namespace: "from-flag"}, env)
+    assert {:namespace, "from-flag", "command line"} in settings
+
+    {:ok, settings} = Config.effective(tmp_dir!(), %{}, env)
+    assert {:namespace, "from-env", "SYKLI_K8S_NAMESPACE"} in settings
   end
 
   test "the default git image shown is the one the manifests use" do
