@@ -20,14 +20,12 @@
 //! * Request log (werkzeug's access log) and Python errors: `<dir>/giftless.log`.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::launch;
 use crate::validate::venv_bin;
 
 /// How long [`LfsServer::start`] waits for the server to listen.
@@ -106,12 +104,6 @@ impl LfsServer {
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
         let deadline = Instant::now() + START_TIMEOUT;
         let mut server = LfsServer {
             child,
@@ -120,33 +112,14 @@ impl LfsServer {
             storage,
             log,
         };
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(line)) if line.is_empty() => {
-                return Err(server.startup_error("it exited before reporting its port"))
-            }
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(server.startup_error(&format!("reading its port: {e}"))),
-            Err(_) => {
-                return Err(
-                    server.startup_error(&format!("no port reported within {START_TIMEOUT:?}"))
-                )
-            }
-        };
-        let port = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|&p| p != 0);
-        let Some(port) = port else {
-            return Err(server.startup_error(&format!("unexpected first line {line:?}")));
+        let port = match launch::reported_port(stdout, START_TIMEOUT) {
+            Ok(port) => port,
+            Err(e) => return Err(server.startup_error(&e)),
         };
         server.port = port;
-        // The socket listens before the port is printed, so one connection must succeed.
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let left = deadline.saturating_duration_since(Instant::now());
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
-            Ok(_) => Ok(server),
-            Err(e) => Err(server.startup_error(&format!("port {port} does not answer: {e}"))),
+        match launch::answers(port, deadline) {
+            Ok(()) => Ok(server),
+            Err(e) => Err(server.startup_error(&e)),
         }
     }
 

@@ -20,6 +20,7 @@ pub mod git_server;
 pub mod hostile_archives;
 mod http;
 pub mod http_proxy;
+mod launch;
 pub mod lfs_server;
 pub mod moto_server;
 pub mod pod_runner;

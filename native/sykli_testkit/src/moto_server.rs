@@ -55,16 +55,14 @@
 //! when its standard input, a pipe from this process, closes.
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::launch;
 use crate::validate::venv_bin;
 
 /// How long [`MotoServer::start`] waits for the server to listen with its [`Setup`] applied.
@@ -274,12 +272,6 @@ impl MotoServer {
         let mut child = cmd.spawn()?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
         let deadline = Instant::now() + START_TIMEOUT;
         let mut server = MotoServer {
             child,
@@ -287,32 +279,14 @@ impl MotoServer {
             port: 0,
             log,
         };
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(Ok(line)) if line.is_empty() => {
-                return Err(server.startup_error("it exited before reporting its port"))
-            }
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => return Err(server.startup_error(&format!("reading its port: {e}"))),
-            Err(_) => {
-                return Err(
-                    server.startup_error(&format!("no port reported within {START_TIMEOUT:?}"))
-                )
-            }
-        };
-        let port = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|v| v["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|&p| p != 0);
-        let Some(port) = port else {
-            return Err(server.startup_error(&format!("unexpected first line {line:?}")));
+        let port = match launch::reported_port(stdout, START_TIMEOUT) {
+            Ok(port) => port,
+            Err(e) => return Err(server.startup_error(&e)),
         };
         server.port = port;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let left = deadline.saturating_duration_since(Instant::now());
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
-            Ok(_) => Ok(server),
-            Err(e) => Err(server.startup_error(&format!("port {port} does not answer: {e}"))),
+        match launch::answers(port, deadline) {
+            Ok(()) => Ok(server),
+            Err(e) => Err(server.startup_error(&e)),
         }
     }
 

@@ -38,9 +38,10 @@
 //! The server runs until the handle is dropped, or until the test process dies: a watchdog
 //! (`sh`, reading a pipe from this process) kills it when the pipe closes.
 
+use crate::launch;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -146,11 +147,9 @@ impl S3Server {
         };
         server.port = port;
         // The socket listens before the line is logged, so one connection must succeed.
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let left = deadline.saturating_duration_since(Instant::now());
-        match TcpStream::connect_timeout(&addr, left.max(Duration::from_secs(1))) {
-            Ok(_) => Ok(server),
-            Err(e) => Err(server.startup_error(&format!("port {port} does not answer: {e}"))),
+        match launch::answers(port, deadline) {
+            Ok(()) => Ok(server),
+            Err(e) => Err(server.startup_error(&e)),
         }
     }
 
