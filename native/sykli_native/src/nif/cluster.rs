@@ -167,6 +167,29 @@ pub(crate) fn send(pid: &LocalPid, tag: &[u8], message: impl for<'e> FnOnce(Env<
     });
 }
 
+/// Spawns `work` on the runtime; its result reaches the calling process as one
+/// `{tag, {:done, {:ok, value} | {:error, {kind, message}}}}` message. Returns at once.
+pub(crate) fn spawn_answer<T, F>(env: Env, tag: Term, work: F) -> Result<rustler::Atom, NifError>
+where
+    T: Encoder + Send + 'static,
+    F: std::future::Future<Output = sykli_core::Result<T>> + Send + 'static,
+{
+    let rt = runtime()?;
+    let pid = env.pid();
+    let tag = tag.to_binary().as_slice().to_vec();
+    rt.spawn(async move {
+        let result = work.await;
+        send(&pid, &tag, |env| {
+            let done = rustler::Atom::from_str(env, "done").unwrap_or_else(|_| atoms::error());
+            match result {
+                Ok(v) => (done, (atoms::ok(), v)).encode(env),
+                Err(e) => (done, error_result(env, &e)).encode(env),
+            }
+        });
+    });
+    Ok(atoms::ok())
+}
+
 #[derive(NifMap)]
 struct OutcomeEx {
     job: String,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sykli_core::s3::{credentials::ProcessEnv, Bucket, S3Options};
 use sykli_core::source::{s3 as strategy, upload};
 
-use super::cluster::{error_result, runtime, send};
+use super::cluster::spawn_answer;
 use super::NifError;
 
 #[derive(Deserialize)]
@@ -89,30 +89,17 @@ fn k8s_s3_check<'a>(
     })
 }
 
-/// Runs blocking `work` on the runtime's blocking pool; the caller gets one
-/// `{tag, {:done, result}}` message.
+/// Runs blocking `work` on the runtime's blocking pool, answered like every background NIF.
 fn answer_later<T: Encoder + Send + 'static>(
     env: Env,
     tag: Term,
     work: impl FnOnce() -> sykli_core::Result<T> + Send + 'static,
 ) -> Result<rustler::Atom, NifError> {
-    let rt = runtime()?;
-    let pid = env.pid();
-    let tag = tag.to_binary().as_slice().to_vec();
-    rt.spawn(async move {
-        let result = tokio::task::spawn_blocking(work)
+    spawn_answer(env, tag, async move {
+        tokio::task::spawn_blocking(work)
             .await
-            .unwrap_or_else(|e| Err(sykli_core::Error::cluster("api", e.to_string())));
-        send(&pid, &tag, |env| {
-            let done = rustler::Atom::from_str(env, "done")
-                .unwrap_or_else(|_| rustler::types::atom::error());
-            match result {
-                Ok(v) => (done, (rustler::types::atom::ok(), v)).encode(env),
-                Err(e) => (done, error_result(env, &e)).encode(env),
-            }
-        });
-    });
-    Ok(rustler::types::atom::ok())
+            .unwrap_or_else(|e| Err(sykli_core::Error::cluster("api", e.to_string())))
+    })
 }
 
 fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sykli_core::cluster::sync;
 use sykli_core::source::upload;
 
-use super::cluster::{error_result, runtime, send, ClusterRes};
+use super::cluster::{spawn_answer, ClusterRes};
 use super::NifError;
 
 #[derive(NifMap)]
@@ -229,33 +229,16 @@ where
     T: Encoder + Send + 'static,
     F: std::future::Future<Output = sykli_core::Result<T>> + Send + 'static,
 {
-    let rt = runtime()?;
-    let pid = env.pid();
-    let tag = tag.to_binary().as_slice().to_vec();
     let cluster = Arc::clone(&cluster.cluster);
-    rt.spawn(async move {
-        let result = async {
-            let r = sync::receiver_for(
-                &cluster,
-                &target.namespace,
-                &target.claim,
-                target.image(),
-                target.setting,
-            )
-            .await?;
-            work(cluster, r).await
-        }
-        .await;
-        send(&pid, &tag, |env| done(env, result));
-    });
-    Ok(rustler::types::atom::ok())
-}
-
-fn done<'e, T: Encoder>(env: Env<'e>, result: sykli_core::Result<T>) -> Term<'e> {
-    let done =
-        rustler::Atom::from_str(env, "done").unwrap_or_else(|_| rustler::types::atom::error());
-    match result {
-        Ok(v) => (done, (rustler::types::atom::ok(), v)).encode(env),
-        Err(e) => (done, error_result(env, &e)).encode(env),
-    }
+    spawn_answer(env, tag, async move {
+        let r = sync::receiver_for(
+            &cluster,
+            &target.namespace,
+            &target.claim,
+            target.image(),
+            target.setting,
+        )
+        .await?;
+        work(cluster, r).await
+    })
 }
