@@ -43,60 +43,59 @@ pub struct Published {
     pub hashed: usize,
 }
 
-/// Packs `local` into `scratch` only, for a dry run: the archive's checksum and size, no call
-/// to the bucket.
-pub fn pack_only(bucket: &Bucket, local: &LocalTree, scratch: &Path) -> Result<Published> {
-    std::fs::create_dir_all(scratch).map_err(|e| io_err(scratch, e))?;
-    let file = scratch.join(format!("{}.tar.gz.{}", local.tree, std::process::id()));
-    let packed = pack(local, &file);
-    let _ = std::fs::remove_file(&file);
-    let (sha256, size) = packed?;
-    Ok(Published {
-        key: bucket.archive_key(&local.tree),
-        tree: local.tree.clone(),
-        sha256,
-        size,
-        uploaded_bytes: 0,
-        existed: false,
-        files: local.manifest.len(),
-        hashed: local.hashed,
-    })
+/// Packs `local` only, for a dry run: the archive's checksum and size, hashed as it is
+/// written to nowhere. No file, no call to the bucket.
+pub fn pack_only(bucket: &Bucket, local: &LocalTree) -> Result<Published> {
+    let (sha256, size) = pack(local, io::sink(), Path::new("the dry run's archive"))?;
+    Ok(published(bucket, local, sha256, size, 0, false))
 }
 
 /// Packs `local` into `scratch` and uploads it as the tree's archive, unless the bucket
 /// already holds it (with our checksum). Any failure is an error: nothing falls back.
 pub fn publish(bucket: &Bucket, local: &LocalTree, scratch: &Path) -> Result<Published> {
-    let key = bucket.archive_key(&local.tree);
-    let base = |sha256: String, size: u64, uploaded: u64, existed: bool| Published {
-        key: key.clone(),
-        tree: local.tree.clone(),
-        sha256,
-        size,
-        uploaded_bytes: uploaded,
-        existed,
-        files: local.manifest.len(),
-        hashed: local.hashed,
-    };
     bucket.check()?;
+    let key = bucket.archive_key(&local.tree);
     if let Some(info) = bucket.head(&key)? {
         if let Some(sha) = info.sha256.filter(|s| is_sha256(s)) {
-            return Ok(base(sha, info.size, 0, true));
+            return Ok(published(bucket, local, sha, info.size, 0, true));
         }
     }
     std::fs::create_dir_all(scratch).map_err(|e| io_err(scratch, e))?;
     let file = scratch.join(format!("{}.tar.gz.{}", local.tree, std::process::id()));
-    let packed = pack(local, &file);
-    let result = packed.and_then(|(sha256, size)| {
-        let sent = bucket.put_file(&key, &file, &sha256, size, &local.tree)?;
-        Ok(base(sha256, size, sent, false))
-    });
+    let result = std::fs::File::create(&file)
+        .map_err(|e| io_err(&file, e))
+        .and_then(|out| pack(local, out, &file))
+        .and_then(|(sha256, size)| {
+            let sent = bucket.put_file(&key, &file, &sha256, size, &local.tree)?;
+            Ok(published(bucket, local, sha256, size, sent, false))
+        });
     let _ = std::fs::remove_file(&file);
     result
 }
 
-/// Writes the whole tree as one archive, hashing it on the way.
-fn pack(local: &LocalTree, file: &Path) -> Result<(String, u64)> {
-    let out = std::fs::File::create(file).map_err(|e| io_err(file, e))?;
+fn published(
+    bucket: &Bucket,
+    local: &LocalTree,
+    sha256: String,
+    size: u64,
+    uploaded_bytes: u64,
+    existed: bool,
+) -> Published {
+    Published {
+        key: bucket.archive_key(&local.tree),
+        tree: local.tree.clone(),
+        sha256,
+        size,
+        uploaded_bytes,
+        existed,
+        files: local.manifest.len(),
+        hashed: local.hashed,
+    }
+}
+
+/// Writes the whole tree as one archive into `out` (named `what` in errors), hashing it on
+/// the way.
+fn pack(local: &LocalTree, out: impl Write, what: &Path) -> Result<(String, u64)> {
     let mut w = Hashing {
         inner: io::BufWriter::with_capacity(1 << 20, out),
         hash: Sha256::new(),
@@ -109,7 +108,7 @@ fn pack(local: &LocalTree, file: &Path) -> Result<(String, u64)> {
             message: format!("the working tree cannot be packed: {e}"),
         }
     })?;
-    w.inner.flush().map_err(|e| io_err(file, e))?;
+    w.inner.flush().map_err(|e| io_err(what, e))?;
     let sha = w
         .hash
         .finalize()

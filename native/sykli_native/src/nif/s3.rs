@@ -114,7 +114,7 @@ fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
     };
     let scratch = std::path::Path::new(&o.scratch);
     let p = if o.dry_run {
-        strategy::pack_only(&bucket, &local, scratch)?
+        strategy::pack_only(&bucket, &local)?
     } else {
         strategy::publish(&bucket, &local, scratch)?
     };
