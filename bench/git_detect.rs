@@ -6,34 +6,13 @@
 //! Usage: cargo run --release -p sykli-bench --bin git_detect [-- SIZES…]   (default 10000 100000)
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const ROUNDS: usize = 15;
+#[path = "worktree.rs"]
+mod worktree;
+use worktree::git;
 
-fn git(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args([
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+const ROUNDS: usize = 15;
 
 /// A repository of `files` files, 100 to a directory, two levels deep, committed, with an
 /// origin remote and a remote-tracking ref at HEAD.

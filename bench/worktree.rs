@@ -1,5 +1,5 @@
 //! The benchmarks' generated working tree: a committed git repository of varied files (see
-//! `make_repo`), shared by `sync.rs` and `s3.rs`.
+//! `make_repo`) and the git runner, shared by the benchmarks.
 
 // Each benchmark compiles this module and uses a part of it.
 #![allow(dead_code)]
@@ -64,7 +64,8 @@ pub fn random_bytes(rng: &mut Rng, size: usize) -> Vec<u8> {
     v
 }
 
-pub fn git(dir: &Path, args: &[&str]) {
+/// Runs git in `dir` with a fixed identity and no user or system config; its stdout.
+pub fn git(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("git")
         .current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -74,6 +75,8 @@ pub fn git(dir: &Path, args: &[&str]) {
             "user.name=bench",
             "-c",
             "user.email=bench@example.com",
+            "-c",
+            "init.defaultBranch=main",
         ])
         .args(args)
         .output()
@@ -83,6 +86,7 @@ pub fn git(dir: &Path, args: &[&str]) {
         "git {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 pub struct Tree {
