@@ -35,6 +35,24 @@ defmodule Sykli.Test.Cluster do
     info
   end
 
+  @doc """
+  The test cluster arguments that make `image` the host build of `sykli-sync` (at
+  /usr/local/bin/sykli-sync, as in the real image).
+  """
+  def sync_image_file(image),
+    do: [
+      "--image-file",
+      "#{image}=#{Path.join([target_dir(), "debug", "sykli-sync"])}:/usr/local/bin/sykli-sync"
+    ]
+
+  @doc "Creates the PersistentVolumeClaim `name` (1Gi, access `mode`) in `namespace`."
+  def claim!(info, namespace, name, mode \\ "ReadWriteMany") do
+    api_post!(info, "/api/v1/namespaces/#{namespace}/persistentvolumeclaims", %{
+      metadata: %{name: name},
+      spec: %{accessModes: [mode], resources: %{requests: %{storage: "1Gi"}}}
+    })
+  end
+
   @doc "A git server for the bare repositories under `root`; returns the URL base."
   def git_server!(root, args \\ []) do
     {_port, %{"url_base" => base}} = start_program!("sykli-git-server", ["--root", root] ++ args)

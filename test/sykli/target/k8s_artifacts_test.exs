@@ -20,13 +20,7 @@ defmodule Sykli.Target.K8sArtifactsTest do
     commit_all!(work, "first")
     # The Jobs mount no source, but a git context names one.
     git!(work, ["remote", "add", "origin", "https://git.invalid/app.git"])
-    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
-
-    info =
-      Cluster.start!(Path.join(tmp, "cluster"), [
-        "--image-file",
-        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
-      ])
+    info = Cluster.start!(Path.join(tmp, "cluster"), Cluster.sync_image_file(@image))
 
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
 
@@ -36,12 +30,7 @@ defmodule Sykli.Target.K8sArtifactsTest do
     {:ok, info: info, state: state, work: work}
   end
 
-  defp claim!(info, name) do
-    Cluster.api_post!(info, "/api/v1/namespaces/ci/persistentvolumeclaims", %{
-      metadata: %{name: name},
-      spec: %{accessModes: ["ReadWriteMany"], resources: %{requests: %{storage: "1Gi"}}}
-    })
-  end
+  defp claim!(info, name), do: Cluster.claim!(info, "ci", name)
 
   defp logs_to_me(name), do: fn event -> send(self(), {:event, name, event}) end
 

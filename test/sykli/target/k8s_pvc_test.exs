@@ -27,27 +27,16 @@ defmodule Sykli.Target.K8sPvcTest do
     """)
 
     commit_all!(work, "first")
-    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
 
+    # Three nodes: a ReadWriteOnce claim attaches to one, and the Jobs must follow it.
     info =
-      Cluster.start!(Path.join(tmp, "cluster"), [
-        # Three nodes: a ReadWriteOnce claim attaches to one, and the Jobs must follow it.
-        "--nodes",
-        "n1,n2,n3",
-        "--image-file",
-        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
-      ])
+      Cluster.start!(Path.join(tmp, "cluster"), ["--nodes", "n1,n2,n3" | Cluster.sync_image_file(@image)])
 
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
     {:ok, tmp: tmp, work: work, info: info}
   end
 
-  defp claim!(ctx, name, mode) do
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/persistentvolumeclaims", %{
-      metadata: %{name: name},
-      spec: %{accessModes: [mode], resources: %{requests: %{storage: "1Gi"}}}
-    })
-  end
+  defp claim!(ctx, name, mode), do: Cluster.claim!(ctx.info, "ci", name, mode)
 
   defp sykli(ctx, args) do
     System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],

@@ -29,13 +29,7 @@ defmodule Sykli.Target.K8sS3Test do
     """)
 
     commit_all!(work, "first")
-    sync = Path.join([Cluster.target_dir(), "debug", "sykli-sync"])
-
-    info =
-      Cluster.start!(Path.join(tmp, "cluster"), [
-        "--image-file",
-        "#{@image}=#{sync}:/usr/local/bin/sykli-sync"
-      ])
+    info = Cluster.start!(Path.join(tmp, "cluster"), Cluster.sync_image_file(@image))
 
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
     {:ok, tmp: tmp, work: work, info: info, s3: s3}

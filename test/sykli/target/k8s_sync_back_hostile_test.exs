@@ -39,10 +39,7 @@ defmodule Sykli.Target.K8sSyncBackHostileTest do
 
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
 
-    Cluster.api_post!(info, "/api/v1/namespaces/ci/persistentvolumeclaims", %{
-      metadata: %{name: "src"},
-      spec: %{accessModes: ["ReadWriteMany"], resources: %{requests: %{storage: "1Gi"}}}
-    })
+    Cluster.claim!(info, "ci", "src")
 
     {:ok, tmp: tmp, info: info, hostile: hostile, sentinel_conf: sentinel_conf}
   end
