@@ -4,7 +4,7 @@
 //! message, only its host and path do.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
@@ -279,11 +279,9 @@ pub fn xml_tag<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     Some(body[start..end].trim())
 }
 
-/// Opens a downloaded file for extraction, from its start.
+/// Opens a downloaded file for extraction.
 pub fn reopen(path: &Path) -> Result<BufReader<File>> {
-    let mut f = File::open(path).map_err(|e| Error::io_path(path, e))?;
-    f.seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io_path(path, e))?;
+    let f = File::open(path).map_err(|e| Error::io_path(path, e))?;
     Ok(BufReader::with_capacity(1 << 20, f))
 }
 
