@@ -1,14 +1,14 @@
-Code.require_file("mix/tasks/compile.sykli_native.ex", __DIR__)
+Code.require_file("mix/tasks/compile.sykli_k8s_native.ex", __DIR__)
 
-defmodule Sykli.MixProject do
+defmodule SykliK8s.MixProject do
   use Mix.Project
 
   def project do
     [
-      app: :sykli,
+      app: :sykli_k8s,
       version: "0.1.0",
       elixir: "~> 1.14",
-      compilers: [:sykli_native | Mix.compilers()],
+      compilers: [:sykli_k8s_native | Mix.compilers()],
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       deps: [],

@@ -1,14 +1,14 @@
 defmodule Sykli.GitContext do
   @moduledoc """
-  What a cluster needs to put the exact source at a task's mount path: the remote URL
-  (credentials stripped), branch, exact SHA, and whether the working tree or the commit
-  differs from what the remote has.
+  The git context of a run, with sykli's own contract: `detect/1` answers the context
+  bare (a struct, which sykli reads as a map: `url`, `branch`, `sha`, `dirty`) or
+  `{:error, :not_a_git_repo}`; `parse_remote_url/1` and `to_https_url/1` answer as sykli's
+  callers expect.
 
-  Detection runs in Rust (git2) on a dirty I/O scheduler; the status part is spread over
-  every core and is faster than `git status` itself (see BENCHMARKS.md).
+  The struct carries more than sykli reads (the repository root, counted changes, whether
+  HEAD is pushed, submodules, LFS…): the Kubernetes target uses it. The richer functions
+  (options, error kinds, ref resolution) are `SykliK8s.Git`'s.
   """
-
-  @ci_branch_vars ~w(GITHUB_HEAD_REF GITHUB_REF_NAME CI_COMMIT_REF_NAME BUILDKITE_BRANCH GIT_BRANCH)
 
   defstruct [
     :root,
@@ -55,167 +55,61 @@ defmodule Sykli.GitContext do
           warnings: [String.t()]
         }
 
-  @doc "The CI variables consulted, in order, for the branch of a detached HEAD."
-  def ci_branch_vars, do: @ci_branch_vars
-
   @doc """
-  Detects the git context of the repository containing `path` (any subdirectory, linked
-  worktree or `.git` file works).
-
-  Options:
-    * `:env` — the CI variables to consult for a detached HEAD (default: this process's
-      environment);
-    * `:max_paths` — how many changed paths to return (default 10; the counts are always
-      complete).
+  The git context of the repository containing `path` (a subdirectory, linked worktree or
+  `.git` file works), or `{:error, :not_a_git_repo}` when there is none or it has no commit.
   """
-  @spec detect(Path.t(), keyword()) :: {:ok, t()} | {:error, Sykli.Error.t()}
-  def detect(path \\ ".", opts \\ []) do
-    path = path |> chardata!("path") |> Path.expand()
-    env = Keyword.get_lazy(opts, :env, fn -> System.get_env() end) |> Map.new()
-    ci_env = Map.take(env, @ci_branch_vars)
-    max_paths = Keyword.get(opts, :max_paths, 10)
-
-    unless is_integer(max_paths) and max_paths >= 0 do
-      raise ArgumentError, ":max_paths must be a non-negative integer, got: #{inspect(max_paths)}"
-    end
-
-    Sykli.Error.wrap(Sykli.Native.git_detect(path, ci_env, max_paths))
-  end
-
-  @doc "Like `detect/2`, but raises `Sykli.Error`."
-  @spec detect!(Path.t(), keyword()) :: t()
-  def detect!(path \\ ".", opts \\ []) do
-    case detect(path, opts) do
+  @spec detect(Path.t()) :: t() | {:error, :not_a_git_repo}
+  def detect(path \\ ".") do
+    case SykliK8s.Git.detect(path) do
       {:ok, ctx} -> ctx
-      {:error, error} -> raise error
+      {:error, _} -> {:error, :not_a_git_repo}
     end
   end
 
   @doc """
-  Resolves `ref` (a branch, tag, full ref name or commit) against the context's remote with
-  `git ls-remote` (the user's own credentials: ssh-agent, credential helpers). Returns
-  `%{sha, ref_name, branch}`; a ref the remote does not have is `kind: :unknown_ref`, a
-  commit no remote branch or tag contains is `kind: :not_pushed`.
-  """
-  @spec resolve_ref(t(), String.t()) :: {:ok, map()} | {:error, Sykli.Error.t()}
-  def resolve_ref(%__MODULE__{} = ctx, ref) do
-    with {:ok, remote} <- remote(ctx),
-         {:ok, {listed, listing}} <- ls_remote(ctx.root, remote) do
-      Sykli.Error.wrap(Sykli.Native.git_resolve_ref(ctx.root, remote, listed, listing, chardata!(ref, "ref")))
-    end
-  end
-
-  @doc """
-  Asks the remote itself whether the context's commit can be fetched (for when the
-  remote-tracking refs cannot tell, as in a shallow CI clone): `{:ok, ref_name}` of a remote
-  ref that contains it, else `kind: :not_pushed`.
-  """
-  @spec confirm_pushed(t()) :: {:ok, String.t()} | {:error, Sykli.Error.t()}
-  def confirm_pushed(%__MODULE__{} = ctx) do
-    with {:ok, remote} <- remote(ctx),
-         {:ok, {listed, listing}} <- ls_remote(ctx.root, remote) do
-      Sykli.Error.wrap(Sykli.Native.git_confirm_pushed(ctx.root, remote, listed, listing, ctx.sha))
-    end
-  end
-
-  @ls_remote_timeout 60_000
-
-  # The user's own git, so their ssh-agent, credential helpers and insteadOf rules apply; it
-  # never prompts and is killed when the remote does not answer in time.
-  defp ls_remote(root, remote) do
-    case System.find_executable("git") do
-      nil ->
-        {:error,
-         %Sykli.Error{kind: :git, message: "git is not installed: it is needed to ask the remote what it has"}}
-
-      git ->
-        ls_remote(git, root, remote)
-    end
-  end
-
-  defp ls_remote(git, root, remote) do
-    port =
-      Port.open({:spawn_executable, git}, [
-        :binary,
-        :exit_status,
-        :stderr_to_stdout,
-        args: ["-C", root, "ls-remote", "--quiet", "--", remote],
-        env: [
-          {~c"GIT_TERMINAL_PROMPT", ~c"0"},
-          {~c"GCM_INTERACTIVE", ~c"never"},
-          {~c"GIT_ASKPASS", false},
-          {~c"SSH_ASKPASS", false}
-        ]
-      ])
-
-    deadline = System.monotonic_time(:millisecond) + @ls_remote_timeout
-    collect_ls_remote(port, [], deadline, remote)
-  end
-
-  defp collect_ls_remote(port, acc, deadline, remote) do
-    receive do
-      {^port, {:data, data}} -> collect_ls_remote(port, [acc | data], deadline, remote)
-      {^port, {:exit_status, status}} -> {:ok, {status == 0, IO.iodata_to_binary(acc)}}
-    after
-      max(deadline - System.monotonic_time(:millisecond), 0) ->
-        with {:os_pid, pid} <- Port.info(port, :os_pid), do: System.cmd("kill", ["-KILL", to_string(pid)])
-        Port.close(port)
-
-        {:error,
-         %Sykli.Error{
-           kind: :remote_unreachable,
-           message:
-             "git ls-remote #{remote} did not answer within #{div(@ls_remote_timeout, 1000)}s: " <>
-               "check the network and your credentials (git ls-remote #{remote})"
-         }}
-    end
-  end
-
-  defp remote(%{remote: nil}),
-    do:
-      {:error,
-       %Sykli.Error{kind: :no_remote, message: "the repository has no remote (git remote add origin URL)"}}
-
-  defp remote(%{remote: remote}), do: {:ok, remote}
-
-  @doc """
-  Parses a remote URL: `https://`, `http://`, `ssh://[user@]host[:port]/path`, scp-like
-  `git@host:path` and `git://`, nested groups included. Credentials are never returned.
-  `file://` URLs and local paths give `{:error, %Sykli.Error{kind: :local_remote}}`: a
-  cluster cannot clone them.
+  Parses a remote URL: `{:ok, %{protocol: :https | :ssh, host, owner, repo}}` (plus
+  `scheme`, `user`, `port`, `path`, `https_url`; never credentials), or
+  `{:error, :invalid_url}`. `http(s)://` is `:https`; `ssh://` and `git@host:path` are
+  `:ssh`; `repo` is the last path segment without `.git` and `owner` the rest
+  (`group/subgroup`). Local paths, `file://` and `git://` are `:invalid_url`.
   """
   @spec parse_remote_url(String.t()) ::
-          {:ok,
-           %{
-             scheme: String.t(),
-             user: String.t() | nil,
-             host: String.t(),
-             port: :inet.port_number() | nil,
-             path: String.t(),
-             owner: String.t(),
-             repo: String.t(),
-             https_url: String.t()
-           }}
-          | {:error, Sykli.Error.t()}
-  def parse_remote_url(url) do
-    Sykli.Error.wrap(Sykli.Native.git_parse_remote_url(chardata!(url, "url")))
-  end
+          {:ok, %{protocol: :https | :ssh, host: String.t(), owner: String.t(), repo: String.t()}}
+          | {:error, :invalid_url}
+  def parse_remote_url(url) when is_binary(url) do
+    case SykliK8s.Git.parse_remote_url(url) do
+      {:ok, %{scheme: scheme} = parsed} when scheme in ["https", "http"] ->
+        {:ok, Map.put(parsed, :protocol, :https)}
 
-  @doc """
-  The HTTPS URL of the same repository (`git@github.com:org/repo.git` →
-  `https://github.com/org/repo.git`), or nil when `url` is not a remote URL.
-  """
-  @spec to_https_url(String.t()) :: String.t() | nil
-  def to_https_url(url) do
-    case parse_remote_url(url) do
-      {:ok, %{https_url: https}} -> https
-      {:error, _} -> nil
+      {:ok, %{scheme: "ssh"} = parsed} ->
+        {:ok, Map.put(parsed, :protocol, :ssh)}
+
+      _ ->
+        {:error, :invalid_url}
     end
   end
 
-  defp chardata!(value, what) do
-    IO.chardata_to_string(value)
-  rescue
-    _ -> raise ArgumentError, "#{what} must be a string, got: #{inspect(value)}"
+  def parse_remote_url(_url), do: {:error, :invalid_url}
+
+  @doc """
+  The HTTPS URL of the same repository: an `https://` URL unchanged, an ssh one as
+  `https://host/owner/repo.git`; `{:error, :invalid_url}` for anything else.
+  """
+  @spec to_https_url(String.t()) :: {:ok, String.t()} | {:error, :invalid_url}
+  def to_https_url(url) do
+    case parse_remote_url(url) do
+      {:ok, %{scheme: "https"}} ->
+        {:ok, url}
+
+      {:ok, %{protocol: :ssh, host: host, owner: owner, repo: repo}} ->
+        {:ok, "https://#{host}/#{owner}/#{repo}.git"}
+
+      {:ok, %{https_url: https}} ->
+        {:ok, https}
+
+      {:error, _} = error ->
+        error
+    end
   end
 end

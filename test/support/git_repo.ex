@@ -1,4 +1,4 @@
-defmodule Sykli.Test.GitRepo do
+defmodule SykliK8s.Test.GitRepo do
   @moduledoc "Real git repositories for tests, made with the git command line."
 
   import ExUnit.Assertions

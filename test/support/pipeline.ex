@@ -1,4 +1,4 @@
-defmodule Sykli.Test.Pipeline do
+defmodule SykliK8s.Test.Pipeline do
   @moduledoc """
   Pipelines and run output for the end-to-end tests of `bin/sykli run --target=k8s`.
   """
@@ -12,7 +12,7 @@ defmodule Sykli.Test.Pipeline do
   def file!(dir, tasks) do
     file = Path.join(dir, "pipeline-#{System.unique_integer([:positive])}.json")
     resources = %{"src:." => %{type: "directory", path: "."}}
-    File.write!(file, Sykli.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
+    File.write!(file, SykliK8s.JSON.encode!(%{version: "2", tasks: tasks, resources: resources}))
     file
   end
 
@@ -34,7 +34,7 @@ defmodule Sykli.Test.Pipeline do
     out
     |> String.split("\n", trim: true)
     |> Enum.flat_map(fn line ->
-      case Sykli.JSON.decode(line) do
+      case SykliK8s.JSON.decode(line) do
         {:ok, %{"event" => _} = e} -> [e]
         _ -> []
       end

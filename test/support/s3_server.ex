@@ -1,4 +1,4 @@
-defmodule Sykli.Test.S3Server do
+defmodule SykliK8s.Test.S3Server do
   @moduledoc """
   A real S3-compatible server on 127.0.0.1 for end-to-end tests: s3s-fs (installed by
   scripts/setup), started through native/sykli_testkit's `sykli-s3-server`. It verifies
@@ -7,7 +7,7 @@ defmodule Sykli.Test.S3Server do
   See `sykli_testkit::s3_server` for what it checks and what it does not.
   """
 
-  alias Sykli.Test.Cluster
+  alias SykliK8s.Test.Cluster
 
   @doc """
   Starts a server storing under `dir`, with `buckets` created. Returns its JSON line as a

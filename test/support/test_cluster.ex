@@ -1,4 +1,4 @@
-defmodule Sykli.Test.Cluster do
+defmodule SykliK8s.Test.Cluster do
   @moduledoc """
   The strict test cluster (native/sykli_testcluster) and loopback git servers, started as
   real processes for end-to-end tests. Each stops when its port closes (stdin closes).
@@ -22,7 +22,7 @@ defmodule Sykli.Test.Cluster do
     ExUnit.Callbacks.on_exit(fn -> if Port.info(port), do: Port.close(port) end)
 
     receive do
-      {^port, {:data, {:eol, line}}} -> {port, Sykli.JSON.decode!(line)}
+      {^port, {:data, {:eol, line}}} -> {port, SykliK8s.JSON.decode!(line)}
       {^port, {:exit_status, status}} -> flunk("#{name} exited with #{status} before it was ready")
     after
       60_000 -> flunk("#{name} was not ready within 60s")
@@ -68,14 +68,14 @@ defmodule Sykli.Test.Cluster do
   @doc "GET from the test cluster's API as the admin (TLS, verified against its CA)."
   def api_get!(info, path) do
     {200, body} = request!(info, :get, path, nil)
-    Sykli.JSON.decode!(body)
+    SykliK8s.JSON.decode!(body)
   end
 
   @doc "POST a JSON object to the test cluster's API as the admin; returns the decoded answer."
   def api_post!(info, path, object) do
-    {status, body} = request!(info, :post, path, Sykli.JSON.encode!(object))
+    {status, body} = request!(info, :post, path, SykliK8s.JSON.encode!(object))
     assert status in 200..299, "POST #{path}: #{status} #{body}"
-    Sykli.JSON.decode!(body)
+    SykliK8s.JSON.decode!(body)
   end
 
   defp request!(info, method, path, body) do
@@ -110,7 +110,7 @@ defmodule Sykli.Test.Cluster do
     unless File.exists?(file) do
       # The test cluster writes its kubeconfig as JSON (which is YAML too).
       %{"clusters" => [%{"cluster" => %{"certificate-authority-data" => data}} | _]} =
-        Sykli.JSON.decode!(File.read!(info["kubeconfig"]))
+        SykliK8s.JSON.decode!(File.read!(info["kubeconfig"]))
 
       File.write!(file, Base.decode64!(data))
     end

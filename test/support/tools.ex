@@ -1,4 +1,4 @@
-defmodule Sykli.Test.Tools do
+defmodule SykliK8s.Test.Tools do
   @moduledoc "The Python tools scripts/setup installs for tests (validator, YAML parser)."
 
   import ExUnit.Assertions
@@ -23,6 +23,6 @@ defmodule Sykli.Test.Tools do
   def parse_yaml!(file) do
     code = "import sys, json, yaml; json.dump(list(yaml.safe_load_all(open(sys.argv[1]))), sys.stdout)"
     {out, 0} = System.cmd(venv_bin("python"), ["-c", code, file])
-    Sykli.JSON.decode!(out)
+    SykliK8s.JSON.decode!(out)
   end
 end

@@ -1,3 +1,3 @@
 mod nif;
 
-rustler::init!("Elixir.Sykli.Native", load = nif::load);
+rustler::init!("Elixir.SykliK8s.Native", load = nif::load);

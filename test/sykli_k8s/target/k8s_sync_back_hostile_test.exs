@@ -1,17 +1,17 @@
-defmodule Sykli.Target.K8sSyncBackHostileTest do
+defmodule SykliK8s.TargetSyncBackHostileTest do
   # The sync back end to end against a HOSTILE receiver. The claim's receiver pod runs
   # sykli-hostile-sync (the test kit's stand-in for the sync image, mapped over the image by
   # the test cluster's --image-file): asked by the laptop to `pack` a task's outputs, it
   # answers with an archive of the malicious corpus (sykli_testkit::hostile_archives, the one
   # the extractor's own tests use), the output's name choosing the case. The product's real
-  # path — K8s.finish_task, the NIF, cluster::sync::sync_back, the hardened extractor — runs
+  # path — Target.finish_task, the NIF, cluster::sync::sync_back, the hardened extractor — runs
   # unchanged; each archive must be refused with an error naming the rule and the entry, and
   # nothing may be written outside the working tree.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Target.K8s
-  alias Sykli.Test.Cluster
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Target
+  alias SykliK8s.Test.Cluster
 
   @moduletag timeout: 300_000
   @image "ghcr.io/sykli/sync:hostile"
@@ -59,10 +59,10 @@ defmodule Sykli.Target.K8sSyncBackHostileTest do
   end
 
   defp state!(ctx, work, cluster) do
-    {:ok, git} = Sykli.GitContext.detect(work, env: %{})
+    {:ok, git} = SykliK8s.Git.detect(work, env: %{})
 
     {:ok, state} =
-      K8s.setup(
+      Target.setup(
         kubeconfig: ctx.info["kubeconfig"],
         git_context: git,
         workdir: work,
@@ -84,7 +84,7 @@ defmodule Sykli.Target.K8sSyncBackHostileTest do
     ref = make_ref()
 
     spawn_link(fn ->
-      send(parent, {ref, K8s.finish_task(state, %{"name" => "t", "outputs" => outputs}, job, "ci", true)})
+      send(parent, {ref, Target.finish_task(state, %{"name" => "t", "outputs" => outputs}, job, "ci", true)})
     end)
 
     assert_receive {^ref, result}, 120_000
@@ -93,7 +93,7 @@ defmodule Sykli.Target.K8sSyncBackHostileTest do
 
   defp corpus(ctx, sentinel) do
     {out, 0} = System.cmd(ctx.hostile, ["corpus", "--sentinel", sentinel])
-    out |> String.split("\n", trim: true) |> Enum.map(&Sykli.JSON.decode!/1)
+    out |> String.split("\n", trim: true) |> Enum.map(&SykliK8s.JSON.decode!/1)
   end
 
   # Every path below `dir` with its type, symlinks not followed.
@@ -154,7 +154,7 @@ defmodule Sykli.Target.K8sSyncBackHostileTest do
       end
 
       state = state!(ctx, b.work, cluster)
-      assert {:error, %Sykli.Error{message: message}} = finish(state, [name], "hostile-#{i}")
+      assert {:error, %SykliK8s.Error{message: message}} = finish(state, [name], "hostile-#{i}")
       assert message =~ "the outputs of hostile-#{i}", "#{name}: #{message}"
       assert message =~ "(rule #{c["rule"]})", "#{name}: #{message}"
       assert String.contains?(message, c["entry"]), "#{name}: #{message} (expected #{inspect(c["entry"])})"

@@ -1,12 +1,12 @@
-defmodule Sykli.Target.K8sS3Test do
+defmodule SykliK8s.TargetS3Test do
   # The S3 strategy end to end: bin/sykli packs the working tree, uploads it to a real
   # S3-compatible server on 127.0.0.1 that verifies SigV4 (s3s-fs), and the Jobs of the
   # strict test cluster fetch it through a presigned URL with the host build of sykli-sync.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  import Sykli.Test.Pipeline, only: [task: 2, event!: 2, logged?: 2]
-  alias Sykli.Test.{Cluster, Pipeline, S3Server}
+  import SykliK8s.Test.GitRepo
+  import SykliK8s.Test.Pipeline, only: [task: 2, event!: 2, logged?: 2]
+  alias SykliK8s.Test.{Cluster, Pipeline, S3Server}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -111,7 +111,7 @@ defmodule Sykli.Target.K8sS3Test do
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ "exit code 3" or out =~ "exited with 3", out
     [name] = Cluster.jobs(ctx.info, "ci")
-    text = Sykli.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}"))
+    text = SykliK8s.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}"))
     refute text =~ ctx.s3["secret_key"]
     refute text =~ "AWS_SECRET_ACCESS_KEY"
     assert text =~ "X-Amz-Signature="

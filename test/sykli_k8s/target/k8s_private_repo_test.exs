@@ -1,11 +1,11 @@
-defmodule Sykli.Target.K8sPrivateRepoTest do
+defmodule SykliK8s.TargetPrivateRepoTest do
   # Private repositories end to end: bin/sykli against the strict test cluster, with the
   # credentials in real Secrets and ConfigMaps of the cluster, and real servers on 127.0.0.1
   # (smart HTTP that requires basic auth, sshd with key auth only).
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Test.Cluster
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Test.Cluster
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -57,7 +57,7 @@ defmodule Sykli.Target.K8sPrivateRepoTest do
 
     File.write!(
       ctx.pipeline,
-      Sykli.JSON.encode!(%{
+      SykliK8s.JSON.encode!(%{
         version: "2",
         tasks: [task],
         resources: %{"src:." => %{type: "directory", path: "."}}
@@ -108,11 +108,11 @@ defmodule Sykli.Target.K8sPrivateRepoTest do
     assert out =~ "exit code 7"
     job = job!(ctx, "sykli-build-tok1")
 
-    for {what, text} <- [manifest: manifest, output: out, job: Sykli.JSON.encode!(job)] do
+    for {what, text} <- [manifest: manifest, output: out, job: SykliK8s.JSON.encode!(job)] do
       refute text =~ @token, "the token is in the #{what}"
     end
 
-    assert Sykli.JSON.encode!(job) =~ "git-token-2", "the Job names the Secret (and nothing more)"
+    assert SykliK8s.JSON.encode!(job) =~ "git-token-2", "the Job names the Secret (and nothing more)"
   end
 
   test "SSH with the right known_hosts clones; a wrong host key fails saying so", ctx do

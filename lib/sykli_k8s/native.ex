@@ -1,18 +1,19 @@
-defmodule Sykli.Native do
+defmodule SykliK8s.Native do
   @moduledoc false
   # The NIF stubs. The library is loaded from priv/ when this module loads; if it is missing
   # or was built from other sources, every stub raises a message that says how to build it.
 
   @on_load :load_nif
 
-  for path <- Mix.Tasks.Compile.SykliNative.native_files() ++ Mix.Tasks.Compile.SykliNative.native_dirs(),
+  for path <-
+        Mix.Tasks.Compile.SykliK8sNative.native_files() ++ Mix.Tasks.Compile.SykliK8sNative.native_dirs(),
       do: @external_resource(path)
 
   # The compiler decides which files make the fingerprint; mix.exs requires it, so mix does
   # not track it as a dependency of this module: a change there must recompile this too.
-  @external_resource Path.expand("../../mix/tasks/compile.sykli_native.ex", __DIR__)
+  @external_resource Path.expand("../../mix/tasks/compile.sykli_k8s_native.ex", __DIR__)
 
-  @fingerprint Mix.Tasks.Compile.SykliNative.fingerprint()
+  @fingerprint Mix.Tasks.Compile.SykliK8sNative.fingerprint()
 
   @doc false
   def load_nif do
@@ -37,8 +38,8 @@ defmodule Sykli.Native do
   end
 
   defp library_path do
-    case :code.priv_dir(:sykli) do
-      {:error, _} -> {:error, "the :sykli application is not on the code path"}
+    case :code.priv_dir(:sykli_k8s) do
+      {:error, _} -> {:error, "the :sykli_k8s application is not on the code path"}
       dir -> {:ok, Path.join(to_string(dir), "native/libsykli_native")}
     end
   end
@@ -58,7 +59,7 @@ defmodule Sykli.Native do
     end
   end
 
-  defp fail, do: raise(Sykli.NativeError, load_error() || "sykli's native library is not loaded")
+  defp fail, do: raise(SykliK8s.NativeError, load_error() || "sykli's native library is not loaded")
 
   def native_info, do: fail()
   def git_detect(_path, _ci_env, _max_paths), do: fail()
@@ -85,7 +86,7 @@ defmodule Sykli.Native do
   def k8s_s3_check(_s3_json, _tag), do: fail()
 end
 
-defmodule Sykli.NativeError do
+defmodule SykliK8s.NativeError do
   @moduledoc "Raised when sykli's native library is missing or stale."
   defexception [:message]
 end

@@ -1,11 +1,11 @@
-defmodule Mix.Tasks.Compile.SykliNative do
+defmodule Mix.Tasks.Compile.SykliK8sNative do
   @moduledoc """
   Builds the Rust NIF with cargo and installs it as `priv/native/libsykli_native.so`.
 
   hex.pm (and so the rustler Mix package) is out of reach, so the project owns this small
   compiler. It fingerprints the native sources; when the fingerprint matches the installed
   library nothing runs, so a second `mix compile` is quick. The fingerprint is baked into
-  the library too, and `Sykli.Native` refuses a library built from other sources.
+  the library too, and `SykliK8s.Native` refuses a library built from other sources.
 
   Cargo's target directory defaults to `~/.cache/sykli/cargo-target` (override with
   `CARGO_TARGET_DIR`) so that fresh clones, CI included, reuse earlier builds. `MIX_ENV=prod`
@@ -25,10 +25,24 @@ defmodule Mix.Tasks.Compile.SykliNative do
     lib = Path.join([root, "priv", "native", @library])
     stamp = lib <> ".stamp"
 
-    if File.exists?(lib) and File.read(stamp) == {:ok, stamp(fingerprint, profile)} do
-      {:noop, []}
-    else
-      build(root, fingerprint, profile, lib, stamp)
+    result =
+      if File.exists?(lib) and File.read(stamp) == {:ok, stamp(fingerprint, profile)} do
+        {:noop, []}
+      else
+        build(root, fingerprint, profile, lib, stamp)
+      end
+
+    link_priv(root)
+    result
+  end
+
+  # Mix links the project's priv/ into the build before any compiler runs; on a fresh clone
+  # there is none until this compiler makes it, so the first run would load from a build
+  # without the library. Link it now.
+  defp link_priv(root) do
+    unless File.exists?(Path.join(Mix.Project.app_path(), "priv")) do
+      File.mkdir_p!(Path.join(root, "priv"))
+      Mix.Project.build_structure()
     end
   end
 

@@ -1,6 +1,6 @@
-defmodule Sykli.Error do
+defmodule SykliK8s.Error do
   @moduledoc """
-  The one error shape of sykli's public functions: `{:error, %Sykli.Error{kind: atom}}`.
+  The one error shape of sykli's public functions: `{:error, %SykliK8s.Error{kind: atom}}`.
 
   `kind` is matchable (`:not_a_git_repo`, `:no_commits`, `:local_remote`, `:invalid_url`,
   …); `message` is for people and names the object and the fix.

@@ -1,10 +1,10 @@
-defmodule Sykli.BeamHealthTest do
+defmodule SykliK8s.BeamHealthTest do
   # NIFs must never crash the VM or hold a normal scheduler: garbage gets ArgumentError,
   # and long work runs on dirty schedulers or the tokio runtime.
   use ExUnit.Case, async: false
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Native
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Native
 
   defp garbage,
     do: [
@@ -77,13 +77,12 @@ defmodule Sykli.BeamHealthTest do
     git!(work, ["add", "-A"])
     git!(work, ["commit", "-q", "-m", "many files"])
     pipeline = File.read!(Path.expand("../fixtures/pipeline.json", __DIR__))
-    {:ok, ctx} = Sykli.GitContext.detect(work, env: %{})
-    {:ok, state} = Sykli.Target.K8s.setup(git_context: ctx, dry_run: true, allow_dirty: true)
+    {:ok, ctx} = SykliK8s.Git.detect(work, env: %{})
+    {:ok, state} = SykliK8s.Target.setup(git_context: ctx, dry_run: true, allow_dirty: true)
 
-    {:ok, job} =
-      Sykli.Target.K8s.build_job_manifest(%{name: "t", command: "true", container: "a"}, "j", state)
+    {:ok, job} = SykliK8s.Target.build_job_manifest(%{name: "t", command: "true", container: "a"}, "j", state)
 
-    job_json = Sykli.JSON.encode!(job)
+    job_json = SykliK8s.JSON.encode!(job)
 
     :erlang.system_monitor(self(), [{:long_schedule, 1}])
 
@@ -91,8 +90,8 @@ defmodule Sykli.BeamHealthTest do
     try do
       Task.async(fn ->
         for _ <- 1..20 do
-          {:ok, _} = Sykli.GitContext.detect(work, env: %{})
-          {:ok, _} = Sykli.Target.K8s.render_pipeline(pipeline, state, :yaml)
+          {:ok, _} = SykliK8s.Git.detect(work, env: %{})
+          {:ok, _} = SykliK8s.Target.render_pipeline(pipeline, state, :yaml)
           _ = Native.k8s_job_name(String.duplicate("long task name ", 50), "r1")
           {:ok, _} = Native.git_parse_remote_url("git@github.com:org/repo.git")
           {:ok, _} = Native.json_decode(job_json)

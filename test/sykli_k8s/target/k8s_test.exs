@@ -1,15 +1,15 @@
-defmodule Sykli.Target.K8sTest do
+defmodule SykliK8s.TargetTest do
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Target.K8s
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Target
 
   # Every manifest these tests build is validated strictly against the Kubernetes schema.
   defp build!(task, name, state, opts) do
-    {:ok, job} = K8s.build_job_manifest(task, name, state, opts)
+    {:ok, job} = Target.build_job_manifest(task, name, state, opts)
     file = Path.join(tmp_dir!(), "job.json")
-    File.write!(file, Sykli.JSON.encode!(job))
-    Sykli.Test.Tools.kube_validate!(file, 1)
+    File.write!(file, SykliK8s.JSON.encode!(job))
+    SykliK8s.Test.Tools.kube_validate!(file, 1)
     job
   end
 
@@ -17,8 +17,8 @@ defmodule Sykli.Target.K8sTest do
     tmp = tmp_dir!()
     {work, _} = with_origin!(tmp)
     git!(work, ["remote", "set-url", "origin", "https://git.example.com/acme/shop.git"])
-    {:ok, ctx} = Sykli.GitContext.detect(work, env: %{})
-    {:ok, state} = K8s.setup(namespace: "ci", git_context: ctx, dry_run: true)
+    {:ok, ctx} = SykliK8s.Git.detect(work, env: %{})
+    {:ok, state} = Target.setup(namespace: "ci", git_context: ctx, dry_run: true)
     {:ok, work: work, ctx: ctx, state: state}
   end
 
@@ -65,7 +65,7 @@ defmodule Sykli.Target.K8sTest do
 
   test "state options reach the clone", %{ctx: ctx} do
     {:ok, state} =
-      K8s.setup(
+      Target.setup(
         git_context: ctx,
         dry_run: true,
         clone_depth: :full,
@@ -81,11 +81,11 @@ defmodule Sykli.Target.K8sTest do
   test "a dirty working tree is refused unless allowed", %{work: work} do
     write!(work, "README.md", "changed\n")
     write!(work, "new.txt", "n\n")
-    {:ok, ctx} = Sykli.GitContext.detect(work, env: %{})
-    {:ok, state} = K8s.setup(git_context: ctx, dry_run: true)
+    {:ok, ctx} = SykliK8s.Git.detect(work, env: %{})
+    {:ok, state} = Target.setup(git_context: ctx, dry_run: true)
 
-    assert {:error, %Sykli.Error{kind: :dirty_workdir, message: message}} =
-             K8s.build_job_manifest(@task, "j", state, resources: @resources)
+    assert {:error, %SykliK8s.Error{kind: :dirty_workdir, message: message}} =
+             Target.build_job_manifest(@task, "j", state, resources: @resources)
 
     assert message =~ "2 changes: M README.md, ?? new.txt"
     assert message =~ "--allow-dirty"
@@ -93,7 +93,7 @@ defmodule Sykli.Target.K8sTest do
   end
 
   test "detects the git context from the state's workdir when none is given", %{work: work, ctx: ctx} do
-    {:ok, state} = K8s.setup(workdir: Path.join(work, "."), dry_run: true)
+    {:ok, state} = Target.setup(workdir: Path.join(work, "."), dry_run: true)
     job = build!(@task, "j", state, resources: @resources)
     assert job["metadata"]["annotations"]["sykli.io/git-sha"] == ctx.sha
   end
@@ -101,28 +101,28 @@ defmodule Sykli.Target.K8sTest do
   test "bad tasks and options are clear errors", %{state: state} do
     task = %{@task | command: nil} |> Map.put(:k8s, %{memory: "32gb"})
 
-    assert {:error, %Sykli.Error{kind: :invalid_task, message: message}} =
-             K8s.build_job_manifest(task, "j", state, resources: @resources)
+    assert {:error, %SykliK8s.Error{kind: :invalid_task, message: message}} =
+             Target.build_job_manifest(task, "j", state, resources: @resources)
 
     assert message =~ ~s(task "build": no command)
     assert message =~ ~s(did you mean "32Gi"?)
 
-    assert {:error, %Sykli.Error{kind: :invalid_task, message: message}} =
-             K8s.build_job_manifest(@task, "Not_A_Name", state, resources: @resources)
+    assert {:error, %SykliK8s.Error{kind: :invalid_task, message: message}} =
+             Target.build_job_manifest(@task, "Not_A_Name", state, resources: @resources)
 
     assert message =~ "not a DNS-1123 label"
 
-    assert {:error, %Sykli.Error{kind: :invalid_pipeline, message: message}} =
-             K8s.build_job_manifest(Map.put(@task, :k8s, %{gpus: 1}), "j", state, resources: @resources)
+    assert {:error, %SykliK8s.Error{kind: :invalid_pipeline, message: message}} =
+             Target.build_job_manifest(Map.put(@task, :k8s, %{gpus: 1}), "j", state, resources: @resources)
 
     assert message =~ "unknown field `gpus`"
   end
 
   test "job names" do
-    assert K8s.job_name("Build & Test", "x1y2") == "sykli-build-test-x1y2"
-    name = K8s.job_name(String.duplicate("long-task-name-", 10), "x1y2")
+    assert Target.job_name("Build & Test", "x1y2") == "sykli-build-test-x1y2"
+    name = Target.job_name(String.duplicate("long-task-name-", 10), "x1y2")
     assert String.length(name) <= 63
     assert name =~ ~r/\Asykli-[a-z0-9-]+-x1y2\z/
-    assert K8s.run_id() =~ ~r/\A[a-z0-9]{6}\z/
+    assert Target.run_id() =~ ~r/\A[a-z0-9]{6}\z/
   end
 end

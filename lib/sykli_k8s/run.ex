@@ -1,4 +1,4 @@
-defmodule Sykli.Run do
+defmodule SykliK8s.Run do
   @moduledoc """
   Runs a pipeline's tasks as Kubernetes Jobs in dependency order.
 
@@ -18,7 +18,7 @@ defmodule Sykli.Run do
   `:succeeded`, `:failed`, `:skipped` or `:cancelled`.
   """
 
-  alias Sykli.{Error, Target.K8s}
+  alias SykliK8s.{Error, Target}
 
   @type result :: %{
           name: String.t(),
@@ -69,11 +69,11 @@ defmodule Sykli.Run do
 
   @doc """
   Runs `pipeline` (decoded pipeline JSON) with the target `state` (from
-  `Sykli.Target.K8s.setup/1`) in the calling process. Returns `{status, results}` with
+  `SykliK8s.Target.setup/1`) in the calling process. Returns `{status, results}` with
   status `:succeeded`, `:failed` or `:cancelled` and one result per task, in pipeline order.
 
   `opts`: `:jobs` (parallel tasks, default 4), `:report` (default: ignore), and the options
-  of `Sykli.Target.K8s.start_task/3` (`:keep_failed`, `:create_namespace`, …).
+  of `SykliK8s.Target.start_task/3` (`:keep_failed`, `:create_namespace`, …).
   """
   @spec run(map(), map(), keyword()) :: {:succeeded | :failed | :cancelled, [result()]}
   def run(pipeline, state, opts \\ []) do
@@ -131,7 +131,7 @@ defmodule Sykli.Run do
   # What a source strategy does after a task (the PVC strategy: outputs back, its copy of
   # the tree removed). Outputs that cannot come back fail the task.
   defp finish(result, run, name, job, namespace) do
-    case K8s.finish_task(run.state, run.tasks[name], job, namespace, result.status == :succeeded) do
+    case Target.finish_task(run.state, run.tasks[name], job, namespace, result.status == :succeeded) do
       {:ok, %{files: files}} when files > 0 ->
         run.report.({:task_phase, name, :synced_back, "#{files} output files copied back"})
         result
@@ -228,7 +228,7 @@ defmodule Sykli.Run do
   defp start(run, name) do
     started = System.monotonic_time(:millisecond)
 
-    case K8s.start_task(run.tasks[name], run.state, run.task_opts) do
+    case Target.start_task(run.tasks[name], run.state, run.task_opts) do
       {:ok, task_run} ->
         run.report.({:task_started, name, %{job: task_run.job}})
         %{run | running: Map.put(run.running, task_run.tag, {name, task_run, started})}
@@ -243,7 +243,7 @@ defmodule Sykli.Run do
   defp interrupt_all(%{interrupted: true} = run), do: run
 
   defp interrupt_all(run) do
-    Enum.each(run.running, fn {_tag, {_name, task_run, _}} -> K8s.cancel(task_run) end)
+    Enum.each(run.running, fn {_tag, {_name, task_run, _}} -> Target.cancel(task_run) end)
 
     run =
       Enum.reduce(run.pending, run, fn name, run ->

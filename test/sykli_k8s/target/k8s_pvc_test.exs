@@ -1,12 +1,12 @@
-defmodule Sykli.Target.K8sPvcTest do
+defmodule SykliK8s.TargetPvcTest do
   # The PVC strategy end to end: bin/sykli uploads the working tree into a claim of the
   # strict test cluster over pods/exec, and the Jobs find it at their mount paths. The
   # sync helper image is the host build of sykli-sync (the test cluster's --image-file).
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  import Sykli.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
-  alias Sykli.Test.{Cluster, Pipeline}
+  import SykliK8s.Test.GitRepo
+  import SykliK8s.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
+  alias SykliK8s.Test.{Cluster, Pipeline}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000

@@ -1,14 +1,14 @@
-defmodule Sykli.Target.K8sArtifactsTest do
+defmodule SykliK8s.TargetArtifactsTest do
   # The artifact callbacks end to end on the strict test cluster: a producer Job writes its
   # artifact on the artifact claim (mounted because it declares outputs), copy_artifact
   # copies it on the claim through the receiver pod (the host build of sykli-sync, as the
   # test cluster's --image-file), and a consumer Job (declaring task_inputs) reads the copy.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Error
-  alias Sykli.Target.K8s
-  alias Sykli.Test.Cluster
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Error
+  alias SykliK8s.Target
+  alias SykliK8s.Test.Cluster
 
   @moduletag timeout: 300_000
   @image "ghcr.io/sykli/sync:test"
@@ -25,7 +25,7 @@ defmodule Sykli.Target.K8sArtifactsTest do
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
 
     {:ok, state} =
-      K8s.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, sync_image: @image)
+      Target.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, sync_image: @image)
 
     {:ok, info: info, state: state, work: work}
   end
@@ -49,8 +49,8 @@ defmodule Sykli.Target.K8sArtifactsTest do
 
   test "a producer's artifact is copied on the claim and read by a consumer Job", ctx do
     claim!(ctx.info, "sykli-artifacts")
-    file = K8s.artifact_path("producer", "app.txt", ctx.work, ctx.state)
-    dist = K8s.artifact_path("producer", "dist", ctx.work, ctx.state)
+    file = Target.artifact_path("producer", "app.txt", ctx.work, ctx.state)
+    dist = Target.artifact_path("producer", "dist", ctx.work, ctx.state)
     assert file == "/artifacts/producer/app.txt"
     assert dist == "/artifacts/producer/dist"
 
@@ -65,19 +65,21 @@ defmodule Sykli.Target.K8sArtifactsTest do
 
     # Declaring outputs mounts the claim read-write at /artifacts; a task without neither
     # outputs nor task_inputs does not get it.
-    {:ok, job} = K8s.build_job_manifest(producer, "p", ctx.state)
+    {:ok, job} = Target.build_job_manifest(producer, "p", ctx.state)
 
     assert {[{"sykli-artifacts", "sykli-artifacts"}], [{"sykli-artifacts", "/artifacts", nil}]} =
              artifact_mounts(job)
 
-    {:ok, plain} = K8s.build_job_manifest(%{name: "plain", container: "any", command: "true"}, "q", ctx.state)
+    {:ok, plain} =
+      Target.build_job_manifest(%{name: "plain", container: "any", command: "true"}, "q", ctx.state)
+
     assert {[], []} = artifact_mounts(plain)
 
-    assert :ok = K8s.run_task(producer, ctx.state, on_event: logs_to_me(:producer))
+    assert :ok = Target.run_task(producer, ctx.state, on_event: logs_to_me(:producer))
     assert_received {:event, :producer, {:log, "task", "produced"}}
 
-    assert :ok = K8s.copy_artifact(file, "/artifacts/consumer/in/x", ctx.work, ctx.state)
-    assert :ok = K8s.copy_artifact(dist, "/artifacts/consumer/dist", ctx.work, ctx.state)
+    assert :ok = Target.copy_artifact(file, "/artifacts/consumer/in/x", ctx.work, ctx.state)
+    assert :ok = Target.copy_artifact(dist, "/artifacts/consumer/dist", ctx.work, ctx.state)
 
     consumer = %{
       name: "consumer",
@@ -90,8 +92,8 @@ defmodule Sykli.Target.K8sArtifactsTest do
       task_inputs: [%{from_task: "producer", output: "app", dest: "in/x"}]
     }
 
-    {:ok, run} = K8s.start_task(consumer, ctx.state)
-    assert {:ok, %{exit_code: 0}} = K8s.await(run, logs_to_me(:consumer))
+    {:ok, run} = Target.start_task(consumer, ctx.state)
+    assert {:ok, %{exit_code: 0}} = Target.await(run, logs_to_me(:consumer))
     assert_received {:event, :consumer, {:log, "task", "consumed-ok"}}
     assert Cluster.jobs(ctx.info, "ci") == []
 
@@ -103,10 +105,10 @@ defmodule Sykli.Target.K8sArtifactsTest do
 
   test "a missing source is :not_found naming the artifact; nothing is written", ctx do
     claim!(ctx.info, "sykli-artifacts")
-    source = K8s.artifact_path("producer", "never-built", ctx.work, ctx.state)
+    source = Target.artifact_path("producer", "never-built", ctx.work, ctx.state)
 
     assert {:error, %Error{kind: :not_found, message: message}} =
-             K8s.copy_artifact(source, "/artifacts/consumer/y", ctx.work, ctx.state)
+             Target.copy_artifact(source, "/artifacts/consumer/y", ctx.work, ctx.state)
 
     assert message =~ "the artifact /artifacts/producer/never-built does not exist"
     assert message =~ "ci/sykli-artifacts"
@@ -118,7 +120,7 @@ defmodule Sykli.Target.K8sArtifactsTest do
       task_inputs: [%{from_task: "producer", output: "never-built", dest: "y"}]
     }
 
-    assert :ok = K8s.run_task(check, ctx.state, on_event: logs_to_me(:check))
+    assert :ok = Target.run_task(check, ctx.state, on_event: logs_to_me(:check))
     assert_received {:event, :check, {:log, "task", "nothing-there"}}
   end
 
@@ -127,13 +129,13 @@ defmodule Sykli.Target.K8sArtifactsTest do
     task = %{name: "producer", container: "any", command: "true", outputs: ["app.txt"]}
 
     assert {:error, %Error{kind: :not_found, message: message}} =
-             K8s.run_task(task, state, on_event: fn _ -> :ok end)
+             Target.run_task(task, state, on_event: fn _ -> :ok end)
 
     assert message =~ "no-such-claim"
     assert Cluster.jobs(ctx.info, "ci") == []
 
     assert {:error, %Error{kind: :not_found, message: message}} =
-             K8s.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.work, state)
+             Target.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.work, state)
 
     assert message =~ "PersistentVolumeClaim ci/no-such-claim does not exist (artifact_pvc)"
   end
@@ -143,8 +145,8 @@ defmodule Sykli.Target.K8sArtifactPathTest do
   # The callbacks' argument checks: before any API call (the cluster below does not exist).
   use ExUnit.Case, async: true
 
-  alias Sykli.Error
-  alias Sykli.Target.K8s
+  alias SykliK8s.Error
+  alias SykliK8s.Target
 
   setup do
     dir = Path.join(System.tmp_dir!(), "sykli-artifact-path-#{System.unique_integer([:positive])}")
@@ -163,21 +165,23 @@ defmodule Sykli.Target.K8sArtifactPathTest do
     current-context: c
     """)
 
-    {:ok, state} = K8s.setup(kubeconfig: kubeconfig, namespace: "ci", workdir: dir, git_context: nil)
+    {:ok, state} = Target.setup(kubeconfig: kubeconfig, namespace: "ci", workdir: dir, git_context: nil)
     {:ok, state: state, dir: dir}
   end
 
   test "artifact_path: /artifacts/<task>/<name>, and an invalid name raises naming it", ctx do
-    assert K8s.artifact_path("build", "app", ctx.dir, ctx.state) == "/artifacts/build/app"
-    assert K8s.artifact_path("build", "dist/app.tar", ctx.dir, ctx.state) == "/artifacts/build/dist/app.tar"
+    assert Target.artifact_path("build", "app", ctx.dir, ctx.state) == "/artifacts/build/app"
+
+    assert Target.artifact_path("build", "dist/app.tar", ctx.dir, ctx.state) ==
+             "/artifacts/build/dist/app.tar"
 
     for bad <- ["", "/etc/passwd", "..", "a/../../b", "a\0b", "a//b", "./a"] do
       assert_raise ArgumentError, ~r/invalid task name #{Regex.escape(inspect(bad))}/, fn ->
-        K8s.artifact_path(bad, "app", ctx.dir, ctx.state)
+        Target.artifact_path(bad, "app", ctx.dir, ctx.state)
       end
 
       assert_raise ArgumentError, ~r/invalid artifact name #{Regex.escape(inspect(bad))}/, fn ->
-        K8s.artifact_path("build", bad, ctx.dir, ctx.state)
+        Target.artifact_path("build", bad, ctx.dir, ctx.state)
       end
     end
   end
@@ -195,7 +199,7 @@ defmodule Sykli.Target.K8sArtifactPathTest do
           {good, "relative/x", "relative/x"}
         ] do
       assert {:error, %Error{kind: :invalid_option, message: message}} =
-               K8s.copy_artifact(source, dest, ctx.dir, ctx.state)
+               Target.copy_artifact(source, dest, ctx.dir, ctx.state)
 
       assert message =~ inspect(named)
     end
@@ -203,7 +207,7 @@ defmodule Sykli.Target.K8sArtifactPathTest do
 
   test "artifact_pvc: false mounts no claim, and copy_artifact says there is none", ctx do
     {:ok, off} =
-      K8s.setup(
+      Target.setup(
         kubeconfig: ctx.state.kubeconfig,
         namespace: "ci",
         workdir: ctx.dir,
@@ -215,31 +219,31 @@ defmodule Sykli.Target.K8sArtifactPathTest do
     git = %Sykli.GitContext{url: "https://git.invalid/app.git", sha: String.duplicate("a", 40), dirty: false}
 
     for {state, mounted} <- [{ctx.state, ["/artifacts"]}, {off, []}] do
-      {:ok, job} = K8s.build_job_manifest(task, "j", Map.put(state, :git_context, git))
+      {:ok, job} = Target.build_job_manifest(task, "j", Map.put(state, :git_context, git))
       [container] = job["spec"]["template"]["spec"]["containers"]
       assert Enum.map(container["volumeMounts"] || [], & &1["mountPath"]) == mounted
     end
 
     assert {:error, %Error{kind: :invalid_config, message: "artifact_pvc is false" <> _}} =
-             K8s.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.dir, off)
+             Target.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.dir, off)
 
-    assert {:error, %Error{kind: :invalid_option, message: message}} = K8s.setup(artifact_pvc: "")
+    assert {:error, %Error{kind: :invalid_option, message: message}} = Target.setup(artifact_pvc: "")
     assert message =~ "--artifact-pvc"
   end
 
   test "the NIF refuses them too, at once (no API call)", ctx do
     json =
-      Sykli.JSON.encode!(%{namespace: "ci", claim: "c", from: "/artifacts/a/../../etc", to: "/artifacts/b"})
+      SykliK8s.JSON.encode!(%{namespace: "ci", claim: "c", from: "/artifacts/a/../../etc", to: "/artifacts/b"})
 
     assert {:error, {:invalid_option, message}} =
-             Sykli.Native.k8s_copy_artifact(ctx.state.cluster, json, make_ref())
+             SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, json, make_ref())
 
     assert message =~ ~s|"/artifacts/a/../../etc" is not below /artifacts/|
 
     assert {:error, {_, "copy options" <> _}} =
-             Sykli.Native.k8s_copy_artifact(ctx.state.cluster, "{", make_ref())
+             SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, "{", make_ref())
 
-    assert_raise ArgumentError, fn -> Sykli.Native.k8s_copy_artifact(:not_a_cluster, json, make_ref()) end
+    assert_raise ArgumentError, fn -> SykliK8s.Native.k8s_copy_artifact(:not_a_cluster, json, make_ref()) end
     refute_received _
   end
 end

@@ -1,4 +1,4 @@
-defmodule Sykli.CLI.Progress do
+defmodule SykliK8s.CLI.Progress do
   @moduledoc """
   How `sykli run` shows a run: for people (start and finish lines with durations, log lines
   prefixed with the task name, a summary table) or as JSON lines (`--json`: one object per
@@ -11,7 +11,7 @@ defmodule Sykli.CLI.Progress do
 
   @doc "A reporter printing one JSON object per line."
   @spec json() :: (term() -> :ok)
-  def json, do: fn event -> IO.puts(Sykli.JSON.encode!(json_event(event))) end
+  def json, do: fn event -> IO.puts(SykliK8s.JSON.encode!(json_event(event))) end
 
   defp human_event({:run_started, info}) do
     IO.puts(

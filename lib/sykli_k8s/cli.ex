@@ -1,4 +1,4 @@
-defmodule Sykli.CLI do
+defmodule SykliK8s.CLI do
   @moduledoc """
   The `sykli` command line. `bin/sykli` runs it with the user's working directory as the
   repository; `mix sykli …` runs the same code.
@@ -62,7 +62,7 @@ defmodule Sykli.CLI do
       System.trap_signal(:sigterm, fn ->
         case Process.whereis(:sykli_run) do
           nil -> System.halt(130)
-          pid -> Sykli.Run.interrupt(pid)
+          pid -> SykliK8s.Run.interrupt(pid)
         end
       end)
 
@@ -111,9 +111,9 @@ defmodule Sykli.CLI do
     dir = opts[:dir] || System.get_env("SYKLI_CWD") || File.cwd!()
     flags = %{namespace: opts[:namespace], context: opts[:context], kubeconfig: opts[:kubeconfig]}
 
-    with {:ok, ctx} <- Sykli.GitContext.detect(dir, max_paths: opts[:max_paths] || 10),
-         :ok <- Sykli.Config.check_flags(flags),
-         {:ok, settings} <- Sykli.Config.effective(ctx.root, flags),
+    with {:ok, ctx} <- SykliK8s.Git.detect(dir, max_paths: opts[:max_paths] || 10),
+         :ok <- SykliK8s.Config.check_flags(flags),
+         {:ok, settings} <- SykliK8s.Config.effective(ctx.root, flags),
          {:ok, check} <- if(opts[:check], do: check(ctx, flags, opts), else: {:ok, nil}) do
       if opts[:json] do
         data = info_map(ctx) |> Map.put(:k8s, settings_map(settings))
@@ -127,14 +127,14 @@ defmodule Sykli.CLI do
       Enum.each(ctx.warnings, &IO.puts(:stderr, "warning: " <> &1))
       if check && check.problems != [], do: 1, else: 0
     else
-      {:error, %Sykli.Error{message: message}} -> fail(message)
+      {:error, %SykliK8s.Error{message: message}} -> fail(message)
     end
   end
 
   # Connects and asks the cluster what the pipeline's Jobs would find missing.
   defp check(ctx, flags, opts) do
     with {:ok, state} <-
-           Sykli.Target.K8s.setup(
+           SykliK8s.Target.setup(
              Map.to_list(flags) ++
                [
                  git_context: %{ctx | dirty: false},
@@ -142,13 +142,13 @@ defmodule Sykli.CLI do
                  namespace_from_flag: flags.namespace != nil
                ]
            ) do
-      info = Sykli.Native.k8s_cluster_info(state.cluster)
+      info = SykliK8s.Native.k8s_cluster_info(state.cluster)
 
       explicit = opts[:pipeline] != nil
 
       problems =
         case read_pipeline(opts[:pipeline], ctx.root) do
-          {:ok, text} -> Sykli.Target.K8s.check(text, state)
+          {:ok, text} -> SykliK8s.Target.check(text, state)
           {:error, _} when not explicit -> {:ok, :no_pipeline}
           {:error, _} = error -> error
         end
@@ -171,14 +171,14 @@ defmodule Sykli.CLI do
 
   # The S3 strategy's bucket, with the credentials a run would use.
   defp bucket_check(%{source_strategy: :s3} = state) do
-    case Sykli.Target.K8s.check_bucket(state) do
+    case SykliK8s.Target.check_bucket(state) do
       {:ok, b} ->
         %{
           line: "s3://#{b.bucket}/#{b.prefix} (#{b.region}): listable with credentials from #{b.credentials}",
           problems: []
         }
 
-      {:error, %Sykli.Error{message: message}} ->
+      {:error, %SykliK8s.Error{message: message}} ->
         %{line: "✗ " <> message, problems: [message]}
     end
   end
@@ -253,7 +253,7 @@ defmodule Sykli.CLI do
         case prepare_run(opts, String.to_atom(format)) do
           {:ok, %{dry_run: true} = plan} -> out(plan.rendered)
           {:ok, plan} -> submit(plan)
-          {:error, %Sykli.Error{message: message}} -> fail(message)
+          {:error, %SykliK8s.Error{message: message}} -> fail(message)
         end
     end
   end
@@ -271,14 +271,14 @@ defmodule Sykli.CLI do
       source_strategy: @strategies[opts[:source_strategy]]
     }
 
-    with {:ok, ctx} <- Sykli.GitContext.detect(dir),
-         :ok <- Sykli.Config.check_flags(flags),
-         {:ok, settings} <- Sykli.Config.resolve(ctx.root, flags),
+    with {:ok, ctx} <- SykliK8s.Git.detect(dir),
+         :ok <- SykliK8s.Config.check_flags(flags),
+         {:ok, settings} <- SykliK8s.Config.resolve(ctx.root, flags),
          {:ok, text} <- read_pipeline(opts[:pipeline], ctx.root),
          {:ok, pipeline} <- decode_pipeline(text),
-         :ok <- Sykli.Run.supported(pipeline),
+         :ok <- SykliK8s.Run.supported(pipeline),
          {:ok, source} <-
-           Sykli.Target.K8s.Source.prepare(ctx,
+           SykliK8s.Source.prepare(ctx,
              strategy: settings.source_strategy,
              source_sync: settings[:source_sync],
              allow_dirty: opts[:allow_dirty] || false,
@@ -286,13 +286,13 @@ defmodule Sykli.CLI do
              unpushed: if(opts[:dry_run], do: :warn, else: :refuse)
            ),
          {:ok, state} <-
-           Sykli.Target.K8s.setup(
+           SykliK8s.Target.setup(
              Map.to_list(flags) ++
                [
                  git_context: source.git_context,
                  workdir: ctx.root,
                  dry_run: true,
-                 run_id: opts[:run_id] || Sykli.Target.K8s.run_id(),
+                 run_id: opts[:run_id] || SykliK8s.Target.run_id(),
                  namespace_from_flag: opts[:namespace] != nil,
                  # This command passes no artifacts between tasks (it refuses task_inputs):
                  # the artifact claim is mounted only when the config names one.
@@ -301,7 +301,7 @@ defmodule Sykli.CLI do
            ),
          {:ok, state} <- dry_run_archive(state, opts[:dry_run]),
          # A dry run prints exactly these; a run only needed them to be buildable.
-         {:ok, rendered} <- Sykli.Target.K8s.render_pipeline(text, state, format) do
+         {:ok, rendered} <- SykliK8s.Target.render_pipeline(text, state, format) do
       # The remote matters only when the cluster clones from it.
       ctx_warnings = if settings.source_strategy == :git_clone, do: ctx.warnings, else: []
       Enum.each(ctx_warnings ++ source.warnings, &IO.puts(:stderr, "warning: " <> &1))
@@ -321,18 +321,18 @@ defmodule Sykli.CLI do
 
   # A dry run of the S3 strategy shows the real archive (packed, not uploaded: no call).
   defp dry_run_archive(%{source_strategy: :s3} = state, true) do
-    with {:ok, state, _} <- Sykli.Target.K8s.publish_source(state, dry_run: true), do: {:ok, state}
+    with {:ok, state, _} <- SykliK8s.Target.publish_source(state, dry_run: true), do: {:ok, state}
   end
 
   defp dry_run_archive(state, _), do: {:ok, state}
 
   defp decode_pipeline(text) do
-    case Sykli.JSON.decode(text) do
+    case SykliK8s.JSON.decode(text) do
       {:ok, %{} = pipeline} ->
         {:ok, pipeline}
 
       {:ok, _} ->
-        {:error, %Sykli.Error{kind: :invalid_pipeline, message: "the pipeline must be a JSON object"}}
+        {:error, %SykliK8s.Error{kind: :invalid_pipeline, message: "the pipeline must be a JSON object"}}
 
       {:error, e} ->
         {:error, %{e | kind: :invalid_pipeline, message: "the pipeline is not valid JSON: #{e.message}"}}
@@ -342,10 +342,10 @@ defmodule Sykli.CLI do
   defp submit(plan) do
     state = plan.state
 
-    with {:ok, cluster} <- Sykli.Target.K8s.connect(Map.take(state, [:kubeconfig, :context])) do
+    with {:ok, cluster} <- SykliK8s.Target.connect(Map.take(state, [:kubeconfig, :context])) do
       state = %{state | cluster: cluster, dry_run: false}
-      report = if plan.json, do: Sykli.CLI.Progress.json(), else: Sykli.CLI.Progress.human()
-      info = Sykli.Native.k8s_cluster_info(cluster)
+      report = if plan.json, do: SykliK8s.CLI.Progress.json(), else: SykliK8s.CLI.Progress.human()
+      info = SykliK8s.Native.k8s_cluster_info(cluster)
 
       report.(
         {:run_started,
@@ -361,23 +361,23 @@ defmodule Sykli.CLI do
 
       case upload(state, plan.pipeline, report) do
         {:ok, state} -> run_pipeline(plan, state, report)
-        {:error, %Sykli.Error{message: message}} -> fail(message)
+        {:error, %SykliK8s.Error{message: message}} -> fail(message)
       end
     else
-      {:error, %Sykli.Error{message: message}} -> fail(message)
+      {:error, %SykliK8s.Error{message: message}} -> fail(message)
     end
   end
 
   # The PVC strategy uploads the working tree once, before any task.
   defp upload(%{source_strategy: :pvc} = state, _pipeline, report) do
-    with {:ok, state, uploaded} <- Sykli.Target.K8s.upload_source(state) do
+    with {:ok, state, uploaded} <- SykliK8s.Target.upload_source(state) do
       report.({:source_uploaded, Map.put(uploaded, :claim, state.source_pvc)})
       {:ok, state}
     end
   end
 
   defp upload(%{source_strategy: :s3} = state, pipeline, report) do
-    with {:ok, state, published} <- Sykli.Target.K8s.publish_source(state, expires: url_lifetime(pipeline)) do
+    with {:ok, state, published} <- SykliK8s.Target.publish_source(state, expires: url_lifetime(pipeline)) do
       Enum.each(published.warnings, &IO.puts(:stderr, "warning: " <> &1))
       report.({:source_published, Map.delete(published, :warnings)})
       {:ok, state}
@@ -402,7 +402,11 @@ defmodule Sykli.CLI do
   defp run_pipeline(plan, state, report) do
     {status, results} =
       with_interrupts(fn ->
-        Sykli.Run.run(plan.pipeline, state, jobs: plan.jobs, report: report, keep_failed: state[:keep_failed])
+        SykliK8s.Run.run(plan.pipeline, state,
+          jobs: plan.jobs,
+          report: report,
+          keep_failed: state[:keep_failed]
+        )
       end)
 
     report.({:run_finished, status, results})
@@ -446,7 +450,7 @@ defmodule Sykli.CLI do
 
       {:error, reason} ->
         {:error,
-         %Sykli.Error{
+         %SykliK8s.Error{
            kind: :not_found,
            message:
              "cannot read the pipeline #{path}: #{:file.format_error(reason)} " <>
@@ -550,7 +554,7 @@ defmodule Sykli.CLI do
   defp plural(1, word), do: word
   defp plural(_, word), do: word <> "s"
 
-  defp print_json(data), do: IO.puts(Sykli.JSON.encode!(data, pretty: true))
+  defp print_json(data), do: IO.puts(SykliK8s.JSON.encode!(data, pretty: true))
 
   defp out(text) do
     IO.write(text)

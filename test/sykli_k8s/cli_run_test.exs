@@ -1,9 +1,9 @@
-defmodule Sykli.CLIRunTest do
+defmodule SykliK8s.CLIRunTest do
   # `sykli run --target=k8s --dry-run`, through the real bin/sykli.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  import Sykli.Test.Tools
+  import SykliK8s.Test.GitRepo
+  import SykliK8s.Test.Tools
 
   @sykli Path.expand("../../bin/sykli", __DIR__)
 
@@ -43,7 +43,7 @@ defmodule Sykli.CLIRunTest do
     File.write!(json_file, json)
     kube_validate!(yaml_file, 2)
 
-    list = Sykli.JSON.decode!(json)
+    list = SykliK8s.JSON.decode!(json)
     assert %{"apiVersion" => "v1", "kind" => "List", "items" => [build, web]} = list
     assert parse_yaml!(yaml_file) == [build, web]
 
@@ -76,7 +76,7 @@ defmodule Sykli.CLIRunTest do
         env: [{"SYKLI_CWD", nil}]
       )
 
-    %{"items" => items} = Sykli.JSON.decode!(out)
+    %{"items" => items} = SykliK8s.JSON.decode!(out)
     assert Enum.map(items, & &1["metadata"]["namespace"]) == ["team-a", "team-a"]
   end
 
@@ -185,7 +185,7 @@ defmodule Sykli.CLIRunTest do
   } do
     clone_env = fn ->
       {out, 0} = sykli(~w(run --target=k8s --dry-run -o json), work)
-      [build | _] = Sykli.JSON.decode!(out)["items"]
+      [build | _] = SykliK8s.JSON.decode!(out)["items"]
       [clone] = build["spec"]["template"]["spec"]["initContainers"]
       Map.new(clone["env"], &{&1["name"], &1["value"]})
     end

@@ -1,8 +1,8 @@
-defmodule Sykli.ConfigTest do
+defmodule SykliK8s.ConfigTest do
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Config
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Config
 
   defp with_config!(text) do
     root = tmp_dir!()
@@ -38,7 +38,7 @@ defmodule Sykli.ConfigTest do
 
   test "an unknown key names the key, the file, and a likely fix" do
     root = with_config!("import Config\nconfig :sykli, :k8s, namspace: \"ci\"\n")
-    assert {:error, %Sykli.Error{kind: :invalid_config, message: message}} = Config.load(root)
+    assert {:error, %SykliK8s.Error{kind: :invalid_config, message: message}} = Config.load(root)
     assert message =~ Config.path(root)
     assert message =~ "unknown key :namspace"
     assert message =~ "did you mean :namespace?"
@@ -59,7 +59,7 @@ defmodule Sykli.ConfigTest do
 
     for {setting, expected} <- cases do
       root = with_config!("import Config\nconfig :sykli, :k8s, #{setting}\n")
-      assert {:error, %Sykli.Error{kind: :invalid_config, message: message}} = Config.load(root)
+      assert {:error, %SykliK8s.Error{kind: :invalid_config, message: message}} = Config.load(root)
       assert message =~ expected, "#{setting}: #{message}"
       assert message =~ Config.path(root)
       refute message =~ ~s("x"), "a value under :s3 is never echoed: #{message}"
@@ -68,12 +68,12 @@ defmodule Sykli.ConfigTest do
 
   test "a config file that raises is reported, not a crash" do
     root = with_config!("import Config\nraise \"boom from config\"\n")
-    assert {:error, %Sykli.Error{kind: :invalid_config, message: message}} = Config.load(root)
+    assert {:error, %SykliK8s.Error{kind: :invalid_config, message: message}} = Config.load(root)
     assert message =~ "could not be read"
     assert message =~ "boom from config"
 
     root = with_config!("import Config\nconfig :sykli, :k8s, [\n")
-    assert {:error, %Sykli.Error{kind: :invalid_config}} = Config.load(root)
+    assert {:error, %SykliK8s.Error{kind: :invalid_config}} = Config.load(root)
   end
 
   test "precedence: flags over the file over SYKLI_K8S_NAMESPACE over defaults; an unset flag keeps" do
@@ -97,14 +97,14 @@ defmodule Sykli.ConfigTest do
     {:ok, settings} = Config.effective(tmp_dir!(), %{}, %{})
     {:git_image, shown, "default"} = List.keyfind(settings, :git_image, 0)
     ctx = %Sykli.GitContext{url: "https://h/r.git", sha: String.duplicate("a", 40)}
-    {:ok, state} = Sykli.Target.K8s.setup(git_context: ctx, dry_run: true)
+    {:ok, state} = SykliK8s.Target.setup(git_context: ctx, dry_run: true)
     assert state.git_image == shown
     # Without the setting, the Rust side's own default applies: it must be the same.
     state = Map.delete(state, :git_image)
     task = %{name: "t", command: "true", container: "alpine", mounts: [%{resource: "src", path: "/app"}]}
 
     {:ok, job} =
-      Sykli.Target.K8s.build_job_manifest(task, "j", state,
+      SykliK8s.Target.build_job_manifest(task, "j", state,
         resources: %{"src" => %{type: "directory", path: "."}}
       )
 

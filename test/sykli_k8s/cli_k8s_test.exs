@@ -1,10 +1,10 @@
-defmodule Sykli.CLIK8sTest do
+defmodule SykliK8s.CLIK8sTest do
   # `sykli run --target=k8s` and `sykli info --check` through the real bin/sykli, against the
   # strict test cluster (a real process over TLS) and a real git server on 127.0.0.1.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Test.Cluster
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Test.Cluster
 
   @sykli Path.expand("../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -44,7 +44,7 @@ defmodule Sykli.CLIK8sTest do
   end
 
   # A pipeline file outside the repository (so writing it leaves the tree clean).
-  defp pipeline!(ctx, tasks), do: Sykli.Test.Pipeline.file!(ctx.tmp, tasks)
+  defp pipeline!(ctx, tasks), do: SykliK8s.Test.Pipeline.file!(ctx.tmp, tasks)
 
   defp src(path), do: [%{resource: "src:.", path: path, type: "directory"}]
 
@@ -62,7 +62,7 @@ defmodule Sykli.CLIK8sTest do
     )
   end
 
-  defp events(out), do: out |> String.split("\n", trim: true) |> Enum.map(&Sykli.JSON.decode!/1)
+  defp events(out), do: out |> String.split("\n", trim: true) |> Enum.map(&SykliK8s.JSON.decode!/1)
 
   defp index(events, event, task) do
     Enum.find_index(events, &(&1["event"] == event and &1["task"] == task)) ||
@@ -306,7 +306,7 @@ defmodule Sykli.CLIK8sTest do
             [stderr: false] ++ opts
           )
 
-        Enum.map(Sykli.JSON.decode!(out)["items"], & &1["metadata"]["namespace"])
+        Enum.map(SykliK8s.JSON.decode!(out)["items"], & &1["metadata"]["namespace"])
       end
 
       env = [env: [{"SYKLI_K8S_NAMESPACE", "from-env"}]]
@@ -377,7 +377,7 @@ defmodule Sykli.CLIK8sTest do
         ]
       }
 
-      write!(ctx.work, ".sykli/pipeline.json", Sykli.JSON.encode!(pipeline))
+      write!(ctx.work, ".sykli/pipeline.json", SykliK8s.JSON.encode!(pipeline))
       commit_all!(ctx.work, "pipeline")
 
       {out, 1} = sykli(ctx, ~w(info --check))
@@ -394,7 +394,7 @@ defmodule Sykli.CLIK8sTest do
       {out, 0} = sykli(ctx, ~w(info --check --json), stderr: false)
 
       assert %{"check" => %{"problems" => [], "namespace" => "ci", "pipeline_checked" => true}} =
-               Sykli.JSON.decode!(out)
+               SykliK8s.JSON.decode!(out)
 
       {out, 1} = sykli(ctx, ~w(info --check), kubeconfig: "/nonexistent")
       assert out =~ "sykli: cannot read the kubeconfig /nonexistent"

@@ -1,7 +1,7 @@
-defmodule Sykli.NativeTest do
+defmodule SykliK8s.NativeTest do
   use ExUnit.Case, async: true
 
-  alias Sykli.Native
+  alias SykliK8s.Native
 
   defp garbage,
     do: [
@@ -24,7 +24,7 @@ defmodule Sykli.NativeTest do
   test "the loaded library was built from these sources" do
     {version, fingerprint} = Native.native_info()
     assert version == "0.1.0"
-    assert fingerprint == Mix.Tasks.Compile.SykliNative.fingerprint()
+    assert fingerprint == Mix.Tasks.Compile.SykliK8sNative.fingerprint()
     assert Native.load_error() == nil
   end
 
@@ -63,7 +63,7 @@ defmodule Sykli.NativeTest do
 
   describe "error kinds cross the boundary as {:error, {atom, message}}" do
     test "not a git repository" do
-      dir = Sykli.Test.GitRepo.tmp_dir!()
+      dir = SykliK8s.Test.GitRepo.tmp_dir!()
       assert {:error, {:not_a_git_repo, message}} = Native.git_detect(dir, %{}, 10)
       assert message =~ dir
     end
@@ -89,23 +89,23 @@ defmodule Sykli.NativeTest do
 
   describe "a missing or stale library" do
     setup do
-      {:ok, tmp_dir: Sykli.Test.GitRepo.tmp_dir!()}
+      {:ok, tmp_dir: SykliK8s.Test.GitRepo.tmp_dir!()}
     end
 
-    # Runs a fresh VM whose :sykli application lives in `app_dir`.
+    # Runs a fresh VM whose :sykli_k8s application lives in `app_dir`.
     defp in_vm(app_dir, code) do
       System.cmd("elixir", ["-pa", Path.join(app_dir, "ebin"), "-e", code], stderr_to_stdout: true)
     end
 
     defp copy_app(tmp_dir, with_library?) do
-      app_dir = Path.join(tmp_dir, "sykli")
+      app_dir = Path.join(tmp_dir, "sykli_k8s")
       File.mkdir_p!(app_dir)
       File.cp_r!(Path.join(Mix.Project.app_path(), "ebin"), Path.join(app_dir, "ebin"))
       File.mkdir_p!(Path.join(app_dir, "priv/native"))
 
       if with_library? do
         File.cp!(
-          Path.join(:code.priv_dir(:sykli), "native/libsykli_native.so"),
+          Path.join(:code.priv_dir(:sykli_k8s), "native/libsykli_native.so"),
           Path.join(app_dir, "priv/native/libsykli_native.so")
         )
       end
@@ -117,7 +117,7 @@ defmodule Sykli.NativeTest do
       app = copy_app(tmp, false)
       {out, status} = in_vm(app, ~s|Sykli.GitContext.detect(".")|)
       assert status != 0
-      assert out =~ "Sykli.NativeError"
+      assert out =~ "SykliK8s.NativeError"
       assert out =~ "sykli's native library is missing"
       assert out =~ "mix compile"
     end
@@ -135,15 +135,15 @@ defmodule Sykli.NativeTest do
       app = copy_app(tmp, true)
       # The real stub module, compiled as if the sources had changed since the build.
       source =
-        File.read!("lib/sykli/native.ex")
+        File.read!("lib/sykli_k8s/native.ex")
         |> String.replace(~r/for path <- .*?@external_resource\(path\)/s, "")
         |> String.replace(~r/@fingerprint Mix\.Tasks.*$/m, ~s|@fingerprint "changed-sources"|)
 
       File.write!(Path.join(tmp, "stale.ex"), source)
-      File.rm!(Path.join(app, "ebin/Elixir.Sykli.Native.beam"))
-      File.rm!(Path.join(app, "ebin/Elixir.Sykli.NativeError.beam"))
+      File.rm!(Path.join(app, "ebin/Elixir.SykliK8s.Native.beam"))
+      File.rm!(Path.join(app, "ebin/Elixir.SykliK8s.NativeError.beam"))
 
-      code = ~s|Code.compile_file("#{Path.join(tmp, "stale.ex")}"); Sykli.Native.native_info()|
+      code = ~s|Code.compile_file("#{Path.join(tmp, "stale.ex")}"); SykliK8s.Native.native_info()|
       {out, status} = in_vm(app, code)
       assert status != 0
       assert out =~ "was built from other sources than this code (stale)"

@@ -1,4 +1,4 @@
-defmodule Sykli.Config do
+defmodule SykliK8s.Config do
   @moduledoc """
   The Kubernetes settings of `.sykli/config.exs`, read with Elixir's `Config.Reader`:
 
@@ -16,7 +16,7 @@ defmodule Sykli.Config do
   defaults (`effective/3`).
   """
 
-  alias Sykli.Error
+  alias SykliK8s.Error
 
   @file_name ".sykli/config.exs"
 
@@ -26,6 +26,7 @@ defmodule Sykli.Config do
     context: {:string, "a kubeconfig context name"},
     kubeconfig: {:string, "a path"},
     source_strategy: {{:one_of, [:git_clone, :pvc, :s3]}, ":git_clone, :pvc or :s3"},
+    git_ref: {:string, "a branch, tag or commit of the remote"},
     source_pvc: {:string, "a PersistentVolumeClaim name"},
     source_sync: {{:one_of, [:rsync, :git]}, ":rsync or :git"},
     source_exclude: {:string_list, "a list of git pathspecs"},

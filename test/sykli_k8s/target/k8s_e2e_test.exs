@@ -1,11 +1,11 @@
-defmodule Sykli.Target.K8sE2ETest do
+defmodule SykliK8s.TargetE2ETest do
   # run_task end to end: the NIF, the tokio runtime and kube-rs against the strict test
   # cluster (a real process over TLS) and a real git server.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
-  alias Sykli.Target.K8s
-  alias Sykli.Test.Cluster
+  import SykliK8s.Test.GitRepo
+  alias SykliK8s.Target
+  alias SykliK8s.Test.Cluster
 
   @moduletag timeout: 180_000
 
@@ -24,7 +24,7 @@ defmodule Sykli.Target.K8sE2ETest do
     info = Cluster.start!(Path.join(tmp, "cluster"), ["--deny-images", "registry.invalid/*"])
 
     {:ok, state} =
-      K8s.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, create_namespace: true)
+      Target.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, create_namespace: true)
 
     {:ok, info: info, state: state, sha: sha}
   end
@@ -45,7 +45,7 @@ defmodule Sykli.Target.K8sE2ETest do
     }
 
     resources = %{"src:." => %{type: "directory", path: "."}}
-    assert :ok = K8s.run_task(task, state, resources: resources, on_event: collect(:build))
+    assert :ok = Target.run_task(task, state, resources: resources, on_event: collect(:build))
     assert_received {:event, :build, {:log, "task", "checked-ok"}}
     assert_received {:event, :build, {:phase, :creating, _}}
     assert Cluster.jobs(info, "ci") == []
@@ -54,8 +54,8 @@ defmodule Sykli.Target.K8sE2ETest do
   test "a failing command: its exit code in details, its log delivered", %{state: state} do
     task = %{name: "fail", container: "any", command: "echo boom; exit 3"}
 
-    assert {:error, %Sykli.Error{kind: :task_failed, message: message, details: %{exit_code: 3, job: job}}} =
-             K8s.run_task(task, state, on_event: collect(:fail))
+    assert {:error, %SykliK8s.Error{kind: :task_failed, message: message, details: %{exit_code: 3, job: job}}} =
+             Target.run_task(task, state, on_event: collect(:fail))
 
     assert message =~ "exit code 3"
     assert job =~ "sykli-fail-"
@@ -65,19 +65,21 @@ defmodule Sykli.Target.K8sE2ETest do
   test "an image that cannot be pulled fails fast with the image named", %{state: state} do
     task = %{name: "pull", container: "registry.invalid/app:1", command: "true"}
 
-    assert {:error, %Sykli.Error{kind: :image_pull, message: message}} =
-             K8s.run_task(task, state, timeout: 600, on_event: fn _ -> :ok end)
+    assert {:error, %SykliK8s.Error{kind: :image_pull, message: message}} =
+             Target.run_task(task, state, timeout: 600, on_event: fn _ -> :ok end)
 
     assert message =~ "registry.invalid/app:1"
   end
 
   test "cancelling a run deletes its Job", %{state: state, info: info} do
-    {:ok, run} = K8s.start_task(%{name: "long", container: "any", command: "echo started; sleep 600"}, state)
+    {:ok, run} =
+      Target.start_task(%{name: "long", container: "any", command: "echo started; sleep 600"}, state)
+
     tag = run.tag
     assert_receive {^tag, {:log, "task", "started"}}, 60_000
     assert [_] = Cluster.jobs(info, "ci")
-    :ok = K8s.cancel(run)
-    assert {:error, %Sykli.Error{kind: :cancelled}} = K8s.await(run)
+    :ok = Target.cancel(run)
+    assert {:error, %SykliK8s.Error{kind: :cancelled}} = Target.await(run)
     assert Cluster.jobs(info, "ci") == []
   end
 
@@ -87,7 +89,7 @@ defmodule Sykli.Target.K8sE2ETest do
     owner =
       spawn(fn ->
         {:ok, run} =
-          K8s.start_task(%{name: "orphan", container: "any", command: "echo started; sleep 600"}, state)
+          Target.start_task(%{name: "orphan", container: "any", command: "echo started; sleep 600"}, state)
 
         tag = run.tag
 
@@ -108,18 +110,19 @@ defmodule Sykli.Target.K8sE2ETest do
   end
 
   test "preflight errors create nothing", %{info: info} = ctx do
-    {:ok, state} = K8s.setup(kubeconfig: info["kubeconfig"], namespace: "absent", workdir: ctx.state.workdir)
+    {:ok, state} =
+      Target.setup(kubeconfig: info["kubeconfig"], namespace: "absent", workdir: ctx.state.workdir)
 
-    assert {:error, %Sykli.Error{kind: :not_found, message: message}} =
-             K8s.run_task(%{name: "t", container: "any", command: "true"}, state)
+    assert {:error, %SykliK8s.Error{kind: :not_found, message: message}} =
+             Target.run_task(%{name: "t", container: "any", command: "true"}, state)
 
     assert message =~ ~s(namespace "absent" does not exist)
     assert Cluster.jobs(info, "absent") == []
   end
 
   test "keep_failed keeps a failed Job for debugging", %{state: state, info: info} do
-    assert {:error, %Sykli.Error{kind: :task_failed, details: %{kept: true, job: job}}} =
-             K8s.run_task(%{name: "keep", container: "any", command: "exit 1"}, state,
+    assert {:error, %SykliK8s.Error{kind: :task_failed, details: %{kept: true, job: job}}} =
+             Target.run_task(%{name: "keep", container: "any", command: "exit 1"}, state,
                keep_failed: true,
                on_event: fn _ -> :ok end
              )
@@ -129,7 +132,8 @@ defmodule Sykli.Target.K8sE2ETest do
 
   test "resolve_secret reads a Secret's key; create_volume makes a claim once", %{state: state, info: info} do
     # The namespace exists once a run has created it.
-    :ok = K8s.run_task(%{name: "warm", container: "any", command: "true"}, state, on_event: fn _ -> :ok end)
+    :ok =
+      Target.run_task(%{name: "warm", container: "any", command: "true"}, state, on_event: fn _ -> :ok end)
 
     Cluster.api_post!(info, "/api/v1/namespaces/ci/secrets", %{
       "apiVersion" => "v1",
@@ -138,19 +142,19 @@ defmodule Sykli.Target.K8sE2ETest do
       "stringData" => %{"token" => "s3cr3t", "value" => "default-key"}
     })
 
-    assert {:ok, "s3cr3t"} = K8s.resolve_secret("gh/token", state)
-    assert {:ok, "default-key"} = K8s.resolve_secret("gh", state)
-    assert {:error, :not_found} = K8s.resolve_secret("gh/missing", state)
-    assert {:error, :not_found} = K8s.resolve_secret("nope", state)
+    assert {:ok, "s3cr3t"} = Target.resolve_secret("gh/token", state)
+    assert {:ok, "default-key"} = Target.resolve_secret("gh", state)
+    assert {:error, :not_found} = Target.resolve_secret("gh/missing", state)
+    assert {:error, :not_found} = Target.resolve_secret("nope", state)
 
-    assert {:ok, %{reference: "cache", id: "cache"}} = K8s.create_volume("cache", %{size: "2Gi"}, state)
-    assert {:ok, _} = K8s.create_volume("cache", %{size: "2Gi"}, state)
+    assert {:ok, %{reference: "cache", id: "cache"}} = Target.create_volume("cache", %{size: "2Gi"}, state)
+    assert {:ok, _} = Target.create_volume("cache", %{size: "2Gi"}, state)
     pvc = Cluster.api_get!(info, "/api/v1/namespaces/ci/persistentvolumeclaims/cache")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
 
-    assert {:error, %Sykli.Error{kind: :invalid, message: message}} =
-             K8s.create_volume("big", %{size: "2gb"}, state)
+    assert {:error, %SykliK8s.Error{kind: :invalid, message: message}} =
+             Target.create_volume("big", %{size: "2gb"}, state)
 
     assert message =~ ~s(did you mean "2Gi")
   end

@@ -1,8 +1,8 @@
-defmodule Sykli.CLITest do
+defmodule SykliK8s.CLITest do
   # Runs bin/sykli as a user would: a real process started in the user's repository.
   use ExUnit.Case, async: true
 
-  import Sykli.Test.GitRepo
+  import SykliK8s.Test.GitRepo
 
   @sykli Path.expand("../../bin/sykli", __DIR__)
 
@@ -62,13 +62,13 @@ defmodule Sykli.CLITest do
     assert %{
              "namespace" => %{"value" => "team-ci", "source" => ".sykli/config.exs"},
              "git_image" => %{"source" => "default"}
-           } = Sykli.JSON.decode!(json)["k8s"]
+           } = SykliK8s.JSON.decode!(json)["k8s"]
 
     File.rm!(Path.join(work, ".sykli/config.exs"))
     {json, 0} = sykli(["info", "--json"], cd: work, env: [{"SYKLI_K8S_NAMESPACE", "from-env"}])
 
     assert %{"value" => "from-env", "source" => "SYKLI_K8S_NAMESPACE"} =
-             Sykli.JSON.decode!(json)["k8s"]["namespace"]
+             SykliK8s.JSON.decode!(json)["k8s"]["namespace"]
   end
 
   test "info fails on a broken config file, naming the key and the file", %{tmp: tmp} do
@@ -107,7 +107,7 @@ defmodule Sykli.CLITest do
     git!(work, ["checkout", "-q", "--detach"])
 
     {out, 0} = sykli(["info", "--json"], cd: work, env: [{"GITHUB_HEAD_REF", "feature/login"}])
-    json = Sykli.JSON.decode!(out)
+    json = SykliK8s.JSON.decode!(out)
 
     assert %{
              "root" => ^work,
@@ -146,7 +146,7 @@ defmodule Sykli.CLITest do
     dir = init!(Path.join(tmp, "r"))
     commit_all!(dir)
     {out, 0} = sykli(["info", "--json"], cd: dir)
-    assert %{"url" => nil, "warnings" => ["no remote" <> _]} = Sykli.JSON.decode!(out)
+    assert %{"url" => nil, "warnings" => ["no remote" <> _]} = SykliK8s.JSON.decode!(out)
   end
 
   test "usage errors exit 2", %{tmp: tmp} do
