@@ -12,7 +12,7 @@ defmodule SykliK8s.CLITest do
 
   defp sykli(args, opts) do
     # The CI variables of the machine running the tests are unset: only a test's own count.
-    unset = Map.new([{"SYKLI_CWD", nil} | Enum.map(Sykli.GitContext.ci_branch_vars(), &{&1, nil})])
+    unset = Map.new([{"SYKLI_CWD", nil} | Enum.map(SykliK8s.Git.ci_branch_vars(), &{&1, nil})])
     env = unset |> Map.merge(Map.new(Keyword.get(opts, :env, []))) |> Enum.to_list()
     System.cmd(@sykli, args, cd: Keyword.fetch!(opts, :cd), env: env)
   end

@@ -136,7 +136,7 @@ defmodule SykliK8s.NativeTest do
       # The real stub module, compiled as if the sources had changed since the build.
       source =
         File.read!("lib/sykli_k8s/native.ex")
-        |> String.replace(~r/for path <- .*?@external_resource\(path\)/s, "")
+        |> String.replace(~r/for path <-.*?@external_resource\(path\)/s, "")
         |> String.replace(~r/@fingerprint Mix\.Tasks.*$/m, ~s|@fingerprint "changed-sources"|)
 
       File.write!(Path.join(tmp, "stale.ex"), source)

@@ -63,8 +63,23 @@ pub struct Task {
     /// target's `copy_artifact`); here only whether there are any matters.
     #[serde(default)]
     pub task_inputs: Option<serde_json::Value>,
+    /// Artifacts placed into the workspace before the task starts, each from the directory
+    /// of the Job that produced it on the artifact claim (sykli's executor resolves
+    /// `task_inputs` into these through the target).
+    #[serde(default)]
+    pub artifact_inputs: Vec<ArtifactInput>,
     #[serde(default)]
     pub k8s: Option<K8sOptions>,
+}
+
+/// An artifact a task reads: `path` of Job `job`'s directory on the artifact claim, placed
+/// at `to` in the workspace (both paths of the repository).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactInput {
+    pub job: String,
+    pub path: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -372,12 +387,29 @@ impl Task {
             Some(serde_json::Value::Object(m)) => !m.is_empty(),
             _ => false,
         };
-        some(&self.outputs) || some(&self.task_inputs)
+        some(&self.outputs) || some(&self.task_inputs) || !self.artifact_inputs.is_empty()
     }
 
     /// What is wrong with this task, each problem naming the field (callers name the task).
     pub fn problems(&self, resources: &BTreeMap<String, Resource>) -> Vec<String> {
         let mut problems = Vec::new();
+        for input in &self.artifact_inputs {
+            if !crate::manifest::names::is_dns_label(&input.job) {
+                problems.push(format!(
+                    "artifact input from Job {:?}: not a Job name",
+                    input.job
+                ));
+            }
+            for (what, path) in [("path", &input.path), ("destination", &input.to)] {
+                match normalize_resource_path(path) {
+                    Ok(p) if p.is_empty() => problems.push(format!(
+                        "artifact input {what} {path:?} is the whole repository"
+                    )),
+                    Ok(_) => {}
+                    Err(why) => problems.push(format!("artifact input {what} {path:?} {why}")),
+                }
+            }
+        }
         for out in self.output_paths() {
             if let Err(why) = normalize_resource_path(&out) {
                 problems.push(format!("output {out:?} {why}"));

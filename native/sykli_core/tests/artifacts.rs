@@ -122,3 +122,141 @@ fn a_bad_claim_name_or_a_mount_at_artifacts_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+fn build_collecting(task: Value) -> Result<Value, String> {
+    let o: BuildOptions = serde_json::from_value(json!({
+        "namespace": "ci",
+        "run_id": "r1x2",
+        "artifact_pvc": "sykli-artifacts",
+        "collect_outputs": true,
+        "sync_image": "ghcr.io/sykli/sync:test",
+        "source": {"url": "https://git.example.com/org/repo.git",
+                   "sha": "0123456789abcdef0123456789abcdef01234567"}
+    }))
+    .unwrap();
+    let p: Pipeline = serde_json::from_value(json!({"version": "2", "tasks": [task],
+        "resources": {"src:.": {"type": "directory", "path": "."}}}))
+    .unwrap();
+    let plan = SourcePlan::from_options(&o.source).unwrap();
+    let job = build_job(&p.tasks[0], &p.resources, "sykli-t-r1x2", &plan, &o)
+        .map_err(|e| e.to_string())?;
+    let job = serde_json::to_value(job).unwrap();
+    kube_validate(std::slice::from_ref(&job));
+    Ok(job)
+}
+
+fn init(job: &Value, name: &str) -> Value {
+    job["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn collected_outputs_leave_through_a_sidecar_into_the_jobs_directory() {
+    let task = json!({"name": "build", "container": "alpine", "command": "make",
+                      "outputs": ["dist", "out/report.txt"],
+                      "mounts": [{"resource": "src:.", "path": "/app"}]});
+    let job = build_collecting(task).unwrap();
+    let names: Vec<&str> = job["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // The clone, then the sidecar, then the gate that waits for it: all before the task.
+    assert_eq!(
+        names,
+        [
+            "sykli-clone",
+            "sykli-artifacts-out",
+            "sykli-artifacts-ready"
+        ]
+    );
+    let out = init(&job, "sykli-artifacts-out");
+    assert_eq!(out["restartPolicy"], "Always");
+    assert_eq!(
+        out["command"],
+        json!([
+            "sykli-sync",
+            "collect",
+            "--from",
+            "/workspace",
+            "--to",
+            "/artifacts/sykli-jobs/sykli-t-r1x2",
+            "--ready",
+            "/sykli-artifacts-ready/ready",
+            "--",
+            "dist",
+            "out/report.txt"
+        ])
+    );
+    assert_eq!(out["image"], "ghcr.io/sykli/sync:test");
+    assert_eq!(out["securityContext"]["runAsNonRoot"], true);
+    // It reads the workspace, writes the claim.
+    let mounts: Vec<Value> = out["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| json!([m["mountPath"], m.get("readOnly")]))
+        .collect();
+    assert!(mounts.contains(&json!(["/workspace", true])), "{mounts:?}");
+    assert!(mounts.contains(&json!(["/artifacts", null])), "{mounts:?}");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        300
+    );
+}
+
+#[test]
+fn inputs_are_placed_from_the_producers_directories_before_the_task() {
+    let task = json!({"name": "deploy", "container": "alpine", "command": "deploy",
+                      "artifact_inputs": [{"job": "sykli-build-r1x2", "path": "dist", "to": "incoming"},
+                                          {"job": "sykli-docs-r1x2-a2", "path": "site", "to": "public/site"}],
+                      "mounts": [{"resource": "src:.", "path": "/app"}]});
+    let job = build_collecting(task).unwrap();
+    let placer = init(&job, "sykli-artifacts-in");
+    assert_eq!(
+        placer["command"],
+        json!([
+            "sykli-sync",
+            "place",
+            "--from",
+            "/artifacts",
+            "--to",
+            "/workspace",
+            "--",
+            "sykli-jobs/sykli-build-r1x2/dist",
+            "incoming",
+            "sykli-jobs/sykli-docs-r1x2-a2/site",
+            "public/site"
+        ])
+    );
+    // No outputs: nothing to collect.
+    assert_eq!(init(&job, "sykli-artifacts-out"), Value::Null);
+}
+
+#[test]
+fn bad_artifact_inputs_and_sourceless_artifact_tasks_are_refused_by_name() {
+    let bad = json!({"name": "t", "container": "alpine", "command": "true",
+                     "artifact_inputs": [{"job": "Not A Job", "path": "../x", "to": "."}],
+                     "mounts": [{"resource": "src:.", "path": "/app"}]});
+    let err = build_collecting(bad).unwrap_err();
+    assert!(err.contains("\"Not A Job\": not a Job name"), "{err}");
+    assert!(err.contains("path \"../x\""), "{err}");
+    assert!(
+        err.contains("destination \".\" is the whole repository"),
+        "{err}"
+    );
+
+    let sourceless = json!({"name": "t", "container": "alpine", "command": "true",
+                            "outputs": ["dist"]});
+    let err = build_collecting(sourceless).unwrap_err();
+    assert!(
+        err.contains("artifacts move through the workspace"),
+        "{err}"
+    );
+}

@@ -171,3 +171,90 @@ fn overlapping_source_and_destination_are_refused_and_nothing_is_left_behind() {
     after.retain(|k, _| !k.starts_with("consumer"));
     assert_eq!(after, before);
 }
+
+fn place(from: &Path, to: &Path, pairs: &[&str]) -> Output {
+    Command::new(bin())
+        .args([
+            "place",
+            "--from",
+            from.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+            "--",
+        ])
+        .args(pairs)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn place_copies_between_two_roots_into_an_existing_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (claim, workspace) = (dir.path().join("claim"), dir.path().join("workspace"));
+    write(&claim, "sykli-jobs/j1/dist/app.txt", b"built\n", false);
+    write(&claim, "sykli-jobs/j2/report.txt", b"report\n", false);
+    write(&workspace, "src/main.rs", b"fn main() {}\n", false);
+
+    let out = place(
+        &claim,
+        &workspace,
+        &[
+            "sykli-jobs/j1/dist",
+            "incoming/dist",
+            "sykli-jobs/j2/report.txt",
+            "src/report.txt",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(workspace.join("incoming/dist/app.txt")).unwrap(),
+        b"built\n"
+    );
+    assert_eq!(
+        std::fs::read(workspace.join("src/report.txt")).unwrap(),
+        b"report\n"
+    );
+    assert_eq!(
+        std::fs::read(workspace.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    // No spool is left behind in the workspace.
+    let left: Vec<_> = std::fs::read_dir(&workspace)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.starts_with(".sykli-spool")),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn place_refuses_escapes_a_missing_source_and_odd_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (claim, workspace) = (dir.path().join("claim"), dir.path().join("workspace"));
+    write(&claim, "sykli-jobs/j1/ok.txt", b"ok\n", false);
+    write(dir.path(), "secret.txt", b"secret\n", false);
+    symlink(&claim, "sykli-jobs/j1/leak", "../../../secret.txt");
+    std::fs::create_dir_all(&workspace).unwrap();
+    let before = snapshot(dir.path());
+
+    refused(
+        &place(&claim, &workspace, &["sykli-jobs/j1/leak", "leak"]),
+        "a symlink out of the claim",
+    );
+    refused(
+        &place(&claim, &workspace, &["sykli-jobs/j1/ok.txt", "../out.txt"]),
+        "a destination out of the workspace",
+    );
+    let missing = place(&claim, &workspace, &["sykli-jobs/j9/none", "none"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("error[not_found]"),
+        "{}",
+        stderr(&missing)
+    );
+    let odd = place(&claim, &workspace, &["sykli-jobs/j1/ok.txt"]);
+    assert_eq!(odd.status.code(), Some(2), "{}", stderr(&odd));
+    assert_eq!(snapshot(dir.path()), before);
+}

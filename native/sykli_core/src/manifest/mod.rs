@@ -4,6 +4,7 @@
 //! an empty directory); every option is checked the way the API server would check it, and
 //! all problems of a task are reported together, each naming the key.
 
+pub mod artifacts;
 pub mod names;
 pub mod quantity;
 pub mod yaml;
@@ -39,6 +40,8 @@ pub const READY_VOLUME: &str = "sykli-ready";
 pub const DOWNLOAD_VOLUME: &str = "sykli-download";
 /// The artifact claim, in the Jobs of tasks that declare `outputs` or `task_inputs`.
 pub const ARTIFACTS_VOLUME: &str = "sykli-artifacts";
+/// Where the artifact outputs sidecar tells the task it may start.
+pub const ARTIFACTS_READY_VOLUME: &str = "sykli-artifacts-ready";
 /// Where Jobs see the artifact claim: a task's artifact is `/artifacts/<task>/<name>`.
 pub const ARTIFACTS_MOUNT: &str = "/artifacts";
 pub const TASK_CONTAINER: &str = "task";
@@ -68,6 +71,13 @@ pub struct BuildOptions {
     /// that declare `outputs` or `task_inputs` (none: not mounted).
     #[serde(default)]
     pub artifact_pvc: Option<String>,
+    /// Collect each task's declared `outputs` from its workspace into its Job's directory
+    /// on the artifact claim when it ends (what sykli's executor needs for `task_inputs`).
+    #[serde(default)]
+    pub collect_outputs: bool,
+    /// The image of the `sykli-sync` helpers that move artifacts.
+    #[serde(default)]
+    pub sync_image: Option<String>,
 }
 
 impl Default for BuildOptions {
@@ -80,6 +90,8 @@ impl Default for BuildOptions {
             source: SourceOptions::default(),
             ttl_seconds_after_finished: default_ttl(),
             artifact_pvc: None,
+            collect_outputs: false,
+            sync_image: None,
         }
     }
 }
@@ -322,7 +334,49 @@ pub fn build_job(
             }
         }
     }
+    if let Some(_claim) = opts.artifact_pvc.as_ref().filter(|_| task.uses_artifacts()) {
+        let image = opts
+            .sync_image
+            .clone()
+            .unwrap_or_else(|| crate::source::pvc::DEFAULT_SYNC_IMAGE.to_string());
+        if let Err(why) = git_clone::check_image(&image) {
+            p.push(format!("sync_image {image:?} {why}"));
+        }
+        let outputs = task.output_paths();
+        let collect = opts.collect_outputs && !outputs.is_empty();
+        if (collect || !task.artifact_inputs.is_empty()) && !source_mounted {
+            p.push(
+                "artifacts move through the workspace: a task with outputs or inputs mounts its source (src:…)"
+                    .into(),
+            );
+        } else {
+            if !task.artifact_inputs.is_empty() {
+                init_containers.push(artifacts::inputs_placer(
+                    &image,
+                    &task.artifact_inputs,
+                    WORKSPACE_VOLUME,
+                    ARTIFACTS_VOLUME,
+                ));
+            }
+            if collect {
+                init_containers.extend(artifacts::outputs_collector(
+                    &image,
+                    job_name,
+                    &outputs,
+                    WORKSPACE_VOLUME,
+                    ARTIFACTS_VOLUME,
+                    ARTIFACTS_READY_VOLUME,
+                ));
+                volumes.push(empty_dir(ARTIFACTS_READY_VOLUME));
+                // Time for the copy after the task ends.
+                grace = Some(300);
+            }
+        }
+    }
     let mut container_names: BTreeSet<String> = [
+        "sykli-artifacts-in",
+        "sykli-artifacts-out",
+        "sykli-artifacts-ready",
         "sykli-clone",
         "sykli-sync",
         "sykli-bundle",

@@ -22,6 +22,9 @@ usage:
   sykli-sync copy --root DIR --from REL --to REL  copy a file or directory tree within DIR
                                                    (hardened: no symlink followed or left
                                                    pointing out of DIR)
+  sykli-sync place --from DIR --to DIR -- SRC DEST [SRC DEST]...
+                                                   copy each file or tree SRC of DIR to DEST of
+                                                   the other DIR (hardened, as copy)
   sykli-sync extract --to DIR [--max-entries N] [--max-bytes N]  < archive
                                                    extract with the hardened extractor
   sykli-sync scan --root DIR                       print the manifest of a directory
@@ -231,6 +234,22 @@ fn run(args: &[String]) -> Result<(), Failure> {
             let root = PathBuf::from(a.need("root")?);
             print_json(&copy(&root, a.need("from")?, a.need("to")?)?)
         }
+        "place" => {
+            let a = parse(rest, &["from", "to"])?;
+            let (from, to) = (PathBuf::from(a.need("from")?), PathBuf::from(a.need("to")?));
+            let pairs = a.positional.chunks(2);
+            if a.positional.is_empty() || a.positional.len() % 2 != 0 {
+                return Err(Failure::Usage(
+                    "place needs pairs of SRC DEST (a path of --from, where it goes in --to)"
+                        .into(),
+                ));
+            }
+            let mut reports = Vec::new();
+            for pair in pairs {
+                reports.push(copy_between(&from, &pair[0], &to, &pair[1])?);
+            }
+            print_json(&reports)
+        }
         "extract" => {
             let a = parse(rest, &["to", "max-entries", "max-bytes"])?;
             a.no_positional()?;
@@ -388,27 +407,43 @@ fn run(args: &[String]) -> Result<(), Failure> {
 /// points out of `root`, and its entries, renamed from `from` to `to`, are checked again by
 /// the hardened extractor where they land.
 fn copy(root: &Path, from: &str, to: &str) -> Result<Report, Failure> {
-    check_path(from.as_bytes())?;
-    check_path(to.as_bytes())?;
     // The archive streams from the walk of `from` into the writes of `to`: they must not
     // overlap, or the copy would read what it is writing.
     let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
     if inside(to, from) || inside(from, to) {
+        check_path(from.as_bytes())?;
+        check_path(to.as_bytes())?;
         return Err(Failure::Usage(format!(
             "cannot copy {from} to {to}: one contains the other"
         )));
     }
+    copy_between(root, from, root, to)
+}
+
+/// Copies `from` (a path of `src_root`) to `to` (a path of `dest_root`), through the
+/// archive format and the hardened extractor: nothing is followed or left pointing out of
+/// either root.
+fn copy_between(
+    src_root: &Path,
+    from: &str,
+    dest_root: &Path,
+    to: &str,
+) -> Result<Report, Failure> {
+    check_path(from.as_bytes())?;
+    check_path(to.as_bytes())?;
     // The whole source is packed (and checked) before anything is written: a refused entry
-    // leaves no partial copy. Spooled to a file on the claim, not held in memory.
-    let spool = spool(root, |w| match pack(root, &[from.to_string()], w) {
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Err(
-            Failure::NotFound(format!("{from} does not exist in {}", root.display())),
-        ),
-        packed => Ok(packed.map(|_| ())?),
+    // leaves no partial copy. Spooled to a file beside the destination, not held in memory.
+    let spool = spool(dest_root, |w| {
+        match pack(src_root, &[from.to_string()], w) {
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Err(
+                Failure::NotFound(format!("{from} does not exist in {}", src_root.display())),
+            ),
+            packed => Ok(packed.map(|_| ())?),
+        }
     })?;
     let result = piped(
         |w| rename_entries(&mut BufReader::new(spool.file()?), from, to, w),
-        |r| Ok(extract_hardened(r, root, Limits::default())?),
+        |r| Ok(extract_hardened(r, dest_root, Limits::default())?),
     );
     drop(spool);
     result
