@@ -559,52 +559,61 @@ defmodule SykliK8s.Boundary do
   end
 
   @doc """
-  `evaluate_success_criteria/4`: `exit_code` criteria against the task's exit code; any
-  other kind is answered unsupported, criterion by criterion.
+  `evaluate_success_criteria/4`: `exit_code` criteria against the task's exit code; a
+  file criterion is answered unsupported (the files stay in the pod), criterion by
+  criterion. Answers in sykli's shapes (`Sykli.SuccessCriteria.Result`, and
+  `Sykli.Error.success_criteria_failed/3` or `unsupported_success_criteria_for_target/4`).
   """
   def evaluate_success_criteria(task, criteria, _state, run_opts) do
     exit_code = Keyword.get(run_opts, :command_exit_code, 0)
-    results = Enum.map(criteria, &criterion(&1, exit_code))
+    results = criteria |> Enum.with_index() |> Enum.map(fn {c, i} -> criterion(c, i, exit_code) end)
+    name = field(task, :name)
 
-    if Enum.all?(results, &(result_status(&1) == :passed)) do
-      {:ok, results}
-    else
-      name = field(task, :name)
+    opts = [
+      command: field(task, :command),
+      output: run_opts[:command_output],
+      duration_ms: run_opts[:duration_ms]
+    ]
 
-      failing =
-        results |> Enum.reject(&(result_status(&1) == :passed)) |> Enum.map_join("; ", &result_message/1)
+    cond do
+      Enum.all?(results, &(&1.status == :passed)) ->
+        {:ok, results}
 
-      error = Sykli.Error.task_failed(name, field(task, :command), exit_code, "", [])
-      {:error, %{error | message: "task '#{name}' did not meet its success criteria: #{failing}"}, results}
+      Enum.any?(results, &(&1.status == :failed)) ->
+        {:error, Sykli.Error.success_criteria_failed(name, results, opts), results}
+
+      true ->
+        {:error, Sykli.Error.unsupported_success_criteria_for_target(name, "k8s", results, opts), results}
     end
   end
 
-  defp criterion(%{"type" => "exit_code"} = c, exit_code) do
+  defp criterion(%{"type" => "exit_code"} = c, index, exit_code) do
     expected = c["equals"]
 
     if expected == exit_code,
-      do: result(c, :passed, "exit code #{exit_code}"),
-      else: result(c, :failed, "exit code #{exit_code}, expected #{inspect(expected)}")
+      do: result(c, index, :passed, "exit code #{exit_code}"),
+      else: result(c, index, :failed, "exit code #{exit_code}, expected #{inspect(expected)}")
   end
 
-  defp criterion(c, _exit_code) do
+  defp criterion(c, index, _exit_code) do
     result(
       c,
+      index,
       :unsupported,
-      "#{inspect(c["type"])} criteria are not supported on Kubernetes (the files stay in the pod)"
+      "#{c["type"]} is not evaluated on Kubernetes: the task's files stay in its pod"
     )
   end
 
-  defp result(criterion, status, message) do
-    fields = %{criterion: criterion, type: criterion["type"], status: status, message: message}
-
-    if Code.ensure_loaded?(Sykli.SuccessCriteria.Result),
-      do: struct(Sykli.SuccessCriteria.Result, fields),
-      else: fields
+  defp result(criterion, index, status, message) do
+    struct(Sykli.SuccessCriteria.Result,
+      index: index,
+      type: Map.get(criterion, "type", "unknown"),
+      status: status,
+      message: message,
+      evidence: criterion,
+      target: "k8s"
+    )
   end
-
-  defp result_status(r), do: Map.get(r, :status)
-  defp result_message(r), do: Map.get(r, :message)
 
   # Structs (sykli's K8sOptions and its nested ones, TaskInput…) as plain maps with string
   # keys, nils left out, as the pipeline JSON has them.

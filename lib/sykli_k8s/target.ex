@@ -280,7 +280,8 @@ defmodule SykliK8s.Target do
                s3: s3,
                expires: Keyword.get(opts, :expires, 3600),
                scratch: Path.join(System.tmp_dir!(), "sykli-s3"),
-               dry_run: Keyword.get(opts, :dry_run, false)
+               dry_run: Keyword.get(opts, :dry_run, false),
+               env: aws_env()
              })
            ),
          {:ok, report} <- background(&Native.k8s_s3_publish(json, &1)) do
@@ -295,9 +296,15 @@ defmodule SykliK8s.Target do
   @spec check_bucket(map()) :: {:ok, map()} | {:error, Error.t()}
   def check_bucket(state) do
     with {:ok, s3} <- s3_settings(state),
-         {:ok, json} <- JSON.encode(s3) do
+         {:ok, json} <- JSON.encode(%{s3: s3, env: aws_env()}) do
       background(&Native.k8s_s3_check(json, &1))
     end
+  end
+
+  # The AWS chain reads the environment as this VM has it: `System.put_env/2` changes the
+  # VM's copy, which the native library cannot see in the OS environment.
+  defp aws_env do
+    System.get_env() |> Map.filter(fn {k, _} -> k == "HOME" or String.starts_with?(k, "AWS_") end)
   end
 
   defp s3_settings(state) do

@@ -7,83 +7,15 @@ defmodule SykliK8s.SykliHostTest do
 
   import ExUnit.CaptureIO
   import SykliK8s.Test.GitRepo
+  import SykliK8s.Test.SykliRun, only: [repo!: 2, repo!: 3, task: 2, task: 3, run: 2, run: 3, result: 2]
   alias Sykli.Executor.TaskResult
-  alias SykliK8s.Test.{Cluster, Host}
+  alias SykliK8s.Test.{Cluster, Host, SykliRun}
 
   @moduletag timeout: 300_000
-  @sync_image "ghcr.io/sykli/sync:test"
 
   setup_all do
-    tmp = tmp_dir_all!()
-    info = Cluster.start!(Path.join(tmp, "cluster"), Cluster.sync_image_file(@sync_image))
-    srv = Path.join(tmp, "srv")
-    File.mkdir_p!(srv)
-    {:ok, info: info, srv: srv, git_base: Cluster.git_server!(srv)}
+    {:ok, SykliRun.start_all!()}
   end
-
-  # setup_all runs outside any test: its directory is removed when the module is done.
-  defp tmp_dir_all! do
-    dir = Path.join(System.tmp_dir!(), "sykli-host-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    {real, 0} = System.cmd("realpath", [dir])
-    String.trim(real)
-  end
-
-  # A pushed repository with .sykli/config.exs naming the test cluster and `namespace`.
-  defp repo!(ctx, namespace, files \\ %{}, config \\ "") do
-    tmp = tmp_dir!()
-    work = init!(Path.join(tmp, "work"))
-
-    write!(work, ".sykli/config.exs", """
-    import Config
-    config :sykli, :k8s, kubeconfig: "#{ctx.info["kubeconfig"]}", namespace: "#{namespace}",
-      sync_image: "#{@sync_image}"#{config}
-    """)
-
-    write!(work, "README.md", "hello from the commit\n")
-    Enum.each(files, fn {path, content} -> write!(work, path, content) end)
-    sha = commit_all!(work, "first")
-    name = "repo-#{System.unique_integer([:positive])}.git"
-    git!(ctx.srv, ["clone", "-q", "--bare", work, name])
-    git!(work, ["remote", "add", "origin", "#{ctx.git_base}/#{name}"])
-    git!(work, ["fetch", "-q", "origin"])
-    git!(work, ["branch", "-q", "-u", "origin/main"])
-    %{work: work, sha: sha, tmp: tmp, namespace: namespace}
-  end
-
-  defp task(name, command, extra \\ %{}) do
-    Map.merge(
-      %{
-        "name" => name,
-        "container" => "any",
-        "command" => command,
-        "mounts" => [%{"resource" => "src:.", "path" => "/app", "type" => "directory"}]
-      },
-      extra
-    )
-  end
-
-  defp pipeline(tasks),
-    do: %{
-      "version" => "2",
-      "tasks" => tasks,
-      "resources" => %{"src:." => %{"type" => "directory", "path" => "."}}
-    }
-
-  # Runs as sykli would, for the workdir `path`; returns {answer, stderr}.
-  defp run(path, tasks, opts \\ []) do
-    parent = self()
-
-    stderr =
-      capture_io(:stderr, fn ->
-        send(parent, {:answer, Host.run(path, [pipeline: pipeline(tasks)] ++ opts)})
-      end)
-
-    assert_received {:answer, answer}
-    {answer, stderr}
-  end
-
-  defp result(results, name), do: Enum.find(results, &(&1.name == name))
 
   test "the worked example: mount(src, \"/app\") is the exact commit at /app; the logs come back", ctx do
     repo = repo!(ctx, "ci-example")

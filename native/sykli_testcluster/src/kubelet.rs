@@ -1074,7 +1074,9 @@ impl PodView {
         for c in &r.containers {
             let state = match c.exit_code {
                 Some(code) => {
-                    let (code, reason) = if cancelled && c.started {
+                    // Only what was still running is killed: a container that had already
+                    // ended (a finished init container) keeps its own exit status.
+                    let (code, reason) = if cancelled && c.started && !self.is_terminated(&c.name) {
                         (137, "Error".to_string())
                     } else {
                         (code, c.reason.clone().unwrap_or_else(|| "Error".into()))

@@ -4,7 +4,12 @@
 
 use rustler::{Encoder, Env, NifMap, Term};
 use serde::Deserialize;
-use sykli_core::s3::{credentials::ProcessEnv, Bucket, S3Options};
+use std::collections::BTreeMap;
+
+use sykli_core::s3::{
+    credentials::{self, ProcessEnv},
+    Bucket, S3Options,
+};
 use sykli_core::source::{s3 as strategy, upload};
 
 use super::cluster::spawn_answer;
@@ -27,6 +32,26 @@ struct PublishJson {
     /// Pack only: no credentials, no call to the bucket, no signature.
     #[serde(default)]
     dry_run: bool,
+    /// The AWS variables and HOME as the VM sees them (System.put_env changes the VM's
+    /// copy, not the OS environment this library would read).
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckJson {
+    s3: S3Options,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+}
+
+/// The chain's environment: the VM's, when Elixir passed it.
+fn chain_env(env: &Option<BTreeMap<String, String>>) -> &dyn credentials::Env {
+    match env {
+        Some(map) => map,
+        None => &ProcessEnv,
+    }
 }
 
 #[derive(NifMap)]
@@ -72,9 +97,9 @@ fn k8s_s3_check<'a>(
     s3_json: String,
     tag: Term<'a>,
 ) -> Result<rustler::Atom, NifError> {
-    let o: S3Options = sykli_core::pipeline::from_json(s3_json.as_bytes(), "s3 options")?;
+    let o: CheckJson = sykli_core::pipeline::from_json(s3_json.as_bytes(), "s3 options")?;
     answer_later(env, tag, move || {
-        let bucket = Bucket::new(&o, &ProcessEnv)?;
+        let bucket = Bucket::new(&o.s3, chain_env(&o.env))?;
         bucket.check()?;
         Ok(CheckEx {
             credentials: bucket
@@ -104,9 +129,9 @@ fn answer_later<T: Encoder + Send + 'static>(
 
 fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
     let bucket = if o.dry_run {
-        Bucket::offline(&o.s3, &ProcessEnv)?
+        Bucket::offline(&o.s3, chain_env(&o.env))?
     } else {
-        Bucket::new(&o.s3, &ProcessEnv)?
+        Bucket::new(&o.s3, chain_env(&o.env))?
     };
     let local = match &o.bundle_dir {
         Some(dir) => upload::bundle_tree(std::path::Path::new(dir))?,

@@ -1,0 +1,100 @@
+defmodule SykliK8s.Test.SykliRun do
+  @moduledoc """
+  Runs pipelines through sykli's own call path (`SykliK8s.Test.Host`) with this project's
+  modules, for the end-to-end tests: pushed repositories whose `.sykli/config.exs` names
+  the test cluster, tasks as the pipeline JSON has them, and the run's answer with what it
+  wrote on stderr (sykli discards stdout).
+  """
+
+  import ExUnit.Assertions
+  import ExUnit.CaptureIO
+  import SykliK8s.Test.GitRepo
+
+  alias SykliK8s.Test.{Cluster, Host}
+
+  @sync_image "ghcr.io/sykli/sync:test"
+
+  @doc "The sync helper image the test clusters map to the host build of sykli-sync."
+  def sync_image, do: @sync_image
+
+  @doc """
+  A test cluster (with the sync image), a git server and a directory, for a whole test
+  module (`setup_all`): removed when the VM exits.
+  """
+  def start_all! do
+    dir = Path.join(System.tmp_dir!(), "sykli-host-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    {real, 0} = System.cmd("realpath", [dir])
+    tmp = String.trim(real)
+
+    info =
+      Cluster.start!(
+        Path.join(tmp, "cluster"),
+        ["--deny-images", "registry.invalid/*" | Cluster.sync_image_file(@sync_image)]
+      )
+
+    srv = Path.join(tmp, "srv")
+    File.mkdir_p!(srv)
+    %{info: info, srv: srv, git_base: Cluster.git_server!(srv)}
+  end
+
+  @doc """
+  A repository pushed to the git server, with `files` and a `.sykli/config.exs` naming the
+  test cluster, `namespace` and the sync image, plus `config` (more keyword lines).
+  Returns `%{work, sha, tmp, namespace, bare}` (`bare`: the served repository, to push to).
+  """
+  def repo!(ctx, namespace, files \\ %{}, config \\ "") do
+    tmp = tmp_dir!()
+    work = init!(Path.join(tmp, "work"))
+
+    write!(work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, kubeconfig: "#{ctx.info["kubeconfig"]}", namespace: "#{namespace}",
+      sync_image: "#{@sync_image}"#{config}
+    """)
+
+    write!(work, "README.md", "hello from the commit\n")
+    Enum.each(files, fn {path, content} -> write!(work, path, content) end)
+    sha = commit_all!(work, "first")
+    name = "repo-#{System.unique_integer([:positive])}.git"
+    git!(ctx.srv, ["clone", "-q", "--bare", work, name])
+    git!(work, ["remote", "add", "origin", "#{ctx.git_base}/#{name}"])
+    git!(work, ["fetch", "-q", "origin"])
+    git!(work, ["branch", "-q", "-u", "origin/main"])
+    %{work: work, sha: sha, tmp: tmp, namespace: namespace, bare: Path.join(ctx.srv, name)}
+  end
+
+  @doc "A task in any image with the repository mounted at /app (`mount(src, \"/app\")`)."
+  def task(name, command, extra \\ %{}) do
+    Map.merge(
+      %{
+        "name" => name,
+        "container" => "any",
+        "command" => command,
+        "mounts" => [%{"resource" => "src:.", "path" => "/app", "type" => "directory"}]
+      },
+      extra
+    )
+  end
+
+  @doc """
+  Runs `tasks` as sykli would, for the workdir `path`; returns `{answer, stderr}`. `opts`:
+  the harness's (`allow_dirty:`, `timeout:`…) and `version:` (the pipeline's, default "2").
+  """
+  def run(path, tasks, opts \\ []) do
+    parent = self()
+    {version, opts} = Keyword.pop(opts, :version, "2")
+    pipeline = %{"version" => version, "tasks" => tasks}
+
+    stderr =
+      capture_io(:stderr, fn ->
+        send(parent, {:answer, Host.run(path, [pipeline: pipeline] ++ opts)})
+      end)
+
+    assert_received {:answer, answer}
+    {answer, stderr}
+  end
+
+  @doc "The result of task `name`."
+  def result(results, name), do: Enum.find(results, &(&1.name == name)) || flunk("no result for #{name}")
+end
