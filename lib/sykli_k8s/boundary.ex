@@ -53,7 +53,13 @@ defmodule SykliK8s.Boundary do
            flags =
              Map.merge(
                env_flags,
-               compact(%{git_ssh_secret: opts[:git_ssh_secret], git_token_secret: opts[:git_token_secret]})
+               compact(%{
+                 git_ssh_secret: opts[:git_ssh_secret],
+                 git_token_secret: opts[:git_token_secret],
+                 # What a sykli CLI with --git-ref / --source-strategy would pass.
+                 git_ref: opts[:git_ref],
+                 source_strategy: opts[:source_strategy]
+               })
              ),
            {:ok, settings} <- Config.resolve(ctx.root, flags, env),
            {:ok, source} <-
