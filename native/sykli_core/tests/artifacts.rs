@@ -9,14 +9,21 @@ use sykli_core::source::SourcePlan;
 use sykli_testkit::validate::kube_validate;
 
 fn build(task: Value, artifact_pvc: Option<&str>) -> Result<Value, String> {
-    let o: BuildOptions = serde_json::from_value(json!({
+    build_with(task, json!({"artifact_pvc": artifact_pvc}))
+}
+
+/// The Job and the claims its pre-flight checks, with `extra` build options.
+fn build_with(task: Value, extra: Value) -> Result<Value, String> {
+    let mut opts = json!({
         "namespace": "ci",
         "run_id": "r1x2",
-        "artifact_pvc": artifact_pvc,
         "source": {"url": "https://git.example.com/org/repo.git",
                    "sha": "0123456789abcdef0123456789abcdef01234567"}
-    }))
-    .unwrap();
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        opts[k] = v.clone();
+    }
+    let o: BuildOptions = serde_json::from_value(opts).unwrap();
     let p: Pipeline = serde_json::from_value(json!({"version": "2", "tasks": [task],
         "resources": {"src:.": {"type": "directory", "path": "."}}}))
     .unwrap();
@@ -124,25 +131,9 @@ fn a_bad_claim_name_or_a_mount_at_artifacts_is_an_error_naming_it() {
 }
 
 fn build_collecting(task: Value) -> Result<Value, String> {
-    let o: BuildOptions = serde_json::from_value(json!({
-        "namespace": "ci",
-        "run_id": "r1x2",
-        "artifact_pvc": "sykli-artifacts",
-        "collect_outputs": true,
-        "sync_image": "ghcr.io/sykli/sync:test",
-        "source": {"url": "https://git.example.com/org/repo.git",
-                   "sha": "0123456789abcdef0123456789abcdef01234567"}
-    }))
-    .unwrap();
-    let p: Pipeline = serde_json::from_value(json!({"version": "2", "tasks": [task],
-        "resources": {"src:.": {"type": "directory", "path": "."}}}))
-    .unwrap();
-    let plan = SourcePlan::from_options(&o.source).unwrap();
-    let job = build_job(&p.tasks[0], &p.resources, "sykli-t-r1x2", &plan, &o)
-        .map_err(|e| e.to_string())?;
-    let job = serde_json::to_value(job).unwrap();
-    kube_validate(std::slice::from_ref(&job));
-    Ok(job)
+    let extra = json!({"artifact_pvc": "sykli-artifacts", "collect_outputs": true,
+                       "sync_image": "ghcr.io/sykli/sync:test"});
+    build_with(task, extra).map(|built| built["job"].clone())
 }
 
 fn init(job: &Value, name: &str) -> Value {
