@@ -1609,11 +1609,14 @@ fn delete(
                 json_response(200, &mark(f, 0)?)
             } else if res == Res::PersistentVolumeClaim {
                 let _guard = state.volumes.lock();
+                // The volume first: a watcher that sees the claim gone finds no directory.
+                if state.store.get(res, &ns, &name).is_some() {
+                    state.volumes.remove(&ns, &name);
+                }
                 let gone = state
                     .store
                     .delete(res, &ns, &name)
                     .ok_or_else(|| ApiError::not_found(res.qualified(), &name))?;
-                state.volumes.remove(&ns, &name);
                 success(&gone)
             } else {
                 let gone = state

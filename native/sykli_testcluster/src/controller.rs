@@ -930,13 +930,9 @@ impl Controllers {
                 // The claim goes, and its dynamically provisioned volume (reclaim policy
                 // Delete) with it.
                 let _guard = self.cfg.volumes.lock();
-                if self
-                    .store
-                    .delete(Res::PersistentVolumeClaim, ns, name)
-                    .is_some()
-                {
-                    self.cfg.volumes.remove(ns, name);
-                }
+                // The volume first: a watcher that sees the claim gone finds no directory.
+                self.cfg.volumes.remove(ns, name);
+                let _ = self.store.delete(Res::PersistentVolumeClaim, ns, name);
             } else {
                 let _ = self
                     .store
