@@ -471,13 +471,16 @@ mod lfs {
             .log
             .contains("fetching Git LFS content"));
 
-        // Without LFS the task would see pointers: the same check fails.
+        // Without LFS the task would see pointers: the same check fails. The pod runner
+        // uses this machine's git, whose system config may have LFS filters of its own
+        // (Debian's git-lfs package installs them): the clone must not read it here.
         let a = json!({"submodules": "on"});
-        let r = run(
-            &repos,
-            &job(&daemon.url("app.git"), &sha, a, &check),
-            Objects::default(),
-        );
+        let mut without = job(&daemon.url("app.git"), &sha, a, &check);
+        without["spec"]["template"]["spec"]["initContainers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "GIT_CONFIG_NOSYSTEM", "value": "1"}));
+        let r = run(&repos, &without, Objects::default());
         assert!(!r.succeeded(), "pointer files must not pass for content");
         let task_log = &r.container("task").unwrap().log;
         assert!(!task_log.contains("checked-ok"), "{task_log}");
