@@ -31,7 +31,7 @@ k8s="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"
 minor="${k8s#v1.}"
 minor="${minor%%.*}"
 v=k8s.io/component-base/version
-ldflags="-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+ldflags="-s -w -X $v.gitVersion=$k8s -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean -X $v.gitCommit="
 nice -n 10 go build -p 2 -ldflags "$ldflags" -o "$bin.tmp" .
 mv -f "$bin.tmp" "$bin"
 echo "$gover" >"$stamp"

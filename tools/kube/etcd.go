@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
+// kubernetesVersion is k8s.io/kubernetes' version in go.mod.
 const kubernetesVersion = "v1.37.2"
 
 func etcdVersion() string { return etcdversion.Version }
@@ -25,6 +27,9 @@ func etcdMain(args []string) int {
 	noFsync := fs.Bool("unsafe-no-fsync", false, "do not fsync the WAL and the database: faster, for throw-away test clusters only")
 	readyTimeout := fs.Duration("ready-timeout", 60*time.Second, "give up when the member is not ready within this time")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
 	if *dataDir == "" {
