@@ -214,7 +214,7 @@ defmodule SykliK8s.Boundary do
            Target.start_task(pipeline_task, state.engine, resources: resources, attempt: attempt) do
       say("▶ #{name}#{progress(run_opts)} started (Job #{state.namespace}/#{run.job}#{retry_note(attempt)})")
       {result, log} = Target.await_fold(run, new_log(), &on_event(name, &1, &2))
-      finished(result, task, state, run, log_text(log), started, timeout)
+      finished(result, task, pipeline_task, state, run, log_text(log), started, timeout)
     else
       {:error, %Error{} = e} -> failed(task, e, "", started, timeout)
     end
@@ -242,8 +242,9 @@ defmodule SykliK8s.Boundary do
 
   defp on_event(_name, _event, log), do: log
 
-  defp finished({:ok, outcome}, task, state, run, output, started, timeout) do
-    case Target.finish_task(state.engine, pipeline_outputs(task, state), run.job, outcome[:namespace], true) do
+  defp finished({:ok, outcome}, task, pipeline_task, state, run, output, started, timeout) do
+    # The task as its Job was built: its outputs already resolved in the repository.
+    case Target.finish_task(state.engine, pipeline_task, run.job, outcome[:namespace], true) do
       {:ok, _} ->
         record_outputs(task, state, run.job)
         say("✓ #{field(task, :name)} succeeded in #{seconds(started)}")
@@ -260,8 +261,8 @@ defmodule SykliK8s.Boundary do
     end
   end
 
-  defp finished({:error, %Error{} = e}, task, state, run, output, started, timeout) do
-    _ = Target.finish_task(state.engine, pipeline_outputs(task, state), run.job, namespace(e), false)
+  defp finished({:error, %Error{} = e}, task, pipeline_task, state, run, output, started, timeout) do
+    _ = Target.finish_task(state.engine, pipeline_task, run.job, namespace(e), false)
     failed(task, e, output, started, timeout)
   end
 
@@ -393,13 +394,6 @@ defmodule SykliK8s.Boundary do
           {:halt, {:error, %Error{kind: :invalid_task, message: "output #{inspect(path)}: #{why}"}}}
       end
     end)
-  end
-
-  defp pipeline_outputs(task, state) do
-    case outputs(task, state) do
-      {:ok, outputs} -> %{"name" => field(task, :name), "outputs" => outputs}
-      {:error, _} -> %{"name" => field(task, :name)}
-    end
   end
 
   @doc """
