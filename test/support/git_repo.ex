@@ -17,11 +17,23 @@ defmodule SykliK8s.Test.GitRepo do
   A fresh directory outside any repository (ExUnit's `@tag :tmp_dir` would put it inside
   this project's own checkout), removed when the test exits.
   """
-  def tmp_dir! do
-    dir = Path.join(System.tmp_dir!(), "sykli-test-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
+  def tmp_dir!(prefix \\ "sykli-test") do
+    dir = new_dir!(prefix)
     ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(dir) end)
-    # Resolve symlinks (a /tmp that is a link) so paths compare equal to what git reports.
+    dir
+  end
+
+  @doc """
+  A directory that did not exist before, named `prefix-<random>` under the system's temp
+  dir, its symlinks resolved (a /tmp that is a link) so paths compare equal to what git
+  reports. Random, not `System.unique_integer/1`: that restarts with each VM, and a
+  directory a killed earlier run left behind (a cluster's CA, a repository) must never be
+  taken for this run's.
+  """
+  def new_dir!(prefix) do
+    name = "#{prefix}-#{Base.encode32(:crypto.strong_rand_bytes(5), case: :lower)}"
+    dir = Path.join(System.tmp_dir!(), name)
+    :ok = File.mkdir(dir)
     {real, 0} = System.cmd("realpath", [dir])
     String.trim(real)
   end

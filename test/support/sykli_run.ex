@@ -19,13 +19,10 @@ defmodule SykliK8s.Test.SykliRun do
 
   @doc """
   A test cluster (with the sync image), a git server and a directory, for a whole test
-  module (`setup_all`): removed when the VM exits.
+  module (`setup_all`): removed after the module's last test.
   """
   def start_all! do
-    dir = Path.join(System.tmp_dir!(), "sykli-host-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    {real, 0} = System.cmd("realpath", [dir])
-    tmp = String.trim(real)
+    tmp = tmp_dir!("sykli-host")
 
     info =
       Cluster.start!(

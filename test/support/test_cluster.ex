@@ -89,7 +89,7 @@ defmodule SykliK8s.Test.Cluster do
 
     # The CA in memory and no session reuse: clusters of other tests come and go on the
     # same loopback ports, and OTP caches CA files and sessions across requests.
-    cacerts = for {:Certificate, der, _} <- :public_key.pem_decode(File.read!(ca_file!(info))), do: der
+    cacerts = for {:Certificate, der, _} <- :public_key.pem_decode(ca_pem!(info)), do: der
 
     ssl = [
       verify: :verify_peer,
@@ -104,18 +104,14 @@ defmodule SykliK8s.Test.Cluster do
     {status, answer}
   end
 
-  defp ca_file!(info) do
-    file = Path.join(Path.dirname(info["kubeconfig"]), "ca.pem")
+  # Read from the kubeconfig at each request, never cached in a file a later cluster in a
+  # reused directory could find.
+  defp ca_pem!(info) do
+    # The test cluster writes its kubeconfig as JSON (which is YAML too).
+    %{"clusters" => [%{"cluster" => %{"certificate-authority-data" => data}} | _]} =
+      SykliK8s.JSON.decode!(File.read!(info["kubeconfig"]))
 
-    unless File.exists?(file) do
-      # The test cluster writes its kubeconfig as JSON (which is YAML too).
-      %{"clusters" => [%{"cluster" => %{"certificate-authority-data" => data}} | _]} =
-        SykliK8s.JSON.decode!(File.read!(info["kubeconfig"]))
-
-      File.write!(file, Base.decode64!(data))
-    end
-
-    file
+    Base.decode64!(data)
   end
 
   @doc "The names of the Jobs in `namespace` (none when the namespace does not exist)."

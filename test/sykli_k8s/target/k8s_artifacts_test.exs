@@ -149,9 +149,7 @@ defmodule Sykli.Target.K8sArtifactPathTest do
   alias SykliK8s.Target
 
   setup do
-    dir = Path.join(System.tmp_dir!(), "sykli-artifact-path-#{System.unique_integer([:positive])}")
-    File.mkdir_p!(dir)
-    on_exit(fn -> File.rm_rf!(dir) end)
+    dir = SykliK8s.Test.GitRepo.tmp_dir!("sykli-artifact-path")
     kubeconfig = Path.join(dir, "kubeconfig")
 
     # Port 1 on loopback: nothing listens there, so an API call would fail with a
