@@ -83,6 +83,8 @@ defmodule SykliK8s.Boundary do
                    collect_outputs: true
                  ]
              ),
+           # Before the PVC upload or the first task: once, and in one line, not per task.
+           :ok <- Target.ensure_namespace(engine),
            {:ok, engine} <- publish(engine) do
         {:ok,
          %{

@@ -78,6 +78,7 @@ defmodule SykliK8s.Native do
   def k8s_read_secret(_cluster, _namespace, _name, _key), do: fail()
   def k8s_create_volume(_cluster, _namespace, _volume_json), do: fail()
   def k8s_check_jobs(_cluster, _jobs_json, _create_namespace), do: fail()
+  def k8s_ensure_namespace(_cluster, _namespace, _create), do: fail()
   def k8s_source_tree(_path, _excludes, _bundle), do: fail()
   def k8s_upload_source(_cluster, _options_json, _tag), do: fail()
   def k8s_finish_run(_cluster, _options_json, _tag), do: fail()

@@ -124,6 +124,17 @@ defmodule SykliK8s.Target do
   end
 
   @doc """
+  Makes sure the run's namespace exists: created when missing with `create_namespace`
+  (the default), else an error naming it and how to have it created or choose another.
+  """
+  @spec ensure_namespace(map()) :: :ok | {:error, Error.t()}
+  def ensure_namespace(%{cluster: cluster, namespace: ns} = state) when cluster != nil do
+    with {:ok, :ok} <-
+           Error.wrap(Native.k8s_ensure_namespace(cluster, ns, Map.get(state, :create_namespace) == true)),
+         do: :ok
+  end
+
+  @doc """
   On Kubernetes a task's services run as native sidecars inside the task's own Job (see
   `build_job_manifest/4`): nothing starts separately, and they stop with the task.
   """

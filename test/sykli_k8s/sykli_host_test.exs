@@ -7,7 +7,7 @@ defmodule SykliK8s.SykliHostTest do
 
   import ExUnit.CaptureIO
   import SykliK8s.Test.GitRepo
-  import SykliK8s.Test.SykliRun, only: [repo!: 2, repo!: 3, task: 2, task: 3, run: 2, run: 3, result: 2]
+  import SykliK8s.Test.SykliRun, only: [repo!: 2, repo!: 3, repo!: 4, task: 2, task: 3, run: 2, run: 3, result: 2]
   alias Sykli.Executor.TaskResult
   alias SykliK8s.Test.{Cluster, Host, SykliRun}
 
@@ -192,5 +192,23 @@ defmodule SykliK8s.SykliHostTest do
       end)
 
     assert stderr =~ "SYKLI_SOURCE_STRATEGY is \"rsync\""
+  end
+
+  test "an account that may not create the missing namespace gets one line naming it and how to set it, before any Job",
+       ctx do
+    # The test cluster's read-only user may read everything and write nothing.
+    repo = repo!(ctx, "ci-not-allowed", %{}, ", context: \"sykli-test-readonly\"")
+    {answer, stderr} = run(repo.work, [task("t", "echo ok")])
+    assert {:error, reason} = answer
+
+    [line] = stderr |> String.split("\n", trim: true) |> Enum.filter(&(&1 =~ "ci-not-allowed"))
+    assert line =~ ~s(namespace "ci-not-allowed" does not exist and this account may not create it)
+    assert line =~ "kubectl create namespace ci-not-allowed"
+    assert line =~ "SYKLI_K8S_NAMESPACE"
+    # sykli prints "target setup failed" and never the cause: the line above is what the
+    # user reads, and the cause says the same.
+    assert %Sykli.Error{cause: %SykliK8s.Error{kind: :forbidden, message: message}} = reason
+    assert line == "sykli k8s: " <> message
+    assert Cluster.jobs(ctx.info, "ci-not-allowed") == []
   end
 end

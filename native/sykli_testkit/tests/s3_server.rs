@@ -49,7 +49,13 @@ impl Creds {
 
     /// Runs tests/s3_client.py with `args`; returns the JSON it prints.
     fn client(&self, args: &[&str]) -> Value {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_client.py");
+        // The checkout cargo runs this test from (it sets CARGO_MANIFEST_DIR at run time
+        // too): checkouts sharing one target dir share this binary, so the compile-time
+        // value may name another checkout.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+        let script = manifest_dir.join("tests/s3_client.py");
         let out = Command::new(venv_bin("python"))
             .arg("-I")
             .arg(&script)

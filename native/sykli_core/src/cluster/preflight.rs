@@ -173,19 +173,22 @@ pub async fn check_jobs(
     Ok(problems)
 }
 
-/// Checks the namespace and every need; the first problem is an error naming the object,
-/// the key and the fix. Objects we may not read (403) are not held against the run: the
-/// account may be allowed to use what it cannot list.
-pub async fn check(
+/// How a user picks another namespace, for the errors that name one.
+const SET_NAMESPACE: &str =
+    "or run in one that exists (-n, SYKLI_K8S_NAMESPACE, or namespace: in .sykli/config.exs)";
+
+/// Makes sure `namespace` is there (creating it with [`MissingNamespace::Create`]); an
+/// account that may not read namespaces is not held to it. Errors name the namespace and
+/// the two ways out: have it created, or run in another one.
+pub async fn namespace_ready(
     client: &kube::Client,
     namespace: &str,
-    needs: &[Need],
     missing_namespace: MissingNamespace,
 ) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     match retry("reading the namespace", || namespaces.get_opt(namespace)).await {
-        Ok(Some(_)) => {}
-        Ok(None) if missing_namespace == MissingNamespace::Allow => {}
+        Ok(Some(_)) => Ok(()),
+        Ok(None) if missing_namespace == MissingNamespace::Allow => Ok(()),
         Ok(None) if missing_namespace == MissingNamespace::Create => {
             let ns = Namespace {
                 metadata: kube::api::ObjectMeta {
@@ -195,20 +198,41 @@ pub async fn check(
                 ..Default::default()
             };
             match namespaces.create(&PostParams::default(), &ns).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(e) => return Err(api_error(&format!("creating namespace {namespace}"), e)),
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => Err(Error::cluster(
+                    "forbidden",
+                    format!(
+                        "namespace {namespace:?} does not exist and this account may not create it ({}): \
+                         have it created (kubectl create namespace {namespace}) {SET_NAMESPACE}",
+                        s.message
+                    ),
+                )),
+                Err(e) => Err(api_error(&format!("creating namespace {namespace}"), e)),
             }
         }
-        Ok(None) => {
-            return Err(Error::cluster(
-                "not_found",
-                format!("namespace {namespace:?} does not exist: create it (kubectl create namespace {namespace}) or let sykli create it (create_namespace: true)"),
-            ))
-        }
-        Err(Error::Cluster { kind: "forbidden", .. }) => {}
-        Err(e) => return Err(e),
+        Ok(None) => Err(Error::cluster(
+            "not_found",
+            format!(
+                "namespace {namespace:?} does not exist: create it (kubectl create namespace {namespace}), \
+                 let sykli create it (create_namespace: true) {SET_NAMESPACE}"
+            ),
+        )),
+        Err(Error::Cluster { kind: "forbidden", .. }) => Ok(()),
+        Err(e) => Err(e),
     }
+}
+
+/// Checks the namespace and every need; the first problem is an error naming the object,
+/// the key and the fix. Objects we may not read (403) are not held against the run: the
+/// account may be allowed to use what it cannot list.
+pub async fn check(
+    client: &kube::Client,
+    namespace: &str,
+    needs: &[Need],
+    missing_namespace: MissingNamespace,
+) -> Result<()> {
+    namespace_ready(client, namespace, missing_namespace).await?;
     for need in needs {
         let keys: Option<Vec<String>> = match need.kind {
             Kind::Secret => {

@@ -301,6 +301,26 @@ fn k8s_create_volume(
     Ok(atoms::ok())
 }
 
+/// Makes sure the run's namespace exists, creating it when `create`; an error names the
+/// namespace and how to have it created or choose another.
+#[rustler::nif(schedule = "DirtyIo")]
+fn k8s_ensure_namespace(
+    cluster: ResourceArc<ClusterRes>,
+    namespace: String,
+    create: bool,
+) -> Result<rustler::Atom, NifError> {
+    let mode = if create {
+        sykli_core::cluster::preflight::MissingNamespace::Create
+    } else {
+        sykli_core::cluster::preflight::MissingNamespace::Fail
+    };
+    let c = Arc::clone(&cluster.cluster);
+    block_on_call(Duration::from_secs(120), async move {
+        sykli_core::cluster::preflight::namespace_ready(&c.client, &namespace, mode).await
+    })?;
+    Ok(atoms::ok())
+}
+
 /// What would stop these Jobs (a JSON list) from starting: missing namespaces, objects and
 /// keys, one line each. Creates nothing.
 #[rustler::nif(schedule = "DirtyIo")]
