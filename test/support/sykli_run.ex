@@ -13,26 +13,56 @@ defmodule SykliK8s.Test.SykliRun do
   alias SykliK8s.Test.{Cluster, Host}
 
   @sync_image "ghcr.io/sykli/sync:test"
+  @web_image "ghcr.io/sykli/test-web:1"
+
+  # The web image's program: answers every GET with "pong" on the port it is given.
+  @web_server """
+  import http.server, sys
+  class Pong(http.server.BaseHTTPRequestHandler):
+      def do_GET(self):
+          self.send_response(200)
+          self.end_headers()
+          self.wfile.write(b"pong\\n")
+  http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Pong).serve_forever()
+  """
 
   @doc "The sync helper image the test clusters map to the host build of sykli-sync."
   def sync_image, do: @sync_image
 
   @doc """
-  A test cluster (with the sync image), a git server and a directory, for a whole test
-  module (`setup_all`): removed after the module's last test.
+  A service image: its entrypoint (it has no other, as a sykli service has no command)
+  serves "pong" over HTTP on 127.0.0.1 at the `web_port` of `start_all!/0`.
+  """
+  def web_image, do: @web_image
+
+  @doc """
+  A test cluster (with the sync and web images), a git server and a directory, for a whole
+  test module (`setup_all`): removed after the module's last test. `web_port`: where the
+  web image listens (the test cluster's pods share the host's network).
   """
   def start_all! do
     tmp = tmp_dir!("sykli-host")
+    port = free_port()
+    entrypoint = SykliK8s.JSON.encode!(["/usr/bin/python3", "-c", @web_server, Integer.to_string(port)])
 
     info =
       Cluster.start!(
         Path.join(tmp, "cluster"),
-        ["--deny-images", "registry.invalid/*" | Cluster.sync_image_file(@sync_image)]
+        ["--deny-images", "registry.invalid/*", "--image-entrypoint", "#{@web_image}=#{entrypoint}"] ++
+          Cluster.sync_image_file(@sync_image)
       )
 
     srv = Path.join(tmp, "srv")
     File.mkdir_p!(srv)
-    %{info: info, srv: srv, git_base: Cluster.git_server!(srv)}
+    %{info: info, srv: srv, git_base: Cluster.git_server!(srv), web_port: port}
+  end
+
+  # A loopback port nothing listens on now (the kernel's pick, released for the service).
+  defp free_port do
+    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(socket)
+    :ok = :gen_tcp.close(socket)
+    port
   end
 
   @doc """

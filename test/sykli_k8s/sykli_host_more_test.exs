@@ -121,25 +121,32 @@ defmodule SykliK8s.SykliHostMoreTest do
     assert r.status == :unsupported and r.message =~ "not evaluated on Kubernetes"
   end
 
-  test "services become native sidecars of the task's Job", ctx do
-    repo = repo!(ctx, "ci-services", %{}, ", keep_failed: true")
-    services = %{"services" => [%{"image" => "redis:7", "name" => "cache"}]}
-    {answer, _} = run(repo.work, [task("with-db", "echo hi", services)])
-    # The test cluster runs no image's own entrypoint (a service has none but its image's),
-    # so the run fails there; what matters here is the Job sykli's services became.
-    assert {_, [%TaskResult{}]} = answer
-    jobs = Cluster.jobs(ctx.info, "ci-services")
+  test "a service runs beside its task, reached by its name as on sykli's local target, and stops with it",
+       ctx do
+    repo = repo!(ctx, "ci-services")
+    # A sykli service is an image and a name, no command: its image's entrypoint runs.
+    services = %{
+      "services" => [%{"image" => SykliRun.web_image(), "name" => "cache"}],
+      "env" => %{"PORT" => Integer.to_string(ctx.web_port)}
+    }
 
-    for job <- jobs do
-      spec =
-        Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci-services/jobs/#{job}")["spec"]["template"][
-          "spec"
-        ]
+    # The task waits for the service to listen, as a task does for a database.
+    check = """
+    for i in $(seq 1 200); do
+      out=$(python3 -c 'import os, urllib.request; print(urllib.request.urlopen("http://cache:" + os.environ["PORT"] + "/", timeout=1).read().decode().strip())' 2>/dev/null) && break
+      sleep 0.05
+    done
+    echo "the service said: $out"
+    getent hosts cache
+    test "$out" = pong
+    """
 
-      sidecar = Enum.find(spec["initContainers"], &(&1["name"] == "cache"))
-      assert sidecar["image"] == "redis:7"
-      assert sidecar["restartPolicy"] == "Always"
-    end
+    {answer, stderr} = run(repo.work, [task("with-service", check, services)])
+    assert {:ok, [%TaskResult{status: :passed, output: out}]} = answer, stderr
+    assert out =~ "the service said: pong"
+
+    # The name is an alias of the pod's loopback (hostAliases), shared with the sidecar.
+    assert out =~ ~r/^127\.0\.0\.1\s+cache$/m
   end
 
   test "SYKLI_GIT_REF builds a ref of the remote; a dirty tree does not matter then", ctx do

@@ -7,7 +7,10 @@ defmodule SykliK8s.SykliHostTest do
 
   import ExUnit.CaptureIO
   import SykliK8s.Test.GitRepo
-  import SykliK8s.Test.SykliRun, only: [repo!: 2, repo!: 3, repo!: 4, task: 2, task: 3, run: 2, run: 3, result: 2]
+
+  import SykliK8s.Test.SykliRun,
+    only: [repo!: 2, repo!: 3, repo!: 4, task: 2, task: 3, run: 2, run: 3, result: 2]
+
   alias Sykli.Executor.TaskResult
   alias SykliK8s.Test.{Cluster, Host, SykliRun}
 

@@ -229,6 +229,11 @@ fn every_k8s_option_lands_where_kubernetes_expects_it() {
         .map(|c| (c["name"].as_str().unwrap(), c["image"].as_str().unwrap()))
         .collect();
     assert_eq!(sidecars, [("db", "postgres:16"), ("db-2", "redis:7")]);
+    // Reached by name, as on sykli's local target: "DB" is no hostname, its container's is.
+    assert_eq!(
+        spec["hostAliases"],
+        json!([{"ip": "127.0.0.1", "hostnames": ["db", "db-2"]}])
+    );
     let vols = spec["volumes"].as_array().unwrap();
     assert!(vols.contains(&json!({"name": "cfg", "configMap": {"name": "app-config"}})));
     assert!(vols.contains(
@@ -251,6 +256,7 @@ fn the_flat_k8s_form_and_shorthands() {
     );
     // No source mount: no clone, no service account token.
     assert!(j["spec"]["template"]["spec"]["initContainers"].is_null());
+    assert!(j["spec"]["template"]["spec"]["hostAliases"].is_null());
     assert_eq!(
         j["spec"]["template"]["spec"]["automountServiceAccountToken"],
         false

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sykli_testkit::pod_runner::ImageFile;
+use sykli_testkit::pod_runner::{ImageEntrypoint, ImageFile};
 use sykli_testkit::Shell;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -50,6 +50,8 @@ pub struct ClusterOptions {
     /// Files that images stand for: a container whose image is `image` sees `host_path`
     /// read-only at `container_path`, in its pod and in exec sandboxes.
     pub image_files: Vec<ImageFile>,
+    /// Images' entrypoints: what a container of the image that sets no `command` runs.
+    pub image_entrypoints: Vec<ImageEntrypoint>,
     /// Glob patterns of images that fail to pull.
     pub deny_images: Vec<String>,
     /// Watch history kept per resource type (events).
@@ -80,6 +82,7 @@ impl ClusterOptions {
             node_labels: BTreeMap::new(),
             per_node_labels: BTreeMap::new(),
             image_files: Vec::new(),
+            image_entrypoints: Vec::new(),
             deny_images: Vec::new(),
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(60),
@@ -413,6 +416,7 @@ async fn serve(
                     retry_interval: opts.retry_interval,
                     image_backoff: opts.image_backoff,
                     image_files: opts.image_files.clone(),
+                    image_entrypoints: opts.image_entrypoints.clone(),
                     volumes: Arc::clone(&volumes),
                 },
             )

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
-use sykli_testkit::pod_runner::{exec_sandbox, ExecSandbox, ImageFile};
+use sykli_testkit::pod_runner::{exec_sandbox, ExecSandbox, ImageEntrypoint, ImageFile};
 use sykli_testkit::{run_pod, ContainerKind, PodPhase, PodResult, RunOptions, RunnerError, Shell};
 use tokio::sync::{mpsc, Notify};
 
@@ -38,6 +38,8 @@ pub struct KubeletConfig {
     pub image_backoff: Duration,
     /// Host files containers see because of their image.
     pub image_files: Vec<ImageFile>,
+    /// Images' entrypoints, for containers that set no command.
+    pub image_entrypoints: Vec<ImageEntrypoint>,
     /// The claims' directories and the volumes' attachments.
     pub volumes: Arc<Volumes>,
 }
@@ -442,6 +444,7 @@ impl Kubelet {
         opts.config_maps = fixtures.config_maps;
         opts.pvcs = fixtures.pvcs;
         opts.image_files = self.cfg.image_files.clone();
+        opts.image_entrypoints = self.cfg.image_entrypoints.clone();
         if cancel.is_cancelled() {
             return;
         }

@@ -25,6 +25,6 @@ pub mod volumes;
 pub use cluster::{ClusterInfo, ClusterOptions, TestCluster, CONTEXT, NODE_NAME, READONLY_CONTEXT};
 pub use faults::{Faults, RequestRecord};
 pub use resources::Res;
-pub use sykli_testkit::pod_runner::ImageFile;
+pub use sykli_testkit::pod_runner::{ImageEntrypoint, ImageFile};
 pub use sykli_testkit::Shell;
 pub use validation::FieldValidation;

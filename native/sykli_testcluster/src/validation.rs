@@ -1819,6 +1819,24 @@ pub fn validate_pod_spec(spec: &Value, path: &str, errs: &mut Errs) {
     if let Some(h) = s(spec, "subdomain").filter(|s| !s.is_empty()) {
         validate_dns_label(h, &format!("{path}.subdomain"), errs);
     }
+    // As the apiserver: each alias an IP address, each of its hostnames a DNS-1123 subdomain.
+    for (i, alias) in arr(spec, "hostAliases").iter().enumerate() {
+        let at = format!("{path}.hostAliases[{i}]");
+        let ip = s(alias, "ip").unwrap_or("");
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            errs.push(FieldError::invalid(
+                format!("{at}.ip"),
+                ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+        for (j, h) in arr(alias, "hostnames").iter().enumerate() {
+            let h = h.as_str().unwrap_or("");
+            for m in dns1123_subdomain_errors(h) {
+                errs.push(FieldError::invalid(format!("{at}.hostnames[{j}]"), h, &m));
+            }
+        }
+    }
     validate_tolerations(
         arr(spec, "tolerations"),
         &format!("{path}.tolerations"),
@@ -2070,6 +2088,25 @@ pub fn validate_create(res: Res, object: &Value) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_aliases_need_an_ip_and_subdomain_hostnames() {
+        let spec = json!({"hostAliases": [
+            {"ip": "127.0.0.1", "hostnames": ["cache", "db.internal"]},
+            {"ip": "localhost", "hostnames": ["My DB"]}
+        ]});
+        let mut errs = Vec::new();
+        validate_pod_spec(&spec, "spec", &mut errs);
+        let fields: Vec<&str> = errs
+            .iter()
+            .map(|e| e.field.as_str())
+            .filter(|f| f.contains("hostAliases"))
+            .collect();
+        assert_eq!(
+            fields,
+            ["spec.hostAliases[1].ip", "spec.hostAliases[1].hostnames[0]"]
+        );
+    }
 
     #[test]
     fn label_messages_match_apimachinery() {

@@ -198,6 +198,7 @@ fn rejects_bad_node_and_image_file_flags() {
         &["--nodes", "N_1"][..],
         &["--nodes", "n1", "--node-labels", "n9:pool=x"][..],
         &["--image-file", "img-without-paths"][..],
+        &["--image-entrypoint", "img=not-json"][..],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_sykli-test-cluster"))
             .args(["--dir", "/tmp/sykli-test-cluster-bad-flags"])

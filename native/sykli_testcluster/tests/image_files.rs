@@ -132,3 +132,24 @@ fn image_files_are_checked_when_the_cluster_starts() {
     assert_eq!(f.host_path, std::path::Path::new("/host/x"));
     assert_eq!(f.container_path, std::path::Path::new("/in/x"));
 }
+
+#[test]
+fn image_entrypoints_parse_from_a_json_array_and_refuse_anything_else() {
+    let e = sykli_testcluster::ImageEntrypoint::parse(
+        r#"registry:5000/web:1=["/usr/bin/python3","-c","print(1)"]"#,
+    )
+    .unwrap();
+    assert_eq!(e.image, "registry:5000/web:1");
+    assert_eq!(e.command, ["/usr/bin/python3", "-c", "print(1)"]);
+    for bad in [
+        "web:1",
+        "web:1=/usr/bin/python3",
+        "web:1=[]",
+        r#"web:1=[""]"#,
+        r#"=["x"]"#,
+        r#"web:1=[1]"#,
+    ] {
+        let err = sykli_testcluster::ImageEntrypoint::parse(bad).unwrap_err();
+        assert!(err.contains("JSON array"), "{bad}: {err}");
+    }
+}

@@ -83,6 +83,8 @@ pub struct RunOptions {
     /// Host files (or directories) a container sees read-only because of its image: what stands
     /// in for an image's own content (a helper binary built on the host, say).
     pub image_files: Vec<ImageFile>,
+    /// What a container of an image runs when it sets no `command`: the image's entrypoint.
+    pub image_entrypoints: Vec<ImageEntrypoint>,
     pub shell: Shell,
     /// Overall deadline. None: the Job's (or pod's) `activeDeadlineSeconds`, else
     /// [`DEFAULT_TIMEOUT`].
@@ -101,6 +103,7 @@ impl fmt::Debug for RunOptions {
             .field("config_maps", &self.config_maps.keys().collect::<Vec<_>>())
             .field("pvcs", &self.pvcs)
             .field("image_files", &self.image_files)
+            .field("image_entrypoints", &self.image_entrypoints)
             .field("shell", &self.shell)
             .field("timeout", &self.timeout)
             .field("on_log", &self.on_log.as_ref().map(|_| "<fn>"))
@@ -168,6 +171,20 @@ impl RunOptions {
         self
     }
 
+    /// A container of `image` that sets no `command` runs `command` (then its own `args`),
+    /// as a runtime runs an image's ENTRYPOINT.
+    pub fn image_entrypoint(
+        mut self,
+        image: impl Into<String>,
+        command: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.image_entrypoints.push(ImageEntrypoint {
+            image: image.into(),
+            command: command.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     pub fn shell(mut self, shell: Shell) -> Self {
         self.shell = shell;
         self
@@ -223,6 +240,30 @@ impl ImageFile {
             image: image.to_string(),
             host_path: PathBuf::from(host),
             container_path: PathBuf::from(container),
+        })
+    }
+}
+
+/// An image's entrypoint: what a container of `image` without a `command` runs (its `args`
+/// follow), standing in for the ENTRYPOINT of an image the runner never pulls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageEntrypoint {
+    pub image: String,
+    pub command: Vec<String>,
+}
+
+impl ImageEntrypoint {
+    /// Parses `IMAGE=["program","arg",…]` (a JSON array of strings, not empty).
+    pub fn parse(spec: &str) -> Result<ImageEntrypoint, String> {
+        let usage = || format!("{spec:?} is not IMAGE=[\"program\",\"arg\",…] (a JSON array)");
+        let (image, json) = spec.split_once('=').ok_or_else(usage)?;
+        let command: Vec<String> = serde_json::from_str(json).map_err(|_| usage())?;
+        if image.is_empty() || command.is_empty() || command[0].is_empty() {
+            return Err(usage());
+        }
+        Ok(ImageEntrypoint {
+            image: image.to_string(),
+            command,
         })
     }
 }

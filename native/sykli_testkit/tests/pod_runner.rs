@@ -803,6 +803,35 @@ fn log_lines_are_delivered_live() {
 }
 
 #[test]
+fn an_image_entrypoint_runs_when_the_container_sets_no_command_and_host_aliases_resolve() {
+    let dir = TempDir::new().expect("tempdir");
+    let opts = opts(&dir).image_entrypoint("entry:1", ["sh", "-c", "echo entry:$0"]);
+    let r = run(
+        json!({"hostname": "web-0",
+        "hostAliases": [{"ip": "127.0.0.1", "hostnames": ["cache", "db"]}],
+        "containers": [
+            {"name": "svc", "image": "entry:1", "args": ["given-args"]},
+            // The image's entrypoint is only a default: a command wins.
+            {"name": "own", "image": "entry:1", "command": ["echo", "own"]},
+            sh("hosts", "getent hosts cache; getent hosts db; getent hosts web-0; grep -c . /etc/hosts")
+        ]}),
+        &opts,
+    );
+    assert_eq!(r.phase, PodPhase::Succeeded, "{r:#?}");
+    assert_eq!(completed(&r, "svc"), "entry:given-args\n");
+    assert_eq!(completed(&r, "own"), "own\n");
+    let hosts: Vec<Vec<String>> = completed(&r, "hosts")
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(hosts[0], ["127.0.0.1", "cache", "db"]);
+    assert_eq!(hosts[1], ["127.0.0.1", "cache", "db"]);
+    assert_eq!(hosts[2][1], "web-0");
+    // The kubelet's file (header, loopback, the hostname, the alias), not the host's.
+    assert_eq!(hosts[3], ["6"]);
+}
+
+#[test]
 fn config_errors_without_a_command_or_with_run_as_non_root() {
     let dir = TempDir::new().expect("tempdir");
     let r = run(
@@ -818,7 +847,7 @@ fn config_errors_without_a_command_or_with_run_as_non_root() {
     );
     assert_eq!(r.phase, PodPhase::Failed);
     for (name, needle) in [
-        ("no-command", "entrypoint is unknown"),
+        ("no-command", "no entrypoint the pod runner knows"),
         ("root", "runAsNonRoot and the container would run as root"),
         (
             "explicit-root",

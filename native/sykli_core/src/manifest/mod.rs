@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
-    HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements,
-    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
+    HostAlias, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, PreferredSchedulingTerm,
+    ResourceRequirements, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -388,6 +388,9 @@ pub fn build_job(
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Services are reached by name, as on sykli's local target (a network alias there): the
+    // sidecars share the pod's network, so each name is an alias of loopback.
+    let mut service_hosts: Vec<String> = Vec::new();
     for s in &task.services {
         let mut name = names::slug(&s.name, 50);
         if name.is_empty() {
@@ -401,6 +404,11 @@ pub fn build_job(
         }
         if let Err(why) = git_clone::check_image(&s.image) {
             p.push(format!("service {:?}: image {:?} {why}", s.name, s.image));
+        }
+        for host in [s.name.as_str(), name.as_str()] {
+            if names::is_dns_subdomain(host) && !service_hosts.iter().any(|h| h == host) {
+                service_hosts.push(host.to_string());
+            }
         }
         // A native sidecar: started before the task, stopped after it, never blocking the Job.
         init_containers.push(Container {
@@ -455,6 +463,12 @@ pub fn build_job(
         // A build has no business with the API unless its task asks for an account.
         automount_service_account_token: Some(k8s.service_account.is_some()),
         host_network: k8s.host_network,
+        host_aliases: (!service_hosts.is_empty()).then(|| {
+            vec![HostAlias {
+                ip: "127.0.0.1".into(),
+                hostnames: Some(service_hosts),
+            }]
+        }),
         dns_policy,
         enable_service_links: Some(false),
         security_context: pod_security,

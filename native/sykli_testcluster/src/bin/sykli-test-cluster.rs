@@ -3,6 +3,7 @@
 //! ```text
 //! sykli-test-cluster --dir DIR [--shell host|busybox] [--nodes NAME,...]
 //!                    [--node-labels [NODE:]k=v,...] [--image-file IMAGE=HOSTPATH:CONTAINERPATH]...
+//!                    [--image-entrypoint IMAGE=JSON-ARRAY]...
 //!                    [--deny-images pattern,...] [--seed N] [--history-limit N]
 //!                    [--bookmark-interval-ms N] [--backoff-base-ms N]
 //!                    [--field-validation Strict|Warn|Ignore]
@@ -11,6 +12,9 @@
 //! `--nodes` names the nodes (default: one, `sykli-node`). `--node-labels` labels every node,
 //! or with `NODE:` one of them. `--image-file` (repeatable) makes every container whose image is
 //! exactly IMAGE see HOSTPATH read-only at CONTAINERPATH, in its pod and in exec sandboxes.
+//! `--image-entrypoint` (repeatable) gives IMAGE an entrypoint, a JSON array of strings such
+//! as `["/usr/bin/python3","-m","http.server"]`: what its containers that set no `command`
+//! run (their `args` follow), as a runtime runs an image's ENTRYPOINT.
 //!
 //! Prints one line of JSON once it serves — `{"url", "kubeconfig", "admin_token",
 //! "readonly_token", "pid"}` — and runs until its stdin is closed or it gets SIGTERM/SIGINT;
@@ -20,9 +24,11 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sykli_testcluster::{ClusterOptions, FieldValidation, ImageFile, Shell, TestCluster};
+use sykli_testcluster::{
+    ClusterOptions, FieldValidation, ImageEntrypoint, ImageFile, Shell, TestCluster,
+};
 
-const USAGE: &str = "usage: sykli-test-cluster --dir DIR [--shell host|busybox] [--nodes NAME,...] [--node-labels [NODE:]k=v,...] [--image-file IMAGE=HOSTPATH:CONTAINERPATH]... [--deny-images pattern,...] [--seed N] [--history-limit N] [--bookmark-interval-ms N] [--backoff-base-ms N] [--field-validation Strict|Warn|Ignore]";
+const USAGE: &str = "usage: sykli-test-cluster --dir DIR [--shell host|busybox] [--nodes NAME,...] [--node-labels [NODE:]k=v,...] [--image-file IMAGE=HOSTPATH:CONTAINERPATH]... [--image-entrypoint IMAGE=JSON-ARRAY]... [--deny-images pattern,...] [--seed N] [--history-limit N] [--bookmark-interval-ms N] [--backoff-base-ms N] [--field-validation Strict|Warn|Ignore]";
 
 fn parse(args: &[String]) -> Result<ClusterOptions, String> {
     let mut opts: Option<ClusterOptions> = None;
@@ -97,6 +103,11 @@ fn parse(args: &[String]) -> Result<ClusterOptions, String> {
             "--image-file" => {
                 opts.image_files
                     .push(ImageFile::parse(&v).map_err(|e| format!("--image-file: {e}"))?);
+            }
+            "--image-entrypoint" => {
+                opts.image_entrypoints.push(
+                    ImageEntrypoint::parse(&v).map_err(|e| format!("--image-entrypoint: {e}"))?,
+                );
             }
             "--deny-images" => {
                 opts.deny_images

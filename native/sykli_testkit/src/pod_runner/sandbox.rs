@@ -169,11 +169,17 @@ pub(crate) fn plan(
         }
         (None, Some(c)) if !c.is_empty() => c,
         (None, _) => {
-            return Ok(Err(format!(
-                "container {:?} has no command: the pod runner ignores images, so the image's \
-                 entrypoint is unknown to it (set command)",
-                container.name
-            )))
+            let image = container.image.as_deref().unwrap_or("");
+            match ctx.opts.image_entrypoints.iter().find(|e| e.image == image) {
+                Some(e) => &e.command,
+                None => {
+                    return Ok(Err(format!(
+                        "container {:?} has no command and image {image:?} no entrypoint the \
+                         pod runner knows (set command, or give the runner the image's)",
+                        container.name
+                    )))
+                }
+            }
         }
     };
 
@@ -311,6 +317,20 @@ pub(crate) fn plan(
         mounts.push(Op::Bind {
             src: f.host_path.clone(),
             dst: f.container_path.clone(),
+            ro: true,
+            dev: false,
+        });
+    }
+
+    // The pod's /etc/hosts, as the kubelet manages it, unless the container mounts its own.
+    if !container
+        .volume_mounts
+        .iter()
+        .any(|m| Path::new(&m.mount_path) == Path::new("/etc/hosts"))
+    {
+        mounts.push(Op::Bind {
+            src: pod_hosts_file(ctx)?,
+            dst: PathBuf::from("/etc/hosts"),
             ro: true,
             dev: false,
         });
@@ -739,6 +759,36 @@ fn resolve_sub_path(
 /// inside /usr or /etc at a path the host does not have, the directories above it are rebuilt
 /// entry by entry on the sandbox root so that bwrap can create the mount point (a container's
 /// image layers would be writable there).
+/// The pod's hosts file (written once per pod, under its work dir), as the kubelet writes
+/// it: the loopback names, the pod's hostname, then the spec's `hostAliases`. The sandbox
+/// shares the host's network, so the pod's own address is loopback; with `hostNetwork` the
+/// host's file comes first instead, as on a node.
+fn pod_hosts_file(ctx: &PodContext<'_>) -> Result<PathBuf, RunnerError> {
+    let path = ctx.work_dir.join("etc-hosts");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut text = if ctx.spec.host_network == Some(true) {
+        let host = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        format!("# Kubernetes-managed hosts file (host network).\n{host}")
+    } else {
+        format!(
+            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+             127.0.0.1\t{}\n",
+            ctx.hostname
+        )
+    };
+    if !ctx.spec.host_aliases.is_empty() {
+        text.push_str("\n# Entries added by HostAliases.\n");
+        for a in &ctx.spec.host_aliases {
+            text.push_str(&format!("{}\t{}\n", a.ip, a.hostnames.join("\t")));
+        }
+    }
+    fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+    chmod(&path, 0o644)?;
+    Ok(path)
+}
+
 fn host_root_ops(targets: &[&Path]) -> Result<Vec<Op>, RunnerError> {
     let mut explode: BTreeSet<PathBuf> = BTreeSet::new();
     for t in targets {

@@ -45,8 +45,20 @@ pub(crate) struct PodSpec {
     pub active_deadline_seconds: Option<i64>,
     pub termination_grace_period_seconds: Option<i64>,
     pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub host_aliases: Vec<HostAlias>,
+    pub host_network: Option<bool>,
     pub service_account_name: Option<String>,
     pub node_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HostAlias {
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub hostnames: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
