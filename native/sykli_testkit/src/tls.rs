@@ -29,7 +29,7 @@ pub enum Chain {
     LeafAndCa,
 }
 
-/// A new CA (common name `ca_name`) and a server certificate (common name `server_name`,
+/// A new CA (common name `ca_name` and a tag of its key) and a server certificate (common name `server_name`,
 /// IP `127.0.0.1`, DNS `localhost`, server authentication) it signs, as a server
 /// configuration presenting `chain` and offering `alpn`.
 pub fn generate(
@@ -41,9 +41,15 @@ pub fn generate(
     let err = io::Error::other::<rcgen::Error>;
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    // Unique per CA (from its own key): a bundle of several test CAs must not hold two
+    // issuers of one name, or a verifier may try the wrong one and fail.
+    let tag: String = ca_key.public_key_raw()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, ca_name);
+        .push(DnType::CommonName, format!("{ca_name} {tag}"));
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

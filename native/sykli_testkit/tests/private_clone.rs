@@ -299,15 +299,42 @@ mod https {
 
     const TOKEN: &str = "ghp-s3cret-token-9f8e7d";
 
+    /// HTTPS requiring `ci-bot` and the token; its CA is in the `corp-ca` ConfigMap.
     fn server(repos: &Repos) -> SmartHttp {
         SmartHttp::start(
             &repos.root,
             ServerOptions {
                 basic_auth: Some(("ci-bot".into(), TOKEN.into())),
+                tls: true,
                 ..ServerOptions::default()
             },
         )
         .unwrap()
+    }
+
+    /// A server of someone else's (another port of the same host, https with a CA the
+    /// clone trusts, or plain http): it answers 401 to everything and records whether
+    /// an Authorization header came.
+    fn hostile(repos: &Repos, tls: bool) -> SmartHttp {
+        SmartHttp::start(
+            &repos.root,
+            ServerOptions {
+                basic_auth: Some(("someone".into(), "else".into())),
+                tls,
+                ..ServerOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn with_ca(mut access: Value) -> Value {
+        access["ca_bundle"] = json!({"kind": "config_map", "name": "corp-ca"});
+        access
+    }
+
+    fn ca_objects(servers: &[&SmartHttp]) -> Objects {
+        let bundle: String = servers.iter().filter_map(|s| s.ca_pem()).collect();
+        Objects::default().config_map("corp-ca", &[("ca.crt", bundle.as_bytes())])
     }
 
     #[test]
@@ -315,14 +342,14 @@ mod https {
         let repos = Repos::new();
         let (_, sha) = repos.publish("app", &[("Cargo.toml", b"[package]\n")]);
         let http = server(&repos);
-        let a = json!({"token": {"secret": "git-token", "username_key": "username"}});
+        let a = with_ca(json!({"token": {"secret": "git-token", "username_key": "username"}}));
         let j = job(
             &http.url("app.git"),
             &sha,
             a,
             "test -f Cargo.toml; test ! -e /sykli;",
         );
-        let objects = Objects::default().secret(
+        let objects = ca_objects(&[&http]).secret(
             "git-token",
             &[("token", TOKEN.as_bytes()), ("username", b"ci-bot")],
         );
@@ -331,12 +358,12 @@ mod https {
         assert_secret_nowhere(&j, &r, TOKEN);
 
         // The wrong token: refused, said so, nothing leaked either.
-        let a = json!({"token": {"secret": "git-token", "username": "ci-bot"}});
+        let a = with_ca(json!({"token": {"secret": "git-token", "username": "ci-bot"}}));
         let j = job(&http.url("app.git"), &sha, a, "");
         let r = run(
             &repos,
             &j,
-            Objects::default().secret("git-token", &[("token", b"wrong")]),
+            ca_objects(&[&http]).secret("git-token", &[("token", b"wrong")]),
         );
         assert!(!r.succeeded());
         assert!(clone_message(&r).contains("refused access"), "{}", logs(&r));
@@ -347,14 +374,199 @@ mod https {
         let repos = Repos::new();
         let (_, sha) = repos.publish("app", &[("Cargo.toml", b"[package]\n")]);
         let http = server(&repos);
-        let line = format!("http://ci-bot:{TOKEN}@127.0.0.1:{}\n", http.port());
-        let a = json!({"credentials": {"secret": "git-creds"}});
+        let line = format!("https://ci-bot:{TOKEN}@127.0.0.1:{}\n", http.port());
+        let a = with_ca(json!({"credentials": {"secret": "git-creds"}}));
         let j = job(&http.url("app.git"), &sha, a, "test -f Cargo.toml;");
         let objects =
-            Objects::default().secret("git-creds", &[(".git-credentials", line.as_bytes())]);
+            ca_objects(&[&http]).secret("git-creds", &[(".git-credentials", line.as_bytes())]);
         let r = run(&repos, &j, objects);
         assert_ok(&r);
         assert_secret_nowhere(&j, &r, TOKEN);
+    }
+
+    #[test]
+    fn credentials_over_plain_http_are_refused_before_any_job() {
+        for (access, key) in [
+            (json!({"token": {"secret": "t"}}), "git_token_secret"),
+            (
+                json!({"credentials": {"secret": "c"}}),
+                "git_credentials_secret",
+            ),
+        ] {
+            let opts: BuildOptions = serde_json::from_value(json!({
+                "source": {"url": "http://git.example.com/app.git", "sha": "a".repeat(40),
+                           "clone": {"access": access}}
+            }))
+            .unwrap();
+            let e = SourcePlan::from_options(&opts.source)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("clear text"), "{e}");
+        }
+    }
+
+    /// A repository whose submodule lives on `sub_url`, and one whose `.lfsconfig` sends
+    /// its LFS objects to `lfs_url`: both hosts the repository's author chose.
+    /// `tag` keeps the names apart between calls.
+    fn hostile_repos(repos: &Repos, tag: &str, sub_url: &str, lfs_url: &str) -> (String, String) {
+        let (_, sub_sha) = repos.publish(&format!("sub-{tag}"), &[("s.txt", b"s\n")]);
+        let (subs, _) = repos.publish(&format!("subs-{tag}"), &[("README.md", b"subs\n")]);
+        write(
+            &subs,
+            ".gitmodules",
+            format!("[submodule \"evil\"]\n\tpath = evil\n\turl = {sub_url}\n").as_bytes(),
+        );
+        git_in(
+            &subs,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sub_sha},evil"),
+            ],
+        );
+        // Committed as staged (`add -A` would drop the gitlink: nothing is checked out there).
+        git_in(&subs, &["add", ".gitmodules"]);
+        git_in(&subs, &["commit", "-q", "-m", "a submodule elsewhere"]);
+        git_in(&subs, &["push", "-q", "origin", "main"]);
+        let subs_sha = git_in(&subs, &["rev-parse", "HEAD"]);
+
+        let oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393";
+        let (lfs, _) = repos.publish(&format!("lfs-{tag}"), &[("README.md", b"lfs\n")]);
+        write(
+            &lfs,
+            ".gitattributes",
+            b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+        );
+        write(
+            &lfs,
+            ".lfsconfig",
+            format!("[lfs]\n\turl = {lfs_url}\n").as_bytes(),
+        );
+        // A pointer committed as is (no LFS filter here): the clone must fetch its object.
+        let pointer =
+            format!("version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12\n");
+        write(&lfs, "data.bin", pointer.as_bytes());
+        git_in(
+            &lfs,
+            &[
+                "-c",
+                "filter.lfs.clean=cat",
+                "-c",
+                "filter.lfs.required=false",
+                "add",
+                "-A",
+            ],
+        );
+        let lfs_sha = repos.push(&lfs);
+        (subs_sha, lfs_sha)
+    }
+
+    #[test]
+    fn submodule_and_lfs_hosts_of_the_repositorys_choosing_get_no_credential() {
+        let repos = Repos::new();
+        let origin = server(&repos);
+        let https_other = hostile(&repos, true);
+        let http_other = hostile(&repos, false);
+        let sshd = GitSshd::start(&repos.root).unwrap();
+        let key = std::fs::read(sshd.client_key()).unwrap();
+        let creds = format!("https://ci-bot:{TOKEN}@127.0.0.1:{}\n", origin.port());
+
+        for (tag, other) in [("https", &https_other), ("http", &http_other)] {
+            let (subs_sha, lfs_sha) = hostile_repos(
+                &repos,
+                tag,
+                &other.url(&format!("sub-{tag}.git")),
+                &other.url(&format!("lfs-{tag}.git/info/lfs")),
+            );
+            let setups: Vec<(&str, String, Value, Objects)> = vec![
+                (
+                    "token",
+                    origin.url(""),
+                    with_ca(json!({"token": {"secret": "git-token", "username": "ci-bot"}})),
+                    ca_objects(&[&origin, &https_other])
+                        .secret("git-token", &[("token", TOKEN.as_bytes())]),
+                ),
+                (
+                    "git-credentials",
+                    origin.url(""),
+                    with_ca(json!({"credentials": {"secret": "git-creds"}})),
+                    ca_objects(&[&origin, &https_other])
+                        .secret("git-creds", &[(".git-credentials", creds.as_bytes())]),
+                ),
+                (
+                    "ssh",
+                    sshd.url(""),
+                    with_ca(json!({"ssh": {"secret": "deploy-key",
+                        "known_hosts": {"kind": "config_map", "name": "ssh-hosts"}}})),
+                    ca_objects(&[&origin, &https_other])
+                        .secret("deploy-key", &[("ssh-privatekey", &key)])
+                        .config_map(
+                            "ssh-hosts",
+                            &[(
+                                "known_hosts",
+                                format!("{}\n", sshd.known_hosts_line()).as_bytes(),
+                            )],
+                        ),
+                ),
+            ];
+            for (setup, base, access, objects) in setups {
+                let base = base.trim_end_matches('/').to_string();
+                let mut a = access.clone();
+                a["submodules"] = json!("on");
+                let r = run(
+                    &repos,
+                    &job(&format!("{base}/subs-{tag}.git"), &subs_sha, a, ""),
+                    objects,
+                );
+                assert!(!r.succeeded(), "{setup}: the submodule cannot be fetched");
+                assert!(
+                    clone_message(&r).contains("could not fetch the submodules"),
+                    "{setup}: {}",
+                    logs(&r)
+                );
+                let mut a = access;
+                a["lfs"] = json!(true);
+                let objects = match setup {
+                    "token" => ca_objects(&[&origin, &https_other])
+                        .secret("git-token", &[("token", TOKEN.as_bytes())]),
+                    "git-credentials" => ca_objects(&[&origin, &https_other])
+                        .secret("git-creds", &[(".git-credentials", creds.as_bytes())]),
+                    _ => ca_objects(&[&origin, &https_other])
+                        .secret("deploy-key", &[("ssh-privatekey", &key)])
+                        .config_map(
+                            "ssh-hosts",
+                            &[(
+                                "known_hosts",
+                                format!("{}\n", sshd.known_hosts_line()).as_bytes(),
+                            )],
+                        ),
+                };
+                let r = run(
+                    &repos,
+                    &job(&format!("{base}/lfs-{tag}.git"), &lfs_sha, a, ""),
+                    objects,
+                );
+                assert!(!r.succeeded(), "{setup}: the LFS object cannot be fetched");
+                assert!(
+                    clone_message(&r).contains("could not fetch the Git LFS content"),
+                    "{setup}: {}",
+                    logs(&r)
+                );
+            }
+            let seen = other.requests();
+            assert!(
+                seen.iter().any(|q| q.path.contains("sub-"))
+                    && seen.iter().any(|q| q.path.contains("info/lfs")),
+                "the other host was asked for the submodule and the LFS object: {seen:?}"
+            );
+            assert!(
+                seen.iter().all(|q| !q.authorization_present),
+                "a credential reached a host the repository chose: {seen:?}"
+            );
+        }
+        // The origin itself did get them (the clone worked up to the other host).
+        assert!(origin.requests().iter().any(|q| q.authorization_present));
     }
 }
 

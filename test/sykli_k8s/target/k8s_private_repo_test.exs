@@ -78,13 +78,24 @@ defmodule SykliK8s.TargetPrivateRepoTest do
   defp job!(ctx, name), do: Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}")
 
   test "an HTTPS token clones; it is in none of the manifest, the Job, the logs", ctx do
-    url =
-      Cluster.program!("sykli-git-server", ["--root", ctx.srv, "--basic-auth", "ci-bot:" <> @token])[
-        "url_base"
-      ]
+    # HTTPS: a token never travels over plain http.
+    server =
+      Cluster.program!("sykli-git-server", ["--root", ctx.srv, "--tls", "--basic-auth", "ci-bot:" <> @token])
+
+    url = server["url_base"]
+    assert String.starts_with?(url, "https://")
+
+    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/configmaps", %{
+      metadata: %{name: "corp-ca"},
+      data: %{"ca.crt" => File.read!(server["ca_file"])}
+    })
 
     remote!(ctx, url <> "/repo.git")
-    config!(ctx, ~s(git_token_secret: "git-token", git_token_username_key: "username"))
+
+    config!(
+      ctx,
+      ~s(git_token_secret: "git-token", git_token_username_key: "username", git_ca_bundle: "corp-ca")
+    )
 
     # The Secret lacks a key the Job reads: refused before the Job exists, naming both.
     Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/secrets", %{
@@ -101,7 +112,11 @@ defmodule SykliK8s.TargetPrivateRepoTest do
       stringData: %{"token" => @token, "username" => "ci-bot"}
     })
 
-    config!(ctx, ~s(git_token_secret: "git-token-2", git_token_username_key: "username"))
+    config!(
+      ctx,
+      ~s(git_token_secret: "git-token-2", git_token_username_key: "username", git_ca_bundle: "corp-ca")
+    )
+
     {manifest, 0} = sykli(ctx, ~w(run --target=k8s --dry-run -o json --run-id tok1))
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --run-id tok1))
     assert out =~ "[build] source-ok"

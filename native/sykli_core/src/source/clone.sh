@@ -14,8 +14,9 @@
 #                               known-hosts/known_hosts is the only trusted source of host keys,
 #                               else SYKLI_GIT_SSH_ACCEPT_NEW=1 trusts the first key seen
 #   SYKLI_GIT_TOKEN=1           token/token (and token/username, else SYKLI_GIT_TOKEN_USERNAME),
-#                               answered through GIT_ASKPASS
-#   SYKLI_GIT_CREDENTIALS=1     credentials/git-credentials, through git's store helper
+#                               for the clone URL's own host, over https only
+#   SYKLI_GIT_CREDENTIALS=1     credentials/git-credentials (git's store format), for the hosts
+#                               it lists, over https only
 #   SYKLI_GIT_SUBMODULES        off | on | recursive, SYKLI_GIT_SUBMODULE_DEPTH as SYKLI_GIT_DEPTH
 #   SYKLI_GIT_LFS=1             real LFS content (checkout without smudge, then git lfs pull)
 #   SYKLI_GIT_SPARSE            directories, one per line: cone sparse checkout over a
@@ -142,28 +143,57 @@ EOF
   unset GIT_SSH_COMMAND
 fi
 
-if [ -n "${SYKLI_GIT_TOKEN:-}" ]; then
-  # git asks for a user name, then a password: both come from the mounted files.
-  cat >"$private/askpass" <<'EOF'
-#!/bin/sh
-case "$1" in
-  Username*)
-    if [ -r "$SYKLI_GIT_ACCESS/token/username" ]; then cat "$SYKLI_GIT_ACCESS/token/username"
-    else printf '%s\n' "$SYKLI_GIT_TOKEN_USERNAME"; fi ;;
-  *) cat "$SYKLI_GIT_ACCESS/token/token" ;;
-esac
-EOF
-  chmod 700 "$private/askpass"
+# Credentials go only where they are for. Git (submodules and git-lfs included) asks one
+# helper, written here: it answers `get` over https only, a token for the clone URL's own
+# host and port only, and the git-credentials file for the hosts that file lists. Nothing
+# prompts: no askpass, no terminal.
+unset GIT_ASKPASS SSH_ASKPASS
+GIT_TERMINAL_PROMPT=0
+export GIT_TERMINAL_PROMPT
+add_config core.askPass ""
+if [ -n "${SYKLI_GIT_TOKEN:-}" ] || [ -n "${SYKLI_GIT_CREDENTIALS:-}" ]; then
+  # scheme://[user@]host[:port]/path -> host[:port], as git names it to helpers.
+  origin_host=${SYKLI_GIT_URL#*://}
+  origin_host=${origin_host%%/*}
+  origin_host=${origin_host##*@}
+  SYKLI_CRED_HOST=$(printf '%s' "$origin_host" | tr '[:upper:]' '[:lower:]')
+  SYKLI_CRED_TOKEN=${SYKLI_GIT_TOKEN:-}
+  SYKLI_CRED_STORE=""
+  if [ -n "${SYKLI_GIT_CREDENTIALS:-}" ]; then
+    # The store helper may write back: give it a private copy, never the workspace.
+    cp "$access/credentials/git-credentials" "$private/git-credentials"
+    chmod 600 "$private/git-credentials"
+    SYKLI_CRED_STORE=$private/git-credentials
+  fi
   SYKLI_GIT_ACCESS=$access
-  GIT_ASKPASS=$private/askpass
-  export SYKLI_GIT_ACCESS GIT_ASKPASS
+  export SYKLI_CRED_HOST SYKLI_CRED_TOKEN SYKLI_CRED_STORE SYKLI_GIT_ACCESS
+  cat >"$private/credential" <<'EOF'
+#!/bin/sh
+# git credential helper (get only): see clone.sh.
+[ "$1" = get ] || exit 0
+protocol="" host="" request=""
+while IFS= read -r line && [ -n "$line" ]; do
+  request="$request$line
+"
+  case $line in
+    protocol=*) protocol=${line#protocol=} ;;
+    host=*) host=$(printf '%s' "${line#host=}" | tr '[:upper:]' '[:lower:]') ;;
+  esac
+done
+[ "$protocol" = https ] || exit 0
+if [ -n "$SYKLI_CRED_TOKEN" ] && [ "$host" = "$SYKLI_CRED_HOST" ]; then
+  user=${SYKLI_GIT_TOKEN_USERNAME:-}
+  if [ -r "$SYKLI_GIT_ACCESS/token/username" ]; then
+    user=$(cat "$SYKLI_GIT_ACCESS/token/username")
+  fi
+  token=$(cat "$SYKLI_GIT_ACCESS/token/token")
+  printf 'username=%s\npassword=%s\n' "$user" "$token"
+elif [ -n "$SYKLI_CRED_STORE" ]; then
+  printf '%s\n' "$request" | git credential-store --file="$SYKLI_CRED_STORE" get
 fi
-
-if [ -n "${SYKLI_GIT_CREDENTIALS:-}" ]; then
-  # The store helper may write back: give it a private copy, never the workspace.
-  cp "$access/credentials/git-credentials" "$private/git-credentials"
-  chmod 600 "$private/git-credentials"
-  add_config credential.helper "store --file=$private/git-credentials"
+EOF
+  chmod 700 "$private/credential"
+  add_config credential.helper "$private/credential"
 fi
 
 if [ -n "${SYKLI_GIT_LFS:-}" ]; then

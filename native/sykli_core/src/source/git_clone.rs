@@ -154,6 +154,25 @@ impl GitClonePlan {
         } else {
             url.to_string()
         };
+        // Git answers a 401 with whatever the credential helper gives: over http that is the
+        // secret in clear text for anyone on the path. The clone helper never answers http;
+        // refusing here says why before any Job exists.
+        if url.starts_with("http://")
+            && (opts.access.token.is_some() || opts.access.credentials.is_some())
+        {
+            let key = if opts.access.token.is_some() {
+                "git_token_secret"
+            } else {
+                "git_credentials_secret"
+            };
+            return Err(invalid(
+                key,
+                format!(
+                    "{url} is plain http: the credentials would cross the network in clear text. \
+                     Clone over https (or ssh with git_ssh_secret)"
+                ),
+            ));
+        }
         if let Some(b) = branch {
             check_branch(b).map_err(|why| invalid("branch", format!("{b:?} {why}")))?;
         }
