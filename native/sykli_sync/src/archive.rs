@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::extract::{Report, HEADER_NAME};
 use crate::fs::{self, Dir, Kind};
 use crate::manifest::{Delta, EntryKind, Manifest};
-use crate::path::{check_path, check_symlink_target, check_tree_hash};
+use crate::path::{check_path, check_tree_hash, LinkSet};
 
 /// The first entry of a sync archive, `.sykli-sync/header.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,8 +140,10 @@ pub fn write_archive(
 /// Writes a gzip-compressed tar of `paths` below `root` (a task's declared outputs, for
 /// the sync back): files, symlinks, and directories with everything below them (`.` is
 /// the whole root). Paths are checked with the extractor's rules, none may be reached
-/// through a symlink, and symlink targets must stay inside: what `pack` writes,
-/// [`crate::extract_hardened`] accepts.
+/// through a symlink, and symlink targets must stay inside, each on its own and all the
+/// packed ones together (a [`LinkSet`], checked once the walk is done: the output of a
+/// refused `pack` is to be discarded): what `pack` writes, [`crate::extract_hardened`]
+/// accepts.
 pub fn pack(root: &Path, paths: &[String], out: impl Write) -> Result<Report> {
     let dir = Dir::open(root).map_err(|e| Error::io_path(root, e))?;
     let mut builder = Builder::new(GzEncoder::new(
@@ -154,6 +156,7 @@ pub fn pack(root: &Path, paths: &[String], out: impl Write) -> Result<Report> {
     let mut packer = Packer {
         root: &dir,
         done: BTreeSet::new(),
+        links: LinkSet::new(),
         report: Report::default(),
     };
     for path in paths {
@@ -168,6 +171,8 @@ pub fn pack(root: &Path, paths: &[String], out: impl Write) -> Result<Report> {
         let kind = parent.kind(name).map_err(|e| Error::io(path, e))?;
         packer.one(&mut builder, &parent, name, path, kind)?;
     }
+    // Links met later can change where earlier ones resolve: the whole set, once known.
+    packer.links.check_all()?;
     finish(builder)?;
     Ok(packer.report)
 }
@@ -175,6 +180,8 @@ pub fn pack(root: &Path, paths: &[String], out: impl Write) -> Result<Report> {
 struct Packer<'a> {
     root: &'a Dir,
     done: BTreeSet<String>,
+    /// The symlinks packed so far.
+    links: LinkSet,
     report: Report,
 }
 
@@ -229,7 +236,8 @@ impl Packer<'_> {
             }
             Some(Kind::Symlink) => {
                 let target = parent.read_link(name).map_err(|e| Error::io(path, e))?;
-                let target = check_symlink_target(path, &target)?;
+                self.links.insert(path, &target)?;
+                let target = self.links.get(path).expect("just inserted");
                 append_symlink(b, path, target).map_err(out_err)?;
                 self.report.symlinks += 1;
             }

@@ -38,8 +38,11 @@ pub enum Rule {
     DirectoryNotAllowed,
     /// A symlink target starting with `/`.
     SymlinkAbsolute,
-    /// A symlink target that leaves the destination, resolved lexically.
+    /// A symlink target that leaves the destination: resolved lexically on its own, or
+    /// resolved as the filesystem would, through the other symlinks of the tree.
     SymlinkEscapes,
+    /// A symlink that does not resolve within [`crate::MAX_SYMLINK_HOPS`] links (a loop).
+    SymlinkLoop,
     /// A symlink target that is empty, has a NUL byte, is too long or is not UTF-8.
     SymlinkTargetInvalid,
     /// A parent component of the path is an existing symlink (never followed).
@@ -75,6 +78,7 @@ impl Rule {
             Rule::DirectoryNotAllowed => "directory-not-allowed",
             Rule::SymlinkAbsolute => "symlink-absolute",
             Rule::SymlinkEscapes => "symlink-escapes",
+            Rule::SymlinkLoop => "symlink-loop",
             Rule::SymlinkTargetInvalid => "symlink-target-invalid",
             Rule::SymlinkInPath => "symlink-in-path",
             Rule::NotADirectory => "not-a-directory",
@@ -102,6 +106,7 @@ impl Rule {
             Rule::DirectoryNotAllowed => "directory entries are not part of a tree",
             Rule::SymlinkAbsolute => "symlinks with an absolute target are refused",
             Rule::SymlinkEscapes => "the symlink target leaves the destination",
+            Rule::SymlinkLoop => "the symlink does not resolve within 40 links (a loop)",
             Rule::SymlinkTargetInvalid => {
                 "the symlink target is empty, too long, not UTF-8 or contains NUL"
             }

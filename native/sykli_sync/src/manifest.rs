@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result, Rule};
 use crate::fs::{self, Dir, Kind};
-use crate::path::{ancestors, check_path, check_symlink_target, check_tree_hash};
+use crate::path::{ancestors, check_path, check_symlink_target, check_tree_hash, resolve_link};
 
 /// One file or symlink of a tree. Directories are implicit (as in git, empty ones are not
 /// part of a tree). Its JSON form is flat: `{"path", "type": "file", "size", "executable",
@@ -331,11 +331,14 @@ impl Manifest {
     }
 
     /// Checks every path and symlink target with the extractor's rules, every hash's form,
-    /// and that no entry is also the parent directory of another.
+    /// and that no entry is also the parent directory of another. Then the symlinks
+    /// together, as a [`crate::LinkSet`] does: each resolved as the filesystem would,
+    /// through the others, must stay inside.
     pub fn validate(&self) -> Result<()> {
         // Entries come in path order, so the files of one directory mostly follow each other:
         // its ancestors need looking up only when the directory changes.
         let mut checked_dir: Option<&str> = None;
+        let mut links: Vec<(&str, &str)> = Vec::new();
         for (path, e) in &self.entries {
             if *path != e.path {
                 return Err(Error::InvalidManifest(format!(
@@ -354,6 +357,7 @@ impl Manifest {
                 }
                 EntryKind::Symlink { target } => {
                     check_symlink_target(path, target.as_bytes())?;
+                    links.push((path, target));
                 }
             }
             let dir = path.rsplit_once('/').map(|(dir, _)| dir);
@@ -366,6 +370,17 @@ impl Manifest {
                 }
                 checked_dir = dir;
             }
+        }
+        // All entries are known (and no entry is inside another): the links' parents are
+        // directories, and a path that is not a symlink entry never moves a resolution.
+        let mut lookup = |p: &str| {
+            Ok(match self.entries.get(p).map(|e| &e.kind) {
+                Some(EntryKind::Symlink { target }) => Some(std::borrow::Cow::Borrowed(&**target)),
+                _ => None,
+            })
+        };
+        for (path, target) in links {
+            resolve_link(path, target, &mut lookup, &mut |_| {})?;
         }
         Ok(())
     }

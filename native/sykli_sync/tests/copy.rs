@@ -258,3 +258,88 @@ fn place_refuses_escapes_a_missing_source_and_odd_arguments() {
     assert_eq!(odd.status.code(), Some(2), "{}", stderr(&odd));
     assert_eq!(snapshot(dir.path()), before);
 }
+
+/// The symlink cases of the hostile corpus through `place`: each symlink of a case is
+/// copied on its own from the claim (where it sits one level deeper, `j/<path>`) to its
+/// path in a workspace that keeps what the earlier ones left, so the last one lands among
+/// the others. Each case is refused by its rule: by `pack` in the claim, or by the
+/// extractor, which resolves a new symlink through those the workspace already holds.
+#[test]
+fn place_refuses_the_symlink_cases_of_the_corpus() {
+    use std::os::unix::ffi::OsStrExt;
+    // A symlink that only goes out once a later one is written cannot be seen by the later
+    // extraction (it does not read all of the destination): the tree it leaves is refused
+    // by a scan, as a manifest of it would be.
+    let later_only = ["symlink-chain-out-reversed"];
+    let sentinel = tempfile::tempdir().unwrap();
+    let mut placed = 0;
+    for case in sykli_testkit::hostile_archives::corpus(sentinel.path()) {
+        let links = case.symlinks();
+        let target_rule = ["symlink-escapes", "symlink-absolute", "symlink-loop"];
+        if links.is_empty() || !target_rule.contains(&case.rule) || case.planted_symlink.is_some() {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (claim, workspace) = (dir.path().join("claim"), dir.path().join("workspace"));
+        std::fs::create_dir_all(&workspace).unwrap();
+        for (path, target) in &links {
+            let p = claim.join("j").join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p).unwrap();
+        }
+        let mut refusal = None;
+        for (path, _) in &links {
+            let out = place(&claim, &workspace, &[&format!("j/{path}"), path]);
+            if !out.status.success() {
+                refusal = Some(out);
+                break;
+            }
+        }
+        if later_only.contains(&case.name) {
+            assert!(refusal.is_none(), "{}", case.name);
+            let out = Command::new(bin())
+                .args(["scan", "--root", workspace.to_str().unwrap()])
+                .output()
+                .unwrap();
+            refused(&out, case.name);
+            assert!(
+                stderr(&out).contains(&format!("(rule {})", case.rule)),
+                "{}: {}",
+                case.name,
+                stderr(&out)
+            );
+        } else {
+            let out = refusal.unwrap_or_else(|| panic!("{}: every symlink placed", case.name));
+            refused(&out, case.name);
+            assert!(
+                stderr(&out).contains(&format!("(rule {})", case.rule)),
+                "{}: {}",
+                case.name,
+                stderr(&out)
+            );
+        }
+        placed += 1;
+    }
+    assert!(placed >= 9, "{placed}");
+}
+
+#[test]
+fn copy_refuses_a_tree_whose_symlinks_leave_the_root_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("claim");
+    write(dir.path(), "secret", b"host secret\n", false);
+    // In producer/tree, `l` → `.` and `e` → `l/l/../../../secret`: inside one by one, but
+    // `l/l` is producer/tree, so `e` is the claim's parent's `secret`.
+    symlink(&root, "producer/tree/l", ".");
+    symlink(&root, "producer/tree/e", "l/l/../../../secret");
+    write(&root, "producer/tree/ok.txt", b"ok\n", false);
+    let out = copy(&root, "producer/tree", "consumer/tree");
+    refused(&out, "a chain of symlinks");
+    assert!(
+        stderr(&out).contains("rule symlink-escapes"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("consumer").exists(), "{:?}", snapshot(&root));
+}

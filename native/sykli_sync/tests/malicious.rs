@@ -142,6 +142,7 @@ fn the_corpus_is_refused_by_rule_and_entry_and_nothing_lands_outside() {
         Rule::ComponentTooLong,
         Rule::MetadataTooLarge,
         Rule::SymlinkEscapes,
+        Rule::SymlinkLoop,
         Rule::SymlinkAbsolute,
         Rule::SymlinkInPath,
         Rule::Hardlink,
@@ -152,6 +153,90 @@ fn the_corpus_is_refused_by_rule_and_entry_and_nothing_lands_outside() {
     ] {
         assert!(seen.contains(&rule.name()), "no case for {rule:?}");
     }
+}
+
+#[test]
+fn symlinks_are_checked_together_as_they_arrive() {
+    // A file replacing a symlink that another one resolves through: with `p` a symlink,
+    // `x` stays inside; with `p` a plain name, `l/p/../..` is above `dest`.
+    refused(
+        "a file replacing a symlink another resolves through",
+        Rule::SymlinkEscapes,
+        "p (the symlink x resolves through it)",
+        Limits::default(),
+        none,
+        |b, _| {
+            symlink(b, b"l", b".");
+            symlink(b, b"p", b"a/b");
+            symlink(b, b"x", b"l/p/../../sentinel/keep");
+            file(b, b"p", b"now a file");
+        },
+    );
+    // The same with a directory entry, and with a symlink retargeted.
+    refused(
+        "a directory replacing a symlink another resolves through",
+        Rule::SymlinkEscapes,
+        "p (the symlink x resolves through it)",
+        Limits::default(),
+        none,
+        |b, _| {
+            symlink(b, b"l", b".");
+            symlink(b, b"p", b"a/b");
+            symlink(b, b"x", b"l/p/../../sentinel/keep");
+            corpus::raw(b, b"p/", tar::EntryType::Directory, &[], None);
+        },
+    );
+    refused(
+        "a symlink retargeted under another",
+        Rule::SymlinkEscapes,
+        "d/up (the symlink d/x resolves through it)",
+        Limits::default(),
+        none,
+        |b, _| {
+            symlink(b, b"d/up", b"sub");
+            symlink(b, b"d/x", b"up/../../sentinel/keep");
+            symlink(b, b"d/up", b"..");
+        },
+    );
+    // Through a symlink the destination already holds (inside, so it is not planted as
+    // the corpus plants one): `dest/l` → `.`.
+    refused(
+        "through an existing symlink of dest",
+        Rule::SymlinkEscapes,
+        "e",
+        Limits::default(),
+        |s| std::os::unix::fs::symlink(".", s.dest.join("l")).unwrap(),
+        |b, _| symlink(b, b"e", b"l/../sentinel/keep"),
+    );
+}
+
+#[test]
+fn symlinks_through_symlinks_that_stay_inside_are_extracted() {
+    let s = sandbox();
+    std::fs::create_dir(s.dest.join("existing")).unwrap();
+    std::os::unix::fs::symlink("existing", s.dest.join("old")).unwrap();
+    let bytes = archive(|b| {
+        // Links to links, some written before what they point at, some through a link
+        // the destination already holds.
+        symlink(b, b"lib/libfoo.so", b"libfoo.so.1");
+        symlink(b, b"lib/libfoo.so.1", b"libfoo.so.1.2");
+        file(b, b"lib/libfoo.so.1.2", b"ELF");
+        symlink(b, b"node_modules/.bin/tool", b"../pkg/bin/tool");
+        file(b, b"node_modules/pkg/bin/tool", b"#!/bin/sh\n");
+        symlink(b, b"usr/lib", b"../lib");
+        symlink(b, b"usr/local/lib", b"../lib/libfoo.so");
+        symlink(b, b"here", b".");
+        symlink(b, b"deep", b"here/here/usr/local/lib");
+        symlink(b, b"via-old", b"old/../lib");
+        symlink(b, b"dangling", b"nowhere/../lib");
+        // Replaced by a file: nothing resolved through it.
+        symlink(b, b"tmp", b"lib");
+        file(b, b"tmp", b"a file now");
+    });
+    let report = extract_hardened(&bytes[..], &s.dest, Limits::default()).unwrap();
+    assert_eq!((report.files, report.symlinks), (3, 10));
+    assert_eq!(std::fs::read(s.dest.join("deep")).unwrap(), b"ELF");
+    s.assert_untouched("inside");
 }
 
 #[test]

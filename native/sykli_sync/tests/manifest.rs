@@ -151,6 +151,43 @@ fn scanning_refuses_what_cannot_be_synced() {
 }
 
 #[test]
+fn symlinks_are_checked_together_when_a_manifest_is_read_or_made() {
+    // Inside one by one; together `e` climbs out (`l/l` is the root, then `..`).
+    let chain = r#"{"entries":[{"path":"e","type":"symlink","target":"l/l/../x"},{"path":"l","type":"symlink","target":"."}]}"#;
+    let err = Manifest::from_json(chain).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkEscapes), "{err}");
+    assert!(err.to_string().contains("\"e\""), "{err}");
+    let lonely = r#"{"entries":[{"path":"e","type":"symlink","target":"l/l/../x"}]}"#;
+    Manifest::from_json(lonely).unwrap();
+    let looping = r#"{"entries":[{"path":"a","type":"symlink","target":"b"},{"path":"b","type":"symlink","target":"a"}]}"#;
+    assert_eq!(
+        Manifest::from_json(looping).unwrap_err().rule(),
+        Some(Rule::SymlinkLoop)
+    );
+
+    // A link through a link to `..`, on disk: scan and from_paths refuse it.
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "d/f", b"1", false);
+    symlink(dir.path(), "d/up", "..");
+    symlink(dir.path(), "d/x", "up/../secret");
+    for err in [
+        Manifest::scan(dir.path()).unwrap_err(),
+        Manifest::from_paths(dir.path(), &["d".into()]).unwrap_err(),
+    ] {
+        assert_eq!(err.rule(), Some(Rule::SymlinkEscapes), "{err}");
+        assert!(err.to_string().contains("d/x"), "{err}");
+    }
+    // Legitimate links through links stay fine.
+    std::fs::remove_file(dir.path().join("d/x")).unwrap();
+    symlink(dir.path(), "d/lib", "../lib64");
+    symlink(dir.path(), "d/libc.so", "lib/libc.so.6");
+    write(dir.path(), "lib64/libc.so.6", b"ELF", false);
+    let m = Manifest::scan(dir.path()).unwrap();
+    m.validate().unwrap();
+    assert_eq!(m.len(), 5);
+}
+
+#[test]
 fn diff_lists_changed_and_deleted_paths() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::os::unix::ffi::OsStrExt;
+
 use common::{archive_listing, listing, snapshot, symlink, write};
 use sykli_sync::{extract_hardened, pack, Error, Limits, Rule};
 
@@ -112,4 +114,72 @@ fn pack_refuses_paths_that_escape_the_root() {
         Error::UnsupportedFile { kind: "fifo", .. }
     ));
     assert_eq!(listing(&work.path().join("outside")), ["secret"]);
+}
+
+#[test]
+fn pack_refuses_symlinks_that_leave_the_root_through_other_symlinks() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    outputs(&root);
+    // Each inside on its own; together, `e` climbs out of the root.
+    symlink(&root, "dist/l", ".");
+    symlink(&root, "dist/e", "l/l/../../outside/secret");
+    write(work.path(), "outside/secret", b"secret", false);
+    let err = pack(&root, &[".".into()], std::io::sink()).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkEscapes), "{err}");
+    assert!(err.to_string().contains("dist/e"), "{err}");
+    // The links packed are the set: without `dist/l` in it, `dist/e` is a dangling link
+    // inside the archive's tree.
+    pack(&root, &["dist/e".into()], std::io::sink()).unwrap();
+    let err = pack(&root, &["dist".into()], std::io::sink()).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkEscapes), "{err}");
+
+    // A loop.
+    std::fs::remove_file(root.join("dist/e")).unwrap();
+    symlink(&root, "dist/a", "b");
+    symlink(&root, "dist/b", "a");
+    let err = pack(&root, &["dist".into()], std::io::sink()).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkLoop), "{err}");
+}
+
+/// The symlink cases of the hostile corpus, built on disk as a tree: `pack` (what the
+/// receiver answers the sync back with, and what `copy` and `place` go through) refuses
+/// them all, by the case's rule.
+#[test]
+fn pack_refuses_the_symlink_trees_of_the_corpus() {
+    let sentinel = tempfile::tempdir().unwrap();
+    let mut packed = 0;
+    for case in sykli_testkit::hostile_archives::corpus(sentinel.path()) {
+        let links = case.symlinks();
+        let target_rule = ["symlink-escapes", "symlink-absolute", "symlink-loop"];
+        if links.is_empty() || !target_rule.contains(&case.rule) || case.planted_symlink.is_some() {
+            continue;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("root");
+        write(&root, "keep.txt", b"ok", false);
+        for (path, target) in &links {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let _ = std::fs::remove_file(&p);
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p).unwrap();
+        }
+        let err = pack(&root, &[".".into()], std::io::sink()).expect_err(case.name);
+        assert_eq!(
+            err.rule().map(Rule::name),
+            Some(case.rule),
+            "{}: {err}",
+            case.name
+        );
+        assert!(
+            links
+                .iter()
+                .any(|(p, _)| err.to_string().contains(p.as_str())),
+            "{}: {err}",
+            case.name
+        );
+        packed += 1;
+    }
+    // The nested, long, dotdot and absolute escapes, the chains and the loop.
+    assert!(packed >= 9, "{packed}");
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::{archive_listing, gunzip, gzip, listing, snapshot, symlink, write};
 use sykli_sync::{
-    diff, write_archive, ApplyReport, Delta, Error, Manifest, Rule, Store, SyncHeader,
+    diff, write_archive, ApplyReport, Delta, Entry, EntryKind, Error, Manifest, Rule, Store,
+    SyncHeader,
 };
 
 /// The laptop's side of a sync: manifest, base from the store, delta, archive.
@@ -408,6 +409,52 @@ fn apply_refuses_malicious_entries_and_publishes_nothing() {
     assert!(listing(&store_root.join("trees")).is_empty());
     assert!(listing(&store_root.join("staging")).is_empty());
     assert_eq!(listing(pvc.path()), ["store"]);
+}
+
+#[test]
+fn apply_refuses_symlinks_that_leave_the_tree_through_the_base() {
+    // The base holds `l` → `.`; an archive on top of it adds `e` → `l/../x`, inside on
+    // its own, outside through `l`.
+    let work = tempfile::tempdir().unwrap();
+    let pvc = tempfile::tempdir().unwrap();
+    let root = work.path();
+    write(root, "f", b"1", false);
+    symlink(root, "l", ".");
+    let store = Store::new(pvc.path());
+    let (base, archive, _) = archive_for(&store, root);
+    store.apply(&base, &archive[..]).unwrap();
+
+    let mut target = store.manifest(&base).unwrap().unwrap();
+    target.insert(Entry {
+        path: "e".into(),
+        kind: EntryKind::Symlink {
+            target: "l/../x".into(),
+        },
+    });
+    let tree = target.tree_hash();
+    let header = SyncHeader {
+        format: 1,
+        base: Some(base.clone()),
+        tree: tree.clone(),
+        deleted: vec![],
+    };
+    let bytes = crafted(&header, |b| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_link_name("l/../x").unwrap();
+        b.append_data(&mut h, "e", std::io::empty()).unwrap();
+    });
+    let err = store.apply(&tree, &bytes[..]).unwrap_err();
+    assert_eq!(err.rule(), Some(Rule::SymlinkEscapes), "{err}");
+    assert!(!store.has_tree(&tree).unwrap());
+    assert!(listing(&pvc.path().join("staging")).is_empty());
+    // The laptop would not have written it: the manifest is refused.
+    assert_eq!(
+        target.validate().unwrap_err().rule(),
+        Some(Rule::SymlinkEscapes)
+    );
 }
 
 #[test]

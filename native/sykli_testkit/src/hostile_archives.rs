@@ -10,6 +10,12 @@
 //! Every archive puts a legitimate file [`BEFORE`] before its malicious entries and another,
 //! [`AFTER`], after them: the extractor documents that the first violation stops the
 //! extraction and that entries before it stay written.
+//!
+//! Some cases are symlinks that each stay inside on their own (lexically) but not together:
+//! resolved as a filesystem would, through each other (`l` → `.`, `e` → `l/l/l/../x`) or
+//! through a symlink the destination already holds, they climb out of it. [`Case::symlinks`]
+//! gives them as a tree, for consumers that build it on disk (`pack`, `copy`) rather than
+//! extract the archive.
 
 use std::io::Write;
 use std::path::Path;
@@ -39,6 +45,25 @@ pub struct Case {
 }
 
 impl Case {
+    /// The symlinks among the malicious entries, path → target, in archive order.
+    pub fn symlinks(&self) -> Vec<(String, Vec<u8>)> {
+        let mut tar = self.entries.clone();
+        tar.extend_from_slice(&[0u8; 1024]);
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut links = Vec::new();
+        for entry in archive.entries().expect("an archive in memory") {
+            // Some cases are malformed on purpose: their symlinks come before that.
+            let Ok(entry) = entry else { break };
+            if entry.header().entry_type() == EntryType::Symlink {
+                links.push((
+                    String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                    entry.link_name_bytes().unwrap_or_default().into_owned(),
+                ));
+            }
+        }
+        links
+    }
+
     /// The whole archive: [`BEFORE`], the malicious entries, [`AFTER`], gzip-compressed.
     pub fn archive(&self) -> Vec<u8> {
         let mut tar = Builder::new(Vec::new());
@@ -154,6 +179,44 @@ pub fn corpus(sentinel: &Path) -> Vec<Case> {
                 format!("{}../../sentinel", "x/../".repeat(30)).as_bytes(),
             )
         }),
+        // Symlinks inside one by one, not together.
+        case("symlink-chain-out", "symlink-escapes", "e", |b| {
+            symlink(b, b"l", b".");
+            symlink(b, b"e", b"l/l/l/../sentinel/keep");
+        }),
+        case(
+            "symlink-chain-out-reversed",
+            "symlink-escapes",
+            "l (the symlink e resolves through it)",
+            |b| {
+                symlink(b, b"e", b"l/l/l/../sentinel/keep");
+                symlink(b, b"l", b".");
+            },
+        ),
+        case("symlink-dot-chain-to-etc", "symlink-escapes", "e", |b| {
+            symlink(b, b"l", b".");
+            let e = format!("{}{}etc/passwd", "l/".repeat(10), "../".repeat(10));
+            symlink(b, b"e", e.as_bytes());
+        }),
+        case(
+            "symlink-through-parent-link",
+            "symlink-escapes",
+            "d/x",
+            |b| {
+                symlink(b, b"d/up", b"..");
+                symlink(b, b"d/x", b"up/../sentinel/keep");
+            },
+        ),
+        case("symlink-loop", "symlink-loop", "b", |b| {
+            symlink(b, b"a", b"b");
+            symlink(b, b"b", b"a");
+        }),
+        planted(case(
+            "symlink-through-planted-symlink",
+            "symlink-escapes",
+            "x",
+            |b| symlink(b, b"x", b"a/keep"),
+        )),
         case(
             "write-through-inside-symlink",
             "symlink-in-path",

@@ -120,7 +120,7 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
         resolved = Path.expand(target, Path.dirname(full))
         assert String.starts_with?(path, "work/"), "#{name}: symlink #{path}"
 
-        assert String.starts_with?(resolved, b.work <> "/") or
+        assert String.starts_with?(resolved, b.work <> "/") or resolved == b.work or
                  (path == "work/#{planted}" and target == b.sentinel),
                "#{name}: #{path} -> #{target}"
       end
@@ -136,7 +136,7 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
     cluster = state.cluster
 
     # The stand-in answers what a real receiver would for well-formed outputs: they land.
-    assert {:ok, %{files: 2, bytes: bytes}} = finish(state, ["benign"], "hostile-benign")
+    assert {:ok, %{files: 2, bytes: bytes}} = finish(state, ["benign", "out"], "hostile-benign")
     assert bytes > 0
     assert File.read!(Path.join(first.work, "out/report.txt")) == "all good\n"
     assert File.read_link!(Path.join(first.work, "out/latest")) == "report.txt"
@@ -154,7 +154,9 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
       end
 
       state = state!(ctx, b.work, cluster)
-      assert {:error, %SykliK8s.Error{message: message}} = finish(state, [name], "hostile-#{i}")
+      # The case is the first output; "." declares everything (but .git), so what is
+      # refused here is the extractor's to refuse, by its rule.
+      assert {:error, %SykliK8s.Error{message: message}} = finish(state, [name, "."], "hostile-#{i}")
       assert message =~ "the outputs of hostile-#{i}", "#{name}: #{message}"
       assert message =~ "(rule #{c["rule"]})", "#{name}: #{message}"
       assert String.contains?(message, c["entry"]), "#{name}: #{message} (expected #{inspect(c["entry"])})"
@@ -163,6 +165,41 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
       # As the extractor documents: entries before the refusal stay written, none after it.
       assert File.read!(Path.join(b.work, @written_before)) == @before_text, name
       refute File.exists?(Path.join(b.work, @never_written)), name
+      File.rm_rf!(b.box)
+    end
+  end
+
+  test "a receiver's archive that writes .git (any spelling) or what the task did not declare is refused whole: nothing is written",
+       ctx do
+    state = state!(ctx, box!(ctx, "first").work, nil)
+    cluster = state.cluster
+
+    for {name, outputs, entry} <- [
+          {"dotgit-config", ["dotgit-config", "."], ".git/config"},
+          {"dotgit-hook", ["dotgit-hook", "."], ".git/hooks/post-checkout"},
+          {"dotgit-case", ["dotgit-case", "."], ".GIT/config"},
+          {"dotgit-short-name", ["dotgit-short-name", "."], "git~1/config"},
+          {"dotgit-link", ["dotgit-link", "."], "cfg"},
+          {"undeclared", ["undeclared"], "src/main.rs"}
+        ] do
+      b = box!(ctx, name)
+      git_config = File.read!(Path.join(b.work, ".git/config"))
+      before = tree(b.work)
+      state = state!(ctx, b.work, cluster)
+
+      assert {:error, %SykliK8s.Error{kind: :sync_failed, message: message}} =
+               finish(state, outputs, "repo-#{name}")
+
+      assert message =~ "the outputs of repo-#{name}: refused #{inspect(entry)}", "#{name}: #{message}"
+      assert message =~ "nothing was written", name
+      assert tree(b.work) == before, "#{name}: the working tree changed"
+      assert File.read!(Path.join(b.work, ".git/config")) == git_config, name
+
+      hooks = with {:error, _} <- File.ls(Path.join(b.work, ".git/hooks")), do: {:ok, []}
+      assert {:ok, names} = hooks
+      assert Enum.reject(names, &String.ends_with?(&1, ".sample")) == [], name
+
+      refute File.exists?(Path.join(b.work, "ok.txt")), name
       File.rm_rf!(b.box)
     end
   end

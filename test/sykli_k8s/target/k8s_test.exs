@@ -119,7 +119,7 @@ defmodule SykliK8s.TargetTest do
   end
 
   test "job names" do
-    assert Target.job_name("Build & Test", "x1y2") == "sykli-build-test-x1y2"
+    assert Target.job_name("Build & Test", "x1y2") == "sykli-build-test--cc1ca47d20-x1y2"
     name = Target.job_name(String.duplicate("long-task-name-", 10), "x1y2")
     assert String.length(name) <= 63
     assert name =~ ~r/\Asykli-[a-z0-9-]+-x1y2\z/

@@ -3,6 +3,7 @@
 //! No rustler types: the NIF runs these futures on its runtime and forwards the events.
 
 pub mod objects;
+pub mod outputs;
 pub mod preflight;
 pub mod run;
 pub mod sync;

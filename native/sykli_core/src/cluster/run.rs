@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::watch::JobView;
 use super::{preflight, retry, Cluster};
 use crate::error::{Error, Result};
-use crate::manifest::{RUN_LABEL, TASK_CONTAINER, TASK_LABEL};
+use crate::manifest::{RUN_LABEL, TASK_CONTAINER};
 
 pub const CLONE_CONTAINER: &str = "sykli-clone";
 
@@ -321,8 +321,14 @@ pub async fn run_job(
     })
 }
 
-/// Creates the Job; a Job of that name from the same run and task is ours already (a create
-/// whose answer was lost, then retried), anything else is a conflict.
+/// The annotation the manifest builder puts the task's exact name in (labels hold only a
+/// lossy form of it).
+const TASK_NAME_ANNOTATION: &str = "sykli.io/task-name";
+
+/// Creates the Job. A Job of that name already there is ours only when it provably is this
+/// task's Job of this run (a create whose answer was lost, then retried): the same run label
+/// and the exact task name in its annotation. Anything else is a conflict, never adopted:
+/// adopting another task's Job would report that task's result as this one's.
 async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let params = PostParams::default();
@@ -337,21 +343,52 @@ async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
             message,
         }) => {
             let existing = retry(&format!("reading Job {name}"), || jobs.get(&name)).await?;
-            let label =
-                |j: &Job, k: &str| j.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
-            if label(&existing, RUN_LABEL).as_deref() == Some(run)
-                && label(&existing, TASK_LABEL) == label(job, TASK_LABEL)
-            {
-                Ok(())
-            } else {
-                Err(Error::cluster(
-                    "conflict",
-                    format!("{message}: Job {name} exists and is not this run's; delete it or use another run id"),
-                ))
+            match adoptable(&existing, job, run) {
+                Ok(()) => Ok(()),
+                Err(why) => Err(Error::cluster("conflict", format!("{message}: {why}"))),
             }
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether `existing` (of the same name) is `job` itself, created before; else why not, naming
+/// the Job, whose it is, and what to do.
+fn adoptable(existing: &Job, job: &Job, run: &str) -> std::result::Result<(), String> {
+    let label = |j: &Job, k: &str| j.metadata.labels.as_ref()?.get(k).cloned();
+    let task_name = |j: &Job| {
+        j.metadata
+            .annotations
+            .as_ref()?
+            .get(TASK_NAME_ANNOTATION)
+            .cloned()
+    };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let namespace = job.metadata.namespace.clone().unwrap_or_default();
+    let ours = task_name(job);
+    let (their_run, theirs) = (label(existing, RUN_LABEL), task_name(existing));
+    if their_run.as_deref() == Some(run) && ours.is_some() && theirs == ours {
+        return Ok(());
+    }
+    let ours = ours.map_or_else(|| "(unnamed)".to_string(), |t| format!("{t:?}"));
+    let owner = match (&theirs, &their_run) {
+        (Some(t), Some(r)) => format!("task {t:?} of run {r}"),
+        (Some(t), None) => format!("task {t:?} of no sykli run"),
+        (None, Some(r)) => {
+            format!("no known task (no {TASK_NAME_ANNOTATION} annotation) of run {r}")
+        }
+        (None, None) => "no sykli task or run".to_string(),
+    };
+    let fix = format!("kubectl -n {namespace} delete job {name}");
+    Err(if their_run.as_deref() != Some(run) {
+        format!(
+            "Job {namespace}/{name} exists and is not this run's: it belongs to {owner}, not to task {ours} of run {run}; delete it ({fix}) or use another run id"
+        )
+    } else {
+        format!(
+            "Job {namespace}/{name} of this run belongs to {owner}, not to task {ours}: two tasks got one Job name and it was not adopted; rename one of the tasks (or, if that Job is stale, {fix})"
+        )
+    })
 }
 
 async fn delete(jobs: &Api<Job>, name: &str) -> Result<()> {

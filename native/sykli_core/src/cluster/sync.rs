@@ -591,12 +591,15 @@ pub async fn sync_back(
     args.extend(paths.iter().map(String::as_str));
     let archive = exec(cluster, r, &args, None).await?;
     let dest = dest.to_path_buf();
+    let (outputs, job_name) = (paths.to_vec(), job.to_string());
     tokio::task::spawn_blocking(move || {
+        // The whole archive first: a hostile receiver gets nothing written.
+        super::outputs::check_archive(&archive, &outputs, &job_name)?;
         sykli_sync::extract_hardened(&archive[..], &dest, sykli_sync::Limits::default())
+            .map_err(|e| Error::cluster("sync_failed", format!("the outputs of {job_name}: {e}")))
     })
     .await
     .map_err(|e| Error::cluster("api", format!("extracting outputs: {e}")))?
-    .map_err(|e| Error::cluster("sync_failed", format!("the outputs of {job}: {e}")))
 }
 
 /// Deletes the Job's own copy of the tree from the claim.

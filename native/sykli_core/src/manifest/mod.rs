@@ -926,7 +926,9 @@ fn affinity(k8s: &K8sOptions, p: &mut Problems) -> Option<Affinity> {
 pub fn build_pipeline(pipeline: &pipeline::Pipeline, opts: &BuildOptions) -> Result<Vec<Job>> {
     let plan = SourcePlan::from_options(&opts.source)?;
     let run = opts.run_id.clone().unwrap_or_default();
-    let mut problems = Vec::new();
+    // Two tasks under one Job name would have one run as the other: refused before any call.
+    let mut problems =
+        names::job_name_collisions(pipeline.tasks.iter().map(|t| t.name.as_str()), &run);
     let mut jobs = Vec::new();
     for task in &pipeline.tasks {
         match build_job(

@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sykli_testkit::hostile_archives::{benign, corpus};
+use sykli_testkit::hostile_archives::{benign, corpus, file, gzip, symlink};
 
 const SENTINEL_FILE: &str = "/etc/sykli-hostile/sentinel";
 
@@ -75,6 +75,9 @@ fn run(args: &[String]) -> Result<(), String> {
             if name == "benign" {
                 return stdout(&benign().0);
             }
+            if let Some(archive) = repository_case(name) {
+                return stdout(&archive);
+            }
             let cases = corpus(&sentinel(args)?);
             let case = cases
                 .iter()
@@ -105,6 +108,47 @@ fn run(args: &[String]) -> Result<(), String> {
         )),
         None => Err("a command is required".into()),
     }
+}
+
+/// Archives that are well formed, but write where a task's outputs must not: into the
+/// repository's `.git` (in the spellings filesystems fold to it), or outside the declared
+/// outputs. Each starts with a harmless `ok.txt` (or `undeclared/ok.txt`) that must not be
+/// written either: the laptop checks the whole archive first.
+fn repository_case(name: &str) -> Option<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let fsmonitor = b"[core]\n\tfsmonitor = touch /tmp/sykli-pwned\n";
+    match name {
+        "dotgit-config" => {
+            file(&mut b, b"ok.txt", b"ok\n");
+            file(&mut b, b".git/config", fsmonitor);
+        }
+        "dotgit-hook" => {
+            file(&mut b, b"ok.txt", b"ok\n");
+            file(
+                &mut b,
+                b".git/hooks/post-checkout",
+                b"#!/bin/sh\ntouch /tmp/sykli-pwned\n",
+            );
+        }
+        "dotgit-case" => {
+            file(&mut b, b"ok.txt", b"ok\n");
+            file(&mut b, b".GIT/config", fsmonitor);
+        }
+        "dotgit-short-name" => {
+            file(&mut b, b"ok.txt", b"ok\n");
+            file(&mut b, b"git~1/config", fsmonitor);
+        }
+        "dotgit-link" => {
+            file(&mut b, b"ok.txt", b"ok\n");
+            symlink(&mut b, b"cfg", b".git/config");
+        }
+        "undeclared" => {
+            file(&mut b, b"undeclared/ok.txt", b"ok\n");
+            file(&mut b, b"src/main.rs", b"fn main() { /* replaced */ }\n");
+        }
+        _ => return None,
+    }
+    Some(gzip(&b.into_inner().ok()?))
 }
 
 /// The pod's main process: waits for SIGTERM or SIGINT (blocked, then `sigwait`: works as
