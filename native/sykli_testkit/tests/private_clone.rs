@@ -87,7 +87,7 @@ fn job(url: &str, sha: &str, access: Value, check: &str) -> Value {
     build_validated_job(&task, &resources, "sykli-check-p1", &opts)
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Objects {
     secrets: HashMap<String, HashMap<String, Vec<u8>>>,
     config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
@@ -512,47 +512,36 @@ mod https {
             ];
             for (setup, base, access, objects) in setups {
                 let base = base.trim_end_matches('/').to_string();
-                let mut a = access.clone();
-                a["submodules"] = json!("on");
-                let r = run(
-                    &repos,
-                    &job(&format!("{base}/subs-{tag}.git"), &subs_sha, a, ""),
-                    objects,
-                );
-                assert!(!r.succeeded(), "{setup}: the submodule cannot be fetched");
-                assert!(
-                    clone_message(&r).contains("could not fetch the submodules"),
-                    "{setup}: {}",
-                    logs(&r)
-                );
-                let mut a = access;
-                a["lfs"] = json!(true);
-                let objects = match setup {
-                    "token" => ca_objects(&[&origin, &https_other])
-                        .secret("git-token", &[("token", TOKEN.as_bytes())]),
-                    "git-credentials" => ca_objects(&[&origin, &https_other])
-                        .secret("git-creds", &[(".git-credentials", creds.as_bytes())]),
-                    _ => ca_objects(&[&origin, &https_other])
-                        .secret("deploy-key", &[("ssh-privatekey", &key)])
-                        .config_map(
-                            "ssh-hosts",
-                            &[(
-                                "known_hosts",
-                                format!("{}\n", sshd.known_hosts_line()).as_bytes(),
-                            )],
-                        ),
-                };
-                let r = run(
-                    &repos,
-                    &job(&format!("{base}/lfs-{tag}.git"), &lfs_sha, a, ""),
-                    objects,
-                );
-                assert!(!r.succeeded(), "{setup}: the LFS object cannot be fetched");
-                assert!(
-                    clone_message(&r).contains("could not fetch the Git LFS content"),
-                    "{setup}: {}",
-                    logs(&r)
-                );
+                // The same setup, once for each place the repository names the other host.
+                for (option, value, repo, failure) in [
+                    (
+                        "submodules",
+                        json!("on"),
+                        "subs",
+                        "could not fetch the submodules",
+                    ),
+                    (
+                        "lfs",
+                        json!(true),
+                        "lfs",
+                        "could not fetch the Git LFS content",
+                    ),
+                ] {
+                    let mut a = access.clone();
+                    a[option] = value;
+                    let sha = if repo == "subs" { &subs_sha } else { &lfs_sha };
+                    let r = run(
+                        &repos,
+                        &job(&format!("{base}/{repo}-{tag}.git"), sha, a, ""),
+                        objects.clone(),
+                    );
+                    assert!(!r.succeeded(), "{setup}, {option}: the clone must fail");
+                    assert!(
+                        clone_message(&r).contains(failure),
+                        "{setup}, {option}: {}",
+                        logs(&r)
+                    );
+                }
             }
             let seen = other.requests();
             assert!(

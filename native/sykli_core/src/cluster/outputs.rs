@@ -44,6 +44,7 @@ pub fn check_archive(archive: &[u8], outputs: &[String], job: &str) -> Result<()
         )
     };
     let everything = outputs.iter().any(|o| o == ".");
+    let below: Vec<String> = outputs.iter().map(|o| format!("{o}/")).collect();
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     let Ok(entries) = tar.entries() else {
         return Ok(());
@@ -67,10 +68,10 @@ pub fn check_archive(archive: &[u8], outputs: &[String], job: &str) -> Result<()
         }
         let is_dir = entry.header().entry_type().is_dir();
         let declared = everything
-            || outputs.iter().any(|o| {
+            || outputs.iter().zip(&below).any(|(o, o_below)| {
                 path == o
-                    || path.starts_with(&format!("{o}/"))
-                    || (is_dir && o.starts_with(&format!("{path}/")))
+                    || path.starts_with(o_below.as_str())
+                    || (is_dir && o.strip_prefix(path).is_some_and(|r| r.starts_with('/')))
             });
         if !declared {
             return Err(refused(
