@@ -139,7 +139,7 @@ pub fn write_archive(
 
 /// Writes a gzip-compressed tar of `paths` below `root` (a task's declared outputs, for
 /// the sync back): files, symlinks, and directories with everything below them (`.` is
-/// the whole root). Paths are checked with the extractor's rules, none may be reached
+/// the whole root, and a walk skips every `.git`). Paths are checked with the extractor's rules, none may be reached
 /// through a symlink, and symlink targets must stay inside, each on its own and all the
 /// packed ones together (a [`LinkSet`], checked once the walk is done: the output of a
 /// refused `pack` is to be discarded): what `pack` writes, [`crate::extract_hardened`]
@@ -260,6 +260,9 @@ impl Packer<'_> {
             .list(".")
             .map_err(|e| Error::io(path.unwrap_or("."), e))?;
         names.sort();
+        // A walk never takes a `.git` (in any spelling a filesystem folds to it): `.` is
+        // everything but git's own files, which the laptop would refuse to write anyway.
+        names.retain(|name| !crate::path::is_dot_git(name));
         for name in names {
             let child = match path {
                 None => name.clone(),

@@ -22,7 +22,7 @@ pub use fetch::{
 };
 pub use manifest::{diff, Delta, Entry, EntryKind, Manifest};
 pub use path::{
-    check_path, check_symlink_target, check_tree_hash, LinkSet, MAX_COMPONENT_BYTES,
-    MAX_PATH_BYTES, MAX_SYMLINK_HOPS,
+    check_path, check_symlink_target, check_tree_hash, has_dot_git, is_dot_git, LinkSet,
+    MAX_COMPONENT_BYTES, MAX_PATH_BYTES, MAX_SYMLINK_HOPS,
 };
 pub use store::{ApplyReport, CheckoutReport, Store};

@@ -291,6 +291,30 @@ pub fn check_tree_hash(hash: &str) -> Result<()> {
     }
 }
 
+/// Whether a path component is, or is taken by some filesystem for, `.git`: any case;
+/// with trailing dots or spaces and NTFS stream suffixes (`.git.`, `.git::$INDEX_ALLOCATION`);
+/// the 8.3 short name `git~1`; and with the code points HFS+ ignores (`.g\u{200c}it`).
+/// What git itself refuses in a tree (`verify_dotfile`), for the same reason.
+pub fn is_dot_git(component: &str) -> bool {
+    let visible: String = component
+        .chars()
+        .filter(|c| !hfs_ignorable(*c))
+        .flat_map(char::to_lowercase)
+        .collect();
+    let name = visible.split(':').next().unwrap_or("");
+    let name = name.trim_end_matches(['.', ' ']);
+    name == ".git" || name == "git~1"
+}
+
+fn hfs_ignorable(c: char) -> bool {
+    matches!(c as u32, 0x200c..=0x200f | 0x202a..=0x202e | 0x206a..=0x206f | 0xfeff)
+}
+
+/// Whether `path` (relative, '/'-separated) has a `.git` component.
+pub fn has_dot_git(path: &str) -> bool {
+    path.split('/').any(is_dot_git)
+}
+
 /// The parent directories of a path, shortest first: `a/b/c` → `a`, `a/b`.
 pub(crate) fn ancestors(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/').map(move |(i, _)| &path[..i])

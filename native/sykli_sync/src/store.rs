@@ -7,12 +7,13 @@
 //! <root>/latest                   the tree last applied ("<hash>\n", replaced atomically)
 //! ```
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::archive::SyncHeader;
 use crate::error::{Error, Result};
@@ -311,8 +312,9 @@ impl Store {
     }
 
     /// Copies published `tree` into `dest` (created if missing; it must be empty): each
-    /// Job gets its own copy, so nothing it does can reach the store. Files are checked
-    /// against the manifest's sizes.
+    /// Job gets its own copy, so nothing it does can reach the store. Every file is hashed
+    /// while it is copied and checked against the manifest's size and SHA-256 (the manifest
+    /// itself hashes to `tree`): a file changed on the claim fails the checkout, naming it.
     pub fn checkout(&self, tree: &str, dest: &Path) -> Result<CheckoutReport> {
         let manifest = self
             .manifest(tree)?
@@ -361,8 +363,8 @@ const UNIT: usize = 256;
 
 /// Copies the entries of `manifest` from `src` into `dest`: directories first (in a
 /// depth-first walk, each made and opened from its parent's descriptor), then files (hard
-/// links, or regular copies with the manifest's mode, sizes checked) and symlinks, a
-/// directory's run of entries at a time, on a few threads.
+/// links, or regular copies with the manifest's mode, sizes and content hashes checked)
+/// and symlinks, a directory's run of entries at a time, on a few threads.
 fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Result<()> {
     let src_dir = Dir::open(src).map_err(|e| Error::io_path(src, e))?;
     let entries: Vec<(&str, &str, &Entry)> = manifest
@@ -390,10 +392,14 @@ fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Resul
             _ => fs::dir_error(unit[0].2.path.as_str(), e),
         })?;
         let to = fs::open_dir_path(dest, dir).map_err(|e| fs::dir_error(dir, e))?;
+        // One buffer for the unit's copies (allocated when the first one needs it).
+        let mut buf = Vec::new();
         for &(_, name, e) in *unit {
             match &e.kind {
                 EntryKind::File {
-                    size, executable, ..
+                    size,
+                    executable,
+                    sha256,
                 } => {
                     if files == Files::Link {
                         match to.link_from(&from, name, name) {
@@ -424,12 +430,24 @@ fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Resul
                     let mut output = to
                         .create_file(name, *executable)
                         .map_err(|err| Error::io(&e.path, err))?;
-                    let copied =
-                        io::copy(&mut input, &mut output).map_err(|err| Error::io(&e.path, err))?;
+                    if buf.is_empty() {
+                        buf = vec![0u8; COPY_BUF];
+                    }
+                    let (copied, actual) = copy_hashing(&mut input, &mut output, &mut buf)
+                        .map_err(|err| Error::io(&e.path, err))?;
                     if copied != *size {
                         return Err(damaged(
                             &e.path,
                             format!("it has {copied} bytes, its manifest says {size}"),
+                        ));
+                    }
+                    if actual != *sha256 {
+                        return Err(damaged(
+                            &e.path,
+                            format!(
+                                "its content hashes to {actual}, its manifest says {sha256}: the published tree was modified on the claim (delete {} and sync again)",
+                                src.display()
+                            ),
                         ));
                     }
                 }
@@ -442,6 +460,33 @@ fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Resul
         Ok(())
     })?;
     Ok(())
+}
+
+/// The copy buffer of one unit of `copy_tree`: large enough that a big file costs few
+/// reads and writes, small enough for a few threads' units at once.
+const COPY_BUF: usize = 128 * 1024;
+
+/// Copies `from` into `to` through `buf`, hashing what passes; returns the byte count and
+/// the lowercase hex SHA-256 (one read of each file: the copy and its check).
+fn copy_hashing(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    buf: &mut [u8],
+) -> io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((total, fs::to_hex(&hasher.finalize())))
 }
 
 /// Makes `dirs` and their ancestors below `dest` (existing ones are fine): sorted by

@@ -82,6 +82,49 @@ fn pack_then_extract_roundtrip() {
 }
 
 #[test]
+fn a_walk_packs_everything_but_git_in_any_spelling() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    write(&root, "built.txt", b"built\n", false);
+    write(
+        &root,
+        ".git/config",
+        b"[core]\n\tfsmonitor = touch pwned\n",
+        false,
+    );
+    write(&root, ".git/hooks/post-checkout", b"#!/bin/sh\n", true);
+    write(
+        &root,
+        "vendor/lib/.git",
+        b"gitdir: ../../.git/modules/lib\n",
+        false,
+    );
+    write(&root, "vendor/lib/lib.c", b"int x;\n", false);
+    write(&root, ".GIT/config", b"case\n", false);
+    write(&root, "git~1/config", b"short name\n", false);
+    write(&root, "dist/app.git.tar", b"not git\n", false);
+
+    let mut bytes = Vec::new();
+    pack(&root, &[".".into()], &mut bytes).unwrap();
+    let mut paths: Vec<String> = archive_listing(&bytes)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "built.txt",
+            "dist/",
+            "dist/app.git.tar",
+            "vendor/",
+            "vendor/lib/",
+            "vendor/lib/lib.c"
+        ]
+    );
+}
+
+#[test]
 fn pack_refuses_paths_that_escape_the_root() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");

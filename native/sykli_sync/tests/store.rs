@@ -220,6 +220,58 @@ fn a_tampered_archive_publishes_nothing() {
 }
 
 #[test]
+fn a_published_file_changed_on_the_claim_fails_the_checkout_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let pvc = tempfile::tempdir().unwrap();
+    let store = Store::new(pvc.path().join("store"));
+    working_tree(work.path());
+    let (tree, archive, _) = archive_for(&store, work.path());
+    store.apply(&tree, &archive[..]).unwrap();
+
+    // Same size, other bytes, written in place on the claim (by anything else mounting it):
+    // its size says nothing, only its hash does.
+    let file = published(&store, &tree).join("tamper");
+    let before = std::fs::metadata(&file).unwrap().len();
+    std::fs::write(&file, b"tamper-ME-please\n").unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), before);
+
+    let job = tempfile::tempdir().unwrap();
+    let err = store.checkout(&tree, &job.path().join("app")).unwrap_err();
+    assert!(
+        matches!(&err, Error::Changed { path, detail }
+            if path.ends_with(&format!("trees/{tree}/tamper")) && detail.contains("hashes to")),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("the published tree was modified on the claim"),
+        "{err}"
+    );
+
+    // The Job's init container (`sykli-sync checkout`) fails with one line naming the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sykli-sync"))
+        .args(["checkout", "--store"])
+        .arg(store.root())
+        .args(["--tree", &tree, "--to"])
+        .arg(job.path().join("again"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("sykli-sync: error[changed]: ") && stderr.contains("/tamper "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // Put back as published, the tree checks out again.
+    std::fs::write(&file, b"tamper-me-please\n").unwrap();
+    let dest = job.path().join("restored");
+    store.checkout(&tree, &dest).unwrap();
+    assert_eq!(snapshot(&dest), snapshot(work.path()));
+}
+
+#[test]
 fn an_unknown_base_is_an_error() {
     let work = tempfile::tempdir().unwrap();
     let pvc = tempfile::tempdir().unwrap();

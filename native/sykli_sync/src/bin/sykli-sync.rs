@@ -32,6 +32,7 @@ usage:
   sykli-sync collect --from DIR --to DEST [--ready FILE] PATH...
                                                    wait for SIGTERM (the end of the task, for a
                                                    native sidecar), then copy PATHs into DEST
+                                                   (writing nothing outside DEST)
   sykli-sync wait-ready --file FILE [--timeout S]  wait until FILE exists (default 120 s)
   sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
   sykli-sync fetch --url-env NAME --sha256 H --size N --tree T --to DIR --download FILE
@@ -281,13 +282,14 @@ fn run(args: &[String]) -> Result<(), Failure> {
             }
             idle()?;
             // Through an archive, so the copy obeys the hardened extractor's rules.
-            // Packed whole (a refused path leaves nothing behind) into a spool beside the
-            // destination, not memory.
-            let parent = to.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent)?;
-            let spool = spool(parent, |w| Ok(pack(&from, &a.positional, w).map(|_| ())?))?;
-            let report = extract_hardened(BufReader::new(spool.file()?), &to, Limits::default())?;
-            print_json(&report)
+            // Packed whole (a refused path leaves nothing behind) into a spool inside the
+            // destination, not memory: the destination may be all the sidecar can write
+            // (its Job's directory, a subPath of the claim).
+            std::fs::create_dir_all(&to)?;
+            let spool = spool(&to, |w| Ok(pack(&from, &a.positional, w).map(|_| ())?))?;
+            let report = extract_hardened(BufReader::new(spool.file()?), &to, Limits::default());
+            drop(spool);
+            print_json(&report?)
         }
         "wait-ready" => {
             let a = parse(rest, &["file", "timeout"])?;
