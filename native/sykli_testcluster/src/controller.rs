@@ -103,6 +103,19 @@ fn controller_uid(pod: &Value) -> Option<&str> {
         .and_then(|r| r["uid"].as_str())
 }
 
+/// An object's owner references (none: empty).
+fn owner_refs(o: &Value) -> &[Value] {
+    o.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The kind an owner reference names, when this server serves it.
+fn owner_kind(r: &Value) -> Option<Res> {
+    ALL.into_iter()
+        .find(|k| r["kind"] == k.kind() && r["apiVersion"] == k.api_version())
+}
+
 fn phase(pod: &Value) -> &str {
     pod.pointer("/status/phase")
         .and_then(Value::as_str)
@@ -234,36 +247,65 @@ impl Controllers {
         }
     }
 
+    /// The garbage collector, as Kubernetes' own: a namespaced object whose owners are all
+    /// gone (deleted with Background propagation, or never there) is deleted; references to
+    /// owners that are gone are dropped while another owner lives; an owner held by the
+    /// `orphan` finalizer lets go of its dependents, one held by `foregroundDeletion` deletes
+    /// them and waits for those with `blockOwnerDeletion`. Owners are resolved by kind, name
+    /// and uid, in the dependent's namespace for a namespaced kind; an owner of a kind this
+    /// server does not serve cannot be resolved, and its dependents are left alone.
     fn garbage_collect(&mut self) {
-        let (jobs, _) = self.store.list(Res::Job, None);
-        let (pods, _) = self.store.list(Res::Pod, None);
-        let job_uids: std::collections::HashSet<&str> =
-            jobs.iter().map(|j| meta_str(j, "uid")).collect();
-        // Dependents whose owner is gone (Background propagation, or an owner deleted at once).
-        for pod in &pods {
-            let owners = pod
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array);
-            let Some(owners) = owners else { continue };
-            let jobs_owning: Vec<&Value> = owners
-                .iter()
-                .filter(|r| r["kind"] == "Job" && r["apiVersion"] == "batch/v1")
-                .collect();
-            if !jobs_owning.is_empty()
-                && jobs_owning
-                    .iter()
-                    .all(|r| !job_uids.contains(r["uid"].as_str().unwrap_or("")))
-                && !deleting(pod)
-            {
-                delete_pod(&self.store, pod);
+        let all: Vec<(Res, Arc<Value>)> = ALL
+            .iter()
+            .flat_map(|r| {
+                self.store
+                    .list(*r, None)
+                    .0
+                    .into_iter()
+                    .map(move |o| (*r, o))
+            })
+            .collect();
+        let live: HashMap<(Res, &str, &str), &str> = all
+            .iter()
+            .map(|(r, o)| {
+                (
+                    (*r, meta_str(o, "namespace"), meta_str(o, "name")),
+                    meta_str(o, "uid"),
+                )
+            })
+            .collect();
+        for (res, o) in all.iter().filter(|(r, o)| r.namespaced() && !deleting(o)) {
+            let refs = owner_refs(o);
+            if refs.is_empty() {
+                continue;
+            }
+            let ns = meta_str(o, "namespace");
+            let mut absent: Vec<&str> = Vec::new();
+            let mut unresolved = false;
+            for r in refs {
+                let Some(kind) = owner_kind(r) else {
+                    unresolved = true;
+                    continue;
+                };
+                let owner_ns = if kind.namespaced() { ns } else { "" };
+                let name = r["name"].as_str().unwrap_or("");
+                let uid = r["uid"].as_str().unwrap_or("");
+                if live.get(&(kind, owner_ns, name)) != Some(&uid) {
+                    absent.push(uid);
+                }
+            }
+            if unresolved {
+                continue;
+            }
+            if absent.len() == refs.len() {
+                self.delete_dependent(*res, o);
+            } else if !absent.is_empty() {
+                self.drop_owner_refs(*res, o, &absent);
             }
         }
         // Owners held by the GC's finalizers.
-        for job in jobs.iter().filter(|j| deleting(j)) {
-            let uid = meta_str(job, "uid");
-            let ns = meta_str(job, "namespace");
-            let name = meta_str(job, "name");
-            let finalizers: Vec<String> = job
+        for (res, owner) in all.iter().filter(|(_, o)| deleting(o)) {
+            let finalizers: Vec<String> = owner
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .map(|a| {
@@ -272,64 +314,63 @@ impl Controllers {
                         .collect()
                 })
                 .unwrap_or_default();
-            let dependents: Vec<&Arc<Value>> = pods
+            let orphan = finalizers.iter().any(|f| f == "orphan");
+            let foreground = finalizers.iter().any(|f| f == "foregroundDeletion");
+            if !orphan && !foreground {
+                continue;
+            }
+            let uid = meta_str(owner, "uid");
+            let ns = meta_str(owner, "namespace");
+            let name = meta_str(owner, "name");
+            let dependents: Vec<&(Res, Arc<Value>)> = all
                 .iter()
-                .filter(|p| {
-                    meta_str(p, "namespace") == ns
-                        && p.pointer("/metadata/ownerReferences")
-                            .and_then(Value::as_array)
-                            .is_some_and(|rs| rs.iter().any(|r| r["uid"] == uid))
+                .filter(|(r, d)| {
+                    r.namespaced()
+                        && (!res.namespaced() || meta_str(d, "namespace") == ns)
+                        && owner_refs(d).iter().any(|r| r["uid"] == uid)
                 })
                 .collect();
             let mut done: Vec<&str> = Vec::new();
-            if finalizers.iter().any(|f| f == "orphan") {
-                for p in &dependents {
-                    let _ = self
-                        .store
-                        .update(Res::Pod, ns, meta_str(p, "name"), None, |o| {
-                            if let Some(rs) = o
-                                .pointer_mut("/metadata/ownerReferences")
-                                .and_then(Value::as_array_mut)
-                            {
-                                rs.retain(|r| r["uid"] != uid);
-                                if rs.is_empty() {
-                                    o["metadata"]
-                                        .as_object_mut()
-                                        .expect("metadata")
-                                        .remove("ownerReferences");
-                                }
-                            }
-                            Ok(true)
-                        });
+            if orphan {
+                for (r, d) in &dependents {
+                    self.drop_owner_refs(*r, d, &[uid]);
                 }
                 done.push("orphan");
             }
-            if finalizers.iter().any(|f| f == "foregroundDeletion") {
-                for p in &dependents {
-                    if !deleting(p) {
-                        delete_pod(&self.store, p);
+            if foreground {
+                for (r, d) in &dependents {
+                    if !deleting(d) {
+                        self.delete_dependent(*r, d);
                     }
                 }
-                if dependents.is_empty() {
+                // Only dependents that block their owner's deletion hold it.
+                let blocking = dependents.iter().any(|(_, d)| {
+                    owner_refs(d)
+                        .iter()
+                        .any(|r| r["uid"] == uid && r["blockOwnerDeletion"] == true)
+                });
+                if !blocking {
                     done.push("foregroundDeletion");
                 }
             }
-            let left: Vec<&String> = finalizers
+            let left: Vec<String> = finalizers
                 .iter()
                 .filter(|f| !done.contains(&f.as_str()))
+                .cloned()
                 .collect();
-            if left.is_empty() {
+            if left.is_empty() && *res == Res::Job {
                 self.store.delete(Res::Job, ns, name);
             } else if left.len() != finalizers.len() {
-                let left: Vec<String> = left.into_iter().cloned().collect();
-                let _ = self.store.update(Res::Job, ns, name, None, |o| {
+                // Other kinds go through their own controller (the kubelet, claim
+                // protection) or the sweep below once no finalizer is left.
+                let _ = self.store.update(*res, ns, name, None, |o| {
                     o["metadata"]["finalizers"] = json!(left);
                     Ok(true)
                 });
             }
         }
         // Any other object whose finalizers are gone.
-        for res in [Res::Secret, Res::ConfigMap] {
+        for res in [Res::Secret, Res::ConfigMap, Res::ServiceAccount, Res::Event] {
             let (items, _) = self.store.list(res, None);
             for o in items.iter().filter(|o| deleting(o)) {
                 let empty = o
@@ -342,6 +383,64 @@ impl Controllers {
                 }
             }
         }
+    }
+
+    /// Deletes a dependent as a Background-propagation DELETE of it would: pods through their
+    /// grace period, objects with finalizers only marked (claims then go through claim
+    /// protection), the others at once.
+    fn delete_dependent(&self, res: Res, o: &Value) {
+        let ns = meta_str(o, "namespace");
+        let name = meta_str(o, "name");
+        let has_finalizers = o
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        match res {
+            Res::Pod => delete_pod(&self.store, o),
+            _ if has_finalizers || res == Res::PersistentVolumeClaim => {
+                let _ = self.store.update(res, ns, name, None, |o| {
+                    if deleting(o) {
+                        return Ok(false);
+                    }
+                    o["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    o["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                    Ok(true)
+                });
+            }
+            _ => {
+                self.store.delete(res, ns, name);
+            }
+        }
+    }
+
+    /// Removes the references to the owners `uids` from a dependent.
+    fn drop_owner_refs(&self, res: Res, o: &Value, uids: &[&str]) {
+        let _ = self.store.update(
+            res,
+            meta_str(o, "namespace"),
+            meta_str(o, "name"),
+            None,
+            |o| {
+                let Some(refs) = o
+                    .pointer_mut("/metadata/ownerReferences")
+                    .and_then(Value::as_array_mut)
+                else {
+                    return Ok(false);
+                };
+                let before = refs.len();
+                refs.retain(|r| !uids.contains(&r["uid"].as_str().unwrap_or("")));
+                if refs.len() == before {
+                    return Ok(false);
+                }
+                if refs.is_empty() {
+                    o["metadata"]
+                        .as_object_mut()
+                        .expect("metadata")
+                        .remove("ownerReferences");
+                }
+                Ok(true)
+            },
+        );
     }
 
     fn job_controller(&mut self) {

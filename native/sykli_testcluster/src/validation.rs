@@ -989,6 +989,47 @@ fn validate_meta(meta: &Value, rule: NameRule, errs: &mut Errs) {
     }
     validate_labels(meta.get("labels"), "metadata.labels", errs);
     validate_annotations(meta.get("annotations"), "metadata.annotations", errs);
+    validate_owner_references(meta, errs);
+}
+
+/// apimachinery's ValidateOwnerReferences: apiVersion (its version), kind, name and uid
+/// present, and at most one controller.
+fn validate_owner_references(meta: &Value, errs: &mut Errs) {
+    const PATH: &str = "metadata.ownerReferences";
+    let mut controller: Option<String> = None;
+    for r in arr(meta, "ownerReferences") {
+        let field = |k: &str| s(r, k).unwrap_or("");
+        let version = field("apiVersion").rsplit('/').next().unwrap_or("");
+        if version.is_empty() {
+            errs.push(FieldError::invalid(
+                format!("{PATH}.apiVersion"),
+                field("apiVersion"),
+                "version must not be empty",
+            ));
+        }
+        for k in ["kind", "name", "uid"] {
+            if field(k).is_empty() {
+                errs.push(FieldError::invalid(
+                    format!("{PATH}.{k}"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+        }
+        if r["controller"] == true {
+            let this = format!("{}/{}", field("kind"), field("name"));
+            match &controller {
+                Some(first) => errs.push(FieldError::invalid(
+                    PATH,
+                    this.as_str(),
+                    format!(
+                        "Only one reference can have Controller set to true. Found \"true\" in references for {first} and {this}"
+                    ),
+                )),
+                None => controller = Some(this),
+            }
+        }
+    }
 }
 
 fn validate_dns_label(value: &str, path: &str, errs: &mut Errs) {

@@ -164,6 +164,41 @@ async fn a_claim_is_a_directory_that_outlives_its_pods() {
 }
 
 #[tokio::test]
+async fn a_sub_path_of_a_claim_is_made_when_missing_and_is_all_a_mount_sees() {
+    let env = env().await;
+    create_claim(&env, "artifacts", &["ReadWriteMany"]).await;
+    let dir = env.cluster.claim_dir("default", "artifacts");
+    std::fs::write(dir.join("elsewhere"), "not this mount's\n").unwrap();
+    let mut p = pod(
+        "sub",
+        "echo made > /out/file && ls -A /out && cat /in/file && \
+         if touch /in/new 2>/dev/null; then echo writable; else echo read-only; fi",
+    );
+    p["spec"]["volumes"] =
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": "artifacts"}}]);
+    // As the kubelet does: the missing directories are made (with the volume's mode), then
+    // bound; a readOnly mount of one is read-only, whatever the claim allows.
+    p["spec"]["containers"][0]["volumeMounts"] = json!([
+        {"name": "data", "mountPath": "/out", "subPath": "runs/r1/job"},
+        {"name": "data", "mountPath": "/in", "subPath": "runs/r1/job", "readOnly": true}
+    ]);
+    create_pod(&env.client, "default", p).await;
+    wait_phase(&env.client, "default", "sub", "Succeeded").await;
+    assert_eq!(log_of(&env, "sub").await, "file\nmade\nread-only\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("runs/r1/job/file")).unwrap(),
+        "made\n"
+    );
+    assert!(!dir.join("runs/r1/job/new").exists());
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o7777
+    };
+    assert_eq!(mode(&dir.join("runs/r1")), mode(&dir));
+    assert_eq!(mode(&dir.join("runs/r1/job")), mode(&dir));
+}
+
+#[tokio::test]
 async fn a_missing_claim_keeps_the_pod_pending_until_it_exists() {
     let env = env().await;
     create_pod(

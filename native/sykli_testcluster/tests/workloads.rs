@@ -767,3 +767,147 @@ async fn a_pod_removed_before_it_was_counted_still_fails_the_job() {
     );
     assert!(done.status.as_ref().unwrap().failed.unwrap_or(0) >= 1);
 }
+
+/// Waits (on a watch) until the object `name` of `api` satisfies `cond` (None: it is gone).
+async fn wait_for<K>(api: Api<K>, name: &str, cond: impl Fn(Option<&K>) -> bool + Send + 'static)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(WAIT, kube::runtime::wait::await_condition(api, name, cond))
+        .await
+        .unwrap_or_else(|_| panic!("{name}: condition not reached in {WAIT:?}"))
+        .unwrap();
+}
+
+fn owned_secret(name: &str, owners: Value) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "ownerReferences": owners},
+        "stringData": {"k": "v"}
+    }))
+    .unwrap()
+}
+
+fn job_ref(job: &Job) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "Job", "name": job.metadata.name,
+           "uid": job.metadata.uid, "controller": false, "blockOwnerDeletion": false})
+}
+
+fn owner_uids(meta: &kube::api::ObjectMeta) -> Vec<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .map(|r| r.uid.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_garbage_collector_deletes_any_dependent_whose_owners_are_gone() {
+    let env = env().await;
+    let jobs = Api::<Job>::namespaced(env.client.clone(), "default");
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), "default");
+    let pp = PostParams::default();
+
+    // Background propagation: the Job goes at once, its Secret after it; a dependent with
+    // another live owner only loses the reference to the Job.
+    let owner = create_job(&env.client, "default", job("owner", "true")).await;
+    let keeper = secrets
+        .create(&pp, &owned_secret("keeper", json!([])))
+        .await
+        .unwrap();
+    secrets
+        .create(&pp, &owned_secret("dep", json!([job_ref(&owner)])))
+        .await
+        .unwrap();
+    let keeper_ref = json!({"apiVersion": "v1", "kind": "Secret", "name": "keeper",
+                            "uid": keeper.metadata.uid});
+    secrets
+        .create(
+            &pp,
+            &owned_secret("shared", json!([job_ref(&owner), keeper_ref])),
+        )
+        .await
+        .unwrap();
+    // A kind this server does not serve cannot be resolved: left alone, as the real GC does.
+    secrets
+        .create(
+            &pp,
+            &owned_secret(
+                "foreign",
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "u-rs"}]),
+            ),
+        )
+        .await
+        .unwrap();
+    jobs.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for(secrets.clone(), "dep", |s: Option<&Secret>| s.is_none()).await;
+    let keeper_uid = keeper.metadata.uid.clone().unwrap();
+    wait_for(secrets.clone(), "shared", move |s: Option<&Secret>| {
+        s.is_some_and(|s| owner_uids(&s.metadata) == [keeper_uid.clone()])
+    })
+    .await;
+    // An owner that never existed (same name, another uid) is gone too.
+    let again = create_job(&env.client, "default", job("owner", "true")).await;
+    let mut stale = job_ref(&again);
+    stale["uid"] = json!("not-the-owners-uid");
+    secrets
+        .create(&pp, &owned_secret("stale", json!([stale])))
+        .await
+        .unwrap();
+    wait_for(secrets.clone(), "stale", |s: Option<&Secret>| s.is_none()).await;
+    assert!(secrets.get_opt("foreign").await.unwrap().is_some());
+    assert!(jobs.get_opt("owner").await.unwrap().is_some());
+
+    // Orphan: the dependent stays, unowned.
+    let orphaning = create_job(&env.client, "default", job("orphaning", "true")).await;
+    secrets
+        .create(&pp, &owned_secret("orphaned", json!([job_ref(&orphaning)])))
+        .await
+        .unwrap();
+    jobs.delete("orphaning", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    wait_for(jobs.clone(), "orphaning", |j: Option<&Job>| j.is_none()).await;
+    wait_for(secrets.clone(), "orphaned", |s: Option<&Secret>| {
+        s.is_some_and(|s| s.metadata.owner_references.is_none())
+    })
+    .await;
+
+    // Foreground: the dependent is deleted; without blockOwnerDeletion it does not hold the
+    // owner, which goes once its pods (that block it) are gone.
+    let fg = create_job(&env.client, "default", job("fg-owner", "true")).await;
+    secrets
+        .create(&pp, &owned_secret("fg-dep", json!([job_ref(&fg)])))
+        .await
+        .unwrap();
+    jobs.delete("fg-owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait_for(secrets.clone(), "fg-dep", |s: Option<&Secret>| s.is_none()).await;
+    wait_for(jobs.clone(), "fg-owner", |j: Option<&Job>| j.is_none()).await;
+}
+
+#[tokio::test]
+async fn owner_references_are_validated_as_the_api_server_does() {
+    let env = env().await;
+    let (code, st) = raw_json(
+        &env.client,
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        Some(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad", "ownerReferences": [
+            {"apiVersion": "", "kind": "Job", "name": "a", "uid": ""},
+            {"apiVersion": "batch/v1", "kind": "Job", "name": "b", "uid": "1", "controller": true},
+            {"apiVersion": "batch/v1", "kind": "Job", "name": "c", "uid": "2", "controller": true}]}})),
+    )
+    .await;
+    assert_eq!(code, 422, "{st}");
+    let message = st["message"].as_str().unwrap();
+    for part in [
+        "metadata.ownerReferences.apiVersion: Invalid value: \"\": version must not be empty",
+        "metadata.ownerReferences.uid: Invalid value: \"\": must not be empty",
+        "Only one reference can have Controller set to true. Found \"true\" in references for Job/b and Job/c",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+}

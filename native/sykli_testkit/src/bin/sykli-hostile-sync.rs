@@ -3,7 +3,9 @@
 //! runs as the claim's receiver pod and answers the product's commands — but `pack` (how
 //! the laptop fetches a task's outputs) answers with an archive of the malicious corpus
 //! (`sykli_testkit::hostile_archives`) instead of the outputs: the first output named is
-//! the case. `pack … benign` answers a well-formed archive.
+//! the case. `pack … benign` answers a well-formed archive; `pack … oversized-N` a
+//! well-formed one of more than N bytes (one file of incompressible bytes), streamed, for
+//! the laptop's limit on what a sync back takes.
 //!
 //! ```text
 //! sykli-hostile-sync idle                              wait for SIGTERM or SIGINT (the pod)
@@ -75,6 +77,12 @@ fn run(args: &[String]) -> Result<(), String> {
             if name == "benign" {
                 return stdout(&benign().0);
             }
+            if let Some(n) = name.strip_prefix("oversized-") {
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| format!("pack: {name:?}: N is a size"))?;
+                return oversized(n).map_err(|e| format!("stdout: {e}"));
+            }
             if let Some(archive) = repository_case(name) {
                 return stdout(&archive);
             }
@@ -108,6 +116,33 @@ fn run(args: &[String]) -> Result<(), String> {
         )),
         None => Err("a command is required".into()),
     }
+}
+
+/// Streams a gzip tar of one file, `big.bin`, of `n` incompressible bytes (an xorshift
+/// stream) to stdout: more than `n` bytes in all, never held in memory.
+fn oversized(n: u64) -> std::io::Result<()> {
+    struct Noise(u64, u64);
+    impl std::io::Read for Noise {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let k = buf.len().min(usize::try_from(self.1).unwrap_or(usize::MAX));
+            for b in &mut buf[..k] {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                *b = (self.0 >> 24) as u8;
+            }
+            self.1 -= k as u64;
+            Ok(k)
+        }
+    }
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(n);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "big.bin", Noise(0x2545_f491_4f6c_dd1d, n))?;
+    b.into_inner()?.finish()?.flush()
 }
 
 /// Archives that are well formed, but write where a task's outputs must not: into the
