@@ -168,11 +168,9 @@ defmodule SykliK8s.Boundary do
     end
   end
 
+  # Each Job's URL is signed when its task is submitted, for that task's own timeout.
   defp publish(%{source_strategy: :s3} = engine) do
-    # The URL must outlive the run; sykli's setup does not know its tasks' timeouts.
-    expires = Map.get(engine, :s3_url_expires, 6 * 3600)
-
-    with {:ok, engine, p} <- Target.publish_source(engine, expires: expires) do
+    with {:ok, engine, p} <- Target.publish_source(engine) do
       warn(p.warnings)
 
       say(

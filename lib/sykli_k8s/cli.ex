@@ -376,8 +376,9 @@ defmodule SykliK8s.CLI do
     end
   end
 
-  defp upload(%{source_strategy: :s3} = state, pipeline, report) do
-    with {:ok, state, published} <- SykliK8s.Target.publish_source(state, expires: url_lifetime(pipeline)) do
+  # The S3 strategy uploads the archive once; each Job's URL is signed when it is submitted.
+  defp upload(%{source_strategy: :s3} = state, _pipeline, report) do
+    with {:ok, state, published} <- SykliK8s.Target.publish_source(state) do
       Enum.each(published.warnings, &IO.puts(:stderr, "warning: " <> &1))
       report.({:source_published, Map.delete(published, :warnings)})
       {:ok, state}
@@ -385,19 +386,6 @@ defmodule SykliK8s.CLI do
   end
 
   defp upload(state, _pipeline, _report), do: {:ok, state}
-
-  # The presigned URL must outlive the run up to its last Job's start: every task's
-  # timeout (an hour when it has none) plus an hour, within SigV4's seven days.
-  defp url_lifetime(pipeline) do
-    tasks = if is_list(pipeline["tasks"]), do: pipeline["tasks"], else: []
-
-    total =
-      Enum.reduce(tasks, 3600, fn t, acc ->
-        acc + if(is_integer(t["timeout"]), do: t["timeout"], else: 3600)
-      end)
-
-    min(total, 7 * 24 * 3600)
-  end
 
   defp run_pipeline(plan, state, report) do
     {status, results} =

@@ -63,6 +63,8 @@ defmodule SykliK8s.Config do
     keep_failed: {:boolean, "true or false"},
     ttl_seconds_after_finished: {{:int, 0, 31_536_000}, "seconds, 0 or more"},
     unschedulable_grace: {{:int, 1, 86_400}, "seconds, 1 or more"},
+    # Checked as a quantity when the Jobs are built (the Rust quantity module), before any call.
+    workspace_size_limit: {:quantity, ~s(a size, a Kubernetes quantity such as "20Gi")},
     s3:
       {:keyword,
        "a keyword list: bucket: (required), prefix:, region:, endpoint:, force_path_style:, " <>
@@ -140,6 +142,30 @@ defmodule SykliK8s.Config do
     end)
   end
 
+  @doc """
+  Checks the claims of a run's settings together: `artifact_pvc` (the default
+  `"sykli-artifacts"` included) must not be `source_pvc`. Jobs write the artifact claim;
+  were it the source claim, they could reach the published trees every later Job checks
+  out. `:ok` or an error naming both keys and the fix, before anything is contacted.
+  """
+  @spec check_claims(map()) :: :ok | {:error, Error.t()}
+  def check_claims(settings) do
+    case {settings[:artifact_pvc], settings[:source_pvc]} do
+      {claim, claim} when is_binary(claim) ->
+        {:error,
+         %Error{
+           kind: :invalid_config,
+           message:
+             "artifact_pvc and source_pvc are both #{inspect(claim)}: Jobs write the artifact claim, so it " <>
+               "must be another claim than the source's (give them two claims in #{@file_name}, e.g. " <>
+               "artifact_pvc: \"sykli-artifacts\" and source_pvc: \"sykli-source\")"
+         }}
+
+      _ ->
+        :ok
+    end
+  end
+
   @doc "The keys `.sykli/config.exs` may set under `config :sykli, :k8s`."
   def keys, do: Map.keys(@keys)
 
@@ -192,6 +218,7 @@ defmodule SykliK8s.Config do
   defp valid?({:one_of, allowed}, v), do: v in allowed
   defp valid?({:int, min, max}, v), do: is_integer(v) and v >= min and v <= max
   defp valid?(:depth, v), do: v == :full or (is_integer(v) and v >= 1)
+  defp valid?(:quantity, v), do: (is_binary(v) and v != "") or (is_integer(v) and v > 0)
   defp valid?(:string_list, v), do: is_list(v) and Enum.all?(v, &(is_binary(&1) and &1 != ""))
 
   defp valid?(:keyword, v),

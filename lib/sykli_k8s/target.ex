@@ -45,18 +45,18 @@ defmodule SykliK8s.Target do
     root = (rest.git_context && rest.git_context.root) || workdir
 
     with :ok <- Config.check_flags(flags),
-         {:ok, settings} <- Config.resolve(root, flags) do
-      state =
-        %{
-          workdir: workdir,
-          allow_dirty: false,
-          artifact_pvc: "sykli-artifacts",
-          run_id: run_id(),
-          cluster: nil
-        }
-        |> Map.merge(settings)
-        |> Map.merge(rest)
-
+         {:ok, settings} <- Config.resolve(root, flags),
+         state =
+           %{
+             workdir: workdir,
+             allow_dirty: false,
+             artifact_pvc: "sykli-artifacts",
+             run_id: run_id(),
+             cluster: nil
+           }
+           |> Map.merge(settings)
+           |> Map.merge(rest),
+         :ok <- Config.check_claims(state) do
       if state[:dry_run] || state.cluster do
         {:ok, state}
       else
@@ -194,8 +194,9 @@ defmodule SykliK8s.Target do
       })
 
     with {:ok, job} <- build_job_manifest(task, name, state, Keyword.put(opts, :run_id, state.run_id)),
+         {:ok, s3_source} <- s3_source(state),
          {:ok, job_json} <- JSON.encode(job),
-         {:ok, run_json} <- JSON.encode(run_opts) do
+         {:ok, run_json} <- JSON.encode(Map.merge(run_opts, compact(%{s3_source: s3_source}))) do
       tag = make_ref()
 
       case Native.k8s_run_job(cluster, job_json, run_json, tag) do
@@ -251,54 +252,69 @@ defmodule SykliK8s.Target do
   def upload_source(%{cluster: cluster} = state) when cluster != nil do
     with {:ok, claim} <- claim(state),
          {:ok, ctx} <- git_context(state),
-         {:ok, bundle} <- bundle_dir(state, ctx),
-         {:ok, json} <-
-           JSON.encode(
-             compact(%{
-               namespace: state.namespace,
-               claim: claim,
-               image: state[:sync_image],
-               root: ctx.root,
-               excludes: state[:source_exclude] || [],
-               bundle_dir: bundle
-             })
-           ),
-         {:ok, report} <- background(&Native.k8s_upload_source(cluster, json, &1)) do
+         {:ok, report} <-
+           with_bundle_dir(state, ctx, fn bundle ->
+             with {:ok, json} <-
+                    JSON.encode(
+                      compact(%{
+                        namespace: state.namespace,
+                        claim: claim,
+                        image: state[:sync_image],
+                        root: ctx.root,
+                        excludes: state[:source_exclude] || [],
+                        bundle_dir: bundle
+                      })
+                    ),
+                  do: background(&Native.k8s_upload_source(cluster, json, &1))
+           end) do
       {:ok, Map.merge(state, %{pvc_tree: report.tree, pvc_node: report.node}), report}
     end
   end
 
   @doc """
-  The S3 strategy's upload: the working tree (as for the PVC strategy) or HEAD as a git
-  bundle (`source_sync: :git`) is packed into one archive keyed by its tree hash and
-  uploaded to `s3: [bucket: ...]` unless the bucket already has it, with credentials from
-  the AWS chain of this process. Returns the state the Jobs are built from (the archive and
-  a presigned GET URL living `expires` seconds) and the report (`uploaded_bytes`,
-  `existed`, `size`, `key`). With `dry_run: true` the archive is only packed (for its
-  checksum): no credentials, no call.
+  The S3 strategy's upload, once per run: the working tree (as for the PVC strategy) or
+  HEAD as a git bundle (`source_sync: :git`) is packed into one archive keyed by its tree
+  hash and uploaded to `s3: [bucket: ...]` unless the bucket already has it, with
+  credentials from the AWS chain of this process. Returns the state the Jobs are built from
+  (the archive) and the report (`uploaded_bytes`, `existed`, `size`, `key`, `warnings`).
+  Nothing is signed here: `start_task/3` signs each Job's GET URL when it submits the Job,
+  for the task's own timeout plus a margin, into a Secret the Job owns. With
+  `dry_run: true` the archive is only packed (for its checksum): no credentials, no call.
   """
   @spec publish_source(map(), keyword()) :: {:ok, map(), map()} | {:error, Error.t()}
   def publish_source(state, opts \\ []) do
     with {:ok, s3} <- s3_settings(state),
          {:ok, ctx} <- git_context(state),
-         {:ok, bundle} <- bundle_dir(state, ctx),
-         {:ok, json} <-
-           JSON.encode(
-             compact(%{
-               root: ctx.root,
-               excludes: state[:source_exclude] || [],
-               bundle_dir: bundle,
-               s3: s3,
-               expires: Keyword.get(opts, :expires, 3600),
-               scratch: Path.join(System.tmp_dir!(), "sykli-s3"),
-               dry_run: Keyword.get(opts, :dry_run, false),
-               env: aws_env()
-             })
-           ),
-         {:ok, report} <- background(&Native.k8s_s3_publish(json, &1)) do
-      {:ok, Map.put(state, :s3_published, report), Map.drop(report, [:url])}
+         {:ok, report} <-
+           with_bundle_dir(state, ctx, fn bundle ->
+             with {:ok, json} <-
+                    JSON.encode(
+                      compact(%{
+                        root: ctx.root,
+                        excludes: state[:source_exclude] || [],
+                        bundle_dir: bundle,
+                        s3: s3,
+                        # The archive is packed in a private directory made in here, and
+                        # removed with it (source/s3.rs `publish`).
+                        scratch: System.tmp_dir!(),
+                        dry_run: Keyword.get(opts, :dry_run, false),
+                        env: aws_env()
+                      })
+                    ),
+                  do: background(&Native.k8s_s3_publish(json, &1))
+           end) do
+      {:ok, Map.put(state, :s3_published, report), report}
     end
   end
+
+  # The S3 strategy: what signs each Job's URL of the published archive when it is
+  # submitted (credentials resolved then, from the AWS chain of this process). Unpublished:
+  # nothing, and the submission refuses a Job that reads a URL.
+  defp s3_source(%{source_strategy: :s3, s3_published: %{key: key}} = state) when is_binary(key) do
+    with {:ok, s3} <- s3_settings(state), do: {:ok, %{s3: s3, key: key, env: aws_env()}}
+  end
+
+  defp s3_source(_state), do: {:ok, nil}
 
   @doc """
   For `sykli info --check` with the S3 strategy: resolves the credentials (as a run would)
@@ -412,9 +428,10 @@ defmodule SykliK8s.Target do
 
   @doc """
   Where the artifact `artifact_name` of task `task_name` is stored and read:
-  `/artifacts/<task>/<name>`, on the artifact claim (`state.artifact_pvc`), which the Jobs
-  of tasks declaring `outputs` or `task_inputs` mount at `/artifacts`. A producing task
-  writes its artifact there; `copy_artifact/4` copies it on the claim.
+  `/artifacts/<task>/<name>`, on the artifact claim (`state.artifact_pvc`): the Job of a
+  task declaring `outputs` or `task_inputs` mounts its own directory of this run's,
+  `sykli-tasks/<run>/<task>` on the claim, at `/artifacts/<task>`. A producing task writes
+  its artifact there; `copy_artifact/4` copies it on the claim, within the run.
 
   Both names are relative paths (`dist/app` is fine): an empty, absolute, `..` or `.`
   component, an empty component or a NUL byte raises `ArgumentError` naming it.
@@ -449,8 +466,9 @@ defmodule SykliK8s.Target do
 
   @doc """
   Copies an artifact (a file or a directory tree) from `source` to `dest`, both paths as
-  `artifact_path/4` gives them (below `/artifacts/`), on the artifact claim, in the cluster:
-  the claim's receiver pod (`sykli-sync-<claim>`, as for the PVC strategy, image
+  `artifact_path/4` gives them (below `/artifacts/`), in this run's directories of the
+  artifact claim (`state.run_id`), in the cluster:
+  the claim's receiver pod (`sykli-sync-<claim>-<hash>`, as for the PVC strategy, image
   `sync_image`) runs `sykli-sync copy`, which follows no symlink out of the claim and leaves
   none pointing out of it. Nothing crosses the laptop.
 
@@ -470,7 +488,8 @@ defmodule SykliK8s.Target do
                claim: claim,
                image: state[:sync_image],
                from: source,
-               to: dest
+               to: dest,
+               run_id: state.run_id
              })
            ),
          {:ok, _report} <- background(&Native.k8s_copy_artifact(cluster, json, &1)) do
@@ -619,6 +638,7 @@ defmodule SykliK8s.Target do
          artifact_pvc: artifact_claim(state),
          collect_outputs: Map.get(state, :collect_outputs),
          sync_image: state[:sync_image],
+         workspace_size_limit: state[:workspace_size_limit],
          source: %{
            pvc: pvc,
            s3: s3,
@@ -686,8 +706,9 @@ defmodule SykliK8s.Target do
 
   # Before an upload (a dry run), the tree is the one the working tree would upload as.
   defp pvc_options(%{source_strategy: :pvc} = state, ctx) do
-    with {:ok, bundle} <- bundle_dir(state, ctx),
-         {:ok, %{tree: tree}} <- tree(state, ctx, bundle),
+    bundle = state[:source_sync] == :git
+
+    with {:ok, %{tree: tree}} <- tree(state, ctx),
          {:ok, claim} <- claim(state) do
       {:ok,
        %{
@@ -706,14 +727,14 @@ defmodule SykliK8s.Target do
 
   # Before the upload (the pre-flight build of every Job), the archive is not known yet: a
   # placeholder shows the Jobs are buildable; they are built again once it is published.
+  # No URL: the fetch reads it from the Job's own Secret, signed at submission.
   defp s3_options(%{source_strategy: :s3} = state, ctx) do
     with {:ok, _} <- s3_settings(state) do
       zero = String.duplicate("0", 64)
-      p = state[:s3_published] || %{url: "https://s3.invalid/", sha256: zero, size: 0, tree: zero, key: nil}
+      p = state[:s3_published] || %{sha256: zero, size: 0, tree: zero, key: nil}
 
       {:ok,
        %{
-         url: p.url,
          sha256: p.sha256,
          size: p.size,
          tree: p.tree,
@@ -726,41 +747,82 @@ defmodule SykliK8s.Target do
 
   defp s3_options(_state, _ctx), do: {:ok, nil}
 
-  defp tree(%{pvc_tree: tree}, _ctx, _bundle) when is_binary(tree), do: {:ok, %{tree: tree}}
+  defp tree(%{pvc_tree: tree}, _ctx) when is_binary(tree), do: {:ok, %{tree: tree}}
 
-  defp tree(_state, _ctx, bundle) when is_binary(bundle),
-    do: Error.wrap(Native.k8s_source_tree(bundle, [], true))
+  defp tree(%{source_sync: :git} = state, ctx),
+    do: with_bundle_dir(state, ctx, &Error.wrap(Native.k8s_source_tree(&1, [], true)))
 
-  defp tree(state, ctx, nil),
+  defp tree(state, ctx),
     do: Error.wrap(Native.k8s_source_tree(ctx.root, state[:source_exclude] || [], false))
 
-  # `source_sync: :git`: HEAD as a git bundle, in a directory of its own (made once per
-  # commit, so an unchanged HEAD uploads nothing).
-  defp bundle_dir(%{source_sync: :git}, ctx) do
-    dir = Path.join(System.tmp_dir!(), "sykli-bundle-#{ctx.sha}")
-    file = Path.join(dir, "sykli.bundle")
+  # `source_sync: :git`: HEAD as a git bundle, made for `fun` (which gets its directory)
+  # in a fresh private directory that is removed once `fun` returns, however it ends.
+  # Nothing in a shared /tmp is reused by name or followed. Packed on one thread, so the
+  # same HEAD gives the same bytes (and tree): an unchanged HEAD still uploads nothing.
+  defp with_bundle_dir(%{source_sync: :git}, ctx, fun) do
+    with {:ok, dir} <- bundle_dir() do
+      try do
+        args = [
+          "-c",
+          "pack.threads=1",
+          "-C",
+          ctx.root,
+          "bundle",
+          "create",
+          "-q",
+          Path.join(dir, "sykli.bundle"),
+          "HEAD"
+        ]
 
-    if File.exists?(file) do
-      {:ok, dir}
-    else
-      File.mkdir_p!(dir)
-      partial = file <> ".#{System.unique_integer([:positive])}"
-
-      case System.cmd("git", ["-C", ctx.root, "bundle", "create", "-q", partial, "HEAD"],
-             stderr_to_stdout: true
-           ) do
-        {_, 0} ->
-          File.rename!(partial, file)
-          {:ok, dir}
-
-        {out, _} ->
-          File.rm(partial)
-          {:error, %Error{kind: :git, message: "git bundle create failed: #{String.trim(out)}"}}
+        case System.cmd("git", args, stderr_to_stdout: true) do
+          {_, 0} -> fun.(dir)
+          {out, _} -> {:error, %Error{kind: :git, message: "git bundle create failed: #{String.trim(out)}"}}
+        end
+      after
+        File.rm_rf(dir)
       end
     end
   end
 
-  defp bundle_dir(_state, _ctx), do: {:ok, nil}
+  defp with_bundle_dir(_state, _ctx, fun), do: fun.(nil)
+
+  # A directory of this user only: a random name made with mkdir (which fails on anything
+  # there, a link included), closed to others before anything is written, and checked
+  # still empty (nothing slipped in before the chmod, whatever the umask).
+  defp bundle_dir(attempts \\ 5) do
+    tmp = System.tmp_dir!()
+    dir = Path.join(tmp, "sykli-bundle-" <> Base.url_encode64(:rand.bytes(12), padding: false))
+
+    fail = fn why ->
+      {:error,
+       %Error{
+         kind: :io,
+         message:
+           "cannot make a private directory for the git bundle in #{tmp}: #{why} " <>
+             "(set TMPDIR to a directory of your own)"
+       }}
+    end
+
+    case File.mkdir(dir) do
+      :ok ->
+        with :ok <- File.chmod(dir, 0o700),
+             {:ok, %File.Stat{type: :directory, mode: mode}} when Bitwise.band(mode, 0o077) == 0 <-
+               File.lstat(dir),
+             {:ok, []} <- File.ls(dir) do
+          {:ok, dir}
+        else
+          _ ->
+            File.rm_rf(dir)
+            fail.("#{dir} could not be closed to others, or something appeared in it")
+        end
+
+      {:error, :eexist} when attempts > 1 ->
+        bundle_dir(attempts - 1)
+
+      {:error, reason} ->
+        fail.(:file.format_error(reason))
+    end
+  end
 
   defp object_key(nil, _key), do: nil
   defp object_key("secret/" <> name, key), do: %{kind: "secret", name: name, key: key}

@@ -54,7 +54,8 @@ defmodule SykliK8s.ConfigTest do
       {"s3: [bucket: \"b\", secret_key: \"x\"]", ":s3 has an unknown key :secret_key"},
       {"s3: [bucket: \"b\", force_path_style: \"yes\"]",
        ":s3 :force_path_style has a value of the wrong type"},
-      {"lfs: \"yes\"", ~s(:lfs is "yes", but must be true, false or :auto)}
+      {"lfs: \"yes\"", ~s(:lfs is "yes", but must be true, false or :auto)},
+      {"workspace_size_limit: :big", ":workspace_size_limit is :big, but must be a size"}
     ]
 
     for {setting, expected} <- cases do
@@ -63,6 +64,52 @@ defmodule SykliK8s.ConfigTest do
       assert message =~ expected, "#{setting}: #{message}"
       assert message =~ Config.path(root)
       refute message =~ ~s("x"), "a value under :s3 is never echoed: #{message}"
+    end
+  end
+
+  describe "workspace_size_limit" do
+    @task %{
+      name: "build",
+      command: "make",
+      container: "gcc:14",
+      mounts: [%{resource: "src:.", path: "/src", type: "directory"}]
+    }
+
+    # The Job a run with this config file line would submit (built as a dry run: no cluster).
+    defp job_with(work, line) do
+      write!(work, ".sykli/config.exs", "import Config\nconfig :sykli, :k8s, #{line}\n")
+      {:ok, ctx} = SykliK8s.Git.detect(work, env: %{})
+      {:ok, state} = SykliK8s.Target.setup(git_context: ctx, workdir: work, dry_run: true)
+
+      SykliK8s.Target.build_job_manifest(@task, "sykli-build-r1", state,
+        resources: %{"src:." => %{type: "directory", path: "."}},
+        run_id: "r1",
+        allow_dirty: true
+      )
+    end
+
+    defp size_limits(job) do
+      for %{"emptyDir" => e, "name" => name} <- job["spec"]["template"]["spec"]["volumes"],
+          into: %{},
+          do: {name, e["sizeLimit"]}
+    end
+
+    test "sizes sykli's emptyDirs; a value Kubernetes would refuse fails the build, naming the key" do
+      {work, _} = with_origin!(tmp_dir!())
+      git!(work, ["remote", "set-url", "origin", "https://git.example.com/acme/shop.git"])
+
+      assert {:ok, job} = job_with(work, "namespace: \"ci\"")
+      assert size_limits(job) == %{"sykli-workspace" => "10Gi", "sykli-tmp" => "1Gi"}
+
+      assert {:ok, job} = job_with(work, ~s(workspace_size_limit: "20Gi"))
+      assert {:ok, %{workspace_size_limit: "20Gi"}} = Config.load(work)
+      assert size_limits(job) == %{"sykli-workspace" => "20Gi", "sykli-tmp" => "1Gi"}
+
+      assert {:error, %SykliK8s.Error{kind: :invalid_option, message: message}} =
+               job_with(work, ~s(workspace_size_limit: "20gb"))
+
+      assert message =~ ~s(workspace_size_limit: "20gb")
+      assert message =~ ~s(did you mean "20Gi"?)
     end
   end
 
@@ -91,6 +138,66 @@ defmodule SykliK8s.ConfigTest do
 
     {:ok, settings} = Config.effective(tmp_dir!(), %{}, env)
     assert {:namespace, "from-env", "SYKLI_K8S_NAMESPACE"} in settings
+  end
+
+  describe "artifact_pvc and source_pvc" do
+    # A kubeconfig whose server is port 1 on loopback: an API call would fail with a
+    # connection error, never with :invalid_config.
+    defp nowhere! do
+      dir = tmp_dir!()
+      kubeconfig = Path.join(dir, "kubeconfig")
+
+      File.write!(kubeconfig, """
+      apiVersion: v1
+      kind: Config
+      clusters: [{name: nowhere, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+      users: [{name: u, user: {token: t}}]
+      contexts: [{name: c, context: {cluster: nowhere, user: u, namespace: ci}}]
+      current-context: c
+      """)
+
+      {dir, kubeconfig}
+    end
+
+    test "the same claim for both is refused before any API call, naming both keys and the fix" do
+      {dir, kubeconfig} = nowhere!()
+      ctx = %Sykli.GitContext{url: "https://h/r.git", sha: String.duplicate("a", 40)}
+
+      for {opts, claim} <- [
+            {[source_pvc: "shared", artifact_pvc: "shared"], "shared"},
+            # The default artifact claim counts too.
+            {[source_pvc: "sykli-artifacts"], "sykli-artifacts"}
+          ] do
+        assert {:error, %SykliK8s.Error{kind: :invalid_config, message: message}} =
+                 SykliK8s.Target.setup(
+                   [kubeconfig: kubeconfig, workdir: dir, git_context: ctx, source_strategy: :pvc] ++ opts
+                 )
+
+        assert message =~ "artifact_pvc and source_pvc are both #{inspect(claim)}"
+        assert message =~ ~s(give them two claims in .sykli/config.exs, e.g. artifact_pvc: "sykli-artifacts")
+        refute message =~ "\n"
+      end
+
+      # From the config file as from options.
+      root = with_config!("import Config\nconfig :sykli, :k8s, source_pvc: \"c\", artifact_pvc: \"c\"\n")
+      {:ok, settings} = Config.resolve(root)
+      assert {:error, %SykliK8s.Error{kind: :invalid_config}} = Config.check_claims(settings)
+
+      # Two claims, or no artifact claim at all: fine.
+      assert :ok = Config.check_claims(%{source_pvc: "src", artifact_pvc: "sykli-artifacts"})
+      assert :ok = Config.check_claims(%{source_pvc: "src", artifact_pvc: false})
+      assert :ok = Config.check_claims(%{artifact_pvc: "sykli-artifacts"})
+
+      assert {:ok, _} =
+               SykliK8s.Target.setup(
+                 kubeconfig: kubeconfig,
+                 workdir: dir,
+                 git_context: ctx,
+                 source_pvc: "sykli-artifacts",
+                 artifact_pvc: "other",
+                 dry_run: true
+               )
+    end
   end
 
   test "the default git image shown is the one the manifests use" do

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Event, Outcome, RunOptions};
-use sykli_core::cluster::{Cluster, ConnectOptions};
+use sykli_core::cluster::Cluster;
 use sykli_core::manifest::{build_pipeline, names, BuildOptions};
 use sykli_core::pipeline::Pipeline;
 use sykli_testcluster::cluster::{ClusterOptions, TestCluster};
@@ -136,17 +136,7 @@ async fn env() -> Env {
     );
     let daemon = GitDaemon::start(&srv, ServerOptions::default()).unwrap();
     let o = ClusterOptions::new(tmp.path().join("cluster"));
-    let k8s = tokio::task::spawn_blocking(move || TestCluster::start(o))
-        .await
-        .unwrap()
-        .unwrap();
-    let cluster = Cluster::connect(&ConnectOptions {
-        kubeconfig: Some(k8s.kubeconfig().to_path_buf()),
-        context: None,
-        namespace: Some("ci".into()),
-    })
-    .await
-    .unwrap();
+    let (k8s, cluster) = support::start_cluster(o).await;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ci"}})).unwrap();
     Api::<Namespace>::all(cluster.client.clone())
         .create(&PostParams::default(), &ns)
@@ -156,7 +146,7 @@ async fn env() -> Env {
         url: daemon.url("repo.git"),
         _daemon: daemon,
         sha,
-        cluster: Arc::new(cluster),
+        cluster,
         k8s,
         _tmp: tmp,
     }

@@ -585,7 +585,7 @@ fn the_pvc_strategy_gives_each_job_its_own_copy_of_the_uploaded_tree() {
     let spec = &j["spec"]["template"]["spec"];
     assert_eq!(
         spec["volumes"][0],
-        json!({"name": "sykli-workspace", "emptyDir": {}})
+        json!({"name": "sykli-workspace", "emptyDir": {"sizeLimit": "10Gi"}})
     );
     assert_eq!(
         spec["volumes"][1],
@@ -597,7 +597,7 @@ fn the_pvc_strategy_gives_each_job_its_own_copy_of_the_uploaded_tree() {
     assert_eq!(
         init["command"],
         json!([
-            "sykli-sync",
+            "/usr/local/bin/sykli-sync",
             "checkout",
             "--store",
             "/store/sykli",
@@ -648,7 +648,7 @@ fn declared_outputs_are_collected_by_a_sidecar_when_syncing_back() {
     assert_eq!(
         side["command"],
         json!([
-            "sykli-sync",
+            "/usr/local/bin/sykli-sync",
             "collect",
             "--from",
             "/workspace",
@@ -667,7 +667,7 @@ fn declared_outputs_are_collected_by_a_sidecar_when_syncing_back() {
     assert_eq!(
         gate["command"],
         json!([
-            "sykli-sync",
+            "/usr/local/bin/sykli-sync",
             "wait-ready",
             "--file",
             "/sykli-ready/ready",
@@ -696,4 +696,153 @@ fn the_shared_pvc_mount_is_the_published_tree_read_only() {
     assert_eq!(mount["subPath"], format!("sykli/trees/{TREE}"));
     assert_eq!(mount["readOnly"], true);
     assert!(spec.get("nodeSelector").is_none());
+}
+
+#[test]
+fn the_s3_fetch_reads_its_url_from_the_jobs_own_secret_never_from_the_manifest() {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [{"name": "build", "command": "make", "container": "gcc:14", "timeout": 900,
+                   "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}]}],
+        "resources": {"src:.": {"type": "directory", "path": "."}}}));
+    let sha = "f".repeat(64);
+    let o: BuildOptions = serde_json::from_value(json!({
+        "namespace": "ci", "run_id": "r1x2",
+        "source": {"strategy": "s3", "s3": {"sha256": sha, "size": 42, "tree": TREE,
+                   "key": format!("ci/sykli-source/{TREE}.tar.gz")}}
+    }))
+    .unwrap();
+    let jobs = build_pipeline(&p, &o).unwrap();
+    let j = serde_json::to_value(&jobs[0]).unwrap();
+    kube_validate(std::slice::from_ref(&j));
+    let name = j["metadata"]["name"].as_str().unwrap();
+    let fetch = &j["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(fetch["name"], "sykli-fetch");
+    assert_eq!(
+        fetch["env"],
+        json!([{"name": "SYKLI_SOURCE_URL", "valueFrom": {"secretKeyRef": {
+            "name": format!("{name}-source"), "key": "url", "optional": false}}}])
+    );
+    assert_eq!(j["spec"]["activeDeadlineSeconds"], 900);
+    // A URL given as before is refused: the options no longer carry one.
+    let with_url = json!({"strategy": "s3", "s3": {"url": "https://b.s3/k?X-Amz-Signature=ab",
+        "sha256": "f".repeat(64), "size": 1, "tree": TREE}});
+    let e = serde_json::from_value::<sykli_core::source::SourceOptions>(with_url).unwrap_err();
+    assert!(e.to_string().contains("unknown field `url`"), "{e}");
+    // YAML, as a dry run prints it: the Secret's name, no URL and no signature.
+    let text = yaml::to_multi_doc(std::slice::from_ref(&j));
+    assert!(text.contains(&format!("{name}-source")), "{text}");
+    assert!(!text.contains("X-Amz-"), "{text}");
+    assert!(!text.contains("https://"), "{text}");
+    // A Secret name is a DNS-1123 subdomain (the API server limits the whole to 253, not each
+    // label to 63); a Job name is a label of at most 63.
+    let long = names::job_name(&"t".repeat(300), "r1x2");
+    let secret = sykli_core::source::s3::url_secret_name(&long);
+    assert!(
+        secret.len() <= 253
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !secret.starts_with('-')
+            && !secret.ends_with('-'),
+        "{secret}"
+    );
+}
+
+/// The emptyDir volumes of every Job sykli builds for `extra` options, over the source
+/// strategies and the features that add volumes of their own: name → sizeLimit.
+fn empty_dirs(extra: Value) -> Result<Vec<(String, Value)>, Error> {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [{"name": "build", "command": "make", "container": "gcc:14", "outputs": ["dist"],
+                   "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"},
+                              {"resource": "cargo", "path": "/cache", "type": "cache"}]},
+                  {"name": "test", "command": "make test", "container": "gcc:14",
+                   "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}]}],
+        "resources": {"src:.": {"type": "directory", "path": "."},
+                      "cargo": {"type": "cache", "name": "cargo-registry"}}}));
+    let bundle = json!({"sha": SHA});
+    let sources = [
+        json!({"url": "https://git.example.com/org/repo.git", "sha": SHA, "branch": "main"}),
+        json!({"strategy": "pvc", "pvc": {"claim": "sykli-source", "tree": TREE, "sync_back": true, "bundle": bundle}}),
+        json!({"strategy": "s3", "s3": {"sha256": "f".repeat(64), "size": 42, "tree": TREE, "bundle": bundle}}),
+    ];
+    let mut found = Vec::new();
+    for source in sources {
+        let mut o = json!({"namespace": "ci", "run_id": "r1x2", "source": source,
+                           "artifact_pvc": "sykli-artifacts", "collect_outputs": true});
+        o.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let o: BuildOptions = serde_json::from_value(o).unwrap();
+        for job in build_pipeline(&p, &o)? {
+            let j = serde_json::to_value(&job).unwrap();
+            kube_validate(std::slice::from_ref(&j));
+            for v in j["spec"]["template"]["spec"]["volumes"].as_array().unwrap() {
+                if let Some(e) = v.get("emptyDir") {
+                    found.push((
+                        v["name"].as_str().unwrap().to_string(),
+                        e["sizeLimit"].clone(),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.dedup();
+    Ok(found)
+}
+
+#[test]
+fn every_emptydir_sykli_adds_has_a_size_limit_and_workspace_size_limit_sets_it() {
+    let names =
+        |found: &[(String, Value)]| found.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let defaults = empty_dirs(json!({})).unwrap();
+    assert_eq!(
+        names(&defaults),
+        [
+            "sykli-artifacts-ready",
+            "sykli-bundle",
+            "sykli-cache-cargo-registry",
+            "sykli-download",
+            "sykli-ready",
+            "sykli-tmp",
+            "sykli-workspace"
+        ]
+    );
+    let expect = |workspace: &str| {
+        vec![
+            ("sykli-artifacts-ready".to_string(), json!("1Mi")),
+            ("sykli-bundle".to_string(), json!(workspace)),
+            ("sykli-cache-cargo-registry".to_string(), json!(workspace)),
+            ("sykli-download".to_string(), json!(workspace)),
+            ("sykli-ready".to_string(), json!("1Mi")),
+            ("sykli-tmp".to_string(), json!("1Gi")),
+            ("sykli-workspace".to_string(), json!(workspace)),
+        ]
+    };
+    assert_eq!(defaults, expect("10Gi"));
+    assert_eq!(
+        empty_dirs(json!({"workspace_size_limit": "20Gi"})).unwrap(),
+        expect("20Gi")
+    );
+    assert_eq!(
+        empty_dirs(json!({"workspace_size_limit": 21474836480u64})).unwrap(),
+        expect("21474836480")
+    );
+
+    // Refused before anything is built, once for the pipeline, naming the key and the fix.
+    for (value, why) in [
+        (json!("20gb"), "did you mean \"20Gi\"?"),
+        (json!("512m"), "thousandths of a byte"),
+        (json!("0"), "leaves the workspace no room"),
+        (json!("-1Gi"), "negative"),
+    ] {
+        let e = empty_dirs(json!({"workspace_size_limit": value})).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind(), "invalid_option", "{msg}");
+        assert!(
+            msg.starts_with("workspace_size_limit: ") && msg.contains(why),
+            "{value}: {msg}"
+        );
+        assert_eq!(msg.matches("workspace_size_limit").count(), 1, "{msg}");
+    }
 }

@@ -1,7 +1,8 @@
 //! The S3 strategy against a real S3-compatible server on 127.0.0.1 that verifies SigV4
 //! (s3s-fs, see sykli_testkit::s3_server): publish, multipart, presigned URLs (fresh and
 //! expired), and the pod side (`sykli-sync fetch`, the real binary) single-stream and with
-//! parallel ranged requests.
+//! parallel ranged requests; each Job's URL signed at submission into a Secret the Job
+//! owns, on the strict test cluster.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -255,5 +256,563 @@ fn refused_credentials_and_a_missing_bucket_are_errors_that_name_the_fix() {
         err.to_string()
             .contains("bucket \"missing\" does not exist"),
         "{err}"
+    );
+}
+
+/// The server's log from byte `from` on: the requests made since.
+fn puts_since(server: &S3Server, from: usize) -> usize {
+    server.log()[from..]
+        .lines()
+        .filter(|l| l.contains("PUT") && l.contains("sykli-source/"))
+        .count()
+}
+
+#[test]
+fn an_object_at_the_key_is_trusted_for_its_content_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    let root = repo(tmp.path(), &[("data.bin", noise(3, 256 << 10))]);
+    let bucket = Bucket::new(&options(&server, None), &env(&server, None)).unwrap();
+    let local = upload::local_tree(&root, &[]).unwrap();
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    // Where the archive used to be written, by a name anyone could guess: a planted link
+    // there is never followed.
+    let sentinel = tmp.path().join("sentinel");
+    std::fs::write(&sentinel, "untouched").unwrap();
+    for name in [
+        format!("{}.tar.gz", local.tree),
+        format!("{}.tar.gz.{}", local.tree, std::process::id()),
+    ] {
+        std::os::unix::fs::symlink(&sentinel, scratch.join(name)).unwrap();
+    }
+    let planted: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+
+    let first = s3::publish(&bucket, &local, &scratch).unwrap();
+    assert!(!first.existed && first.warnings.is_empty(), "{first:?}");
+    assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        planted.len(),
+        "the private scratch directory is removed after the upload"
+    );
+    let object = server.object_path(BUCKET, &first.key);
+    let good = std::fs::read(&object).unwrap();
+
+    // Same size, metadata still claiming our SHA-256, other bytes: not trusted.
+    std::fs::write(&object, noise(4, good.len())).unwrap();
+    let from = server.log().len();
+    let again = s3::publish(&bucket, &local, &scratch).unwrap();
+    assert!(
+        !again.existed && again.uploaded_bytes == again.size,
+        "{again:?}"
+    );
+    assert_eq!((&again.sha256, again.size), (&first.sha256, first.size));
+    let warning = again.warnings.join("\n");
+    assert!(
+        warning.contains(&first.key)
+            && warning.contains("content hashes to")
+            && warning.contains("uploading it again"),
+        "{warning}"
+    );
+    assert_eq!(puts_since(&server, from), 1, "{}", &server.log()[from..]);
+    assert!(
+        std::fs::read(&object).unwrap() == good,
+        "the object is the archive again"
+    );
+
+    // An object whose metadata matches its own bytes, put there by someone else: not the
+    // archive this tree packs to.
+    let other = tmp.path().join("other.tar.gz");
+    std::fs::write(&other, noise(5, 1000)).unwrap();
+    let (len, sha) = sykli_sync::sha256_of(std::fs::File::open(&other).unwrap()).unwrap();
+    bucket
+        .put_file(&first.key, &other, &sha, len, &local.tree)
+        .unwrap();
+    let replaced = s3::publish(&bucket, &local, &scratch).unwrap();
+    assert!(!replaced.existed, "{replaced:?}");
+    assert!(
+        replaced.warnings.join("\n").contains("1000 bytes"),
+        "{replaced:?}"
+    );
+    assert!(std::fs::read(&object).unwrap() == good);
+
+    // Intact: verified, and not sent again.
+    let from = server.log().len();
+    let intact = s3::publish(&bucket, &local, &scratch).unwrap();
+    assert!(
+        intact.existed && intact.uploaded_bytes == 0 && intact.warnings.is_empty(),
+        "{intact:?}"
+    );
+    assert_eq!(puts_since(&server, from), 0, "{}", &server.log()[from..]);
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), planted.len());
+
+    // What changes after the publish is still the pod's to refuse.
+    let url = bucket.presign_get(&intact.key, 600).unwrap();
+    std::fs::write(&object, noise(6, good.len())).unwrap();
+    let (ok, _, err) = fetch(&url, &intact, &tmp.path().join("out"), "1");
+    assert!(!ok && err.contains("verification failed"), "{err}");
+}
+
+/// The URL's X-Amz-Expires.
+fn url_expires(url: &str) -> u64 {
+    url.split("X-Amz-Expires=")
+        .nth(1)
+        .and_then(|q| q.split('&').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no X-Amz-Expires in the URL"))
+}
+
+#[test]
+fn a_jobs_url_lives_its_tasks_timeout_plus_the_margin_and_warns_when_credentials_die_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    let root = repo(tmp.path(), &[("a.txt", b"a\n".to_vec())]);
+    let bucket = Bucket::new(&options(&server, None), &env(&server, None)).unwrap();
+    let p = s3::publish(
+        &bucket,
+        &upload::local_tree(&root, &[]).unwrap(),
+        &tmp.path().join("s"),
+    )
+    .unwrap();
+    let margin = s3::URL_MARGIN_SECONDS;
+    assert_eq!(margin, 600);
+    for (deadline, expected) in [
+        (Some(300), 300 + margin),
+        (None, s3::UNTIMED_TASK_SECONDS + margin),
+        // Beyond SigV4's seven days the fetch (first in the pod) still has a week.
+        (Some(30 * 24 * 3600), 7 * 24 * 3600),
+    ] {
+        let signed = s3::presign_for_job(&bucket, &p.key, deadline).unwrap();
+        assert_eq!(signed.expires, expected, "{deadline:?}");
+        assert_eq!(url_expires(&signed.url), expected, "{deadline:?}");
+        assert!(signed.warnings.is_empty(), "{:?}", signed.warnings);
+        assert!(!format!("{signed:?}").contains("X-Amz-Signature"));
+    }
+    let signed = s3::presign_for_job(&bucket, &p.key, Some(300)).unwrap();
+    let (ok, _, err) = fetch(&signed.url, &p, &tmp.path().join("out"), "1");
+    assert!(ok, "{err}");
+
+    // Temporary credentials that expire before this Job's URL would: a warning, per Job.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut temporary = bucket.clone();
+    temporary.creds.as_mut().unwrap().expires_at = Some(now + 3000);
+    let signed = s3::presign_for_job(&temporary, &p.key, Some(3600)).unwrap();
+    assert_eq!(signed.warnings.len(), 1, "{:?}", signed.warnings);
+    assert!(
+        signed.warnings[0].contains("expire in 49 min")
+            || signed.warnings[0].contains("expire in 50 min"),
+        "{:?}",
+        signed.warnings
+    );
+    assert!(
+        signed.warnings[0].contains("needs 70 min"),
+        "{:?}",
+        signed.warnings
+    );
+    let short = s3::presign_for_job(&temporary, &p.key, Some(60)).unwrap();
+    assert!(short.warnings.is_empty(), "{:?}", short.warnings);
+}
+
+mod support;
+
+mod on_cluster {
+    use super::*;
+    use std::sync::Arc;
+
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{Api, DeleteParams, ListParams, PostParams};
+    use serde_json::{json, Value};
+    use sykli_core::cluster::run::{run_job, Event, Outcome, RunOptions};
+    use sykli_core::cluster::Cluster;
+    use sykli_core::manifest::{build_job, names, BuildOptions};
+    use sykli_core::source::s3::ArchiveSigning;
+    use sykli_core::source::SourcePlan;
+    use sykli_testcluster::{ClusterOptions, TestCluster};
+
+    const IMAGE: &str = "ghcr.io/sykli/sync:test";
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    pub struct Env {
+        _tmp: tempfile::TempDir,
+        _server: S3Server,
+        _k8s: TestCluster,
+        pub cluster: Arc<Cluster>,
+        pub signing: ArchiveSigning,
+        pub published: s3::Published,
+    }
+
+    pub async fn env() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = S3Server::start(&tmp.path().join("s3")).unwrap();
+        server.create_bucket(BUCKET).unwrap();
+        let root = repo(tmp.path(), &[("src/main.rs", b"fn main() {}\n".to_vec())]);
+        let e = super::env(&server, None);
+        let bucket = Bucket::new(&options(&server, None), &e).unwrap();
+        let published = s3::publish(
+            &bucket,
+            &upload::local_tree(&root, &[]).unwrap(),
+            &tmp.path().join("s"),
+        )
+        .unwrap();
+        let o = ClusterOptions::new(tmp.path().join("cluster")).image_file(
+            IMAGE,
+            sykli_sync(),
+            "/usr/local/bin/sykli-sync",
+        );
+        let (k8s, cluster) = support::start_cluster(o).await;
+        Env {
+            signing: ArchiveSigning {
+                s3: options(&server, None),
+                key: published.key.clone(),
+                env: Some(e),
+            },
+            published,
+            cluster,
+            _k8s: k8s,
+            _server: server,
+            _tmp: tmp,
+        }
+    }
+
+    impl Env {
+        /// The Job sykli builds for `task` with the S3 strategy (the repository at /src).
+        pub fn job(&self, run: &str, task: Value) -> Job {
+            let p = &self.published;
+            let mut task = task;
+            task["container"] = json!("any");
+            task["mounts"] = json!([{"resource": "src:.", "path": "/src", "type": "directory"}]);
+            let name = names::job_name(task["name"].as_str().unwrap(), run);
+            let task: sykli_core::pipeline::Task = serde_json::from_value(task).unwrap();
+            let resources =
+                serde_json::from_value(json!({"src:.": {"type": "directory", "path": "."}}))
+                    .unwrap();
+            let opts: BuildOptions = serde_json::from_value(json!({
+                "namespace": "ci", "run_id": run,
+                "source": {"strategy": "s3", "s3": {"sha256": p.sha256, "size": p.size,
+                           "tree": p.tree, "key": p.key, "image": IMAGE}}
+            }))
+            .unwrap();
+            let plan = SourcePlan::from_options(&opts.source).unwrap();
+            build_job(&task, &resources, &name, &plan, &opts).unwrap()
+        }
+
+        pub fn opts(&self, keep_failed: bool) -> RunOptions {
+            RunOptions {
+                create_namespace: true,
+                keep_failed,
+                source_url: Some(self.signing.clone()),
+                ..RunOptions::default()
+            }
+        }
+
+        pub async fn run(
+            &self,
+            job: Job,
+            opts: RunOptions,
+        ) -> (sykli_core::Result<Outcome>, Vec<Event>) {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+            let outcome = run_job(self.cluster.clone(), job, opts, tx, cancel_rx).await;
+            let mut events = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                events.push(e);
+            }
+            (outcome, events)
+        }
+
+        pub fn secrets(&self) -> Api<Secret> {
+            Api::namespaced(self.cluster.client.clone(), "ci")
+        }
+
+        pub fn jobs(&self) -> Api<Job> {
+            Api::namespaced(self.cluster.client.clone(), "ci")
+        }
+
+        pub async fn create_namespace(&self) {
+            let ns: k8s_openapi::api::core::v1::Namespace =
+                serde_json::from_value(json!({"metadata": {"name": "ci"}})).unwrap();
+            Api::all(self.cluster.client.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+        }
+
+        /// Waits (on a watch) until Secret `name` is gone.
+        pub async fn secret_gone(&self, name: &str) {
+            let fut =
+                kube::runtime::wait::await_condition(self.secrets(), name, |s: Option<&Secret>| {
+                    s.is_none()
+                });
+            tokio::time::timeout(WAIT, fut)
+                .await
+                .unwrap_or_else(|_| panic!("Secret {name} is still there after {WAIT:?}"))
+                .unwrap();
+        }
+    }
+
+    pub fn log(events: &[Event], container: &str) -> String {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Log { container: c, line } if c == container => Some(format!("{line}\n")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn url_of(secret: &Secret) -> String {
+        let data = secret.data.as_ref().expect("data");
+        String::from_utf8(data["url"].0.clone()).unwrap()
+    }
+
+    pub fn expires_of(url: &str) -> u64 {
+        url_expires(url)
+    }
+
+    pub async fn pods_text(cluster: &Cluster, job: &str) -> String {
+        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "ci");
+        let list = pods
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+            .await
+            .unwrap();
+        assert!(!list.items.is_empty(), "no pod of {job}");
+        serde_json::to_string(&list.items).unwrap()
+    }
+
+    pub fn background() -> DeleteParams {
+        DeleteParams::background()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_fetches_through_its_own_secret_which_goes_with_the_job() {
+    use on_cluster::*;
+    let e = env().await;
+    let job = e.job(
+        "s3a",
+        serde_json::json!({"name": "check", "timeout": 300,
+            "command": "test -f /src/src/main.rs && echo source-ok; test -z \"$SYKLI_SOURCE_URL\" && echo no-url-here; exit 3"}),
+    );
+    let name = job.metadata.name.clone().unwrap();
+    let secret_name = format!("{name}-source");
+    assert!(!serde_json::to_string(&job).unwrap().contains("X-Amz-"));
+    let (outcome, events) = e.run(job, e.opts(true)).await;
+    let o = outcome.unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(
+        o.exit_code,
+        Some(3),
+        "{:?}\n{}",
+        o.failure,
+        log(&events, "sykli-fetch")
+    );
+    assert!(o.kept);
+    let task_log = log(&events, "task");
+    assert!(task_log.contains("source-ok"), "{task_log}");
+    // The URL reaches only the fetch container, never the task's environment.
+    assert!(task_log.contains("no-url-here"), "{task_log}");
+
+    // The kept Job owns its Secret: immutable, Opaque, labelled as the Job, the URL inside.
+    let kept = e.jobs().get(&name).await.unwrap();
+    let secret = e.secrets().get(&secret_name).await.unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(secret.immutable, Some(true));
+    let labels = secret.metadata.labels.clone().unwrap();
+    assert_eq!(labels.get("sykli.io/run").map(String::as_str), Some("s3a"));
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("sykli")
+    );
+    let refs = secret.metadata.owner_references.clone().unwrap();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(
+        (
+            refs[0].api_version.as_str(),
+            refs[0].kind.as_str(),
+            refs[0].name.as_str()
+        ),
+        ("batch/v1", "Job", name.as_str())
+    );
+    assert_eq!(Some(&refs[0].uid), kept.metadata.uid.as_ref());
+    assert_eq!(
+        (refs[0].controller, refs[0].block_owner_deletion),
+        (Some(false), Some(false))
+    );
+    let url = url_of(&secret);
+    assert!(url.contains("X-Amz-Signature="));
+    assert_eq!(expires_of(&url), 300 + s3::URL_MARGIN_SECONDS);
+    // Neither the Job nor its pod holds the URL.
+    assert!(!serde_json::to_string(&kept).unwrap().contains("X-Amz-"));
+    assert!(!pods_text(&e.cluster, &name).await.contains("X-Amz-"));
+
+    // Deleted (as its TTL or kubectl would), the Job takes its Secret with it.
+    e.jobs().delete(&name, &background()).await.unwrap();
+    e.secret_gone(&secret_name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_secret_is_adopted_or_refused_as_the_job_is_and_never_outlives_a_failed_create() {
+    use kube::api::PostParams;
+    use on_cluster::*;
+    let e = env().await;
+    e.create_namespace().await;
+
+    // A Job that reads a URL with nothing to sign one: refused before anything exists.
+    let job = e.job(
+        "s3b",
+        serde_json::json!({"name": "unsigned", "command": "true"}),
+    );
+    let name = job.metadata.name.clone().unwrap();
+    let opts = sykli_core::cluster::run::RunOptions {
+        source_url: None,
+        ..e.opts(false)
+    };
+    let err = e.run(job, opts).await.0.expect_err("no signing, no Job");
+    assert_eq!(err.kind(), "invalid", "{err}");
+    assert!(
+        err.to_string().contains(&format!("Secret {name}-source"))
+            && err.to_string().contains("publish the source first"),
+        "{err}"
+    );
+    assert!(e.jobs().get_opt(&name).await.unwrap().is_none());
+    assert!(e
+        .secrets()
+        .get_opt(&format!("{name}-source"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // A Secret of that name that is not this task's of this run: a conflict, left as it is.
+    let job = e.job(
+        "s3b",
+        serde_json::json!({"name": "planted", "command": "true"}),
+    );
+    let name = job.metadata.name.clone().unwrap();
+    let planted: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-source")}, "stringData": {"url": "https://elsewhere/x"}
+    }))
+    .unwrap();
+    e.secrets()
+        .create(&PostParams::default(), &planted)
+        .await
+        .unwrap();
+    let err = e
+        .run(job, e.opts(false))
+        .await
+        .0
+        .expect_err("a stranger's Secret");
+    assert_eq!(err.kind(), "conflict", "{err}");
+    let msg = err.to_string();
+    for part in [
+        format!("Secret ci/{name}-source exists and is not this run's"),
+        format!("kubectl -n ci delete secret {name}-source"),
+    ] {
+        assert!(msg.contains(&part), "{part:?} not in {msg}");
+    }
+    let still = e.secrets().get(&format!("{name}-source")).await.unwrap();
+    assert_eq!(url_of(&still), "https://elsewhere/x");
+    assert!(still.metadata.owner_references.is_none());
+    assert!(e.jobs().get_opt(&name).await.unwrap().is_none());
+
+    // The Job's create fails: its Secret is deleted, the URL goes with it.
+    let mut job = e.job(
+        "s3b",
+        serde_json::json!({"name": "refused", "command": "true"}),
+    );
+    let name = job.metadata.name.clone().unwrap();
+    job.spec.as_mut().unwrap().backoff_limit = Some(-1);
+    let err = e
+        .run(job, e.opts(false))
+        .await
+        .0
+        .expect_err("an invalid Job");
+    assert_eq!(err.kind(), "invalid", "{err}");
+    assert!(!err.to_string().contains("X-Amz-"), "{err}");
+    assert!(e
+        .secrets()
+        .get_opt(&format!("{name}-source"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // This very task's Secret of this run, created before (a lost answer): adopted.
+    let job = e.job(
+        "s3b",
+        serde_json::json!({"name": "again", "command": "echo adopted-ok"}),
+    );
+    let name = job.metadata.name.clone().unwrap();
+    let url = e.signing.presign(Some(300)).unwrap().url;
+    let own: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{name}-source"), "labels": job.metadata.labels,
+                     "annotations": {"sykli.io/task-name": "again"}},
+        "stringData": {"url": url}, "immutable": true
+    }))
+    .unwrap();
+    e.secrets()
+        .create(&PostParams::default(), &own)
+        .await
+        .unwrap();
+    let (outcome, events) = e.run(job, e.opts(false)).await;
+    let o = outcome.unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        o.failure.is_none(),
+        "{:?}\n{}",
+        o.failure,
+        log(&events, "sykli-fetch")
+    );
+    assert!(log(&events, "task").contains("adopted-ok"));
+    e.secret_gone(&format!("{name}-source")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_die_before_a_jobs_url_are_a_warning_in_that_tasks_log() {
+    use on_cluster::*;
+    use sykli_testkit::moto_server::{MotoServer, Setup};
+    let e = env().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // STS (moto's) hands out credentials for an hour; a task of an hour needs 70 minutes.
+    let sts = MotoServer::start(
+        &tmp.path().join("moto"),
+        &Setup::new().s3_role("ci", BUCKET),
+    )
+    .unwrap();
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJub25lIn0.e30.c2ln\n").unwrap();
+    let mut signing = e.signing.clone();
+    signing.env = Some(
+        [
+            ("HOME", "/nonexistent"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            ("AWS_ROLE_ARN", sts.role_arn("ci").as_str()),
+            ("AWS_ENDPOINT_URL_STS", sts.endpoint().as_str()),
+            ("AWS_REGION", sts.region()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let job = e.job(
+        "s3c",
+        serde_json::json!({"name": "long", "timeout": 3600, "command": "true"}),
+    );
+    let opts = sykli_core::cluster::run::RunOptions {
+        source_url: Some(signing),
+        ..e.opts(false)
+    };
+    let (outcome, events) = e.run(job, opts).await;
+    outcome.unwrap_or_else(|err| panic!("{err}"));
+    let warnings = log(&events, sykli_core::cluster::run::SYKLI_LOG);
+    assert!(
+        warnings.starts_with("warning: the temporary credentials (web identity")
+            && warnings.contains("needs 70 min"),
+        "{warnings}"
     );
 }

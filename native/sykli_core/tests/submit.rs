@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Event, Outcome, Phase, RunOptions};
-use sykli_core::cluster::{Cluster, ConnectOptions};
+use sykli_core::cluster::Cluster;
 use sykli_testcluster::cluster::{ClusterOptions, TestCluster};
 use sykli_testkit::git_server::{GitDaemon, ServerOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -49,22 +49,12 @@ async fn env_with(opts: impl FnOnce(&mut ClusterOptions)) -> Env {
     o.deny_images = vec!["registry.invalid/*".into()];
     o.node_labels = BTreeMap::from([("pool".to_string(), "build".to_string())]);
     opts(&mut o);
-    let k8s = tokio::task::spawn_blocking(move || TestCluster::start(o))
-        .await
-        .unwrap()
-        .unwrap();
-    let cluster = Cluster::connect(&ConnectOptions {
-        kubeconfig: Some(k8s.kubeconfig().to_path_buf()),
-        context: None,
-        namespace: Some("ci".into()),
-    })
-    .await
-    .unwrap();
+    let (k8s, cluster) = support::start_cluster(o).await;
     Env {
         url: daemon.url("repo.git"),
         _daemon: daemon,
         sha,
-        cluster: Arc::new(cluster),
+        cluster,
         k8s,
         _tmp: tmp,
     }
@@ -527,4 +517,147 @@ async fn the_client_side_deadline_ends_a_run_the_cluster_would_let_go_on() {
     assert_eq!(kind, "timeout");
     assert!(message.contains("no result within 3s"), "{message}");
     assert!(e.jobs_left().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_line_of_ten_mib_without_newline_arrives_capped_and_marked() {
+    use sykli_core::cluster::run::{truncated_marker, MAX_LOG_LINE};
+    let e = env().await;
+    let job = e.job(
+        "r-long",
+        json!({"name": "long-line", "container": "any",
+            "command": "echo before; head -c 10485760 /dev/zero | tr '\\000' a"}),
+    );
+    let (outcome, events) = e.run(job, create_ns()).await;
+    assert_eq!(outcome.unwrap().exit_code, Some(0));
+    let lines: Vec<&String> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Log { container, line } if container == "task" => Some(line),
+            _ => None,
+        })
+        .collect();
+    let expected = format!(
+        "{}{}",
+        "a".repeat(MAX_LOG_LINE),
+        truncated_marker(MAX_LOG_LINE)
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "{:?}",
+        lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(lines[0], "before");
+    assert!(
+        *lines[1] == expected,
+        "{} bytes, ending {:?}",
+        lines[1].len(),
+        &lines[1][lines[1].len().saturating_sub(60)..]
+    );
+    assert!(lines[1].ends_with("… [line truncated at 65536 bytes]"));
+}
+
+/// The test kit's hostile stand-in for the sync image.
+fn hostile_sync() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = dir.join("debug").join("sykli-hostile-sync");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p sykli_testkit --bins",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_back_over_its_limit_is_refused_naming_the_pod_and_the_limit() {
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
+    use sykli_core::cluster::sync;
+    use sykli_testcluster::ImageFile;
+    const IMAGE: &str = "ghcr.io/sykli/sync:hostile";
+    let e = env_with(|o| {
+        o.image_files.push(ImageFile {
+            image: IMAGE.into(),
+            host_path: hostile_sync(),
+            container_path: "/usr/local/bin/sykli-sync".into(),
+        })
+    })
+    .await;
+    let client = e.cluster.client.clone();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "ci"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, "ci");
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "src"},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let r = sync::receiver(&e.cluster, "ci", "src", IMAGE)
+        .await
+        .unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    const LIMIT: u64 = 1 << 20;
+
+    // Within the limit, outputs land as always.
+    let outputs = vec!["benign".to_string(), "out".to_string()];
+    let report = sync::sync_back_limited(&e.cluster, &r, "job-ok", &outputs, dest.path(), LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(report.files, 2);
+    assert!(dest.path().join("out/report.txt").exists());
+
+    // Three times the limit, streamed by the receiver: stopped at the limit, named.
+    let outputs = vec![format!("oversized-{}", 3 * LIMIT), ".".to_string()];
+    let err = sync::sync_back_limited(&e.cluster, &r, "job-big", &outputs, dest.path(), LIMIT)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.kind(), "sync_failed", "{msg}");
+    assert!(
+        msg.contains("the outputs of job-big")
+            && msg.contains(&format!("in pod ci/{}", r.pod))
+            && msg.contains("more than 1048576 bytes")
+            && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert!(!dest.path().join("big.bin").exists());
+    let mut left: Vec<String> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["out"], "the spool file leaves nothing behind");
+
+    // An answer from another pod under the receiver's name (deleted and planted between
+    // the check and the exec) is not used.
+    let planted = sync::Receiver {
+        uid: Some("00000000-0000-0000-0000-000000000000".into()),
+        ..r.clone()
+    };
+    let err = sync::sync_back_limited(
+        &e.cluster,
+        &planted,
+        "job-ok",
+        &["benign".to_string(), "out".to_string()],
+        dest.path(),
+        LIMIT,
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.kind(), "conflict", "{msg}");
+    assert!(msg.contains("the pod was replaced while it ran"), "{msg}");
 }

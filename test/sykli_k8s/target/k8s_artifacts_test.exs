@@ -20,15 +20,19 @@ defmodule SykliK8s.TargetArtifactsTest do
     commit_all!(work, "first")
     # The Jobs mount no source, but a git context names one.
     git!(work, ["remote", "add", "origin", "https://git.invalid/app.git"])
-    info = Cluster.start!(Path.join(tmp, "cluster"), Cluster.sync_image_file(@image))
+    cluster_dir = Path.join(tmp, "cluster")
+    info = Cluster.start!(cluster_dir, Cluster.sync_image_file(@image))
 
     Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
 
     {:ok, state} =
       Target.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, sync_image: @image)
 
-    {:ok, info: info, state: state, work: work}
+    {:ok, info: info, state: state, work: work, cluster_dir: cluster_dir}
   end
+
+  # The directory the test cluster's provisioner backs a claim with.
+  defp claim_dir(ctx, namespace, name), do: Path.join([ctx.cluster_dir, "pvcs", namespace, name])
 
   defp claim!(info, name), do: Cluster.claim!(info, "ci", name)
 
@@ -43,7 +47,9 @@ defmodule SykliK8s.TargetArtifactsTest do
           v["persistentVolumeClaim"],
           do: {v["name"], v["persistentVolumeClaim"]["claimName"]}
 
-    mounts = for m <- container["volumeMounts"] || [], do: {m["name"], m["mountPath"], m["readOnly"]}
+    mounts =
+      for m <- container["volumeMounts"] || [], do: {m["name"], m["mountPath"], m["readOnly"], m["subPath"]}
+
     {volumes, mounts}
   end
 
@@ -63,12 +69,15 @@ defmodule SykliK8s.TargetArtifactsTest do
       outputs: %{"app" => "app.txt", "dist" => "dist"}
     }
 
-    # Declaring outputs mounts the claim read-write at /artifacts; a task without neither
-    # outputs nor task_inputs does not get it.
+    # Declaring outputs mounts the task's own directory of the claim read-write at
+    # /artifacts/<task> (never the claim's root); a task with neither outputs nor
+    # task_inputs does not get it.
     {:ok, job} = Target.build_job_manifest(producer, "p", ctx.state)
 
-    assert {[{"sykli-artifacts", "sykli-artifacts"}], [{"sykli-artifacts", "/artifacts", nil}]} =
-             artifact_mounts(job)
+    assert {[{"sykli-artifacts", "sykli-artifacts"}],
+            [{"sykli-artifacts", "/artifacts/producer", nil, subpath}]} = artifact_mounts(job)
+
+    assert subpath == "sykli-tasks/#{ctx.state.run_id}/producer"
 
     {:ok, plain} =
       Target.build_job_manifest(%{name: "plain", container: "any", command: "true"}, "q", ctx.state)
@@ -98,9 +107,42 @@ defmodule SykliK8s.TargetArtifactsTest do
     assert Cluster.jobs(ctx.info, "ci") == []
 
     # The receiver pod is the PVC strategy's, for the artifact claim.
-    pod = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/sykli-sync-sykli-artifacts")
+    %{"items" => pods} = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods")
 
-    assert [%{"persistentVolumeClaim" => %{"claimName" => "sykli-artifacts"}}] = pod["spec"]["volumes"]
+    assert [%{"metadata" => %{"name" => "sykli-sync-" <> _}}] =
+             for(
+               p <- pods,
+               %{"persistentVolumeClaim" => %{"claimName" => "sykli-artifacts"}} <-
+                 p["spec"]["volumes"] || [],
+               do: p
+             )
+
+    # Each task wrote its own directory of this run only: the producer's, and the
+    # consumer's copies.
+    claim = claim_dir(ctx, "ci", "sykli-artifacts")
+    assert File.ls!(claim) == ["sykli-tasks"]
+    assert File.ls!(Path.join(claim, "sykli-tasks")) == [ctx.state.run_id]
+
+    assert File.ls!(Path.join([claim, "sykli-tasks", ctx.state.run_id])) |> Enum.sort() == [
+             "consumer",
+             "producer"
+           ]
+
+    # Another run (another branch, the same task names) reaches none of it: its producer
+    # has no artifact until it builds one, and its consumer's directory is empty.
+    {:ok, other} =
+      Target.setup(kubeconfig: ctx.info["kubeconfig"], namespace: "ci", workdir: ctx.work, sync_image: @image)
+
+    assert other.run_id != ctx.state.run_id
+
+    assert {:error, %Error{kind: :not_found}} =
+             Target.copy_artifact(file, "/artifacts/consumer/in/x", ctx.work, other)
+
+    {:ok, run} =
+      Target.start_task(%{consumer | command: "test ! -e /artifacts/consumer/in && echo empty-here"}, other)
+
+    assert {:ok, %{exit_code: 0}} = Target.await(run, logs_to_me(:other))
+    assert_received {:event, :other, {:log, "task", "empty-here"}}
   end
 
   test "a missing source is :not_found naming the artifact; nothing is written", ctx do
@@ -216,7 +258,7 @@ defmodule Sykli.Target.K8sArtifactPathTest do
     task = %{name: "build", container: "any", command: "true", outputs: ["app"]}
     git = %Sykli.GitContext{url: "https://git.invalid/app.git", sha: String.duplicate("a", 40), dirty: false}
 
-    for {state, mounted} <- [{ctx.state, ["/artifacts"]}, {off, []}] do
+    for {state, mounted} <- [{ctx.state, ["/artifacts/build"]}, {off, []}] do
       {:ok, job} = Target.build_job_manifest(task, "j", Map.put(state, :git_context, git))
       [container] = job["spec"]["template"]["spec"]["containers"]
       assert Enum.map(container["volumeMounts"] || [], & &1["mountPath"]) == mounted
@@ -231,17 +273,137 @@ defmodule Sykli.Target.K8sArtifactPathTest do
 
   test "the NIF refuses them too, at once (no API call)", ctx do
     json =
-      SykliK8s.JSON.encode!(%{namespace: "ci", claim: "c", from: "/artifacts/a/../../etc", to: "/artifacts/b"})
+      SykliK8s.JSON.encode!(%{
+        namespace: "ci",
+        claim: "c",
+        from: "/artifacts/a/../../etc",
+        to: "/artifacts/b",
+        run_id: "r1"
+      })
 
     assert {:error, {:invalid_option, message}} =
              SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, json, make_ref())
 
     assert message =~ ~s|"/artifacts/a/../../etc" is not below /artifacts/|
 
+    # A copy stays in one run's directory: a run id of one path component.
+    escaping_run =
+      SykliK8s.JSON.encode!(%{
+        namespace: "ci",
+        claim: "c",
+        from: "/artifacts/a",
+        to: "/artifacts/b",
+        run_id: "../r"
+      })
+
+    assert {:error, {:invalid_option, message}} =
+             SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, escaping_run, make_ref())
+
+    assert message =~ ~s|run id "../r" cannot name the run's directory|
+
     assert {:error, {_, "copy options" <> _}} =
              SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, "{", make_ref())
 
     assert_raise ArgumentError, fn -> SykliK8s.Native.k8s_copy_artifact(:not_a_cluster, json, make_ref()) end
     refute_received _
+  end
+end
+
+defmodule SykliK8s.TargetArtifactScopeTest do
+  # Collected outputs and task_inputs through sykli's own call path (the host harness) on
+  # the strict test cluster: each run's outputs are kept under sykli-runs/<run>/<job> on the
+  # artifact claim, and every container mounts only its part of the claim (the outputs
+  # sidecar its Job's directory, the inputs placer its producers', read-only; the task
+  # nothing). What a task tries against the others is checked on the claim itself.
+  use ExUnit.Case, async: true
+
+  import SykliK8s.Test.GitRepo
+  import SykliK8s.Test.SykliRun, only: [repo!: 2, task: 3, run: 2, result: 2]
+
+  alias SykliK8s.Test.{Cluster, SykliRun}
+
+  @moduletag timeout: 300_000
+
+  setup_all do
+    tmp = tmp_dir!("sykli-artifact-scope")
+    cluster_dir = Path.join(tmp, "cluster")
+    info = Cluster.start!(cluster_dir, Cluster.sync_image_file(SykliRun.sync_image()))
+    srv = Path.join(tmp, "srv")
+    File.mkdir_p!(srv)
+    {:ok, info: info, srv: srv, git_base: Cluster.git_server!(srv), cluster_dir: cluster_dir}
+  end
+
+  # Overwrites every app.txt it can reach (its own copy of build's artifact included),
+  # and says whether it sees the claim at all.
+  @evil """
+  mkdir -p x && echo note > x/note
+  for f in $(find /artifacts /app -name app.txt 2>/dev/null); do echo evil > "$f" && echo "overwrote $f"; done
+  if [ -e /artifacts ]; then echo claim-mounted; else echo no-claim-here; fi
+  """
+
+  defp pipeline(mark) do
+    [
+      task("build", "mkdir -p dist && echo built-#{mark} > dist/app.txt", %{"outputs" => %{"app" => "./dist"}}),
+      # A task with outputs and inputs of its own: every mount a task can get.
+      task("evil", @evil, %{
+        "depends_on" => ["build"],
+        "outputs" => %{"x" => "./x"},
+        "task_inputs" => [%{"from_task" => "build", "output" => "app", "dest" => "./stolen"}]
+      }),
+      task("deploy", ~s|test "$(cat /app/incoming/app.txt)" = built-#{mark} && echo deployed-#{mark}|, %{
+        "depends_on" => ["evil"],
+        "task_inputs" => [%{"from_task" => "build", "output" => "app", "dest" => "./incoming"}]
+      })
+    ]
+  end
+
+  defp files(dir) do
+    for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true), File.regular?(path), into: %{} do
+      {Path.relative_to(path, dir), File.read!(path)}
+    end
+  end
+
+  test "a task reaches neither another task's nor another run's artifacts: each consumer reads its own run's",
+       ctx do
+    repo = repo!(ctx, "ci-scoped")
+    Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-scoped"}})
+    Cluster.claim!(ctx.info, "ci-scoped", "sykli-artifacts")
+    claim = Path.join([ctx.cluster_dir, "pvcs", "ci-scoped", "sykli-artifacts"])
+
+    # Two runs of the same tasks, one after the other: the second's evil task would find the
+    # first's artifacts too, were they within its reach.
+    runs =
+      for mark <- ["one", "two"] do
+        {answer, stderr} = run(repo.work, pipeline(mark))
+        assert {:ok, results} = answer, stderr
+        assert result(results, "deploy").output =~ "deployed-#{mark}"
+        evil = result(results, "evil").output
+        # Its own copy of its input is its to scribble on; the claim is not in its reach.
+        assert evil =~ "overwrote /app/stolen/app.txt"
+        refute evil =~ "overwrote /artifacts"
+        assert evil =~ "no-claim-here"
+        [_, run_id] = Regex.run(~r/run (\w+): /, stderr)
+        {mark, run_id}
+      end
+
+    # On the claim: only the runs' directories, each run's build output intact, nothing
+    # written by the evil tasks but their own declared output.
+    assert File.ls!(claim) == ["sykli-runs"]
+    on_claim = files(Path.join(claim, "sykli-runs"))
+
+    for {mark, run_id} <- runs do
+      built = "built-#{mark}\n"
+
+      assert [{_, ^built}] =
+               Enum.filter(on_claim, fn {path, _} ->
+                 path =~ ~r|^#{run_id}/sykli-build-[^/]+/dist/app.txt$|
+               end)
+
+      assert [{_, "note\n"}] =
+               Enum.filter(on_claim, fn {path, _} -> path =~ ~r|^#{run_id}/sykli-evil-[^/]+/x/note$| end)
+    end
+
+    assert map_size(on_claim) == 4, inspect(on_claim)
+    refute Enum.any?(on_claim, fn {_, content} -> content =~ "evil" end)
   end
 end

@@ -132,6 +132,84 @@ defmodule SykliK8s.TargetPvcTest do
     assert Cluster.jobs(ctx.info, "ci") == []
   end
 
+  defp use_claim!(ctx, claim) do
+    config = Path.join(ctx.work, ".sykli/config.exs")
+
+    File.write!(
+      config,
+      String.replace(File.read!(config), ~r/source_pvc: "[a-z]+"/, ~s|source_pvc: "#{claim}"|)
+    )
+  end
+
+  # The documented name: the claim's slug and the first 10 hex digits of its SHA-256.
+  defp receiver_name(claim),
+    do:
+      "sykli-sync-#{claim}-" <> String.slice(Base.encode16(:crypto.hash(:sha256, claim), case: :lower), 0, 10)
+
+  test "a pod planted under the receiver's name is never sent the tree; sykli's own of another image is replaced",
+       ctx do
+    claim!(ctx, "src", "ReadWriteMany")
+    file = Pipeline.file!(ctx.tmp, [task("t", "test -f src/main.rs && echo has-source")])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "[t] has-source"
+    ours = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name("src")}")
+    assert ours["spec"]["containers"] |> hd() |> Map.get("command") == ["/usr/local/bin/sykli-sync", "idle"]
+
+    # What someone who may create pods in the namespace plants, for a claim sykli has not
+    # used yet: sykli's own receiver spec, changed in one place.
+    plant = fn claim, change ->
+      spec =
+        ours["spec"]
+        |> Map.delete("nodeName")
+        |> put_in(["volumes", Access.at(0), "persistentVolumeClaim", "claimName"], claim)
+        |> change.()
+
+      Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/pods", %{
+        metadata: %{name: receiver_name(claim), labels: ours["metadata"]["labels"]},
+        spec: spec
+      })
+    end
+
+    c0 = fn s -> hd(s["containers"]) end
+    put_c0 = fn s, c -> Map.put(s, "containers", [c]) end
+
+    for {claim, field, change} <- [
+          {"env", "spec.containers[0].env",
+           &put_c0.(&1, Map.put(c0.(&1), "env", [%{name: "PATH", value: "/tmp"}]))},
+          {"path", "spec.containers[0].command[0]",
+           &put_c0.(&1, Map.put(c0.(&1), "command", ["sykli-sync", "idle"]))},
+          {"init", "spec.initContainers", &Map.put(&1, "initContainers", [Map.put(c0.(&1), "name", "first")])}
+        ] do
+      claim!(ctx, claim, "ReadWriteMany")
+      planted = plant.(claim, change)
+
+      use_claim!(ctx, claim)
+
+      {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+
+      assert out =~
+               "pod ci/#{receiver_name(claim)} is not the receiver sykli creates for claim #{claim}: its #{field} differs",
+             out
+
+      assert out =~ "kubectl delete pod -n ci #{receiver_name(claim)}"
+      assert Cluster.jobs(ctx.info, "ci") == []
+      still = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name(claim)}")
+      assert still["metadata"]["uid"] == planted["metadata"]["uid"]
+    end
+
+    # sykli's own receiver of an older sync image (which never started): replaced.
+    claim!(ctx, "older", "ReadWriteMany")
+    old = plant.("older", &put_c0.(&1, Map.put(c0.(&1), "image", "ghcr.io/sykli/sync:0.0.1")))
+
+    use_claim!(ctx, "older")
+
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "[t] has-source"
+    new = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name("older")}")
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    assert hd(new["spec"]["containers"])["image"] == @image
+  end
+
   test "source_sync :git: an unpushed commit (no remote at all), as committed, with its history", ctx do
     claim!(ctx, "src", "ReadWriteMany")
 
@@ -157,5 +235,35 @@ defmodule SykliK8s.TargetPvcTest do
     # The same HEAD again: the bundle's tree is already on the claim.
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     assert uploaded(out)["existed"] == true
+  end
+
+  test "source_sync :git with an output of \".\": the task's files come back, the laptop's .git is never touched",
+       ctx do
+    claim!(ctx, "src", "ReadWriteMany")
+
+    write!(ctx.work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+      sync_image: "#{@image}", source_sync: :git, sync_back: true
+    """)
+
+    sha = commit_all!(ctx.work, "bundle me")
+    git_dir = Path.join(ctx.work, ".git")
+    before = for f <- ~w(config HEAD index), into: %{}, do: {f, File.read!(Path.join(git_dir, f))}
+
+    # The pod's clone is a git repository of its own: a commit there changes its .git
+    # (HEAD, index, objects), and a config entry that would run on the laptop.
+    work =
+      ~s|echo built > built.txt && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pod | <>
+        ~s|&& git config core.fsmonitor "touch /tmp/pwned" && echo pod-done|
+
+    file = Pipeline.file!(ctx.tmp, [task("all", work, %{outputs: ["."]})])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "[all] pod-done", out
+    assert File.read!(Path.join(ctx.work, "built.txt")) == "built\n"
+
+    after_run = for f <- ~w(config HEAD index), into: %{}, do: {f, File.read!(Path.join(git_dir, f))}
+    assert after_run == before
+    assert git!(ctx.work, ["rev-parse", "HEAD"]) |> String.trim() == sha
   end
 end

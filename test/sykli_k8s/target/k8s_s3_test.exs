@@ -1,11 +1,12 @@
 defmodule SykliK8s.TargetS3Test do
   # The S3 strategy end to end: bin/sykli packs the working tree, uploads it to a real
   # S3-compatible server on 127.0.0.1 that verifies SigV4 (s3s-fs), and the Jobs of the
-  # strict test cluster fetch it through a presigned URL with the host build of sykli-sync.
+  # strict test cluster fetch it through a presigned URL with the host build of sykli-sync:
+  # each Job's own, in a Secret the Job owns.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
-  import SykliK8s.Test.Pipeline, only: [task: 2, event!: 2, logged?: 2]
+  import SykliK8s.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
   alias SykliK8s.Test.{Cluster, Pipeline, S3Server}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
@@ -106,7 +107,95 @@ defmodule SykliK8s.TargetS3Test do
     assert logged?(out, "bundle-ok"), out
   end
 
-  test "the Job holds a presigned URL and no credentials", ctx do
+  defp list(ctx, path), do: Cluster.api_get!(ctx.info, path)["items"]
+
+  defp secret(ctx, name),
+    do: Enum.find(list(ctx, "/api/v1/namespaces/ci/secrets"), &(&1["metadata"]["name"] == name))
+
+  defp job(ctx, name),
+    do: Enum.find(list(ctx, "/apis/batch/v1/namespaces/ci/jobs"), &(&1["metadata"]["name"] == name))
+
+  defp pods(ctx, job),
+    do:
+      Enum.filter(
+        list(ctx, "/api/v1/namespaces/ci/pods"),
+        &(&1["metadata"]["labels"]["batch.kubernetes.io/job-name"] == job)
+      )
+
+  defp url_of(secret), do: Base.decode64!(secret["data"]["url"])
+
+  defp expires_of(url),
+    do: url |> URI.parse() |> Map.fetch!(:query) |> URI.decode_query() |> Map.fetch!("X-Amz-Expires")
+
+  # Owned by the Job as the API has it now: its uid, not the controller, not blocking.
+  defp owned_by?(secret, job) do
+    secret != nil and job != nil and
+      secret["metadata"]["ownerReferences"] == [
+        %{
+          "apiVersion" => "batch/v1",
+          "kind" => "Job",
+          "name" => job["metadata"]["name"],
+          "uid" => job["metadata"]["uid"],
+          "controller" => false,
+          "blockOwnerDeletion" => false
+        }
+      ]
+  end
+
+  test "each Job's URL is signed for its task at submission, in a Secret the Job owns", ctx do
+    signal = Path.join(ctx.tmp, "signal")
+    File.mkdir_p!(signal)
+    File.chmod!(signal, 0o777)
+
+    check =
+      ~s|test "$(cat /app/README.md)" = readme && echo source-ok; test -z "$SYKLI_SOURCE_URL" && echo no-url; | <>
+        ~s|while [ ! -e /signal/go ]; do sleep 0.1; done; echo released|
+
+    volumes = [%{name: "signal", mount_path: "/signal", host_path: %{path: signal}}]
+    file = Pipeline.file!(ctx.tmp, [task("hold", check, %{timeout: 120, k8s: %{volumes: volumes}})])
+    name = SykliK8s.Target.job_name("hold", "s3own")
+    run = Task.async(fn -> sykli(ctx, ~w(run --target=k8s --json --run-id s3own --pipeline #{file})) end)
+
+    # While the task runs (it waits for the signal): the Secret is there, owned by the Job.
+    assert Cluster.eventually(
+             fn -> Enum.any?(pods(ctx, name), &(&1["status"]["phase"] == "Running")) end,
+             60_000
+           )
+
+    assert owned_by?(secret(ctx, name <> "-source"), job(ctx, name))
+    s = secret(ctx, name <> "-source")
+    assert s["type"] == "Opaque" and s["immutable"] == true
+    assert s["metadata"]["labels"]["sykli.io/run"] == "s3own"
+    url = url_of(s)
+    assert url =~ "X-Amz-Signature="
+    # The task's own timeout plus the margin (scheduling and image pulls before the fetch).
+    assert expires_of(url) == "#{120 + 600}"
+
+    # Neither the Job nor its pod holds the URL: the fetch reads the Secret's key.
+    text = SykliK8s.JSON.encode!(job(ctx, name)) <> SykliK8s.JSON.encode!(pods(ctx, name))
+    refute text =~ "X-Amz-"
+    [fetch | _] = job(ctx, name)["spec"]["template"]["spec"]["initContainers"]
+
+    assert fetch["env"] == [
+             %{
+               "name" => "SYKLI_SOURCE_URL",
+               "valueFrom" => %{
+                 "secretKeyRef" => %{"name" => name <> "-source", "key" => "url", "optional" => false}
+               }
+             }
+           ]
+
+    File.write!(Path.join(signal, "go"), "")
+    {out, 0} = Task.await(run, 120_000)
+    assert logged?(out, "source-ok") and logged?(out, "no-url") and logged?(out, "released"), out
+    refute out =~ "X-Amz-Signature"
+
+    # The Job deleted at the end of the task, its Secret goes with it (garbage collection).
+    assert Cluster.jobs(ctx.info, "ci") == []
+    assert Cluster.eventually(fn -> secret(ctx, name <> "-source") == nil end)
+  end
+
+  test "a kept Job holds no URL and no credentials; its Secret stays with it", ctx do
     file = Pipeline.file!(ctx.tmp, [task("fail", "exit 3")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ "exit code 3" or out =~ "exited with 3", out
@@ -114,29 +203,40 @@ defmodule SykliK8s.TargetS3Test do
     text = SykliK8s.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}"))
     refute text =~ ctx.s3["secret_key"]
     refute text =~ "AWS_SECRET_ACCESS_KEY"
-    assert text =~ "X-Amz-Signature="
-    assert text =~ "X-Amz-Expires="
+    refute text =~ "X-Amz-"
+    assert text =~ ~s("secretKeyRef":{"key":"url","name":"#{name}-source")
+
+    # Kept for debugging, the Job keeps its Secret, whose URL expires on its own: a task
+    # without a timeout counts as an hour, plus the margin.
+    s = secret(ctx, name <> "-source")
+    assert owned_by?(s, job(ctx, name))
+    assert expires_of(url_of(s)) == "#{3600 + 600}"
 
     # A dry run packs (same checksum) but signs nothing and calls nothing.
     {out, 0} = sykli(ctx, ~w(run --target=k8s --dry-run -o json --pipeline #{file}), "not-even-read")
-    refute out =~ "X-Amz-Signature"
+    refute out =~ "X-Amz-"
     refute out =~ ctx.s3["secret_key"]
     assert out =~ "sykli.io/source-sha256"
+    assert out =~ "-source"
   end
 
-  test "a corrupted object fails the task's verification, naming the object", ctx do
-    file = Pipeline.file!(ctx.tmp, [task("check", "echo should-not-run")])
+  test "an object at the archive's key is trusted for its content only: a corrupted one is replaced, saying so",
+       ctx do
+    file = Pipeline.file!(ctx.tmp, [task("check", "test -f src/main.rs && echo ran-on-the-tree")])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
     p = published(out)
     path = object_file(ctx, p["key"])
-    size = File.stat!(path).size
-    File.write!(path, :binary.copy("x", size))
+    good = File.read!(path)
+    # Same size, and its metadata still claims the archive's SHA-256: only the bytes differ.
+    File.write!(path, :binary.copy("x", byte_size(good)))
 
-    {out, 1} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
-    assert published(out)["existed"] == true
-    refute logged?(out, "should-not-run")
-    assert out =~ "verification failed", out
-    assert out =~ p["key"]
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    again = published(out)
+    assert again["existed"] == false and again["uploaded_bytes"] == again["size"], out
+    assert again["sha256"] == p["sha256"]
+    assert out =~ "s3://#{@bucket}/#{p["key"]} was not this tree's archive", out
+    assert logged?(out, "ran-on-the-tree"), out
+    assert File.read!(path) == good
     refute out =~ "X-Amz-Signature", "the URL is a capability: never in a message"
   end
 
@@ -156,6 +256,11 @@ defmodule SykliK8s.TargetS3Test do
              "s3://builds/ci/sykli-source/ (#{ctx.s3["region"]}): listable with credentials from environment",
            out
 
+    # A Job's own URL Secret is made when it is submitted: not something to find missing.
+    file = Pipeline.file!(ctx.tmp, [task("check", "true")])
+    {out, 0} = sykli(ctx, ~w(info --check --pipeline #{file}))
+    assert out =~ "every namespace, Secret, ConfigMap and key the Jobs reference exists", out
+
     {out, 1} = sykli(ctx, ~w(info --check), "wrong-secret")
     assert out =~ "✗ GET s3://builds/", out
     assert out =~ "SignatureDoesNotMatch"
@@ -173,5 +278,54 @@ defmodule SykliK8s.TargetS3Test do
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ ~s(bucket "nope" does not exist), out
     assert Cluster.jobs(ctx.info, "ci") == []
+  end
+
+  test "the bundle and the archive are made in fresh private directories and removed; nothing planted in TMPDIR is used",
+       ctx do
+    config = Path.join(ctx.work, ".sykli/config.exs")
+
+    File.write!(
+      config,
+      String.replace(File.read!(config), "source_strategy: :s3,", "source_strategy: :s3, source_sync: :git,")
+    )
+
+    commit_all!(ctx.work, "with the config")
+    sha = head!(ctx.work)
+    # What the fixed names of before trusted or followed: a planted bundle for this very
+    # commit, and a link where the archive was written.
+    scratch = Path.join(ctx.tmp, "scratch")
+    planted = Path.join(scratch, "sykli-bundle-#{sha}")
+    File.mkdir_p!(planted)
+    File.write!(Path.join(planted, "sykli.bundle"), "not a bundle\n")
+    elsewhere = Path.join(ctx.tmp, "elsewhere")
+    File.mkdir_p!(elsewhere)
+    File.ln_s!(elsewhere, Path.join(scratch, "sykli-s3"))
+
+    file =
+      Pipeline.file!(ctx.tmp, [task("check", ~s|test "$(git rev-parse HEAD)" = #{sha} && echo bundle-ok|)])
+
+    {out, 0} =
+      System.cmd(
+        @sykli,
+        ~w(run --target=k8s --json --pipeline #{file} --kubeconfig #{ctx.info["kubeconfig"]}),
+        cd: ctx.work,
+        env: [
+          {"TMPDIR", scratch},
+          {"SYKLI_CWD", nil},
+          {"SYKLI_K8S_NAMESPACE", nil},
+          {"HOME", ctx.tmp},
+          {"AWS_PROFILE", nil},
+          {"AWS_SESSION_TOKEN", nil},
+          {"AWS_ACCESS_KEY_ID", ctx.s3["access_key"]},
+          {"AWS_SECRET_ACCESS_KEY", ctx.s3["secret_key"]}
+        ],
+        stderr_to_stdout: true
+      )
+
+    assert published(out)["uploaded_bytes"] > 0
+    assert logged?(out, "bundle-ok"), out
+    assert File.ls!(scratch) |> Enum.sort() == ["sykli-bundle-#{sha}", "sykli-s3"], "nothing is left behind"
+    assert File.read!(Path.join(planted, "sykli.bundle")) == "not a bundle\n"
+    assert File.ls!(elsewhere) == []
   end
 end

@@ -1,13 +1,16 @@
 //! Small request/response calls the Target callbacks need: read a Secret's key, create a
-//! PersistentVolumeClaim.
+//! PersistentVolumeClaim; and the Secret a Job owns (its source URL).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 use super::retry;
 use crate::error::{Error, Result};
@@ -129,6 +132,108 @@ pub async fn create_pvc(client: &kube::Client, namespace: &str, req: &VolumeRequ
         Ok(_)
         | Err(Error::Cluster {
             kind: "conflict", ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates an immutable Opaque Secret (`meta` names it) holding `value` at `key`. A 409 is
+/// the caller's to judge.
+pub async fn create_secret(
+    api: &Api<Secret>,
+    mut meta: ObjectMeta,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let name = meta.name.clone().unwrap_or_default();
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    labels
+        .entry(MANAGED_BY.to_string())
+        .or_insert_with(|| "sykli".to_string());
+    let secret = Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    let params = PostParams::default();
+    retry(&format!("creating Secret {name}"), || {
+        api.create(&params, &secret)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Makes `job` an owner of Secret `name`, so that Kubernetes' garbage collector deletes the
+/// Secret with the Job (background propagation; a kept Job keeps it). Not the controller,
+/// and not blocking the owner's deletion: a foreground delete need not wait for it, and
+/// blocking needs update on `jobs/finalizers` where OwnerReferencesPermissionEnforcement
+/// is on. A write that raced another (409 on the resourceVersion) is done again.
+pub async fn own_by_job(api: &Api<Secret>, name: &str, job: &Job) -> Result<()> {
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let uid = job.metadata.uid.clone().ok_or_else(|| {
+        Error::cluster(
+            "api",
+            format!("Job {job_name} came back without a uid: Secret {name} cannot be owned by it"),
+        )
+    })?;
+    let owner = OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "Job".into(),
+        name: job_name.clone(),
+        uid: uid.clone(),
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    };
+    let params = PostParams::default();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut secret = retry(&format!("reading Secret {name}"), || api.get(name)).await?;
+        let refs = secret
+            .metadata
+            .owner_references
+            .get_or_insert_with(Vec::new);
+        if refs.iter().any(|r| r.uid == uid) {
+            return Ok(());
+        }
+        // An earlier Job of that name is gone (its uid differs): only this one owns it.
+        refs.retain(|r| !(r.kind == "Job" && r.api_version == "batch/v1" && r.name == job_name));
+        refs.push(owner.clone());
+        match retry(
+            &format!("making Job {job_name} the owner of Secret {name}"),
+            || api.replace(name, &params, &secret),
+        )
+        .await
+        {
+            Ok(_) => return Ok(()),
+            Err(Error::Cluster {
+                kind: "conflict", ..
+            }) if attempts < 5 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Deletes the `kind` `name` in the background (its dependents go with it, by the
+/// garbage collector); one already gone is fine.
+pub async fn delete_if_there<K>(api: &Api<K>, kind: &str, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams::background();
+    match retry(&format!("deleting {kind} {name}"), || {
+        api.delete(name, &params)
+    })
+    .await
+    {
+        Ok(_)
+        | Err(Error::Cluster {
+            kind: "not_found", ..
         }) => Ok(()),
         Err(e) => Err(e),
     }

@@ -2,38 +2,25 @@
 //! nothing else, never a `.git` path. The archive comes from a pod, so it is checked whole
 //! before the first byte is written: a refusal leaves the repository as it was.
 
+use std::cell::Cell;
+use std::io::{self, Read};
+use std::rc::Rc;
+
 use crate::error::{Error, Result};
 
-/// Whether a path component is, or is taken by some filesystem for, `.git`: any case;
-/// with trailing dots or spaces and NTFS stream suffixes (`.git.`, `.git::$INDEX_ALLOCATION`);
-/// the 8.3 short name `git~1`; and with the code points HFS+ ignores (`.g\u{200c}it`).
-/// What git itself refuses in a tree (`verify_dotfile`), for the same reason.
-pub fn is_dot_git(component: &str) -> bool {
-    let visible: String = component
-        .chars()
-        .filter(|c| !hfs_ignorable(*c))
-        .flat_map(char::to_lowercase)
-        .collect();
-    let name = visible.split(':').next().unwrap_or("");
-    let name = name.trim_end_matches(['.', ' ']);
-    name == ".git" || name == "git~1"
-}
-
-fn hfs_ignorable(c: char) -> bool {
-    matches!(c as u32, 0x200c..=0x200f | 0x202a..=0x202e | 0x206a..=0x206f | 0xfeff)
-}
-
-/// Whether `path` (relative, '/'-separated) has a `.git` component.
-pub fn has_dot_git(path: &str) -> bool {
-    path.split('/').any(is_dot_git)
-}
+pub use sykli_sync::{has_dot_git, is_dot_git};
 
 /// Checks every entry of the gzip tar `archive` (what `sykli-sync pack` sent for `outputs`)
 /// before anything of it is written: each path is one of `outputs`, below one, or a
 /// directory above one (`.` is everything); none has a `.git` component, and no symlink
 /// points into one. The first violation is an error naming the entry and the rule. A
 /// malformed archive stops the check where it breaks: the extractor refuses it there.
-pub fn check_archive(archive: &[u8], outputs: &[String], job: &str) -> Result<()> {
+///
+/// The archive is read as a stream, with the extractor's budget: an entry's (padded) data
+/// plus [`METADATA_BUDGET`] for what precedes the next entry, so a GNU long name or pax
+/// header of gigabytes (which the `tar` crate buffers) never reaches memory here either;
+/// past it the check stops, and the extractor refuses the entry by its own rule.
+pub fn check_archive(archive: impl Read, outputs: &[String], job: &str) -> Result<()> {
     let refused = |path: &str, why: &str| {
         Error::cluster(
             "sync_failed",
@@ -45,13 +32,18 @@ pub fn check_archive(archive: &[u8], outputs: &[String], job: &str) -> Result<()
     };
     let everything = outputs.iter().any(|o| o == ".");
     let below: Vec<String> = outputs.iter().map(|o| format!("{o}/")).collect();
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let left = Rc::new(Cell::new(METADATA_BUDGET));
+    let mut tar = tar::Archive::new(Budget {
+        inner: flate2::read::GzDecoder::new(archive),
+        left: left.clone(),
+    });
     let Ok(entries) = tar.entries() else {
         return Ok(());
     };
     for entry in entries {
         // A malformed archive is the extractor's to refuse, by its rule, at that entry.
         let Ok(mut entry) = entry else { break };
+        left.set(entry.size().saturating_add(511) / 512 * 512 + METADATA_BUDGET);
         let raw = entry.path_bytes();
         let path = String::from_utf8_lossy(&raw);
         let path = path.trim_end_matches('/');
@@ -87,9 +79,78 @@ pub fn check_archive(archive: &[u8], outputs: &[String], job: &str) -> Result<()
     Ok(())
 }
 
+/// What the long-name and pax metadata before an entry may take: the extractor's budget
+/// (`sykli_sync`'s `METADATA_BUDGET`), so both read an archive alike.
+pub const METADATA_BUDGET: u64 = 64 << 10;
+
+/// A reader that fails once it has given more than its allowance, which the check resets
+/// for every entry (as the extractor's own `Budget` does).
+struct Budget<R> {
+    inner: R,
+    left: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other("archive metadata larger than the limit"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts what is read of the (compressed) archive.
+    struct Counting<'a>(&'a [u8], Rc<Cell<usize>>);
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.set(self.1.get() + n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_huge_long_name_is_read_no_further_than_the_metadata_budget() {
+        // A GNU long name of 16 MiB of random letters (a gzip stream of over 8 MiB), then a file.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let name: Vec<u8> = (0..16 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b'a' + (x % 26) as u8
+            })
+            .collect();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(name.len() as u64);
+        h.set_cksum();
+        b.append(&h, &name[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_path("ok.txt").unwrap();
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"ok\n"[..]).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &b.into_inner().unwrap()).unwrap();
+        let archive = gz.finish().unwrap();
+        assert!(archive.len() > 8 << 20, "{} bytes", archive.len());
+
+        let read = Rc::new(Cell::new(0));
+        let outputs = vec![".".to_string()];
+        check_archive(Counting(&archive, read.clone()), &outputs, "j").unwrap();
+        assert!(read.get() < 1 << 20, "read {} bytes", read.get());
+    }
 
     #[test]
     fn every_spelling_of_dot_git_is_one() {

@@ -134,7 +134,17 @@ pub fn needs(job: &Job) -> Vec<Need> {
             }
         }
     }
-    needs.into_values().collect()
+    // The Secret holding the Job's own source URL (the S3 strategy) is made at submission,
+    // right before the Job: not something that must exist already.
+    let own = job
+        .metadata
+        .name
+        .as_deref()
+        .map(crate::source::s3::url_secret_name);
+    needs
+        .into_values()
+        .filter(|n| !(n.kind == Kind::Secret && Some(&n.name) == own.as_ref()))
+        .collect()
 }
 
 /// What to do when the namespace does not exist.

@@ -5,16 +5,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncBufReadExt, StreamExt};
+use futures::AsyncBufReadExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::watch::JobView;
-use super::{preflight, retry, Cluster};
+use super::{objects, preflight, retry, Cluster};
 use crate::error::{Error, Result};
 use crate::manifest::{RUN_LABEL, TASK_CONTAINER};
+use crate::source::s3::{self, ArchiveSigning};
 
 pub const CLONE_CONTAINER: &str = "sykli-clone";
 
@@ -51,6 +53,10 @@ pub struct RunOptions {
     pub create_namespace: bool,
     /// How long a pod may be unschedulable before the task fails.
     pub unschedulable_grace: Duration,
+    /// The S3 strategy: signs this Job's URL of the source archive at submission, for the
+    /// task's own timeout plus a margin. The URL goes into the Job's own Secret (created
+    /// right before the Job, owned by it), never into the manifest.
+    pub source_url: Option<ArchiveSigning>,
 }
 
 impl Default for RunOptions {
@@ -60,9 +66,13 @@ impl Default for RunOptions {
             keep_failed: false,
             create_namespace: false,
             unschedulable_grace: Duration::from_secs(30),
+            source_url: None,
         }
     }
 }
+
+/// The container name of lines sykli itself adds to a task's log (warnings).
+pub const SYKLI_LOG: &str = "sykli";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -161,13 +171,41 @@ pub async fn run_job(
     )
     .await?;
 
+    let url = sign_source_url(&job, &namespace, &opts, &events).await?;
+
     // Subscribe before creating, so no event of this Job is missed.
     let watcher = cluster.watcher(&namespace, &run);
     let mut changes = watcher.subscribe();
     let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &namespace);
+    let secret = s3::url_secret_name(&name);
+    if let Some(url) = &url {
+        emit(
+            Phase::Creating,
+            format!("creating Secret {namespace}/{secret} (the source URL)"),
+        );
+        create_url_secret(&secrets, &job, &secret, url, &run).await?;
+    }
     emit(Phase::Creating, format!("creating Job {namespace}/{name}"));
-    create(&jobs, &job, &run).await?;
+    let created = match create(&jobs, &job, &run).await {
+        Ok(created) => created,
+        Err(e) => {
+            // No Job will own the Secret: the URL goes now, not with a Job.
+            if url.is_some() {
+                let _ = objects::delete_if_there(&secrets, "Secret", &secret).await;
+            }
+            return Err(e);
+        }
+    };
+    if url.is_some() {
+        // Owned by the Job, the Secret goes with it: deleted here, by its TTL, or by hand.
+        if let Err(e) = objects::own_by_job(&secrets, &secret, &created).await {
+            let _ = objects::delete_if_there(&jobs, "Job", &name).await;
+            let _ = objects::delete_if_there(&secrets, "Secret", &secret).await;
+            return Err(e);
+        }
+    }
 
     let started = Instant::now();
     let deadline = opts.timeout.or_else(|| {
@@ -308,7 +346,7 @@ pub async fn run_job(
         && failure.as_ref().is_some_and(|(k, _)| *k != "cancelled");
     if !kept {
         emit(Phase::Cleaning, format!("deleting Job {namespace}/{name}"));
-        delete(&jobs, &name).await?;
+        objects::delete_if_there(&jobs, "Job", &name).await?;
     }
     Ok(Outcome {
         job: name,
@@ -328,8 +366,9 @@ const TASK_NAME_ANNOTATION: &str = "sykli.io/task-name";
 /// Creates the Job. A Job of that name already there is ours only when it provably is this
 /// task's Job of this run (a create whose answer was lost, then retried): the same run label
 /// and the exact task name in its annotation. Anything else is a conflict, never adopted:
-/// adopting another task's Job would report that task's result as this one's.
-async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
+/// adopting another task's Job would report that task's result as this one's. Returns the
+/// Job as the API has it (its uid owns the Job's Secret).
+async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<Job> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let params = PostParams::default();
     match retry(&format!("creating Job {name}"), || {
@@ -337,14 +376,14 @@ async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
     })
     .await
     {
-        Ok(_) => Ok(()),
+        Ok(created) => Ok(created),
         Err(Error::Cluster {
             kind: "conflict",
             message,
         }) => {
             let existing = retry(&format!("reading Job {name}"), || jobs.get(&name)).await?;
-            match adoptable(&existing, job, run) {
-                Ok(()) => Ok(()),
+            match adoptable("Job", &existing.metadata, job, run) {
+                Ok(()) => Ok(existing),
                 Err(why) => Err(Error::cluster("conflict", format!("{message}: {why}"))),
             }
         }
@@ -352,20 +391,106 @@ async fn create(jobs: &Api<Job>, job: &Job, run: &str) -> Result<()> {
     }
 }
 
-/// Whether `existing` (of the same name) is `job` itself, created before; else why not, naming
-/// the Job, whose it is, and what to do.
-fn adoptable(existing: &Job, job: &Job, run: &str) -> std::result::Result<(), String> {
-    let label = |j: &Job, k: &str| j.metadata.labels.as_ref()?.get(k).cloned();
-    let task_name = |j: &Job| {
-        j.metadata
-            .annotations
-            .as_ref()?
-            .get(TASK_NAME_ANNOTATION)
-            .cloned()
-    };
+/// Signs the Job's source URL when the Job reads one from its own Secret (the S3 strategy);
+/// warnings (credentials that expire sooner) go into the task's log. A Job that reads the
+/// Secret with nothing to sign its URL would wait for it forever: an error before anything
+/// is created.
+async fn sign_source_url(
+    job: &Job,
+    namespace: &str,
+    opts: &RunOptions,
+    events: &UnboundedSender<Event>,
+) -> Result<Option<String>> {
     let name = job.metadata.name.clone().unwrap_or_default();
+    let secret = s3::url_secret_name(&name);
+    let reads_url = reads_secret(job, &secret);
+    let signing = match (&opts.source_url, reads_url) {
+        (_, false) => return Ok(None),
+        (Some(signing), true) => signing.clone(),
+        (None, true) => {
+            return Err(Error::cluster(
+                "invalid",
+                format!(
+                    "Job {namespace}/{name} reads its source URL from Secret {secret}, but the run has no published archive to sign it for: publish the source first (SykliK8s.Target.publish_source/2)"
+                ),
+            ))
+        }
+    };
+    let deadline = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+    let signed = tokio::task::spawn_blocking(move || signing.presign(deadline))
+        .await
+        .map_err(|e| Error::cluster("api", format!("signing the source URL: {e}")))??;
+    for w in &signed.warnings {
+        let _ = events.send(Event::Log {
+            container: SYKLI_LOG.into(),
+            line: format!("warning: {w}"),
+        });
+    }
+    Ok(Some(signed.url))
+}
+
+/// Whether a container of `job` reads a key of Secret `name` into its environment.
+fn reads_secret(job: &Job, name: &str) -> bool {
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return false;
+    };
+    pod.init_containers
+        .iter()
+        .flatten()
+        .chain(pod.containers.iter())
+        .flat_map(|c| c.env.iter().flatten())
+        .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+        .any(|r| r.name == name)
+}
+
+/// Creates the Job's Secret holding its source URL: immutable, labelled and annotated as the
+/// Job is (so a 409 is adopted only for this very task's Secret of this run, as for the Job).
+async fn create_url_secret(
+    secrets: &Api<Secret>,
+    job: &Job,
+    name: &str,
+    url: &str,
+    run: &str,
+) -> Result<()> {
+    let meta = ObjectMeta {
+        name: Some(name.to_string()),
+        labels: job.metadata.labels.clone(),
+        annotations: job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get_key_value(TASK_NAME_ANNOTATION))
+            .map(|(k, v)| [(k.clone(), v.clone())].into()),
+        ..Default::default()
+    };
+    match objects::create_secret(secrets, meta, s3::URL_SECRET_KEY, url).await {
+        Ok(()) => Ok(()),
+        Err(Error::Cluster {
+            kind: "conflict",
+            message,
+        }) => {
+            let existing = retry(&format!("reading Secret {name}"), || secrets.get(name)).await?;
+            adoptable("Secret", &existing.metadata, job, run)
+                .map_err(|why| Error::cluster("conflict", format!("{message}: {why}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `existing` (a `kind` of this Job's task: the Job itself, or its Secret) is this
+/// task's own object of this run, created before; else why not, naming the object, whose it
+/// is, and what to do.
+fn adoptable(
+    kind: &str,
+    existing: &ObjectMeta,
+    job: &Job,
+    run: &str,
+) -> std::result::Result<(), String> {
+    let label = |m: &ObjectMeta, k: &str| m.labels.as_ref()?.get(k).cloned();
+    let task_name = |m: &ObjectMeta| m.annotations.as_ref()?.get(TASK_NAME_ANNOTATION).cloned();
+    let name = existing.name.clone().unwrap_or_default();
     let namespace = job.metadata.namespace.clone().unwrap_or_default();
-    let ours = task_name(job);
+    let ours = task_name(&job.metadata);
     let (their_run, theirs) = (label(existing, RUN_LABEL), task_name(existing));
     if their_run.as_deref() == Some(run) && ours.is_some() && theirs == ours {
         return Ok(());
@@ -379,31 +504,19 @@ fn adoptable(existing: &Job, job: &Job, run: &str) -> std::result::Result<(), St
         }
         (None, None) => "no sykli task or run".to_string(),
     };
-    let fix = format!("kubectl -n {namespace} delete job {name}");
+    let fix = format!(
+        "kubectl -n {namespace} delete {} {name}",
+        kind.to_lowercase()
+    );
     Err(if their_run.as_deref() != Some(run) {
         format!(
-            "Job {namespace}/{name} exists and is not this run's: it belongs to {owner}, not to task {ours} of run {run}; delete it ({fix}) or use another run id"
+            "{kind} {namespace}/{name} exists and is not this run's: it belongs to {owner}, not to task {ours} of run {run}; delete it ({fix}) or use another run id"
         )
     } else {
         format!(
-            "Job {namespace}/{name} of this run belongs to {owner}, not to task {ours}: two tasks got one Job name and it was not adopted; rename one of the tasks (or, if that Job is stale, {fix})"
+            "{kind} {namespace}/{name} of this run belongs to {owner}, not to task {ours}: two tasks got one Job name and it was not adopted; rename one of the tasks (or, if that {kind} is stale, {fix})"
         )
     })
-}
-
-async fn delete(jobs: &Api<Job>, name: &str) -> Result<()> {
-    let params = DeleteParams::background();
-    match retry(&format!("deleting Job {name}"), || {
-        jobs.delete(name, &params)
-    })
-    .await
-    {
-        Ok(_)
-        | Err(Error::Cluster {
-            kind: "not_found", ..
-        }) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// A failure diagnosed again from the Job's pods as the API has them now.
@@ -462,20 +575,15 @@ async fn catch_up_logs(
                 container: Some(container.clone()),
                 ..LogParams::default()
             };
-            let Ok(text) = retry(
+            let Ok(stream) = retry(
                 &format!("reading the log of {pod_name}/{container}"),
-                || pods.logs(&pod_name, &lp),
+                || pods.log_stream(&pod_name, &lp),
             )
             .await
             else {
                 continue;
             };
-            for line in text.lines() {
-                let _ = events.send(Event::Log {
-                    container: container.clone(),
-                    line: line.to_string(),
-                });
-            }
+            send_lines(stream, &container, events).await;
         }
     }
 }
@@ -491,18 +599,88 @@ async fn follow(pods: Api<Pod>, pod: String, container: String, events: Unbounde
     let Ok(stream) = retry(&doing, || pods.log_stream(&pod, &params)).await else {
         return;
     };
-    let mut lines = stream.lines();
-    while let Some(Ok(line)) = lines.next().await {
-        if events
-            .send(Event::Log {
-                container: container.clone(),
-                line,
-            })
-            .is_err()
-        {
+    send_lines(stream, &container, &events).await;
+}
+
+/// The longest log line delivered whole: a pod's line goes into memory, the event and the
+/// terminal, so a longer one is cut here and marked ([`truncated_marker`]).
+pub const MAX_LOG_LINE: usize = 64 << 10;
+
+/// What ends a line cut at `max` bytes.
+pub fn truncated_marker(max: usize) -> String {
+    format!("… [line truncated at {max} bytes]")
+}
+
+/// Sends each line of `log` as an event of `container`, until the log ends, fails or no
+/// one listens.
+async fn send_lines(
+    log: impl futures::AsyncBufRead + Unpin,
+    container: &str,
+    events: &UnboundedSender<Event>,
+) {
+    let mut log = log;
+    while let Ok(Some(line)) = read_log_line(&mut log, MAX_LOG_LINE).await {
+        let event = Event::Log {
+            container: container.to_string(),
+            line,
+        };
+        if events.send(event).is_err() {
             return;
         }
     }
+}
+
+/// The next line of `log` without its `\n` (or `\r\n`), or `None` at its end. A line of
+/// more than `max` bytes keeps its first `max` (cut at a character) plus the truncation
+/// marker, and the rest of it is read and dropped as it comes: never more than `max` bytes
+/// of a line are held, however long it is, newline or not. Invalid UTF-8 is replaced, not
+/// an end of the log (futures' `lines()` would stop there, and read any line whole).
+pub async fn read_log_line(
+    log: &mut (impl futures::AsyncBufRead + Unpin),
+    max: usize,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut truncated = false;
+    let mut any = false;
+    loop {
+        let buf = log.fill_buf().await?;
+        if buf.is_empty() {
+            break;
+        }
+        any = true;
+        let (chunk, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], true),
+            None => (buf, false),
+        };
+        let room = max - line.len();
+        if chunk.len() > room {
+            truncated = true;
+        }
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        let used = chunk.len() + usize::from(newline);
+        log.consume_unpin(used);
+        if newline {
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    if truncated {
+        // Cut at a character: a sequence split by the limit is dropped, not replaced.
+        if let Err(e) = std::str::from_utf8(&line) {
+            if e.error_len().is_none() {
+                line.truncate(e.valid_up_to());
+            }
+        }
+    } else if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if truncated {
+        text.push_str(&truncated_marker(max));
+    }
+    Ok(Some(text))
 }
 
 fn statuses(pod: &Pod, init: bool) -> impl Iterator<Item = &ContainerStatus> {
@@ -917,5 +1095,41 @@ mod tests {
                 failure: None
             }
         ));
+    }
+
+    /// Every line `read_log_line` gives for `log`, read through a small buffer (so lines
+    /// arrive in pieces, as from a stream).
+    fn log_lines(log: &[u8], max: usize) -> Vec<String> {
+        let mut r =
+            futures::io::BufReader::with_capacity(7, futures::io::Cursor::new(log.to_vec()));
+        let mut lines = Vec::new();
+        while let Some(line) = futures::executor::block_on(read_log_line(&mut r, max)).unwrap() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    #[test]
+    fn log_lines_are_capped_and_marked_and_bad_utf8_does_not_end_the_log() {
+        assert_eq!(log_lines(b"a\r\nb\n\nc", 10), ["a", "b", "", "c"]);
+        let long = format!("{}\nnext\n{}", "x".repeat(100), "y".repeat(30));
+        assert_eq!(
+            log_lines(long.as_bytes(), 10),
+            [
+                format!("{}… [line truncated at 10 bytes]", "x".repeat(10)),
+                "next".to_string(),
+                format!("{}… [line truncated at 10 bytes]", "y".repeat(10)),
+            ]
+        );
+        // Cut at a character, never inside one.
+        assert_eq!(
+            log_lines("ééééé\n".as_bytes(), 5),
+            ["éé… [line truncated at 5 bytes]"]
+        );
+        assert_eq!(
+            log_lines(b"bad \xff byte\nafter\n", 64),
+            ["bad \u{fffd} byte", "after"]
+        );
+        assert!(log_lines(b"", 10).is_empty());
     }
 }

@@ -12,13 +12,13 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, AttachParams, DeleteParams, ObjectMeta, PostParams};
 use serde::Deserialize;
 use sykli_sync::{diff, write_archive, Manifest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::{api_error, retry, Cluster};
 use crate::error::{Error, Result};
 use crate::manifest::{names, ARTIFACTS_MOUNT, MANAGED_BY};
 use crate::source::git_clone::{restricted_security_context, NONROOT};
-use crate::source::pvc::{STORE_DIR, STORE_PATH};
+use crate::source::pvc::{STORE_DIR, STORE_PATH, SYNC_BIN};
 use crate::source::upload::LocalTree;
 
 /// How long the receiver pod may take to start.
@@ -31,6 +31,9 @@ pub struct Receiver {
     pub claim: String,
     /// The node, when the claim is ReadWriteOnce (the Jobs must run there too).
     pub pin_node: Option<String>,
+    /// The uid of the pod that was checked: an exec answered by a pod created under the
+    /// same name since (deleted and planted in between) is not used.
+    pub uid: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -101,6 +104,12 @@ pub async fn receiver(
 }
 
 /// [`receiver`] for a claim named by the option `setting` (named when the claim is missing).
+///
+/// Whatever answers as the receiver gets the working tree and writes what the sync back
+/// brings home, so a pod is used only when it is exactly the one sykli would create: a
+/// pod of that name with any other spec (another command, `env`, an init container, more
+/// volumes, another service account…) fails the run, naming the pod and the field. Only
+/// one of sykli's own receivers that ended, or that runs another sync image, is replaced.
 pub async fn receiver_for(
     cluster: &Arc<Cluster>,
     namespace: &str,
@@ -109,57 +118,64 @@ pub async fn receiver_for(
     setting: &str,
 ) -> Result<Receiver> {
     let rwo = check_claim(cluster, namespace, claim, setting).await?;
-    let name = format!("sykli-sync-{}", names::slug(claim, 40));
+    let name = names::receiver_name(claim);
+    let want = receiver_pod(&name, claim, image);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let existing = retry(&format!("reading pod {namespace}/{name}"), || {
         pods.get_opt(&name)
     })
     .await?;
-    let usable = |p: &Pod| {
-        let phase = p
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
-        let same_image = p
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.first().and_then(|c| c.image.as_deref()) == Some(image));
-        same_image && (phase == "Running" || phase == "Pending")
+    let not_ours = |field: &str| {
+        Error::cluster(
+            "conflict",
+            format!(
+                "pod {namespace}/{name} is not the receiver sykli creates for claim {claim}: its {field} differs, and sykli sends the working tree only to its own; delete it (kubectl delete pod -n {namespace} {name}) once you know who created it"
+            ),
+        )
     };
     match existing {
-        Some(p) if usable(&p) => {}
-        Some(_) => {
-            // Finished, failed, or another image: replace it.
-            let _ = pods.delete(&name, &DeleteParams::background()).await;
-            let gone = |p: Option<&Pod>| p.is_none();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(60),
-                kube::runtime::wait::await_condition(pods.clone(), &name, gone),
-            )
-            .await;
-            create_receiver(&pods, namespace, &name, claim, image).await?;
+        None => create_receiver(&pods, namespace, &want).await?,
+        Some(p) => {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            let ended = !matches!(phase, Some("Running") | Some("Pending"));
+            match receiver_mismatch(&p, &want) {
+                Some(field) if field != IMAGE_FIELD => return Err(not_ours(&field)),
+                None if !ended => {}
+                // Ours, but ended or of another sync image: replaced.
+                _ => {
+                    let _ = pods.delete(&name, &DeleteParams::background()).await;
+                    let gone = |p: Option<&Pod>| p.is_none();
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        kube::runtime::wait::await_condition(pods.clone(), &name, gone),
+                    )
+                    .await;
+                    create_receiver(&pods, namespace, &want).await?;
+                }
+            }
         }
-        None => create_receiver(&pods, namespace, &name, claim, image).await?,
     }
     let pod = wait_running(&pods, namespace, &name).await?;
+    // What runs now is what is used: checked again, for a pod created in between (a 409).
+    if let Some(field) = receiver_mismatch(&pod, &want) {
+        return Err(not_ours(&field));
+    }
+    let uid = pod.metadata.uid.clone();
     let node = pod.spec.and_then(|s| s.node_name);
     Ok(Receiver {
         namespace: namespace.into(),
         pod: name,
         claim: claim.into(),
         pin_node: if rwo { node } else { None },
+        uid,
     })
 }
 
-async fn create_receiver(
-    pods: &Api<Pod>,
-    namespace: &str,
-    name: &str,
-    claim: &str,
-    image: &str,
-) -> Result<()> {
-    let pod = Pod {
+/// The receiver pod sykli creates for `claim`: `sykli-sync idle` by its absolute path in
+/// `image`, the claim its only volume, non-root and without privileges, no
+/// service-account token, no environment.
+fn receiver_pod(name: &str, claim: &str, image: &str) -> Pod {
+    Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
             labels: Some(
@@ -175,7 +191,7 @@ async fn create_receiver(
             containers: vec![Container {
                 name: "receiver".into(),
                 image: Some(image.into()),
-                command: Some(vec!["sykli-sync".into(), "idle".into()]),
+                command: Some(vec![SYNC_BIN.into(), "idle".into()]),
                 volume_mounts: Some(vec![VolumeMount {
                     name: "store".into(),
                     mount_path: STORE_PATH.into(),
@@ -203,9 +219,107 @@ async fn create_receiver(
             ..Default::default()
         }),
         status: None,
-    };
-    match pods.create(&PostParams::default(), &pod).await {
+    }
+}
+
+/// The field [`receiver_mismatch`] names when only the image differs.
+const IMAGE_FIELD: &str = "spec.containers[0].image";
+
+/// Pod fields the API server, its admission plugins or the scheduler fill in: where and
+/// when the pod runs, never what runs in it or what it can reach.
+const SERVER_POD_FIELDS: &[&str] = &[
+    "nodeName",
+    "schedulerName",
+    "dnsPolicy",
+    "terminationGracePeriodSeconds",
+    "tolerations",
+    "priority",
+    "priorityClassName",
+    "preemptionPolicy",
+    "nodeSelector",
+    "affinity",
+    "topologySpreadConstraints",
+    "runtimeClassName",
+    "overhead",
+];
+/// Container fields filled in the same way (requests and limits from a LimitRange).
+const SERVER_CONTAINER_FIELDS: &[&str] = &[
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "imagePullPolicy",
+    "resources",
+    "resizePolicy",
+];
+
+/// The first field of `found`'s spec that is not what `want` (a [`receiver_pod`]) says,
+/// as a path (`spec.initContainers`, `spec.containers[0].env`); `None` when it is that
+/// pod. Everything counts but the fields the server fills in; the service account may
+/// only be `default` (which the server fills in), with its token not mounted.
+fn receiver_mismatch(found: &Pod, want: &Pod) -> Option<String> {
+    let spec = |p: &Pod| serde_json::to_value(&p.spec).unwrap_or_default();
+    let (mut found, want) = (spec(found), spec(want));
+    if let Some(f) = found.as_object_mut() {
+        for key in SERVER_POD_FIELDS {
+            f.remove(*key);
+        }
+        for key in ["serviceAccountName", "serviceAccount"] {
+            if f.get(key).and_then(|v| v.as_str()) == Some("default") {
+                f.remove(key);
+            }
+        }
+        // Pod-level lists the server leaves empty rather than absent.
+        f.retain(|_, v| !is_empty(v));
+        if let Some(containers) = f.get_mut("containers").and_then(|c| c.as_array_mut()) {
+            for c in containers.iter_mut().filter_map(|c| c.as_object_mut()) {
+                for key in SERVER_CONTAINER_FIELDS {
+                    c.remove(*key);
+                }
+                c.retain(|_, v| !is_empty(v));
+            }
+        }
+    }
+    first_difference("spec", &found, &want)
+}
+
+fn is_empty(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// The path of the first place where `a` and `b` differ.
+fn first_difference(path: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let null = Value::Null;
+                first_difference(
+                    &format!("{path}.{k}"),
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                )
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (a, b))| first_difference(&format!("{path}[{i}]"), a, b)),
+        _ if a == b => None,
+        _ => Some(path.to_string()),
+    }
+}
+
+async fn create_receiver(pods: &Api<Pod>, namespace: &str, pod: &Pod) -> Result<()> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    match pods.create(&PostParams::default(), pod).await {
         Ok(_) => Ok(()),
+        // Created in between by someone else: checked once it runs.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(api_error(&format!("creating pod {namespace}/{name}"), e)),
     }
@@ -264,16 +378,51 @@ fn describe_waiting(p: &Pod) -> String {
     format!("phase {}", s.phase.clone().unwrap_or_default())
 }
 
+/// The most of a receiver's answer (`status`, `manifest`, reports: JSON) held in memory:
+/// the size of the largest sync header the store takes, which the manifest of a tree of a
+/// million files fits in. A pod that says more is not sykli's receiver.
+pub const EXEC_OUTPUT_MAX: u64 = 256 << 20;
+/// How much of an exec's stderr is kept for its error message (the rest is read, unkept).
+const EXEC_STDERR_KEPT: usize = 64 << 10;
+/// The largest sync-back archive, as it arrives (compressed): it is spooled to an unnamed
+/// temporary file to be checked whole before anything is written, so this bounds the
+/// disk that takes, never memory. Outputs larger than this belong on the artifact claim.
+pub const SYNC_BACK_MAX_BYTES: u64 = 4 << 30;
+
 /// Runs `sykli-sync` in the receiver with `args`, feeding `stdin` (chunks) when given;
-/// returns its stdout. A non-zero exit is an error carrying its one-line message.
+/// returns its stdout, at most [`EXEC_OUTPUT_MAX`] bytes. A non-zero exit is an error
+/// carrying its one-line message.
 pub async fn exec(
     cluster: &Cluster,
     r: &Receiver,
     args: &[&str],
     stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
 ) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    exec_into(cluster, r, args, stdin, &mut out, EXEC_OUTPUT_MAX, |what| {
+        format!(
+            "{what} answered more than {EXEC_OUTPUT_MAX} bytes, more than any answer of sykli-sync: \
+             nothing more was read (is the pod sykli's receiver?)"
+        )
+    })
+    .await?;
+    Ok(out)
+}
+
+/// [`exec`] with its stdout streamed into `sink`, at most `max` bytes: a byte more stops
+/// the exec at once with the error `too_much(what)` (`what` names the command and the pod).
+/// Returns the bytes written.
+async fn exec_into<W: tokio::io::AsyncWrite + Unpin>(
+    cluster: &Cluster,
+    r: &Receiver,
+    args: &[&str],
+    stdin: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    sink: &mut W,
+    max: u64,
+    too_much: impl FnOnce(&str) -> String,
+) -> Result<u64> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &r.namespace);
-    let argv: Vec<String> = std::iter::once("sykli-sync")
+    let argv: Vec<String> = std::iter::once(SYNC_BIN)
         .chain(args.iter().copied())
         .map(str::to_string)
         .collect();
@@ -307,15 +456,18 @@ pub async fn exec(
             w.shutdown().await
         })
     });
+    // Over the limit, reading stops there and then: the pod, which would block writing
+    // the rest (and never end), is left behind with the exec's connection.
     let read_out = async {
-        let mut v = Vec::new();
-        out.read_to_end(&mut v).await.map(|_| v)
+        let n = tokio::io::copy(&mut (&mut out).take(max.saturating_add(1)), sink).await;
+        match n {
+            Ok(n) if n > max => Err(Error::cluster("sync_failed", too_much(&what))),
+            Ok(n) => Ok(sink.flush().await.map(|()| n)),
+            Err(e) => Ok(Err(e)),
+        }
     };
-    let read_err = async {
-        let mut v = Vec::new();
-        err.read_to_end(&mut v).await.map(|_| v)
-    };
-    let (stdout, stderr) = tokio::join!(read_out, read_err);
+    let read_err = async { Ok(read_head(&mut err, EXEC_STDERR_KEPT).await) };
+    let (stdout, stderr) = tokio::try_join!(read_out, read_err)?;
     if let Some(w) = writer {
         match w.await {
             Ok(Ok(())) => {}
@@ -351,7 +503,41 @@ pub async fn exec(
             format!("{what} failed: {detail}"),
         ));
     }
-    stdout.map_err(|e| Error::cluster("api", format!("{what}: reading its output: {e}")))
+    let stdout =
+        stdout.map_err(|e| Error::cluster("api", format!("{what}: reading its output: {e}")))?;
+    // Exec reaches a pod by name: the one that answered must still be the one checked.
+    let now = retry(&format!("reading pod {}/{}", r.namespace, r.pod), || {
+        pods.get_opt(&r.pod)
+    })
+    .await?
+    .and_then(|p| p.metadata.uid);
+    if now != r.uid {
+        return Err(Error::cluster(
+            "conflict",
+            format!(
+                "{what}: the pod was replaced while it ran (uid {}, now {}); its answer is not used: find out who deleted and created pod {}/{}",
+                r.uid.as_deref().unwrap_or("none"),
+                now.as_deref().unwrap_or("none"),
+                r.namespace,
+                r.pod
+            ),
+        ));
+    }
+    Ok(stdout)
+}
+
+/// Reads `r` to its end, keeping its first `keep` bytes.
+async fn read_head(r: &mut (impl AsyncRead + Unpin), keep: usize) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = keep.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
 }
 
 #[derive(Deserialize)]
@@ -578,7 +764,8 @@ fn manifest_of(json: &[u8]) -> Result<Option<Manifest>> {
 }
 
 /// Copies the Job's declared outputs from its directory on the claim into `dest`, with the
-/// hardened extractor (nothing lands outside `dest`).
+/// hardened extractor (nothing lands outside `dest`). The archive may be at most
+/// [`SYNC_BACK_MAX_BYTES`].
 pub async fn sync_back(
     cluster: &Cluster,
     r: &Receiver,
@@ -586,16 +773,63 @@ pub async fn sync_back(
     paths: &[String],
     dest: &std::path::Path,
 ) -> Result<sykli_sync::Report> {
+    sync_back_limited(cluster, r, job, paths, dest, SYNC_BACK_MAX_BYTES).await
+}
+
+/// [`sync_back`] taking an archive of at most `max_bytes`.
+///
+/// The archive is spooled, as it arrives, into an unnamed temporary file in `dest` (on
+/// its filesystem, where the outputs go anyway; private, and gone with its handle), then
+/// checked whole, then extracted: a receiver never gets more than `max_bytes` of disk,
+/// nor any memory, and a hostile one gets nothing written.
+pub async fn sync_back_limited(
+    cluster: &Cluster,
+    r: &Receiver,
+    job: &str,
+    paths: &[String],
+    dest: &std::path::Path,
+    max_bytes: u64,
+) -> Result<sykli_sync::Report> {
     let root = format!("{}/runs/{job}", store());
     let mut args = vec!["pack", "--root", root.as_str()];
     args.extend(paths.iter().map(String::as_str));
-    let archive = exec(cluster, r, &args, None).await?;
     let dest = dest.to_path_buf();
+    let spool_dir = dest.clone();
+    let spool = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&spool_dir).and_then(|()| tempfile::tempfile_in(&spool_dir))
+    })
+    .await
+    .map_err(|e| Error::cluster("api", format!("spooling outputs: {e}")))?
+    .map_err(|e| Error::Io {
+        path: dest.clone(),
+        source: e,
+    })?;
+    let mut spool = tokio::fs::File::from_std(spool);
+    exec_into(cluster, r, &args, None, &mut spool, max_bytes, |what| {
+        format!(
+            "the outputs of {job}: {what} sent more than {max_bytes} bytes, the most a sync back takes: \
+             nothing was written (declare smaller outputs, or pass large ones as artifacts)"
+        )
+    })
+    .await?;
+    let spool = spool.into_std().await;
     let (outputs, job_name) = (paths.to_vec(), job.to_string());
     tokio::task::spawn_blocking(move || {
+        let from_start = |mut f: &std::fs::File| {
+            use std::io::Seek;
+            f.rewind().map_err(|e| {
+                Error::cluster(
+                    "sync_failed",
+                    format!("the outputs of {job_name}: rereading the archive: {e}"),
+                )
+            })
+        };
+        let read = |f| std::io::BufReader::with_capacity(1 << 20, f);
         // The whole archive first: a hostile receiver gets nothing written.
-        super::outputs::check_archive(&archive, &outputs, &job_name)?;
-        sykli_sync::extract_hardened(&archive[..], &dest, sykli_sync::Limits::default())
+        from_start(&spool)?;
+        super::outputs::check_archive(read(&spool), &outputs, &job_name)?;
+        from_start(&spool)?;
+        sykli_sync::extract_hardened(read(&spool), &dest, sykli_sync::Limits::default())
             .map_err(|e| Error::cluster("sync_failed", format!("the outputs of {job_name}: {e}")))
     })
     .await
@@ -629,10 +863,24 @@ pub struct CopyReport {
 pub async fn copy_artifact(
     cluster: &Cluster,
     r: &Receiver,
+    run: &str,
     from: &str,
     to: &str,
 ) -> Result<CopyReport> {
-    let (from_rel, to_rel) = (artifact_rel(from)?, artifact_rel(to)?);
+    check_run_id(run)?;
+    let on_claim = |path: &str| -> Result<String> {
+        let rel = artifact_rel(path)?;
+        // `/artifacts/<task>/…` is the task's own directory of this run.
+        let (task, rest) = rel.split_once('/').unwrap_or((rel, ""));
+        let dir = crate::manifest::artifacts::task_dir(run, task);
+        Ok(if rest.is_empty() {
+            dir
+        } else {
+            format!("{dir}/{rest}")
+        })
+    };
+    let (from_rel, to_rel) = (on_claim(from)?, on_claim(to)?);
+    let (from_rel, to_rel) = (from_rel.as_str(), to_rel.as_str());
     let out = exec(
         cluster,
         r,
@@ -658,9 +906,30 @@ pub async fn copy_artifact(
         .map_err(|e| Error::cluster("sync_failed", format!("sykli-sync copy's report: {e}")))
 }
 
-/// `/artifacts/<path>` → `<path>`, refusing anything else (the receiver checks it again).
+/// A run id names one directory of the artifact claim: one path component.
+pub fn check_run_id(run: &str) -> Result<()> {
+    let one_component = !run.is_empty()
+        && !run.contains('/')
+        && sykli_sync::check_path(run.as_bytes()).is_ok()
+        && run != "."
+        && run != "..";
+    if one_component {
+        Ok(())
+    } else {
+        Err(Error::cluster(
+            "invalid_option",
+            format!(
+                "run id {run:?} cannot name the run's directory on the artifact claim: give one path component"
+            ),
+        ))
+    }
+}
+
+/// `/artifacts/<path>` → `<path>`, refusing anything else (the receiver checks it again),
+/// and the runs' collected outputs: only their own Jobs write those.
 pub fn artifact_rel(path: &str) -> Result<&str> {
-    path.strip_prefix(ARTIFACTS_MOUNT)
+    let rel = path
+        .strip_prefix(ARTIFACTS_MOUNT)
         .and_then(|p| p.strip_prefix('/'))
         .filter(|p| sykli_sync::check_path(p.as_bytes()).is_ok())
         .ok_or_else(|| {
@@ -670,7 +939,8 @@ pub fn artifact_rel(path: &str) -> Result<&str> {
                     "artifact path {path:?} is not below {ARTIFACTS_MOUNT}/ (relative, without \"..\")"
                 ),
             )
-        })
+        })?;
+    Ok(rel)
 }
 
 /// A `Write` that hands full chunks to the async side.
@@ -704,5 +974,140 @@ impl std::io::Write for ChannelWriter {
 impl Drop for ChannelWriter {
     fn drop(&mut self) {
         let _ = std::io::Write::flush(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn want() -> Pod {
+        receiver_pod(
+            "sykli-sync-src-0123456789",
+            "src",
+            "ghcr.io/sykli/sync:0.1.0",
+        )
+    }
+
+    /// `want()` as the API server, its admission and the scheduler leave it.
+    fn as_served() -> Value {
+        let mut v = serde_json::to_value(want()).unwrap();
+        let spec = &mut v["spec"];
+        for (k, val) in [
+            ("serviceAccountName", json!("default")),
+            ("serviceAccount", json!("default")),
+            ("dnsPolicy", json!("ClusterFirst")),
+            ("schedulerName", json!("default-scheduler")),
+            ("terminationGracePeriodSeconds", json!(30)),
+            ("priority", json!(0)),
+            ("preemptionPolicy", json!("PreemptLowerPriority")),
+            ("nodeName", json!("n1")),
+            (
+                "tolerations",
+                json!([{"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+                        "effect": "NoExecute", "tolerationSeconds": 300}]),
+            ),
+            ("initContainers", json!([])),
+        ] {
+            spec[k] = val;
+        }
+        let c = &mut spec["containers"][0];
+        c["terminationMessagePath"] = json!("/dev/termination-log");
+        c["terminationMessagePolicy"] = json!("File");
+        c["imagePullPolicy"] = json!("IfNotPresent");
+        c["resources"] = json!({"limits": {"cpu": "1"}});
+        c["env"] = json!([]);
+        v
+    }
+
+    fn mismatch(v: Value) -> Option<String> {
+        receiver_mismatch(&serde_json::from_value(v).unwrap(), &want())
+    }
+
+    #[test]
+    fn sykli_s_own_receiver_as_the_server_returns_it_is_accepted() {
+        assert_eq!(mismatch(as_served()), None);
+    }
+
+    #[test]
+    fn any_other_spec_is_named_by_the_field_that_differs() {
+        type Change = fn(&mut Value);
+        let cases: Vec<(&str, Change)> = vec![
+            ("spec.containers[0].env", |s| {
+                s["containers"][0]["env"] = json!([{"name": "PATH", "value": "/evil"}])
+            }),
+            ("spec.containers[0].envFrom", |s| {
+                s["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "x"}}])
+            }),
+            ("spec.containers[0].command[0]", |s| {
+                s["containers"][0]["command"] = json!(["sykli-sync", "idle"])
+            }),
+            ("spec.containers[0].args", |s| {
+                s["containers"][0]["args"] = json!(["--evil"])
+            }),
+            ("spec.containers[0].lifecycle", |s| {
+                s["containers"][0]["lifecycle"] =
+                    json!({"postStart": {"exec": {"command": ["/bin/sh"]}}})
+            }),
+            ("spec.containers[0].livenessProbe", |s| {
+                s["containers"][0]["livenessProbe"] = json!({"exec": {"command": ["/x"]}})
+            }),
+            ("spec.containers[0].securityContext.runAsNonRoot", |s| {
+                s["containers"][0]["securityContext"]["runAsNonRoot"] = json!(false)
+            }),
+            ("spec.containers[0].volumeMounts[0].subPath", |s| {
+                s["containers"][0]["volumeMounts"][0]["subPath"] = json!("other")
+            }),
+            ("spec.containers", |s| {
+                let second = s["containers"][0].clone();
+                s["containers"].as_array_mut().unwrap().push(second)
+            }),
+            ("spec.initContainers", |s| {
+                s["initContainers"] = json!([{"name": "i", "image": "evil"}])
+            }),
+            ("spec.ephemeralContainers", |s| {
+                s["ephemeralContainers"] = json!([{"name": "e", "image": "evil"}])
+            }),
+            ("spec.volumes", |s| {
+                s["volumes"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "h", "hostPath": {"path": "/"}}))
+            }),
+            ("spec.volumes[0].persistentVolumeClaim.claimName", |s| {
+                s["volumes"][0]["persistentVolumeClaim"]["claimName"] = json!("other")
+            }),
+            ("spec.serviceAccountName", |s| {
+                s["serviceAccountName"] = json!("deployer")
+            }),
+            ("spec.automountServiceAccountToken", |s| {
+                s["automountServiceAccountToken"] = json!(true)
+            }),
+            ("spec.hostPID", |s| s["hostPID"] = json!(true)),
+            ("spec.securityContext.fsGroup", |s| {
+                s["securityContext"]["fsGroup"] = json!(0)
+            }),
+            ("spec.restartPolicy", |s| {
+                s["restartPolicy"] = json!("Never")
+            }),
+            (IMAGE_FIELD, |s| {
+                s["containers"][0]["image"] = json!("ghcr.io/sykli/sync:0.0.9")
+            }),
+        ];
+        for (field, change) in cases {
+            let mut v = as_served();
+            change(&mut v["spec"]);
+            assert_eq!(mismatch(v).as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn the_receiver_runs_the_helper_by_its_absolute_path() {
+        let spec = want().spec.unwrap();
+        let command = spec.containers[0].command.clone().unwrap();
+        assert_eq!(command, [SYNC_BIN, "idle"]);
+        assert!(SYNC_BIN.starts_with('/'));
+        assert!(spec.containers[0].env.is_none() && spec.init_containers.is_none());
     }
 }

@@ -42,7 +42,8 @@ pub const DOWNLOAD_VOLUME: &str = "sykli-download";
 pub const ARTIFACTS_VOLUME: &str = "sykli-artifacts";
 /// Where the artifact outputs sidecar tells the task it may start.
 pub const ARTIFACTS_READY_VOLUME: &str = "sykli-artifacts-ready";
-/// Where Jobs see the artifact claim: a task's artifact is `/artifacts/<task>/<name>`.
+/// Where Jobs see their parts of the artifact claim: a task's artifact is
+/// `/artifacts/<task>/<name>` (its own directory, a `subPath`; see [`artifacts`]).
 pub const ARTIFACTS_MOUNT: &str = "/artifacts";
 pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -67,8 +68,8 @@ pub struct BuildOptions {
     pub source: SourceOptions,
     #[serde(default = "default_ttl")]
     pub ttl_seconds_after_finished: i32,
-    /// The artifact claim, mounted read-write at [`ARTIFACTS_MOUNT`] in the Jobs of tasks
-    /// that declare `outputs` or `task_inputs` (none: not mounted).
+    /// The artifact claim, in the Jobs of tasks that declare `outputs` or `task_inputs`
+    /// (none: not mounted), each container mounting only its part (see [`artifacts`]).
     #[serde(default)]
     pub artifact_pvc: Option<String>,
     /// Collect each task's declared `outputs` from its workspace into its Job's directory
@@ -78,6 +79,11 @@ pub struct BuildOptions {
     /// The image of the `sykli-sync` helpers that move artifacts.
     #[serde(default)]
     pub sync_image: Option<String>,
+    /// The `sizeLimit` of the workspace emptyDir, and of the others that hold the source
+    /// or what a build keeps (the S3 download, the git bundle, cache mounts): a Kubernetes
+    /// quantity, default [`DEFAULT_WORKSPACE_SIZE_LIMIT`].
+    #[serde(default)]
+    pub workspace_size_limit: Option<pipeline::Quantity>,
 }
 
 impl Default for BuildOptions {
@@ -92,6 +98,7 @@ impl Default for BuildOptions {
             artifact_pvc: None,
             collect_outputs: false,
             sync_image: None,
+            workspace_size_limit: None,
         }
     }
 }
@@ -103,6 +110,33 @@ fn default_ttl() -> i32 {
     300
 }
 
+/// Every emptyDir sykli adds has a `sizeLimit` (past it the kubelet evicts the pod), so
+/// no task fills its node's disk through them. The workspace (and what holds a copy of the
+/// source, or a cache mount) takes this unless `workspace_size_limit` says otherwise.
+pub const DEFAULT_WORKSPACE_SIZE_LIMIT: &str = "10Gi";
+/// The clone's `/tmp`: its captured git output, its private copy of the credentials, HOME.
+pub const TMP_SIZE_LIMIT: &str = "1Gi";
+/// The markers the outputs sidecars leave for the task.
+pub const READY_SIZE_LIMIT: &str = "1Mi";
+
+/// `workspace_size_limit`, checked as the API server checks a quantity (and more than
+/// nothing), or its default.
+pub fn workspace_size_limit(opts: &BuildOptions) -> Result<String> {
+    let Some(q) = &opts.workspace_size_limit else {
+        return Ok(DEFAULT_WORKSPACE_SIZE_LIMIT.into());
+    };
+    let q = q.0.trim();
+    let invalid = |message: String| Error::InvalidOption {
+        key: "workspace_size_limit".into(),
+        message: format!("{message} (a size such as \"20Gi\", in .sykli/config.exs)"),
+    };
+    match quantity::check(Kind::Memory, q) {
+        Ok(bytes) if bytes >= 1.0 => Ok(q.to_string()),
+        Ok(_) => Err(invalid(format!("{q:?} leaves the workspace no room"))),
+        Err(why) => Err(invalid(why)),
+    }
+}
+
 /// Builds the Job for `task`. `plan` is the source, already validated.
 pub fn build_job(
     task: &Task,
@@ -111,6 +145,7 @@ pub fn build_job(
     plan: &SourcePlan,
     opts: &BuildOptions,
 ) -> Result<Job> {
+    let workspace_limit = workspace_size_limit(opts)?;
     let mut p = Problems::default();
     p.extend(task.problems(resources));
     if !names::is_dns_label(job_name) {
@@ -166,7 +201,7 @@ pub fn build_job(
             (MountKind::Cache, Some(Resource::Cache { name })) => {
                 let vol = format!("sykli-cache-{}", names::slug(name, 50));
                 if !volumes.iter().any(|v: &Volume| v.name == vol) {
-                    volumes.push(empty_dir(&vol));
+                    volumes.push(empty_dir(&vol, &workspace_limit));
                 }
                 mounts.push(VolumeMount {
                     name: vol,
@@ -182,8 +217,8 @@ pub fn build_job(
     if source_mounted {
         match plan {
             SourcePlan::GitClone(g) => {
-                volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
-                volumes.insert(1, empty_dir(TMP_VOLUME));
+                volumes.insert(0, empty_dir(WORKSPACE_VOLUME, &workspace_limit));
+                volumes.insert(1, empty_dir(TMP_VOLUME, TMP_SIZE_LIMIT));
                 for (i, v) in g.access.volumes().into_iter().enumerate() {
                     volumes.insert(2 + i, v);
                 }
@@ -200,10 +235,10 @@ pub fn build_job(
                 if pvc.read_only() {
                     volumes.insert(0, pvc.volume(WORKSPACE_VOLUME));
                 } else {
-                    volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
+                    volumes.insert(0, empty_dir(WORKSPACE_VOLUME, &workspace_limit));
                     volumes.insert(1, pvc.volume(STORE_VOLUME));
                     if pvc.bundle.is_some() {
-                        volumes.insert(2, empty_dir(BUNDLE_VOLUME));
+                        volumes.insert(2, empty_dir(BUNDLE_VOLUME, &workspace_limit));
                     }
                 }
                 // The copy runs as a non-root user: the claim must be writable by its group.
@@ -216,8 +251,8 @@ pub fn build_job(
                 node_pin = pvc.node.clone();
             }
             SourcePlan::S3(_) => {
-                volumes.insert(0, empty_dir(WORKSPACE_VOLUME));
-                volumes.insert(1, empty_dir(DOWNLOAD_VOLUME));
+                volumes.insert(0, empty_dir(WORKSPACE_VOLUME, &workspace_limit));
+                volumes.insert(1, empty_dir(DOWNLOAD_VOLUME, &workspace_limit));
             }
         }
     }
@@ -227,12 +262,29 @@ pub fn build_job(
                 "artifact_pvc {claim:?} is not a valid PersistentVolumeClaim name"
             ));
         }
-        if mounts
-            .iter()
-            .any(|m| m.mount_path.trim_end_matches('/') == ARTIFACTS_MOUNT)
-        {
+        // Jobs write the artifact claim: were it the source claim, they could reach the
+        // published trees every later Job checks out.
+        if let SourcePlan::Pvc(pvc) = plan {
+            if pvc.claim == *claim {
+                p.push(format!(
+                    "artifact_pvc and source_pvc are both {claim:?}: Jobs write the artifact claim, so it must be another claim than the source's (give them two claims in .sykli/config.exs, e.g. artifact_pvc: \"sykli-artifacts\" and source_pvc: \"sykli-source\")"
+                ));
+            }
+        }
+        // The claim's parts are mounted at and below /artifacts: nothing else goes there.
+        let reserved = |path: &str| {
+            let path = path.trim_end_matches('/');
+            path == ARTIFACTS_MOUNT || path.starts_with(&format!("{ARTIFACTS_MOUNT}/"))
+        };
+        if mounts.iter().any(|m| reserved(&m.mount_path)) {
             p.push(format!(
                 "a mount at {ARTIFACTS_MOUNT}: that is where the artifact claim goes for a task with outputs or task_inputs"
+            ));
+        }
+        for v in k8s.volumes.iter().filter(|v| reserved(&v.mount_path)) {
+            p.push(format!(
+                "k8s.volumes[{}]: a mount at {:?}: {ARTIFACTS_MOUNT} is where the artifact claim goes for a task with outputs or task_inputs (mount it elsewhere)",
+                v.name, v.mount_path
             ));
         }
         volumes.push(Volume {
@@ -243,11 +295,24 @@ pub fn build_job(
             }),
             ..Default::default()
         });
-        mounts.push(VolumeMount {
-            name: ARTIFACTS_VOLUME.into(),
-            mount_path: ARTIFACTS_MOUNT.into(),
-            ..Default::default()
-        });
+        // Collected outputs and placed inputs move through the workspace: the task itself
+        // mounts nothing of the claim. Otherwise (`artifact_path/4`'s paths) it mounts its
+        // own directory, `/artifacts/<task>`, and no other task's, in its run's directory.
+        if !opts.collect_outputs {
+            match (
+                artifacts::task_dir_problem(&task.name),
+                opts.run_id.as_deref().filter(|r| !r.is_empty()),
+            ) {
+                (Some(problem), _) => p.push(problem),
+                (None, None) => p.push(format!(
+                    "no run_id in the build options: a task's own artifacts are kept in its run's directory {}/<run> on the artifact claim (give the run's id)",
+                    artifacts::TASKS_DIR
+                )),
+                (None, Some(run)) => {
+                    mounts.push(artifacts::task_mount(ARTIFACTS_VOLUME, run, &task.name))
+                }
+            }
+        }
         // The claim is shared with the receiver pod that copies artifacts (a non-root user):
         // both reach it through the group.
         pod_security.get_or_insert_with(|| PodSecurityContext {
@@ -324,14 +389,16 @@ pub fn build_job(
                 );
                 if !gated.is_empty() {
                     init_containers.extend(gated);
-                    volumes.push(empty_dir(READY_VOLUME));
+                    volumes.push(empty_dir(READY_VOLUME, READY_SIZE_LIMIT));
                     // Time for the copy after the task ends.
                     grace = Some(300);
                 }
             }
-            SourcePlan::S3(s3) => {
-                init_containers.extend(s3.init_containers(WORKSPACE_VOLUME, DOWNLOAD_VOLUME))
-            }
+            SourcePlan::S3(s3) => init_containers.extend(s3.init_containers(
+                WORKSPACE_VOLUME,
+                DOWNLOAD_VOLUME,
+                job_name,
+            )),
         }
     }
     if let Some(_claim) = opts.artifact_pvc.as_ref().filter(|_| task.uses_artifacts()) {
@@ -344,6 +411,15 @@ pub fn build_job(
         }
         let outputs = task.output_paths();
         let collect = opts.collect_outputs && !outputs.is_empty();
+        // Each run's artifacts are a directory of their own on the claim (a label value,
+        // checked with the labels, is one path component).
+        let run = opts.run_id.as_deref().unwrap_or_default();
+        if (collect || !task.artifact_inputs.is_empty()) && run.is_empty() {
+            p.push(format!(
+                "no run_id in the build options: a task's collected outputs and inputs are kept in its run's directory {}/<run> on the artifact claim (give the run's id)",
+                artifacts::RUNS_DIR
+            ));
+        }
         if (collect || !task.artifact_inputs.is_empty()) && !source_mounted {
             p.push(
                 "artifacts move through the workspace: a task with outputs or inputs mounts its source (src:…)"
@@ -353,6 +429,7 @@ pub fn build_job(
             if !task.artifact_inputs.is_empty() {
                 init_containers.push(artifacts::inputs_placer(
                     &image,
+                    run,
                     &task.artifact_inputs,
                     WORKSPACE_VOLUME,
                     ARTIFACTS_VOLUME,
@@ -361,13 +438,14 @@ pub fn build_job(
             if collect {
                 init_containers.extend(artifacts::outputs_collector(
                     &image,
+                    run,
                     job_name,
                     &outputs,
                     WORKSPACE_VOLUME,
                     ARTIFACTS_VOLUME,
                     ARTIFACTS_READY_VOLUME,
                 ));
-                volumes.push(empty_dir(ARTIFACTS_READY_VOLUME));
+                volumes.push(empty_dir(ARTIFACTS_READY_VOLUME, READY_SIZE_LIMIT));
                 // Time for the copy after the task ends.
                 grace = Some(300);
             }
@@ -581,10 +659,14 @@ fn check_labels(what: &str, labels: &BTreeMap<String, String>, p: &mut Problems)
     }
 }
 
-fn empty_dir(name: &str) -> Volume {
+/// One of sykli's own emptyDirs, of at most `size_limit` (see [`DEFAULT_WORKSPACE_SIZE_LIMIT`]).
+fn empty_dir(name: &str, size_limit: &str) -> Volume {
     Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(KQuantity(size_limit.into())),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -925,6 +1007,8 @@ fn affinity(k8s: &K8sOptions, p: &mut Problems) -> Option<Affinity> {
 /// Every Job of a pipeline, in task order, with names unique to `run_id`.
 pub fn build_pipeline(pipeline: &pipeline::Pipeline, opts: &BuildOptions) -> Result<Vec<Job>> {
     let plan = SourcePlan::from_options(&opts.source)?;
+    // Once for the pipeline, not once per task.
+    workspace_size_limit(opts)?;
     let run = opts.run_id.clone().unwrap_or_default();
     // Two tasks under one Job name would have one run as the other: refused before any call.
     let mut problems =

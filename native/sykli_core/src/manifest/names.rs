@@ -110,16 +110,11 @@ pub fn job_name(task: &str, run_id: &str) -> String {
     let task = if run_exact && !task.is_empty() && slug(task, budget) == task {
         task.to_string()
     } else {
-        let mut hash = Sha256::new();
-        hash.update(task.as_bytes());
-        if !run_exact {
-            hash.update([0u8]);
-            hash.update(run_id.as_bytes());
-        }
-        let hash: String = hash.finalize()[..HASH_HEX / 2]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = if run_exact {
+            short_hash(&[task])
+        } else {
+            short_hash(&[task, run_id])
+        };
         // Room for "--" and the hash; an empty prefix leaves "-<hash>", so the name reads
         // `sykli--<hash>-<run>` and still holds "--".
         let prefix = slug(task, budget - 2 - HASH_HEX);
@@ -160,8 +155,59 @@ pub fn job_name_collisions<'a>(
     problems
 }
 
+/// The first [`HASH_HEX`] hex digits of the SHA-256 of `parts`, separated by a NUL byte
+/// (which no name holds).
+fn short_hash(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hash.update([0u8]);
+        }
+        hash.update(part.as_bytes());
+    }
+    hash.finalize()[..HASH_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `sykli-sync-<claim slug>-<hash>`: the receiver pod of the claim `claim`, a DNS label.
+/// The hash of the exact claim name is always there: claims that slug alike (`a.b` and
+/// `a-b`, two long names cut to one prefix) never share a receiver, and a pod created
+/// beforehand under the name of the slug alone is not taken for one.
+pub fn receiver_name(claim: &str) -> String {
+    let budget = 63 - "sykli-sync-".len() - 1 - HASH_HEX;
+    let prefix = slug(claim, budget);
+    let hash = short_hash(&[claim]);
+    if prefix.is_empty() {
+        format!("sykli-sync-{hash}")
+    } else {
+        format!("sykli-sync-{prefix}-{hash}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn receivers_are_named_by_the_hash_of_the_exact_claim() {
+        let long = "c".repeat(200);
+        let longer = format!("{long}x");
+        let names: Vec<String> = ["src", "a.b", "a-b", "A-B", &long, &longer]
+            .iter()
+            .map(|c| receiver_name(c))
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for n in &names {
+            assert!(
+                n.len() <= 63 && slug(n, 63) == *n,
+                "{n:?} is not a DNS label"
+            );
+        }
+        assert!(names[0].starts_with("sykli-sync-src-") && names[0] != "sykli-sync-src");
+        assert_eq!(receiver_name("src"), names[0], "the name is stable");
+    }
     use super::*;
 
     /// Task names that every run id below must keep apart: look-alikes under slugging,

@@ -1,6 +1,6 @@
 //! The S3 strategy's object storage, on the laptop or CI side: where the bucket is, the
-//! credentials chain, SigV4 signing, and the few S3 calls the strategy makes (HEAD, PUT,
-//! multipart upload, presigned GET). Blocking I/O (ureq): callers run it off the
+//! credentials chain, SigV4 signing, and the few S3 calls the strategy makes (HEAD, a
+//! streamed GET, PUT, multipart upload, presigned GET). Blocking I/O (ureq): callers run it off the
 //! schedulers (a dirty NIF or `spawn_blocking`).
 
 pub mod credentials;
@@ -274,6 +274,20 @@ impl Bucket {
         headers: Vec<(String, String)>,
         body: Body,
     ) -> Result<Reply> {
+        let (mut resp, what) = self.request(method, key, query, headers, body)?;
+        Ok(Reply::read(&mut resp, what))
+    }
+
+    /// Sends one signed request; answers the response, its body unread, and what it was
+    /// (`GET s3://bucket/key`, for messages).
+    fn request(
+        &self,
+        method: &str,
+        key: &str,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        body: Body,
+    ) -> Result<(ureq::http::Response<ureq::Body>, String)> {
         let path = self.path(key);
         let payload = match &body {
             Body::Empty => sigv4::sha256_hex(b""),
@@ -333,35 +347,13 @@ impl Bucket {
                 self.agent.run(req)
             }
         };
-        let mut resp = resp.map_err(|e| {
+        let resp = resp.map_err(|e| {
             fail(format!(
                 "{e} (is the endpoint {}://{} reachable?)",
                 self.scheme, self.host
             ))
         })?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_ascii_lowercase(),
-                    v.to_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_string()
-            .unwrap_or_default();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-            what,
-        })
+        Ok((resp, what))
     }
 
     /// Checks that the bucket exists and the credentials may list it (ListObjectsV2 of at
@@ -411,6 +403,26 @@ impl Bucket {
                 }
             }
         }
+    }
+
+    /// The SHA-256 and size of the object at `key` as its bytes arrive (streamed, never
+    /// held in memory), or `None` when there is none: what the bucket really serves, which
+    /// its metadata only claims.
+    pub fn digest(&self, key: &str) -> Result<Option<(String, u64)>> {
+        let (mut resp, what) = self.request("GET", key, vec![], vec![], Body::Empty)?;
+        if resp.status().as_u16() != 200 {
+            let r = Reply::read(&mut resp, what);
+            return match r.status {
+                404 if r.code() == Some("NoSuchKey") => Ok(None),
+                _ => Err(r.error(self)),
+            };
+        }
+        let (size, sha256) =
+            sykli_sync::sha256_of(resp.body_mut().as_reader()).map_err(|e| Error::S3 {
+                kind: "s3",
+                message: format!("{what}: reading the object failed: {e}"),
+            })?;
+        Ok(Some((sha256, size)))
     }
 
     /// Uploads `len` bytes of `file` (whose SHA-256 is `sha256`) as `key`, with our metadata;
@@ -573,6 +585,34 @@ struct Reply {
 }
 
 impl Reply {
+    /// The answer with its body as text: an error document or a small XML reply, read up
+    /// to 1 MiB (a server's answer is never trusted to be small).
+    fn read(resp: &mut ureq::http::Response<ureq::Body>, what: String) -> Reply {
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+            what,
+        }
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

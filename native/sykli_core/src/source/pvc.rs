@@ -18,6 +18,9 @@ use crate::manifest::names;
 
 /// The helper image: `sykli-sync` (built from native/sykli_sync) at /usr/local/bin.
 pub const DEFAULT_SYNC_IMAGE: &str = "ghcr.io/sykli/sync:0.1.0";
+/// Where the sync image has `sykli-sync`. Containers run it by this path, never through
+/// `PATH` (which a pod spec's `env` could point elsewhere).
+pub const SYNC_BIN: &str = "/usr/local/bin/sykli-sync";
 /// Where the claim is mounted in sykli's own containers.
 pub const STORE_PATH: &str = "/store";
 /// The store's directory on the claim.
@@ -242,7 +245,7 @@ impl PvcPlan {
             image: Some(self.image.clone()),
             command: Some(
                 [
-                    "sykli-sync",
+                    SYNC_BIN,
                     "wait-ready",
                     "--file",
                     &marker,
@@ -273,7 +276,7 @@ impl PvcPlan {
             name: name.into(),
             image: Some(self.image.clone()),
             command: Some(
-                std::iter::once("sykli-sync")
+                std::iter::once(SYNC_BIN)
                     .chain(args)
                     .map(str::to_string)
                     .collect(),

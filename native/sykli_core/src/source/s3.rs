@@ -1,14 +1,17 @@
 //! The S3 strategy: the laptop packs the same file set as the PVC strategy into a
 //! deterministic gzip-compressed tar keyed by its tree hash (`publish`), uploads it unless
-//! the bucket already has it, and each Job's init container gets only a presigned GET URL:
-//! `sykli-sync fetch` downloads it (ranged requests in parallel above a threshold),
-//! verifies its size and SHA-256, and extracts the tree with the hardened rules into the
-//! Job's workspace volume. No cloud credentials ever reach the pod.
+//! the bucket already has exactly it (content verified), and each Job's init container gets
+//! only a presigned GET URL, signed for that Job when it is submitted and kept in a Secret
+//! the Job owns (never in the manifest): `sykli-sync fetch` downloads it (ranged requests
+//! in parallel above a threshold), verifies its size and SHA-256, and extracts the tree
+//! with the hardened rules into the Job's workspace volume. No cloud credentials ever
+//! reach the pod.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, SecretKeySelector, VolumeMount};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sykli_sync::{diff, write_archive, Manifest};
@@ -17,10 +20,19 @@ use super::git_clone::{check_image, restricted_security_context};
 use super::pvc::DEFAULT_SYNC_IMAGE;
 use super::upload::LocalTree;
 use crate::error::{Error, Result};
-use crate::s3::Bucket;
+use crate::s3::credentials::{self, ProcessEnv};
+use crate::s3::{sigv4, Bucket, S3Options};
 
 /// The environment variable that carries the presigned URL into the init container.
 pub const URL_ENV: &str = "SYKLI_SOURCE_URL";
+/// The key of the URL in the Job's own Secret ([`url_secret_name`]).
+pub const URL_SECRET_KEY: &str = "url";
+/// How much longer than the task's own timeout a Job's URL lives: the Job's deadline counts
+/// from its start, and scheduling, the image pulls and a slow API come before the fetch.
+pub const URL_MARGIN_SECONDS: u64 = 10 * 60;
+/// What a task without a timeout counts as, for its URL: nothing bounds when its fetch
+/// starts, and a pod that has not fetched its source within the hour is stuck anyway.
+pub const UNTIMED_TASK_SECONDS: u64 = 3600;
 /// Where the init container keeps the download (an emptyDir of its own).
 pub const DOWNLOAD_PATH: &str = "/sykli-download";
 const WORKSPACE: &str = "/workspace";
@@ -41,6 +53,9 @@ pub struct Published {
     pub existed: bool,
     pub files: usize,
     pub hashed: usize,
+    /// For the user: an object at the key that was not this tree's archive, replaced.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Packs `local` only, for a dry run: the archive's checksum and size, hashed as it is
@@ -50,27 +65,90 @@ pub fn pack_only(bucket: &Bucket, local: &LocalTree) -> Result<Published> {
     Ok(published(bucket, local, sha256, size, 0, false))
 }
 
-/// Packs `local` into `scratch` and uploads it as the tree's archive, unless the bucket
-/// already holds it (with our checksum). Any failure is an error: nothing falls back.
+/// Packs `local` and uploads it as the tree's archive, unless the bucket already holds
+/// exactly it. Any failure is an error: nothing falls back.
+///
+/// An object at the key is trusted only for its content: anyone who may write the prefix
+/// can plant one with our metadata, and every Job would run it. The archive is
+/// deterministic, so the local pack (hashed only) says what the object must be; the
+/// object is streamed and hashed beside it, and anything else (other bytes, another size,
+/// metadata that does not say so) is replaced, with a warning.
+///
+/// The upload's archive is written in a fresh private directory made inside `scratch`
+/// (mode 0700, a random name created exclusively: nothing of a shared /tmp is reused or
+/// followed) and removed with everything in it however the upload ends.
 pub fn publish(bucket: &Bucket, local: &LocalTree, scratch: &Path) -> Result<Published> {
     bucket.check()?;
     let key = bucket.archive_key(&local.tree);
+    let mut warnings = Vec::new();
     if let Some(info) = bucket.head(&key)? {
-        if let Some(sha) = info.sha256.filter(|s| is_sha256(s)) {
-            return Ok(published(bucket, local, sha, info.size, 0, true));
+        let (packed, served) = std::thread::scope(|s| {
+            let served = s.spawn(|| bucket.digest(&key));
+            let packed = pack(local, io::sink(), Path::new("the local archive"));
+            let served = served
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (packed, served)
+        });
+        let (sha256, size) = packed?;
+        let claimed = (info.sha256.as_deref(), info.size);
+        match served? {
+            Some(served)
+                if served == (sha256.clone(), size) && claimed == (Some(&sha256), size) =>
+            {
+                return Ok(published(bucket, local, sha256, size, 0, true));
+            }
+            served => warnings.push(format!(
+                "{} was not this tree's archive ({}): uploading it again",
+                bucket.describe(&key),
+                mismatch(&sha256, size, claimed, served.as_ref())
+            )),
         }
     }
-    std::fs::create_dir_all(scratch).map_err(|e| io_err(scratch, e))?;
-    let file = scratch.join(format!("{}.tar.gz.{}", local.tree, std::process::id()));
-    let result = std::fs::File::create(&file)
+    let dir = private_dir(scratch)?;
+    let file = dir.path().join(format!("{}.tar.gz", local.tree));
+    let mut p = std::fs::File::create_new(&file)
         .map_err(|e| io_err(&file, e))
         .and_then(|out| pack(local, out, &file))
         .and_then(|(sha256, size)| {
             let sent = bucket.put_file(&key, &file, &sha256, size, &local.tree)?;
             Ok(published(bucket, local, sha256, size, sent, false))
-        });
-    let _ = std::fs::remove_file(&file);
-    result
+        })?;
+    p.warnings = warnings;
+    Ok(p)
+}
+
+/// Why an existing object is not the archive: what differs, for the warning.
+fn mismatch(
+    sha256: &str,
+    size: u64,
+    claimed: (Option<&str>, u64),
+    served: Option<&(String, u64)>,
+) -> String {
+    match served {
+        None => "it disappeared while it was checked".into(),
+        Some((_, n)) if *n != size => format!("{n} bytes where the archive has {size}"),
+        Some((s, _)) if s != sha256 => {
+            format!("its content hashes to {s}, the archive to {sha256}")
+        }
+        _ => match claimed {
+            (Some(c), _) if c != sha256 => format!("its metadata claims SHA-256 {c}"),
+            (None, _) => "it has no x-amz-meta-sykli-sha256".into(),
+            (_, n) => format!("HEAD says {n} bytes where the archive has {size}"),
+        },
+    }
+}
+
+/// A fresh directory of this user only (0700), with a random name created exclusively
+/// inside `parent` (made when missing); removed with its contents when dropped.
+fn private_dir(parent: &Path) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    tempfile::Builder::new()
+        .prefix("sykli-s3-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map_err(|e| io_err(parent, e))
 }
 
 fn published(
@@ -90,6 +168,7 @@ fn published(
         existed,
         files: local.manifest.len(),
         hashed: local.hashed,
+        warnings: Vec::new(),
     }
 }
 
@@ -136,11 +215,11 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// What the manifest needs: the published archive and its presigned URL.
+/// What the manifest needs: the published archive (its URL is signed per Job at
+/// submission, see [`ArchiveSigning`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3SourceOptions {
-    pub url: String,
     pub sha256: String,
     pub size: u64,
     pub tree: String,
@@ -160,7 +239,6 @@ pub struct S3SourceOptions {
 
 #[derive(Debug, Clone)]
 pub struct S3Plan {
-    pub url: String,
     pub sha256: String,
     pub size: u64,
     pub tree: String,
@@ -178,12 +256,6 @@ impl S3Plan {
             key: key.into(),
             message,
         };
-        if !o.url.starts_with("https://") && !o.url.starts_with("http://") {
-            return Err(invalid(
-                "s3",
-                "the presigned URL is not an http(s) URL".into(),
-            ));
-        }
         if !is_sha256(&o.sha256) {
             return Err(invalid(
                 "s3.sha256",
@@ -199,7 +271,6 @@ impl S3Plan {
         let image = o.image.clone().unwrap_or_else(|| DEFAULT_SYNC_IMAGE.into());
         check_image(&image).map_err(|why| invalid("sync_image", format!("{image:?} {why}")))?;
         Ok(S3Plan {
-            url: o.url.clone(),
             sha256: o.sha256.clone(),
             size: o.size,
             tree: o.tree.clone(),
@@ -214,21 +285,22 @@ impl S3Plan {
         })
     }
 
-    /// The init containers that fill the workspace volume: the fetch of the archive, and
-    /// for a git bundle (extracted next to the download), the checkout of its commit.
-    pub fn init_containers(&self, workspace: &str, download: &str) -> Vec<Container> {
+    /// The init containers of Job `job` that fill the workspace volume: the fetch of the
+    /// archive, and for a git bundle (extracted next to the download), the checkout of its
+    /// commit.
+    pub fn init_containers(&self, workspace: &str, download: &str, job: &str) -> Vec<Container> {
         match &self.bundle {
-            None => vec![self.fetch(workspace, download, WORKSPACE)],
+            None => vec![self.fetch(workspace, download, WORKSPACE, job)],
             Some((sha, git_image)) => vec![
-                self.fetch(workspace, download, DOWNLOAD_PATH),
+                self.fetch(workspace, download, DOWNLOAD_PATH, job),
                 super::pvc::bundle_checkout(workspace, download, sha, git_image),
             ],
         }
     }
 
-    fn fetch(&self, workspace: &str, download: &str, to: &str) -> Container {
+    fn fetch(&self, workspace: &str, download: &str, to: &str, job: &str) -> Container {
         let args: Vec<String> = [
-            "sykli-sync",
+            super::pvc::SYNC_BIN,
             "fetch",
             "--url-env",
             URL_ENV,
@@ -254,10 +326,18 @@ impl S3Plan {
             name: "sykli-fetch".into(),
             image: Some(self.image.clone()),
             command: Some(args),
+            // From the Job's own Secret: whoever may read Jobs and pods does not get the URL.
             env: Some(vec![EnvVar {
                 name: URL_ENV.into(),
-                value: Some(self.url.clone()),
-                value_from: None,
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: url_secret_name(job),
+                        key: URL_SECRET_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
             }]),
             volume_mounts: Some(vec![
                 VolumeMount {
@@ -275,6 +355,106 @@ impl S3Plan {
             termination_message_policy: Some("FallbackToLogsOnError".into()),
             ..Default::default()
         }
+    }
+}
+
+/// The Secret holding Job `job`'s source URL: created right before the Job, owned by it.
+/// A Job name is a DNS label (at most 63 characters), so this is a valid Secret name.
+pub fn url_secret_name(job: &str) -> String {
+    format!("{job}-source")
+}
+
+/// How long the URL of a Job with this `activeDeadlineSeconds` lives: the task's own
+/// timeout ([`UNTIMED_TASK_SECONDS`] without one) plus [`URL_MARGIN_SECONDS`], within the
+/// seven days SigV4 allows (the fetch comes first in the pod, long before that).
+pub fn url_lifetime(active_deadline_seconds: Option<i64>) -> u64 {
+    let task = active_deadline_seconds
+        .filter(|s| *s > 0)
+        .map_or(UNTIMED_TASK_SECONDS, |s| s as u64);
+    task.saturating_add(URL_MARGIN_SECONDS)
+        .min(sigv4::MAX_PRESIGN_SECONDS)
+}
+
+/// A URL signed for one Job.
+#[derive(Clone)]
+pub struct JobUrl {
+    pub url: String,
+    /// Its X-Amz-Expires, in seconds.
+    pub expires: u64,
+    /// For the user: the URL may die before the Job fetches it.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for JobUrl {
+    // The URL is a capability: never in a log or a panic message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobUrl")
+            .field("expires", &self.expires)
+            .field("warnings", &self.warnings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs the GET of `key` for a Job with this `activeDeadlineSeconds` ([`url_lifetime`]).
+/// Temporary credentials that expire sooner take the URL with them: that is a warning.
+pub fn presign_for_job(
+    bucket: &Bucket,
+    key: &str,
+    active_deadline_seconds: Option<i64>,
+) -> Result<JobUrl> {
+    let expires = url_lifetime(active_deadline_seconds);
+    let mut warnings = Vec::new();
+    if let Some(left) = bucket.credentials_lifetime().filter(|left| *left < expires) {
+        warnings.push(format!(
+            "the temporary credentials ({}) expire in {} min, and this Job's presigned URL with them \
+             (it needs {} min): if its pod starts later it cannot fetch the source (ask for longer \
+             sessions, or use long-lived credentials)",
+            bucket
+                .creds
+                .as_ref()
+                .map(|c| c.source.as_str())
+                .unwrap_or("?"),
+            left / 60,
+            expires.div_ceil(60)
+        ));
+    }
+    Ok(JobUrl {
+        url: bucket.presign_get(key, expires)?,
+        expires,
+        warnings,
+    })
+}
+
+/// What signs a Job's URL of the published archive when the Job is submitted: the bucket
+/// settings, the archive's key, and the environment of the AWS chain (the caller's, when
+/// given: a VM's `System.put_env` is not the OS environment). Resolved per Job, so
+/// temporary credentials are fresh for each.
+#[derive(Clone)]
+pub struct ArchiveSigning {
+    pub s3: S3Options,
+    pub key: String,
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for ArchiveSigning {
+    // The environment holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveSigning")
+            .field("bucket", &self.s3.bucket)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ArchiveSigning {
+    /// Resolves the credentials and signs the URL (blocking: STS for a web identity).
+    pub fn presign(&self, active_deadline_seconds: Option<i64>) -> Result<JobUrl> {
+        let env: &dyn credentials::Env = match &self.env {
+            Some(map) => map,
+            None => &ProcessEnv,
+        };
+        let bucket = Bucket::new(&self.s3, env)?;
+        presign_for_job(&bucket, &self.key, active_deadline_seconds)
     }
 }
 

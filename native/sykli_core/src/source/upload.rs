@@ -161,8 +161,13 @@ pub fn local_tree(path: &Path, excludes: &[String]) -> Result<LocalTree> {
     })
 }
 
-/// The tree of a directory holding only `sykli.bundle` (`source_sync: :git`).
+/// The tree of a directory holding only `sykli.bundle` (`source_sync: :git`). The
+/// directory is made fresh for each upload (private, with a random name: `bundle_dir` of
+/// `SykliK8s.Target`), so one that is not this user's own private directory, or a bundle
+/// that is not a regular file in it, is refused: what a shared /tmp lets others plant is
+/// never uploaded.
 pub fn bundle_tree(dir: &Path) -> Result<LocalTree> {
+    check_private(dir)?;
     let manifest = Manifest::from_paths(dir, &["sykli.bundle".to_string()]).map_err(|e| {
         Error::InvalidOption {
             key: "source_sync".into(),
@@ -176,6 +181,48 @@ pub fn bundle_tree(dir: &Path) -> Result<LocalTree> {
         manifest,
         tree,
     })
+}
+
+/// `dir` is a directory (not a link to one) of this user, closed to everyone else, and its
+/// `sykli.bundle` a regular file.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Error::InvalidOption {
+        key: "source_sync".into(),
+        message: format!(
+            "the git bundle's directory {} {why}: it must be the private directory made for this upload",
+            dir.display()
+        ),
+    }
+    };
+    let io = |path: &Path, e| Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io(dir, e))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_dir() {
+        return Err(refuse("is not a directory (a symlink?)".into()));
+    }
+    if meta.uid() != me {
+        return Err(refuse(format!("belongs to uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(format!(
+            "is open to others (mode {:o})",
+            meta.mode() & 0o777
+        )));
+    }
+    let bundle = dir.join("sykli.bundle");
+    let meta = std::fs::symlink_metadata(&bundle).map_err(|e| io(&bundle, e))?;
+    if !meta.file_type().is_file() || meta.uid() != me {
+        return Err(refuse(
+            "holds a sykli.bundle that is not a regular file of this user".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn hash_file(path: &Path) -> Result<String> {
@@ -200,4 +247,45 @@ fn save_cache(dir: &Path, bytes: &[u8]) {
     }
     // The JSON cache of earlier versions.
     let _ = std::fs::remove_file(dir.join("upload-stat-cache.json"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_with_bundle(mode: u32) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("sykli.bundle"), "# v2 git bundle\n").unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn a_bundle_is_uploaded_only_from_a_private_directory() {
+        let private = dir_with_bundle(0o700);
+        assert_eq!(bundle_tree(private.path()).unwrap().manifest.len(), 1);
+
+        let shared = dir_with_bundle(0o755);
+        let err = bundle_tree(shared.path()).unwrap_err().to_string();
+        assert!(err.contains("open to others (mode 755)"), "{err}");
+
+        // A link to a private directory, as someone could plant in /tmp.
+        let parent = tempfile::tempdir().unwrap();
+        let link = parent.path().join("sykli-bundle");
+        std::os::unix::fs::symlink(private.path(), &link).unwrap();
+        let err = bundle_tree(&link).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
+
+        // The bundle itself a link (to a file of the user's, say).
+        let linked = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(linked.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(
+            private.path().join("sykli.bundle"),
+            linked.path().join("sykli.bundle"),
+        )
+        .unwrap();
+        let err = bundle_tree(linked.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 }

@@ -136,3 +136,25 @@ pub fn job_for(
     )
     .unwrap()
 }
+
+/// Starts the strict test cluster with `o` and connects to it over TLS, namespace `ci`.
+pub async fn start_cluster(
+    o: sykli_testcluster::cluster::ClusterOptions,
+) -> (
+    sykli_testcluster::cluster::TestCluster,
+    std::sync::Arc<sykli_core::cluster::Cluster>,
+) {
+    let k8s =
+        tokio::task::spawn_blocking(move || sykli_testcluster::cluster::TestCluster::start(o))
+            .await
+            .unwrap()
+            .unwrap();
+    let cluster = sykli_core::cluster::Cluster::connect(&sykli_core::cluster::ConnectOptions {
+        kubeconfig: Some(k8s.kubeconfig().to_path_buf()),
+        context: None,
+        namespace: Some("ci".into()),
+    })
+    .await
+    .unwrap();
+    (k8s, std::sync::Arc::new(cluster))
+}

@@ -11,6 +11,7 @@ use rustler::{Encoder, Env, LocalPid, NifMap, OwnedEnv, ResourceArc, Term};
 use serde::Deserialize;
 use sykli_core::cluster::run::{self, Event, Outcome};
 use sykli_core::cluster::{Cluster, ConnectOptions};
+use sykli_core::source::s3::ArchiveSigning;
 
 use super::NifError;
 
@@ -97,9 +98,23 @@ struct RunJson {
     create_namespace: bool,
     #[serde(default)]
     unschedulable_grace_seconds: Option<u64>,
+    /// The S3 strategy: what signs this Job's URL of the published archive.
+    #[serde(default)]
+    s3_source: Option<S3SourceJson>,
 }
 
-/// Starts running a Job; returns a handle at once. Messages to the caller:
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3SourceJson {
+    s3: sykli_core::s3::S3Options,
+    key: String,
+    /// The AWS variables and HOME as the VM sees them.
+    #[serde(default)]
+    env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Starts running a Job (with the S3 strategy, its source URL signed now, into a Secret the
+/// Job owns); returns a handle at once. Messages to the caller:
 /// `{tag, {:phase, phase, message}}`, `{tag, {:log, container, line}}`, then exactly one
 /// `{tag, {:done, {:ok, outcome} | {:error, {kind, message, outcome}}}}`.
 #[rustler::nif]
@@ -120,6 +135,11 @@ fn k8s_run_job<'a>(
             .unschedulable_grace_seconds
             .map(Duration::from_secs)
             .unwrap_or(run::RunOptions::default().unschedulable_grace),
+        source_url: o.s3_source.map(|s| ArchiveSigning {
+            s3: s.s3,
+            key: s.key,
+            env: s.env,
+        }),
     };
     let rt = runtime()?;
     let pid = env.pid();

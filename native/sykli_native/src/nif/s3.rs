@@ -1,4 +1,5 @@
-//! The S3 strategy across the NIF: pack, upload unless the bucket has the tree, presign.
+//! The S3 strategy across the NIF: pack, upload unless the bucket has the tree, once per
+//! run (each Job's URL is signed when it is submitted: `k8s_run_job`'s `s3_source`).
 //! Blocking HTTP on the tokio runtime's blocking pool; the caller gets one
 //! `{tag, {:done, result}}` message.
 
@@ -25,11 +26,9 @@ struct PublishJson {
     #[serde(default)]
     bundle_dir: Option<String>,
     s3: S3Options,
-    /// How long the presigned URL must live (the run's longest task, and then some).
-    expires: u64,
     /// Where the archive is packed before the upload.
     scratch: String,
-    /// Pack only: no credentials, no call to the bucket, no signature.
+    /// Pack only: no credentials, no call to the bucket.
     #[serde(default)]
     dry_run: bool,
     /// The AWS variables and HOME as the VM sees them (System.put_env changes the VM's
@@ -64,9 +63,8 @@ struct PublishEx {
     existed: bool,
     files: usize,
     hashed: usize,
-    url: String,
     object: String,
-    /// For the user: the URL may die before the run ends.
+    /// For the user (an object at the key that was not this tree's archive, replaced).
     warnings: Vec<String>,
 }
 
@@ -144,28 +142,6 @@ fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
         strategy::publish(&bucket, &local, scratch)?
     };
     let object = bucket.object_url(&p.key);
-    let mut warnings = Vec::new();
-    if let Some(left) = bucket
-        .credentials_lifetime()
-        .filter(|left| *left < o.expires)
-    {
-        warnings.push(format!(
-            "the temporary credentials ({}) expire in {} min, and the presigned URL with them: \
-             a task whose Job starts later cannot fetch the source (ask for longer sessions, \
-             or use long-lived credentials)",
-            bucket
-                .creds
-                .as_ref()
-                .map(|c| c.source.as_str())
-                .unwrap_or("?"),
-            left / 60
-        ));
-    }
-    let url = if o.dry_run {
-        format!("{object}?(presigned when the run is submitted)")
-    } else {
-        bucket.presign_get(&p.key, o.expires)?
-    };
     Ok(PublishEx {
         key: p.key,
         tree: p.tree,
@@ -175,8 +151,7 @@ fn publish(o: PublishJson) -> sykli_core::Result<PublishEx> {
         existed: p.existed,
         files: p.files,
         hashed: p.hashed,
-        url,
         object,
-        warnings,
+        warnings: p.warnings,
     })
 }

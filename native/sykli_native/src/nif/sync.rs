@@ -178,6 +178,8 @@ struct CopyJson {
     /// Paths as Jobs see them: below `/artifacts/`.
     from: String,
     to: String,
+    /// The run whose tasks' directories the paths are in.
+    run_id: String,
 }
 
 #[derive(NifMap)]
@@ -201,12 +203,13 @@ fn k8s_copy_artifact<'a>(
     let o: CopyJson = sykli_core::pipeline::from_json(options_json.as_bytes(), "copy options")?;
     sync::artifact_rel(&o.from)?;
     sync::artifact_rel(&o.to)?;
+    sync::check_run_id(&o.run_id)?;
     let target = Target {
         setting: "artifact_pvc",
         ..o.target.clone()
     };
     in_background(env, cluster, target, tag, move |cluster, r| async move {
-        let rep = sync::copy_artifact(&cluster, &r, &o.from, &o.to).await?;
+        let rep = sync::copy_artifact(&cluster, &r, &o.run_id, &o.from, &o.to).await?;
         Ok(CopyEx {
             files: rep.files,
             directories: rep.directories,
