@@ -687,7 +687,26 @@ fn declared_outputs_are_collected_by_a_sidecar_when_syncing_back() {
 fn the_shared_pvc_mount_is_the_published_tree_read_only() {
     let j = pvc_job("shared", None);
     let spec = &j["spec"]["template"]["spec"];
-    assert!(spec.get("initContainers").is_none());
+    // No copy, so the tree is checked where it is, before the task sees it: the claim
+    // read-only, nothing else.
+    let verify = &spec["initContainers"][0];
+    assert_eq!(spec["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(verify["name"], "sykli-verify");
+    assert_eq!(
+        verify["command"],
+        json!([
+            "/usr/local/bin/sykli-sync",
+            "verify",
+            "--store",
+            "/store/sykli",
+            "--tree",
+            TREE
+        ])
+    );
+    assert_eq!(
+        verify["volumeMounts"],
+        json!([{"name": spec["volumes"][0]["name"], "mountPath": "/store", "readOnly": true}])
+    );
     let mount = &spec["containers"][0]["volumeMounts"][0];
     assert_eq!(
         spec["volumes"][0]["persistentVolumeClaim"]["claimName"],

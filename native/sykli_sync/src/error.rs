@@ -143,6 +143,11 @@ pub enum Error {
     #[error("{path} changed during the sync: {detail}")]
     Changed { path: String, detail: String },
 
+    /// A published tree on the claim is not what was published (written in place by
+    /// something else that mounts the claim).
+    #[error("{path}: {detail}")]
+    Tampered { path: String, detail: String },
+
     #[error("{path}: unsupported file type ({kind}); only regular files and symlinks are synced")]
     UnsupportedFile { path: String, kind: &'static str },
 
@@ -183,6 +188,7 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::Io { .. } => "io",
             Error::Changed { .. } => "changed",
+            Error::Tampered { .. } => "tampered",
             Error::UnsupportedFile { .. } => "unsupported_file",
             Error::InvalidManifest(_) => "invalid_manifest",
             Error::InvalidArchive(_) => "invalid_archive",

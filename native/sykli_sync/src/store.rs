@@ -311,6 +311,50 @@ impl Store {
         }
     }
 
+    /// Checks published `tree` where it is, for a Job that mounts it in place
+    /// (`source_mount: :shared`, no copy to check on the way): the directory must hold
+    /// exactly the tree's manifest (which hashes to `tree`): every file's size, SHA-256 and
+    /// mode, every symlink, and nothing more. The first difference fails, naming the path.
+    pub fn verify(&self, tree: &str) -> Result<CheckoutReport> {
+        let manifest = self
+            .manifest(tree)?
+            .ok_or_else(|| Error::UnknownTree(tree.to_string()))?;
+        let dir = self.tree_dir(tree)?;
+        let found = Manifest::scan(&dir)?;
+        if found.tree_hash() != tree {
+            let d = crate::diff(&manifest, &found);
+            let (path, how) = match (d.changed.first(), d.deleted.first()) {
+                (Some(p), _) if manifest.contains(p) => (p.clone(), "it differs from"),
+                (Some(p), _) => (p.clone(), "it is not in"),
+                (None, Some(p)) => (p.clone(), "it is missing from"),
+                (None, None) => (".".to_string(), "it differs from"),
+            };
+            return Err(Error::Tampered {
+                path: format!("{}/{path}", dir.display()),
+                detail: format!(
+                    "{how} the published tree: the tree was modified on the claim (delete {} and sync again)",
+                    dir.display()
+                ),
+            });
+        }
+        let mut report = CheckoutReport {
+            tree: tree.into(),
+            files: 0,
+            symlinks: 0,
+            bytes: 0,
+        };
+        for e in manifest.entries() {
+            match &e.kind {
+                EntryKind::File { size, .. } => {
+                    report.files += 1;
+                    report.bytes += size;
+                }
+                EntryKind::Symlink { .. } => report.symlinks += 1,
+            }
+        }
+        Ok(report)
+    }
+
     /// Copies published `tree` into `dest` (created if missing; it must be empty): each
     /// Job gets its own copy, so nothing it does can reach the store. Every file is hashed
     /// while it is copied and checked against the manifest's size and SHA-256 (the manifest
@@ -383,7 +427,7 @@ fn copy_tree(src: &Path, manifest: &Manifest, dest: &Dir, files: Files) -> Resul
     make_dirs(dest, units.iter().map(|u| u[0].0))?;
     fs::parallel_map(&units, |unit| {
         let dir = unit[0].0;
-        let damaged = |path: &str, detail: String| Error::Changed {
+        let damaged = |path: &str, detail: String| Error::Tampered {
             path: format!("{}/{path}", src.display()),
             detail,
         };

@@ -220,6 +220,59 @@ fn a_tampered_archive_publishes_nothing() {
 }
 
 #[test]
+fn a_shared_tree_is_verified_in_place_exactly() {
+    let work = tempfile::tempdir().unwrap();
+    let pvc = tempfile::tempdir().unwrap();
+    let store = Store::new(pvc.path().join("store"));
+    working_tree(work.path());
+    let (tree, archive, _) = archive_for(&store, work.path());
+    store.apply(&tree, &archive[..]).unwrap();
+    let report = store.verify(&tree).unwrap();
+    assert_eq!(report.tree, tree);
+    // working_tree's seven files and two links.
+    assert_eq!((report.files, report.symlinks), (7, 2));
+
+    let dir = published(&store, &tree);
+    let refused = |what: &str, expect: &str| {
+        let err = store.verify(&tree).unwrap_err().to_string();
+        assert!(
+            err.contains(expect) && err.contains("the tree was modified on the claim"),
+            "{what}: {err}"
+        );
+    };
+    // Same size, other bytes.
+    let file = dir.join("tamper");
+    let original = std::fs::read(&file).unwrap();
+    let mut other = original.clone();
+    other[0] ^= 1;
+    std::fs::write(&file, &other).unwrap();
+    refused("changed", "/tamper: it differs from the published tree");
+    std::fs::write(&file, &original).unwrap();
+    store.verify(&tree).unwrap();
+
+    // One more file (a hook the task would run), or one less.
+    std::fs::write(dir.join("planted.sh"), b"#!/bin/sh\n").unwrap();
+    refused("added", "/planted.sh: it is not in the published tree");
+    std::fs::remove_file(dir.join("planted.sh")).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    refused("removed", "/tamper: it is missing from the published tree");
+
+    // The Job's init container: one line, exit 1.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sykli-sync"))
+        .args(["verify", "--store"])
+        .arg(store.root())
+        .args(["--tree", &tree])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("sykli-sync: error[tampered]: ") && stderr.contains("/tamper"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_published_file_changed_on_the_claim_fails_the_checkout_naming_it() {
     let work = tempfile::tempdir().unwrap();
     let pvc = tempfile::tempdir().unwrap();
@@ -238,7 +291,7 @@ fn a_published_file_changed_on_the_claim_fails_the_checkout_naming_it() {
     let job = tempfile::tempdir().unwrap();
     let err = store.checkout(&tree, &job.path().join("app")).unwrap_err();
     assert!(
-        matches!(&err, Error::Changed { path, detail }
+        matches!(&err, Error::Tampered { path, detail }
             if path.ends_with(&format!("trees/{tree}/tamper")) && detail.contains("hashes to")),
         "{err}"
     );
@@ -259,7 +312,7 @@ fn a_published_file_changed_on_the_claim_fails_the_checkout_naming_it() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("sykli-sync: error[changed]: ") && stderr.contains("/tamper "),
+        stderr.starts_with("sykli-sync: error[tampered]: ") && stderr.contains("/tamper: "),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -563,7 +616,7 @@ fn staging_links_every_run_of_a_directory_and_notices_a_damaged_base() {
     let (t3, archive, _) = archive_for(&store, root);
     let err = store.apply(&t3, &archive[..]).unwrap_err();
     assert!(
-        matches!(&err, Error::Changed { path, detail } if path.ends_with("/big/f300") && detail.contains("missing")),
+        matches!(&err, Error::Tampered { path, detail } if path.ends_with("/big/f300") && detail.contains("missing")),
         "{err}"
     );
     assert!(!published(&store, &t3).exists());

@@ -210,6 +210,31 @@ defmodule SykliK8s.TargetPvcTest do
     assert hd(new["spec"]["containers"])["image"] == @image
   end
 
+  test "source_mount :shared mounts the published tree in place, checked first: a file changed on the claim fails the task",
+       ctx do
+    claim!(ctx, "src", "ReadWriteMany")
+
+    write!(ctx.work, ".sykli/config.exs", """
+    import Config
+    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+      sync_image: "#{@image}", source_mount: :shared
+    """)
+
+    file = Pipeline.file!(ctx.tmp, [task("t", ~s|grep -q "fn main" src/main.rs && echo shared-ok|)])
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert logged?(out, "shared-ok"), out
+    tree = uploaded(out)["tree"]
+
+    # Anything else that mounts the claim writes into the published tree.
+    published = Path.join([ctx.tmp, "cluster", "pvcs", "ci", "src", "sykli", "trees", tree])
+    File.write!(Path.join(published, "src/main.rs"), "fn main() { evil() }\n")
+
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert uploaded(out)["existed"] == true
+    refute logged?(out, "shared-ok")
+    assert out =~ "src/main.rs: it differs from the published tree: the tree was modified on the claim", out
+  end
+
   test "source_sync :git: an unpushed commit (no remote at all), as committed, with its history", ctx do
     claim!(ctx, "src", "ReadWriteMany")
 

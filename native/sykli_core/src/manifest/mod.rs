@@ -461,6 +461,7 @@ pub fn build_job(
         "sykli-outputs",
         "sykli-outputs-ready",
         "sykli-fetch",
+        "sykli-verify",
         TASK_CONTAINER,
     ]
     .iter()

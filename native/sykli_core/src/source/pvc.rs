@@ -174,11 +174,12 @@ impl PvcPlan {
     }
 
     /// The init containers filling the Job's workspace volume: a copy of the tree from the
-    /// claim (`store`, mounted read-only); for a git bundle, the copy goes to `bundle` and a
-    /// git container checks the commit out. None when shared.
+    /// claim (`store`, mounted read-only), checked file by file against its hash; for a git
+    /// bundle, the copy goes to `bundle` and a git container checks the commit out. When
+    /// shared (`workspace` is the claim), the tree is checked where it is instead.
     pub fn init_containers(&self, workspace: &str, store: &str, bundle: &str) -> Vec<Container> {
         if self.mount == Mount::Shared {
-            return Vec::new();
+            return vec![self.verify(workspace)];
         }
         let Some((sha, git_image)) = &self.bundle else {
             return self.copy(workspace, store).into_iter().collect();
@@ -186,6 +187,23 @@ impl PvcPlan {
         let mut out: Vec<Container> = self.copy(bundle, store).into_iter().collect();
         out.push(bundle_checkout(workspace, bundle, sha, git_image));
         out
+    }
+
+    /// `sykli-sync verify` of the published tree, the claim (volume `claim`) read-only.
+    fn verify(&self, claim: &str) -> Container {
+        let store = store_dir();
+        let mut c = self.helper(
+            "sykli-verify",
+            vec!["verify", "--store", &store, "--tree", &self.tree],
+            claim,
+            claim,
+            true,
+        );
+        // The claim once, at the store's path (the helper also mounts a workspace).
+        c.volume_mounts
+            .get_or_insert_with(Vec::new)
+            .retain(|m| m.mount_path == STORE_PATH);
+        c
     }
 
     fn copy(&self, workspace: &str, store: &str) -> Option<Container> {

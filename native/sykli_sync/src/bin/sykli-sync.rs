@@ -18,6 +18,8 @@ usage:
                                                    apply a sync archive, print the report
   sykli-sync checkout --store DIR --tree HASH --to DEST
                                                    copy a published tree into DEST (empty or absent)
+  sykli-sync verify --store DIR --tree HASH       check a published tree in place (exactly its
+                                                   manifest: contents, modes, links, nothing more)
   sykli-sync pack --root DIR PATH...  > archive    archive PATHs below DIR (`.` for all)
   sykli-sync copy --root DIR --from REL --to REL  copy a file or directory tree within DIR
                                                    (hardened: no symlink followed or left
@@ -218,6 +220,11 @@ fn run(args: &[String]) -> Result<(), Failure> {
             let report = Store::new(a.need("store")?)
                 .checkout(a.need("tree")?, &PathBuf::from(a.need("to")?))?;
             print_json(&report)
+        }
+        "verify" => {
+            let a = parse(rest, &["store", "tree"])?;
+            a.no_positional()?;
+            print_json(&Store::new(a.need("store")?).verify(a.need("tree")?)?)
         }
         "pack" => {
             let a = parse(rest, &["root"])?;
