@@ -181,7 +181,7 @@ async fn fail_fast_reasons_arrive_long_before_the_timeout() {
     let e = env().await;
     let long = RunOptions {
         create_namespace: true,
-        timeout: Some(Duration::from_secs(600)),
+        timeout: Some(Duration::from_secs(120)),
         unschedulable_grace: Duration::from_secs(1),
         ..RunOptions::default()
     };
@@ -212,16 +212,12 @@ async fn fail_fast_reasons_arrive_long_before_the_timeout() {
                 "0123456789abcdef0123456789abcdef01234567",
             );
         }
-        let started = std::time::Instant::now();
+        // Diagnosed from the pod, not waited out: the run's own deadline would end it as a
+        // "timeout" instead of `kind`.
         let (outcome, _) = e.run(job, long.clone()).await;
         let (k, m) = outcome.unwrap().failure.unwrap();
         assert_eq!(k, kind, "{m}");
         assert!(m.contains(needle), "{kind}: {m}");
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{kind} took {:?}",
-            started.elapsed()
-        );
     }
     assert!(e.jobs_left().await.is_empty());
 }
