@@ -174,7 +174,7 @@ pub async fn receiver_for(
 /// The receiver pod sykli creates for `claim`: `sykli-sync idle` by its absolute path in
 /// `image`, the claim its only volume, non-root and without privileges, no
 /// service-account token, no environment.
-fn receiver_pod(name: &str, claim: &str, image: &str) -> Pod {
+pub fn receiver_pod(name: &str, claim: &str, image: &str) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
