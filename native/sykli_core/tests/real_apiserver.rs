@@ -14,6 +14,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
@@ -21,6 +23,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{json, Value};
+use sykli_core::cluster::run::{run_job, Outcome, RunOptions};
 use sykli_core::cluster::{sync, Cluster, ConnectOptions};
 use sykli_core::manifest::{build_pipeline, BuildOptions};
 use sykli_core::pipeline::Pipeline;
@@ -28,11 +31,33 @@ use sykli_core::pipeline::Pipeline;
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const TREE: &str = "2b86b949c5b09595d23bbcc9cf51e1de0185a5cce164b27a1376affda422ec5c";
 
-/// `sykli-kube up`, stopped (its stdin closed) when dropped.
+/// `sykli-kube up`, one for this test binary: it stops when its stdin closes, which the
+/// end of this process does.
 struct RealControlPlane {
-    child: Child,
+    _child: Child,
     kubeconfig: PathBuf,
+    server: String,
+    ca: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+static PLANE: std::sync::OnceLock<RealControlPlane> = std::sync::OnceLock::new();
+
+async fn plane() -> &'static RealControlPlane {
+    tokio::task::spawn_blocking(|| PLANE.get_or_init(RealControlPlane::start))
+        .await
+        .unwrap()
+}
+
+/// A kube client as the cluster's admin.
+async fn admin() -> Cluster {
+    Cluster::connect(&ConnectOptions {
+        kubeconfig: Some(plane().await.kubeconfig.clone()),
+        context: None,
+        namespace: None,
+    })
+    .await
+    .unwrap()
 }
 
 fn sykli_kube() -> PathBuf {
@@ -73,17 +98,12 @@ impl RealControlPlane {
             )
         });
         RealControlPlane {
-            child,
+            _child: child,
             kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
+            server: ready["server"].as_str().unwrap().to_string(),
+            ca: PathBuf::from(ready["ca"].as_str().unwrap()),
             _dir: dir,
         }
-    }
-}
-
-impl Drop for RealControlPlane {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
     }
 }
 
@@ -210,19 +230,23 @@ fn every_kind_of_job() -> Vec<(String, Job)> {
     .collect()
 }
 
+/// Pods are admitted once the service-account controller made the namespace's default.
+async fn default_account(client: &kube::Client, namespace: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        kube::runtime::wait::await_condition(accounts, "default", |sa: Option<&ServiceAccount>| {
+            sa.is_some()
+        }),
+    )
+    .await
+    .expect("the namespace's default service account within 120 s")
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restricted() {
-    let plane = tokio::task::spawn_blocking(RealControlPlane::start)
-        .await
-        .unwrap();
-    let cluster = Cluster::connect(&ConnectOptions {
-        kubeconfig: Some(plane.kubeconfig.clone()),
-        context: None,
-        namespace: Some("ci".into()),
-    })
-    .await
-    .unwrap();
-    let client = cluster.client.clone();
+    let client = admin().await.client;
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "ci", "labels": {
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest"}}}))
@@ -231,17 +255,7 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    // Pods are admitted once the service-account controller made the namespace's default.
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "ci");
-    tokio::time::timeout(
-        std::time::Duration::from_secs(120),
-        kube::runtime::wait::await_condition(accounts, "default", |sa: Option<&ServiceAccount>| {
-            sa.is_some()
-        }),
-    )
-    .await
-    .expect("the default service account of ci within 120 s")
-    .unwrap();
+    default_account(&client, "ci").await;
 
     let dry = PostParams {
         dry_run: true,
@@ -307,4 +321,223 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
         err.contains("violates PodSecurity \"restricted:latest\""),
         "{err}"
     );
+}
+
+/// A namespace with a ServiceAccount bound to exactly `rules`, and a kubeconfig of its token.
+async fn account_with(admin: &kube::Client, namespace: &str, rules: Value) -> Arc<Cluster> {
+    async fn create<K>(api: Api<K>, object: Value) -> K
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let object: K = serde_json::from_value(object).unwrap();
+        api.create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating {object:?}: {e}"))
+    }
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    create(
+        Api::<Namespace>::all(admin.clone()),
+        json!({"metadata": {"name": namespace}}),
+    )
+    .await;
+    default_account(admin, namespace).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    create(accounts.clone(), json!({"metadata": {"name": "sykli"}})).await;
+    create(
+        Api::<Role>::namespaced(admin.clone(), namespace),
+        json!({"metadata": {"name": "sykli"}, "rules": rules}),
+    )
+    .await;
+    create(
+        Api::<RoleBinding>::namespaced(admin.clone(), namespace),
+        json!({"metadata": {"name": "sykli"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sykli"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sykli", "namespace": namespace}]}),
+    )
+    .await;
+    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"audiences": [], "expirationSeconds": 3600}});
+    let answer: Value = accounts
+        .create_subresource("token", "sykli", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = answer["status"]["token"].as_str().unwrap().to_string();
+    let p = plane().await;
+    let file = p._dir.path().join(format!("{namespace}.kubeconfig"));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": p.server, "certificate-authority": p.ca}}],
+            "users": [{"name": "sykli", "user": {"token": token}}],
+            "contexts": [{"name": "sykli", "context": {"cluster": "c", "user": "sykli", "namespace": namespace}}],
+            "current-context": "sykli"}))
+        .unwrap(),
+    )
+    .unwrap();
+    Arc::new(
+        Cluster::connect(&ConnectOptions {
+            kubeconfig: Some(file),
+            context: None,
+            namespace: Some(namespace.into()),
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+/// The README's RBAC for Jobs, with the S3 strategy's Secret verbs.
+fn readme_rbac(secret_verbs: &[&str]) -> Value {
+    json!([
+        {"apiGroups": ["batch"], "resources": ["jobs"],
+         "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets", "configmaps", "persistentvolumeclaims"],
+         "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": secret_verbs}
+    ])
+}
+
+fn s3_job(namespace: &str) -> Job {
+    let mut all = jobs(
+        "s3",
+        json!({"name": "build", "command": "make", "container": "gcc:14", "timeout": 300,
+               "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}]}),
+        json!({"namespace": namespace, "source": {"strategy": "s3", "s3": {"sha256": "f".repeat(64),
+               "size": 42, "tree": TREE, "key": format!("ci/sykli-source/{TREE}.tar.gz")}}}),
+    );
+    all.remove(0).1
+}
+
+fn signing() -> sykli_core::source::s3::ArchiveSigning {
+    sykli_core::source::s3::ArchiveSigning {
+        s3: sykli_core::s3::S3Options {
+            bucket: "builds".into(),
+            region: Some("eu-west-1".into()),
+            endpoint: Some("https://s3.example.com".into()),
+            ..Default::default()
+        },
+        key: format!("ci/sykli-source/{TREE}.tar.gz"),
+        env: Some(
+            [
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                (
+                    "AWS_SECRET_ACCESS_KEY",
+                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                ),
+                ("HOME", "/nonexistent"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ),
+    }
+}
+
+async fn run(cluster: Arc<Cluster>, job: Job, keep_failed: bool) -> sykli_core::Result<Outcome> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    let opts = RunOptions {
+        keep_failed,
+        unschedulable_grace: Duration::from_secs(1),
+        timeout: Some(Duration::from_secs(120)),
+        source_url: Some(signing()),
+        ..RunOptions::default()
+    };
+    run_job(cluster, job, opts, tx, cancel_rx).await
+}
+
+/// Waits, on a watch, until `name` is gone.
+async fn gone<K>(api: Api<K>, name: &str, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        kube::runtime::wait::await_condition(api, name, |o: Option<&K>| o.is_none()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{what} still there after 120 s"))
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_readme_s_rbac_the_real_job_controller_scheduler_and_garbage_collector_agree() {
+    let admin = admin().await.client;
+    let cluster = account_with(
+        &admin,
+        "rbac",
+        readme_rbac(&["create", "get", "update", "delete"]),
+    )
+    .await;
+    let job = s3_job("rbac");
+    let name = job.metadata.name.clone().unwrap();
+    let secret_name = sykli_core::source::s3::url_secret_name(&name);
+
+    // No node: the real job controller makes the pod, the real scheduler finds it no
+    // node, and that is the verdict, named, with the Job kept as asked.
+    let outcome = run(cluster.clone(), job.clone(), true).await.unwrap();
+    let (kind, why) = outcome.failure.clone().unwrap();
+    assert_eq!(kind, "unschedulable", "{why}");
+    assert!(why.contains("no nodes available"), "{why}");
+    assert!(outcome.kept);
+
+    // The URL's Secret is owned by the Job (its uid, as the API has it), holds a URL
+    // signed for the task's timeout plus the margin, and appears in no Job or pod.
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), "rbac");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin.clone(), "rbac");
+    let kept = jobs.get(&name).await.unwrap();
+    let secret = secrets.get(&secret_name).await.unwrap();
+    let owner = &secret.metadata.owner_references.clone().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), &owner.name), ("Job", &name));
+    assert_eq!(Some(&owner.uid), kept.metadata.uid.as_ref());
+    let url = String::from_utf8(secret.data.unwrap()["url"].0.clone()).unwrap();
+    let expires = 300 + sykli_core::source::s3::URL_MARGIN_SECONDS;
+    assert!(url.contains(&format!("X-Amz-Expires={expires}")), "{url}");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "rbac");
+    let in_objects = format!(
+        "{}{}",
+        serde_json::to_string(&kept).unwrap(),
+        serde_json::to_string(&pods.list(&Default::default()).await.unwrap()).unwrap()
+    );
+    assert!(!in_objects.contains("X-Amz-Signature"));
+
+    // Deleting the Job takes its pod and its Secret with it: the real garbage collector.
+    jobs.delete(&name, &kube::api::DeleteParams::background())
+        .await
+        .unwrap();
+    gone(secrets.clone(), &secret_name, "the URL Secret").await;
+    gone(jobs.clone(), &name, "the Job").await;
+
+    // Not kept: the run deletes the Job, and the collector the rest.
+    let outcome = run(cluster, job.clone(), false).await.unwrap();
+    assert_eq!(outcome.failure.unwrap().0, "unschedulable");
+    assert!(!outcome.kept);
+    gone(
+        secrets.clone(),
+        &secret_name,
+        "the URL Secret of a deleted Job",
+    )
+    .await;
+
+    // Without one verb of the table (update on secrets, for the owner reference) the run
+    // fails naming it, and leaves neither the Job nor the Secret behind.
+    let cluster = account_with(
+        &admin,
+        "rbac-no-update",
+        readme_rbac(&["create", "get", "delete"]),
+    )
+    .await;
+    let err = run(cluster, s3_job("rbac-no-update"), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot update resource \"secrets\""), "{err}");
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), "rbac-no-update");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin, "rbac-no-update");
+    gone(jobs, &name, "the Job of a failed owner update").await;
+    assert!(secrets.get_opt(&secret_name).await.unwrap().is_none());
 }
