@@ -46,7 +46,7 @@ pub enum Error {
 
     /// Talking to the cluster failed, or a task on it did; `kind` is the atom Elixir sees
     /// (`not_found`, `forbidden`, `unauthorized`, `conflict`, `invalid`, `unreachable`,
-    /// `config`, `api`, `image_pull`, `config_error`, `unschedulable`, `clone_failed`,
+    /// `config`, `api`, `image_pull`, `config_error`, `unschedulable`, `pod_rejected`, `clone_failed`,
     /// `oom_killed`, `deadline_exceeded`, `timeout`, `task_failed`, `cancelled`).
     #[error("{message}")]
     Cluster { kind: &'static str, message: String },

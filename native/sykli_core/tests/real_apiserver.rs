@@ -395,6 +395,7 @@ fn readme_rbac(secret_verbs: &[&str]) -> Value {
         {"apiGroups": ["batch"], "resources": ["jobs"],
          "verbs": ["create", "get", "list", "watch", "delete"]},
         {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["secrets", "configmaps", "persistentvolumeclaims"],
          "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": secret_verbs}
@@ -540,4 +541,44 @@ async fn with_the_readme_s_rbac_the_real_job_controller_scheduler_and_garbage_co
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(admin, "rbac-no-update");
     gone(jobs, &name, "the Job of a failed owner update").await;
     assert!(secrets.get_opt(&secret_name).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_refused_by_pod_security_is_the_verdict_not_the_deadline() {
+    let admin = admin().await;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "strict", "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"}}}))
+    .unwrap();
+    Api::<Namespace>::all(admin.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    default_account(&admin.client, "strict").await;
+    // An image's container as most tasks leave it: root allowed, privileges not dropped.
+    let job = jobs(
+        "pod security",
+        json!({"name": "build", "command": "make", "container": "gcc:14", "timeout": 60,
+               "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}]}),
+        json!({"namespace": "strict",
+               "source": {"url": "https://git.example.com/org/repo.git", "sha": SHA}}),
+    )
+    .remove(0)
+    .1;
+    let name = job.metadata.name.clone().unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+    let outcome = run_job(Arc::new(admin), job, RunOptions::default(), tx, cancel_rx)
+        .await
+        .unwrap();
+    let (kind, why) = outcome.failure.unwrap();
+    assert_eq!(kind, "pod_rejected", "{why}");
+    assert!(
+        why.starts_with(&format!(
+            "the cluster refused the pod of Job strict/{name}: "
+        )) && why.contains("violates PodSecurity \"restricted:latest\"")
+            && why.contains("container \"task\"")
+            && why.contains("namespace strict enforces that Pod Security profile")
+            && !why.contains('\n'),
+        "{why}"
+    );
 }

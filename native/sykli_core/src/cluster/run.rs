@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncBufReadExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event as CoreEvent, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
@@ -220,9 +220,28 @@ pub async fn run_job(
     let mut unschedulable_since: Option<Instant> = None;
     let mut settling_since: Option<Instant> = None;
     let mut pod_name = None;
+    let job_events: Api<CoreEvent> = Api::namespaced(cluster.client.clone(), &namespace);
+    let job_uid = created.metadata.uid.clone();
+    let mut refusal_checked: Option<Instant> = None;
 
     let (exit_code, failure) = loop {
         let view = watcher.view(&name);
+        // A Job without a pod a while after its creation: the job controller may be
+        // refused the pod (admission), which only its events say; its deadline would
+        // otherwise be the verdict.
+        let podless = view.job.is_some() && view.pods.is_empty();
+        if podless
+            && started.elapsed() >= REFUSAL_FIRST_CHECK
+            && refusal_checked.is_none_or(|t| t.elapsed() >= REFUSAL_RECHECK)
+        {
+            refusal_checked = Some(Instant::now());
+            if let Some(why) = pod_refusal(&job_events, &name, job_uid.as_deref()).await {
+                break (
+                    None,
+                    Some(("pod_rejected", refused_message(&namespace, &name, &why))),
+                );
+            }
+        }
         if let Some(pod) = view.pods.last() {
             pod_name = pod.metadata.name.clone();
             for (container, ready) in loggable(pod) {
@@ -246,7 +265,18 @@ pub async fn run_job(
                     break (exit_code, failure);
                 }
             }
-            Verdict::Done { exit_code, failure } => break (exit_code, failure),
+            Verdict::Done { exit_code, failure } => {
+                // Out of time without ever having a pod: why it had none is the cause.
+                if podless {
+                    if let Some(why) = pod_refusal(&job_events, &name, job_uid.as_deref()).await {
+                        break (
+                            None,
+                            Some(("pod_rejected", refused_message(&namespace, &name, &why))),
+                        );
+                    }
+                }
+                break (exit_code, failure);
+            }
             Verdict::Unschedulable(msg) => {
                 let since = *unschedulable_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= opts.unschedulable_grace {
@@ -517,6 +547,38 @@ fn adoptable(
             "{kind} {namespace}/{name} of this run belongs to {owner}, not to task {ours}: two tasks got one Job name and it was not adopted; rename one of the tasks (or, if that {kind} is stale, {fix})"
         )
     })
+}
+
+/// When a Job without a pod is first asked why, and how often again.
+const REFUSAL_FIRST_CHECK: Duration = Duration::from_secs(2);
+const REFUSAL_RECHECK: Duration = Duration::from_secs(5);
+
+/// Why the job controller could not create Job `job`'s pod, from its latest `FailedCreate`
+/// event (Pod Security, a quota, a webhook…). None when it has none, or when events cannot
+/// be read (RBAC: list on events), so the run goes on as before.
+async fn pod_refusal(events: &Api<CoreEvent>, job: &str, uid: Option<&str>) -> Option<String> {
+    let lp = ListParams::default().fields(&format!(
+        "involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+    ));
+    let list = events.list(&lp).await.ok()?;
+    list.items
+        .into_iter()
+        .filter(|e| uid.is_none() || e.involved_object.uid.as_deref() == uid)
+        .filter_map(|e| e.message)
+        .next_back()
+}
+
+/// The one line for a pod the cluster refused, with the fix when it is Pod Security.
+fn refused_message(namespace: &str, job: &str, why: &str) -> String {
+    let why = why.strip_prefix("Error creating: ").unwrap_or(why);
+    let fix = if why.contains("violates PodSecurity") {
+        format!(
+            "; namespace {namespace} enforces that Pod Security profile and the task's own container does not meet it (sykli's containers do): change the task's k8s security_context, or run the task in a namespace whose profile it meets (-n, SYKLI_K8S_NAMESPACE, namespace:)"
+        )
+    } else {
+        String::new()
+    };
+    format!("the cluster refused the pod of Job {namespace}/{job}: {why}{fix}")
 }
 
 /// A failure diagnosed again from the Job's pods as the API has them now.
