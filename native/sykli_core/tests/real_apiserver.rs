@@ -210,6 +210,27 @@ fn every_kind_of_job() -> Vec<(String, Job)> {
             task.clone(),
             json!({"source": pvc("copy", json!({"bundle": bundle}))}),
         ),
+        jobs(
+            "every k8s option",
+            json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
+            "env": {"B": "2", "A": "1"},
+            "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}],
+            "services": [{"name": "db", "image": "postgres:16"}, {"name": "DB", "image": "redis:7"}],
+            "k8s": {
+                "node_selector": {"gpu": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}],
+                "affinity": {"node_affinity": {"required_labels": {"zone": "a"}, "preferred_labels": {"disk": "ssd"}},
+                             "pod_anti_affinity": {"required_labels": {"app": "gpu"}}},
+                "priority_class_name": "high", "resources": {"request_cpu": "500m", "limit_cpu": "2", "memory": "32Gi"},
+                "gpu": 2, "service_account": "builder",
+                "security_context": {"run_as_user": 1000, "run_as_non_root": true, "drop_capabilities": ["ALL"]},
+                "host_network": false, "dns_policy": "ClusterFirst",
+                "volumes": [{"name": "cfg", "mount_path": "/etc/cfg", "config_map": {"name": "app-config"}},
+                            {"name": "scratch", "mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "1Gi"}},
+                            {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
+            }}),
+            json!({"source": git(json!({}))}),
+        ),
         jobs("s3", task.clone(), json!({"source": s3(Value::Null)})),
         jobs("s3 git bundle", task.clone(), json!({"source": s3(bundle.clone())})),
         jobs(
@@ -256,6 +277,20 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
         .await
         .unwrap();
     default_account(&client, "ci").await;
+    // What the task options name: admission refuses a pod whose priority class or service
+    // account does not exist.
+    let builder: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "builder"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), "ci")
+        .create(&PostParams::default(), &builder)
+        .await
+        .unwrap();
+    let high: k8s_openapi::api::scheduling::v1::PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap();
+    Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(client.clone())
+        .create(&PostParams::default(), &high)
+        .await
+        .unwrap();
 
     let dry = PostParams {
         dry_run: true,
@@ -264,7 +299,7 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
     let jobs_api: Api<Job> = Api::namespaced(client.clone(), "ci");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "ci");
     let all = every_kind_of_job();
-    assert!(all.len() >= 11);
+    assert!(all.len() >= 12);
     let mut refused = Vec::new();
     for (case, job) in &all {
         let name = job.metadata.name.clone().unwrap();
