@@ -1,5 +1,7 @@
 //! The Job builder: wiring of the source into the task, options, and every error path.
 
+mod support;
+
 use serde_json::{json, Value};
 use sykli_core::manifest::{build_job, build_pipeline, names, yaml, BuildOptions};
 use sykli_core::pipeline::Pipeline;
@@ -168,24 +170,7 @@ fn labels_annotations_and_names() {
 
 #[test]
 fn every_k8s_option_lands_where_kubernetes_expects_it() {
-    let j = build(
-        json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
-        "env": {"B": "2", "A": "1"},
-        "services": [{"name": "db", "image": "postgres:16"}, {"name": "DB", "image": "redis:7"}],
-        "k8s": {
-            "namespace": "gpu-jobs", "node_selector": {"gpu": "a100"},
-            "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}],
-            "affinity": {"node_affinity": {"required_labels": {"zone": "a"}, "preferred_labels": {"disk": "ssd"}},
-                         "pod_anti_affinity": {"required_labels": {"app": "gpu"}}},
-            "priority_class_name": "high", "resources": {"request_cpu": "500m", "limit_cpu": "2", "memory": "32Gi"},
-            "gpu": 2, "service_account": "builder",
-            "security_context": {"run_as_user": 1000, "run_as_non_root": true, "drop_capabilities": ["ALL"]},
-            "host_network": false, "dns_policy": "ClusterFirst",
-            "volumes": [{"name": "cfg", "mount_path": "/etc/cfg", "config_map": {"name": "app-config"}},
-                        {"name": "scratch", "mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "1Gi"}},
-                        {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
-        }}),
-    );
+    let j = build(support::every_k8s_option_task());
     let spec = &j["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
     assert_eq!(j["metadata"]["namespace"], "gpu-jobs");

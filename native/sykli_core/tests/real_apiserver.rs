@@ -11,6 +11,8 @@
 //!   is admitted: the task's own containers are the user's, given a restricted context
 //!   here so that any refusal is about sykli's.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,9 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    Capabilities, Namespace, Pod, SeccompProfile, SecurityContext, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Namespace, Pod, SecurityContext, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Outcome, RunOptions};
@@ -107,20 +107,9 @@ impl RealControlPlane {
     }
 }
 
+/// The user's part made to meet `restricted`, as sykli's helpers do.
 fn restricted() -> SecurityContext {
-    SecurityContext {
-        run_as_non_root: Some(true),
-        allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".into(),
-            localhost_profile: None,
-        }),
-        ..Default::default()
-    }
+    sykli_core::source::git_clone::restricted_security_context()
 }
 
 /// The Jobs of one task under `source` (and more build options), built as sykli builds them.
@@ -212,23 +201,12 @@ fn every_kind_of_job() -> Vec<(String, Job)> {
         ),
         jobs(
             "every k8s option",
-            json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
-            "env": {"B": "2", "A": "1"},
-            "mounts": [{"resource": "src:.", "path": "/src", "type": "directory"}],
-            "services": [{"name": "db", "image": "postgres:16"}, {"name": "DB", "image": "redis:7"}],
-            "k8s": {
-                "node_selector": {"gpu": "a100"},
-                "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}],
-                "affinity": {"node_affinity": {"required_labels": {"zone": "a"}, "preferred_labels": {"disk": "ssd"}},
-                             "pod_anti_affinity": {"required_labels": {"app": "gpu"}}},
-                "priority_class_name": "high", "resources": {"request_cpu": "500m", "limit_cpu": "2", "memory": "32Gi"},
-                "gpu": 2, "service_account": "builder",
-                "security_context": {"run_as_user": 1000, "run_as_non_root": true, "drop_capabilities": ["ALL"]},
-                "host_network": false, "dns_policy": "ClusterFirst",
-                "volumes": [{"name": "cfg", "mount_path": "/etc/cfg", "config_map": {"name": "app-config"}},
-                            {"name": "scratch", "mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "1Gi"}},
-                            {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
-            }}),
+            {
+                let mut t = support::every_k8s_option_task();
+                t["k8s"].as_object_mut().unwrap().remove("namespace");
+                t["mounts"] = json!([{"resource": "src:.", "path": "/src", "type": "directory"}]);
+                t
+            },
             json!({"source": git(json!({}))}),
         ),
         jobs("s3", task.clone(), json!({"source": s3(Value::Null)})),

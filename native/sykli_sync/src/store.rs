@@ -337,22 +337,7 @@ impl Store {
                 ),
             });
         }
-        let mut report = CheckoutReport {
-            tree: tree.into(),
-            files: 0,
-            symlinks: 0,
-            bytes: 0,
-        };
-        for e in manifest.entries() {
-            match &e.kind {
-                EntryKind::File { size, .. } => {
-                    report.files += 1;
-                    report.bytes += size;
-                }
-                EntryKind::Symlink { .. } => report.symlinks += 1,
-            }
-        }
-        Ok(report)
+        Ok(CheckoutReport::of(tree, &manifest))
     }
 
     /// Copies published `tree` into `dest` (created if missing; it must be empty): each
@@ -370,6 +355,13 @@ impl Store {
         }
         let dest_dir = Dir::open(dest).map_err(|e| Error::io_path(dest, e))?;
         copy_tree(&self.tree_dir(tree)?, &manifest, &dest_dir, Files::Copy)?;
+        Ok(CheckoutReport::of(tree, &manifest))
+    }
+}
+
+impl CheckoutReport {
+    /// The counts of `tree`'s `manifest`.
+    fn of(tree: &str, manifest: &Manifest) -> CheckoutReport {
         let mut report = CheckoutReport {
             tree: tree.into(),
             files: 0,
@@ -385,7 +377,7 @@ impl Store {
                 EntryKind::Symlink { .. } => report.symlinks += 1,
             }
         }
-        Ok(report)
+        report
     }
 }
 

@@ -219,14 +219,21 @@ fn a_tampered_archive_publishes_nothing() {
     assert!(!store.apply(&tree, &archive[..]).unwrap().existed);
 }
 
-#[test]
-fn a_shared_tree_is_verified_in_place_exactly() {
+/// `working_tree` published in a store of its own: (the working tree's directory, the
+/// store's, the store, the tree).
+fn published_working_tree() -> (tempfile::TempDir, tempfile::TempDir, Store, String) {
     let work = tempfile::tempdir().unwrap();
     let pvc = tempfile::tempdir().unwrap();
     let store = Store::new(pvc.path().join("store"));
     working_tree(work.path());
     let (tree, archive, _) = archive_for(&store, work.path());
     store.apply(&tree, &archive[..]).unwrap();
+    (work, pvc, store, tree)
+}
+
+#[test]
+fn a_shared_tree_is_verified_in_place_exactly() {
+    let (_work, _pvc, store, tree) = published_working_tree();
     let report = store.verify(&tree).unwrap();
     assert_eq!(report.tree, tree);
     // working_tree's seven files and two links.
@@ -274,12 +281,7 @@ fn a_shared_tree_is_verified_in_place_exactly() {
 
 #[test]
 fn a_published_file_changed_on_the_claim_fails_the_checkout_naming_it() {
-    let work = tempfile::tempdir().unwrap();
-    let pvc = tempfile::tempdir().unwrap();
-    let store = Store::new(pvc.path().join("store"));
-    working_tree(work.path());
-    let (tree, archive, _) = archive_for(&store, work.path());
-    store.apply(&tree, &archive[..]).unwrap();
+    let (work, _pvc, store, tree) = published_working_tree();
 
     // Same size, other bytes, written in place on the claim (by anything else mounting it):
     // its size says nothing, only its hash does.

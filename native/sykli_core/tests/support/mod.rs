@@ -158,3 +158,23 @@ pub async fn start_cluster(
     .unwrap();
     (k8s, std::sync::Arc::new(cluster))
 }
+
+/// A task that sets every task `k8s` option (in namespace `gpu-jobs`).
+pub fn every_k8s_option_task() -> serde_json::Value {
+    serde_json::json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
+    "env": {"B": "2", "A": "1"},
+    "services": [{"name": "db", "image": "postgres:16"}, {"name": "DB", "image": "redis:7"}],
+    "k8s": {
+        "namespace": "gpu-jobs", "node_selector": {"gpu": "a100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}, {"key": "x", "operator": "Exists"}],
+        "affinity": {"node_affinity": {"required_labels": {"zone": "a"}, "preferred_labels": {"disk": "ssd"}},
+                     "pod_anti_affinity": {"required_labels": {"app": "gpu"}}},
+        "priority_class_name": "high", "resources": {"request_cpu": "500m", "limit_cpu": "2", "memory": "32Gi"},
+        "gpu": 2, "service_account": "builder",
+        "security_context": {"run_as_user": 1000, "run_as_non_root": true, "drop_capabilities": ["ALL"]},
+        "host_network": false, "dns_policy": "ClusterFirst",
+        "volumes": [{"name": "cfg", "mount_path": "/etc/cfg", "config_map": {"name": "app-config"}},
+                    {"name": "scratch", "mount_path": "/scratch", "empty_dir": {"medium": "Memory", "size_limit": "1Gi"}},
+                    {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
+    }})
+}
