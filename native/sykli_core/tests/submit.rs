@@ -657,3 +657,27 @@ async fn a_sync_back_over_its_limit_is_refused_naming_the_pod_and_the_limit() {
     assert_eq!(err.kind(), "conflict", "{msg}");
     assert!(msg.contains("the pod was replaced while it ran"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_its_namespace_once_not_once_per_task() {
+    let e = env().await;
+    let opts = RunOptions {
+        create_namespace: true,
+        ..RunOptions::default()
+    };
+    for task in ["one", "two", "three"] {
+        let job = e.job(
+            "r-ns",
+            json!({"name": task, "container": "any", "command": "true"}),
+        );
+        let (outcome, _) = e.run(job, opts.clone()).await;
+        assert!(outcome.unwrap().failure.is_none(), "{task}");
+    }
+    let reads = e
+        .k8s
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "get" && r.path.split('?').next() == Some("/api/v1/namespaces/ci"))
+        .count();
+    assert_eq!(reads, 1, "three tasks of one run");
+}

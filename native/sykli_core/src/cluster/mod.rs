@@ -43,6 +43,8 @@ pub struct Cluster {
     /// The API server's URL, for messages.
     pub server: String,
     watchers: Mutex<HashMap<(String, String), Weak<watch::RunWatcher>>>,
+    /// Namespaces found ready (or made so): asked once per client, not once per task.
+    ready_namespaces: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Cluster {
@@ -88,7 +90,35 @@ impl Cluster {
             namespace,
             server,
             watchers: Mutex::new(HashMap::new()),
+            ready_namespaces: Mutex::new(Default::default()),
         })
+    }
+
+    /// [`preflight::namespace_ready`], once per namespace for this client: a run's tasks
+    /// (and sykli's setup before them) share the answer. A namespace deleted meanwhile is
+    /// named by the API when the Job is created.
+    pub async fn ensure_namespace(
+        &self,
+        namespace: &str,
+        missing: preflight::MissingNamespace,
+    ) -> Result<()> {
+        let known = |set: &Mutex<std::collections::HashSet<String>>| {
+            set.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(namespace)
+        };
+        if known(&self.ready_namespaces) {
+            return Ok(());
+        }
+        preflight::namespace_ready(&self.client, namespace, missing).await?;
+        // `Allow` lets a missing namespace through: nothing is known then.
+        if missing != preflight::MissingNamespace::Allow {
+            self.ready_namespaces
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(namespace.to_string());
+        }
+        Ok(())
     }
 
     /// The one watcher of `run` in `namespace`, shared by all its tasks.

@@ -243,6 +243,11 @@ pub async fn check(
     missing_namespace: MissingNamespace,
 ) -> Result<()> {
     namespace_ready(client, namespace, missing_namespace).await?;
+    check_needs(client, namespace, needs).await
+}
+
+/// [`check`] without the namespace (known to be there).
+pub async fn check_needs(client: &kube::Client, namespace: &str, needs: &[Need]) -> Result<()> {
     for need in needs {
         let keys: Option<Vec<String>> = match need.kind {
             Kind::Secret => {

@@ -159,17 +159,17 @@ pub async fn run_job(
         Phase::Preflight,
         format!("checking namespace {namespace} and what Job {name} references"),
     );
-    preflight::check(
-        &cluster.client,
-        &namespace,
-        &preflight::needs(&job),
-        if opts.create_namespace {
-            preflight::MissingNamespace::Create
-        } else {
-            preflight::MissingNamespace::Fail
-        },
-    )
-    .await?;
+    cluster
+        .ensure_namespace(
+            &namespace,
+            if opts.create_namespace {
+                preflight::MissingNamespace::Create
+            } else {
+                preflight::MissingNamespace::Fail
+            },
+        )
+        .await?;
+    preflight::check_needs(&cluster.client, &namespace, &preflight::needs(&job)).await?;
 
     let url = sign_source_url(&job, &namespace, &opts, &events).await?;
 

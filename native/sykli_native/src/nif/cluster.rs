@@ -336,7 +336,7 @@ fn k8s_ensure_namespace(
     };
     let c = Arc::clone(&cluster.cluster);
     block_on_call(Duration::from_secs(120), async move {
-        sykli_core::cluster::preflight::namespace_ready(&c.client, &namespace, mode).await
+        c.ensure_namespace(&namespace, mode).await
     })?;
     Ok(atoms::ok())
 }
