@@ -45,6 +45,27 @@ defmodule SykliK8s.Test.Cluster do
       "#{image}=#{Path.join([target_dir(), "debug", "sykli-sync"])}:/usr/local/bin/sykli-sync"
     ]
 
+  @doc """
+  Writes `dir/kubeconfig` for `server` (TLS unverified, a placeholder token, `namespace` as
+  the context's) and returns its path. The default, port 1 on loopback, is a cluster no API
+  call reaches: a test of what is refused before any call fails with a connection error if
+  a call is made.
+  """
+  def kubeconfig!(dir, server \\ "https://127.0.0.1:1", namespace \\ "ci") do
+    path = Path.join(dir, "kubeconfig")
+
+    File.write!(path, """
+    apiVersion: v1
+    kind: Config
+    clusters: [{name: c, cluster: {server: "#{server}", insecure-skip-tls-verify: true}}]
+    users: [{name: u, user: {token: t0ken}}]
+    contexts: [{name: ctx, context: {cluster: c, user: u, namespace: #{namespace}}}]
+    current-context: ctx
+    """)
+
+    path
+  end
+
   @doc "Creates the PersistentVolumeClaim `name` (1Gi, access `mode`) in `namespace`."
   def claim!(info, namespace, name, mode \\ "ReadWriteMany") do
     api_post!(info, "/api/v1/namespaces/#{namespace}/persistentvolumeclaims", %{

@@ -145,18 +145,7 @@ defmodule SykliK8s.ConfigTest do
     # connection error, never with :invalid_config.
     defp nowhere! do
       dir = tmp_dir!()
-      kubeconfig = Path.join(dir, "kubeconfig")
-
-      File.write!(kubeconfig, """
-      apiVersion: v1
-      kind: Config
-      clusters: [{name: nowhere, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
-      users: [{name: u, user: {token: t}}]
-      contexts: [{name: c, context: {cluster: nowhere, user: u, namespace: ci}}]
-      current-context: c
-      """)
-
-      {dir, kubeconfig}
+      {dir, SykliK8s.Test.Cluster.kubeconfig!(dir)}
     end
 
     test "the same claim for both is refused before any API call, naming both keys and the fix" do

@@ -43,6 +43,22 @@ fn options(server: &S3Server, chunk: Option<u64>) -> S3Options {
     }
 }
 
+/// A local S3 server with the bucket, and a repository holding `files` published into it:
+/// (the server, a client of the bucket, what was published).
+fn published(tmp: &Path, files: &[(&str, Vec<u8>)]) -> (S3Server, Bucket, s3::Published) {
+    let server = S3Server::start(&tmp.join("s3")).unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    let root = repo(tmp, files);
+    let bucket = Bucket::new(&options(&server, None), &env(&server, None)).unwrap();
+    let published = s3::publish(
+        &bucket,
+        &upload::local_tree(&root, &[]).unwrap(),
+        &tmp.join("s"),
+    )
+    .unwrap();
+    (server, bucket, published)
+}
+
 /// A git repository whose working tree holds `files` (name → content), some uncommitted.
 fn repo(dir: &Path, files: &[(&str, Vec<u8>)]) -> PathBuf {
     let root = dir.join("work");
@@ -189,16 +205,7 @@ fn multipart_upload_then_single_and_parallel_downloads_give_the_identical_tree()
 #[test]
 fn an_expired_url_fails_clearly_without_showing_the_signature() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3")).unwrap();
-    server.create_bucket(BUCKET).unwrap();
-    let root = repo(tmp.path(), &[("a.txt", b"a\n".to_vec())]);
-    let bucket = Bucket::new(&options(&server, None), &env(&server, None)).unwrap();
-    let p = s3::publish(
-        &bucket,
-        &upload::local_tree(&root, &[]).unwrap(),
-        &tmp.path().join("s"),
-    )
-    .unwrap();
+    let (_server, bucket, p) = published(tmp.path(), &[("a.txt", b"a\n".to_vec())]);
     // Signed an hour ago for one second.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -367,16 +374,7 @@ fn url_expires(url: &str) -> u64 {
 #[test]
 fn a_jobs_url_lives_its_tasks_timeout_plus_the_margin_and_warns_when_credentials_die_first() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3")).unwrap();
-    server.create_bucket(BUCKET).unwrap();
-    let root = repo(tmp.path(), &[("a.txt", b"a\n".to_vec())]);
-    let bucket = Bucket::new(&options(&server, None), &env(&server, None)).unwrap();
-    let p = s3::publish(
-        &bucket,
-        &upload::local_tree(&root, &[]).unwrap(),
-        &tmp.path().join("s"),
-    )
-    .unwrap();
+    let (_server, bucket, p) = published(tmp.path(), &[("a.txt", b"a\n".to_vec())]);
     let margin = s3::URL_MARGIN_SECONDS;
     assert_eq!(margin, 600);
     for (deadline, expected) in [
@@ -450,17 +448,9 @@ mod on_cluster {
 
     pub async fn env() -> Env {
         let tmp = tempfile::tempdir().unwrap();
-        let server = S3Server::start(&tmp.path().join("s3")).unwrap();
-        server.create_bucket(BUCKET).unwrap();
-        let root = repo(tmp.path(), &[("src/main.rs", b"fn main() {}\n".to_vec())]);
+        let (server, _bucket, published) =
+            super::published(tmp.path(), &[("src/main.rs", b"fn main() {}\n".to_vec())]);
         let e = super::env(&server, None);
-        let bucket = Bucket::new(&options(&server, None), &e).unwrap();
-        let published = s3::publish(
-            &bucket,
-            &upload::local_tree(&root, &[]).unwrap(),
-            &tmp.path().join("s"),
-        )
-        .unwrap();
         let o = ClusterOptions::new(tmp.path().join("cluster")).image_file(
             IMAGE,
             sykli_sync(),

@@ -192,18 +192,8 @@ defmodule Sykli.Target.K8sArtifactPathTest do
 
   setup do
     dir = SykliK8s.Test.GitRepo.tmp_dir!("sykli-artifact-path")
-    kubeconfig = Path.join(dir, "kubeconfig")
-
-    # Port 1 on loopback: nothing listens there, so an API call would fail with a
-    # connection error, never with :invalid_option.
-    File.write!(kubeconfig, """
-    apiVersion: v1
-    kind: Config
-    clusters: [{name: nowhere, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
-    users: [{name: u, user: {token: t}}]
-    contexts: [{name: c, context: {cluster: nowhere, user: u, namespace: ci}}]
-    current-context: c
-    """)
+    # No API call reaches it: what is refused is refused before any.
+    kubeconfig = SykliK8s.Test.Cluster.kubeconfig!(dir)
 
     {:ok, state} = Target.setup(kubeconfig: kubeconfig, namespace: "ci", workdir: dir, git_context: nil)
     {:ok, state: state, dir: dir}
@@ -272,14 +262,11 @@ defmodule Sykli.Target.K8sArtifactPathTest do
   end
 
   test "the NIF refuses them too, at once (no API call)", ctx do
-    json =
-      SykliK8s.JSON.encode!(%{
-        namespace: "ci",
-        claim: "c",
-        from: "/artifacts/a/../../etc",
-        to: "/artifacts/b",
-        run_id: "r1"
-      })
+    copy = fn from, to, run_id ->
+      SykliK8s.JSON.encode!(%{namespace: "ci", claim: "c", from: from, to: to, run_id: run_id})
+    end
+
+    json = copy.("/artifacts/a/../../etc", "/artifacts/b", "r1")
 
     assert {:error, {:invalid_option, message}} =
              SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, json, make_ref())
@@ -287,14 +274,7 @@ defmodule Sykli.Target.K8sArtifactPathTest do
     assert message =~ ~s|"/artifacts/a/../../etc" is not below /artifacts/|
 
     # A copy stays in one run's directory: a run id of one path component.
-    escaping_run =
-      SykliK8s.JSON.encode!(%{
-        namespace: "ci",
-        claim: "c",
-        from: "/artifacts/a",
-        to: "/artifacts/b",
-        run_id: "../r"
-      })
+    escaping_run = copy.("/artifacts/a", "/artifacts/b", "../r")
 
     assert {:error, {:invalid_option, message}} =
              SykliK8s.Native.k8s_copy_artifact(ctx.state.cluster, escaping_run, make_ref())

@@ -5,26 +5,7 @@ defmodule SykliK8s.TargetRunTest do
   import SykliK8s.Test.GitRepo
   alias SykliK8s.Target
 
-  defp kubeconfig!(dir, server) do
-    path = Path.join(dir, "kubeconfig")
-
-    File.write!(path, """
-    apiVersion: v1
-    kind: Config
-    clusters:
-    - name: c
-      cluster: {server: "#{server}", insecure-skip-tls-verify: true}
-    users:
-    - name: u
-      user: {token: "t0ken"}
-    contexts:
-    - name: ctx
-      context: {cluster: c, user: u, namespace: team-a}
-    current-context: ctx
-    """)
-
-    path
-  end
+  defp kubeconfig!(dir, server), do: SykliK8s.Test.Cluster.kubeconfig!(dir, server, "team-a")
 
   defp closed_port do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
