@@ -10,22 +10,38 @@
 //! The semantics follow the kubelet: init containers in order (a failure stops the pod),
 //! native sidecars (`restartPolicy: Always` init containers) kept running until the main
 //! containers have exited, main containers run concurrently, Kubernetes `$(VAR)` expansion,
-//! secret/configMap projection with modes, `CreateContainerConfigError` for what the kubelet
+//! secret/configMap/projected/downwardAPI volumes with the kubelet's modes (the
+//! `kube-api-access-*` volume the API server adds included, its token from
+//! [`RunOptions::service_account_tokens`]), `CreateContainerConfigError` for what the kubelet
 //! would refuse, termination messages, and a deadline.
 //!
+//! A kubelet can drive it: [`RunOptions::on_event`] reports each container's start and final
+//! state as they happen ([`ContainerEvent`]), [`RunOptions::stop`] stops the pod as a deleted
+//! pod is stopped (SIGTERM, SIGKILL after `terminationGracePeriodSeconds`, sidecars last), and
 //! [`exec_sandbox`] plans a command in a new sandbox of a container of a pod that runs (what
-//! `kubectl exec` does), sharing the pod's volumes.
+//! `kubectl exec` does), sharing the pod's volumes. The `sykli-pod-runner` binary speaks this
+//! as a protocol (JSON lines, SIGTERM, `exec`) for the virtual-kubelet provider of
+//! `tools/kube`. Sandboxes die with the runner: bwrap gets SIGKILL when the thread that spawned
+//! it ends (`PR_SET_PDEATHSIG`), and bwrap's `--die-with-parent` takes the sandbox's pid
+//! namespace along.
 //!
 //! Known differences from a real node: no restarts (`restartPolicy` of the pod and of sidecars
-//! is not acted on), no probes or lifecycle hooks, secret and configMap volumes are plain files
-//! (no `..data` symlinks), and the image's user database is the host's `/etc/passwd`.
+//! is not acted on), no probes or lifecycle hooks (no preStop on a stop), secret, configMap,
+//! projected and downwardAPI volumes are plain files written once (no `..data` symlinks, no
+//! updates), service-account tokens are the fixtures' (never minted, rotated or checked
+//! against `audience`/`expirationSeconds`), downwardAPI `resourceFieldRef` and the
+//! `clusterTrustBundle`/`podCertificate` projections are not supported, an exec may target a
+//! container that has exited (the pod's work dir is all it needs), and the image's user
+//! database is the host's `/etc/passwd`.
 
+mod events;
 mod exec;
 mod expand;
 mod fixtures;
 mod process;
 mod sandbox;
 mod spec;
+mod stop;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,11 +58,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use events::{rfc3339_nanos, ContainerEvent, EventSink};
 pub use exec::{exec_sandbox, ExecSandbox};
 pub use fixtures::Fixtures;
+pub use stop::StopHandle;
 
 use process::{Control, Outcome};
 use sandbox::{Launch, PodContext, BUSYBOX, BWRAP, ENV, SETPRIV};
+use stop::Wake;
 use volumes::io_err;
 
 /// Receives container log lines as they are produced: `(container name, line)`, the line
@@ -80,6 +99,9 @@ pub struct RunOptions {
     pub config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
     /// PersistentVolumeClaims by claimName: the host directory that backs each.
     pub pvcs: HashMap<String, PathBuf>,
+    /// The tokens of projected `serviceAccountToken` sources, by `VOLUME/PATH` (the projected
+    /// volume's name and the source's `path`): what the API server would mint for the pod.
+    pub service_account_tokens: HashMap<String, String>,
     /// Host files (or directories) a container sees read-only because of its image: what stands
     /// in for an image's own content (a helper binary built on the host, say).
     pub image_files: Vec<ImageFile>,
@@ -91,22 +113,31 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// Live log lines.
     pub on_log: Option<LogSink>,
+    /// Live container state changes (started, terminated).
+    pub on_event: Option<EventSink>,
+    /// Stops the pod from outside, as the kubelet stops a pod being deleted.
+    pub stop: Option<StopHandle>,
 }
 
 impl fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut secret_names: Vec<&String> = self.secrets.keys().collect();
         secret_names.sort();
+        let mut token_keys: Vec<&String> = self.service_account_tokens.keys().collect();
+        token_keys.sort();
         f.debug_struct("RunOptions")
             .field("work_dir", &self.work_dir)
             .field("secrets", &secret_names)
             .field("config_maps", &self.config_maps.keys().collect::<Vec<_>>())
             .field("pvcs", &self.pvcs)
+            .field("service_account_tokens", &token_keys)
             .field("image_files", &self.image_files)
             .field("image_entrypoints", &self.image_entrypoints)
             .field("shell", &self.shell)
             .field("timeout", &self.timeout)
             .field("on_log", &self.on_log.as_ref().map(|_| "<fn>"))
+            .field("on_event", &self.on_event.as_ref().map(|_| "<fn>"))
+            .field("stop", &self.stop)
             .finish()
     }
 }
@@ -156,6 +187,18 @@ impl RunOptions {
         self
     }
 
+    /// The token of the `serviceAccountToken` source with `path` in projected volume `volume`.
+    pub fn service_account_token(
+        mut self,
+        volume: &str,
+        path: &str,
+        token: impl Into<String>,
+    ) -> Self {
+        self.service_account_tokens
+            .insert(format!("{volume}/{path}"), token.into());
+        self
+    }
+
     /// Every container whose `image` is `image` sees `host_path` read-only at `container_path`.
     pub fn image_file(
         mut self,
@@ -200,11 +243,23 @@ impl RunOptions {
         self
     }
 
-    /// Adds the secrets, config maps and claims of `fixtures`.
+    pub fn on_event(mut self, sink: impl Fn(&ContainerEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(sink));
+        self
+    }
+
+    pub fn stop(mut self, handle: StopHandle) -> Self {
+        self.stop = Some(handle);
+        self
+    }
+
+    /// Adds the secrets, config maps, claims and service-account tokens of `fixtures`.
     pub fn fixtures(mut self, fixtures: Fixtures) -> Self {
         self.secrets.extend(fixtures.secrets);
         self.config_maps.extend(fixtures.config_maps);
         self.pvcs.extend(fixtures.pvcs);
+        self.service_account_tokens
+            .extend(fixtures.service_account_tokens);
         self
     }
 }
@@ -310,6 +365,7 @@ pub struct PodResult {
     pub phase: PodPhase,
     /// "DeadlineExceeded" when the deadline passed.
     pub reason: Option<String>,
+    /// Why the pod failed as a whole: the deadline, or a stop ([`RunOptions::stop`]).
     pub message: Option<String>,
     /// Init containers (and sidecars) in order, then the main containers in order.
     pub containers: Vec<ContainerResult>,
@@ -385,7 +441,8 @@ impl std::error::Error for RunnerError {
     }
 }
 
-/// Runs `manifest` (a Job, a Pod or a PodSpec) to completion.
+/// Runs `manifest` (a Job, a Pod or a PodSpec) to completion, or until [`RunOptions::stop`]
+/// stops it.
 pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerError> {
     let start = Instant::now();
     let m = spec::extract(manifest)?;
@@ -445,23 +502,30 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
         }
         dir
     };
-    let volumes = volumes::prepare(&m.spec, opts, &work_dir)?;
+    let volumes = volumes::prepare(&m.meta, &m.spec, opts, &work_dir)?;
     let busybox_bin = match opts.shell {
         Shell::Busybox => Some(busybox_links(&work_dir)?),
         Shell::Host => None,
     };
     let ctx = PodContext::new(&m.meta, &m.spec, &volumes, opts, &work_dir, busybox_bin);
 
-    let mut pod = Pod::new(&m.spec, opts.on_log.clone(), deadline);
+    let mut pod = Pod::new(&m.spec, opts, deadline);
     let outcome = pod.run(&ctx);
     if outcome.is_ok() && !pod.deadline_exceeded {
-        pod.stop_sidecars(grace);
+        if pod.stopped {
+            pod.stop_all(grace);
+        } else {
+            pod.stop_sidecars(grace);
+        }
     }
     // Whatever happened, nothing may outlive the call.
     pod.shut_down();
     outcome?;
 
+    // A stop noticed while the pod ran interrupted an init or main container (one running, or
+    // one not yet started): the pod cannot have succeeded.
     let failed = pod.deadline_exceeded
+        || pod.stopped
         || pod.slots.iter().any(|s| match s.result.kind {
             ContainerKind::Sidecar => s.result.reason.as_deref() == Some(CONFIG_ERROR),
             ContainerKind::Init | ContainerKind::Main => s.result.exit_code != Some(0),
@@ -473,6 +537,11 @@ pub fn run_pod(manifest: &Value, opts: &RunOptions) -> Result<PodResult, RunnerE
                 "Pod was active on the node longer than the specified deadline ({}s)",
                 timeout.as_secs_f64()
             )),
+        )
+    } else if pod.stopped {
+        (
+            None,
+            Some("the pod was stopped before its containers finished".to_string()),
         )
     } else {
         (None, None)
@@ -607,20 +676,26 @@ impl Slot {
 struct Pod<'s> {
     spec: &'s spec::PodSpec,
     slots: Vec<Slot>,
-    tx: Sender<usize>,
-    rx: Receiver<usize>,
+    tx: Sender<Wake>,
+    rx: Receiver<Wake>,
     on_log: Option<LogSink>,
+    on_event: Option<EventSink>,
+    stop: Option<StopHandle>,
     deadline: Instant,
     deadline_exceeded: bool,
+    /// A stop request interrupted the run (no container starts after it).
+    stopped: bool,
 }
 
+/// Why [`Pod::wait`] returned.
 enum Wait {
     Done,
     DeadlinePassed,
+    Stopped,
 }
 
 impl<'s> Pod<'s> {
-    fn new(spec: &'s spec::PodSpec, on_log: Option<LogSink>, deadline: Instant) -> Self {
+    fn new(spec: &'s spec::PodSpec, opts: &RunOptions, deadline: Instant) -> Self {
         let slot = |c: &spec::Container, kind| Slot {
             result: ContainerResult {
                 name: c.name.clone(),
@@ -649,15 +724,46 @@ impl<'s> Pod<'s> {
             .collect();
         slots.extend(spec.containers.iter().map(|c| slot(c, ContainerKind::Main)));
         let (tx, rx) = mpsc::channel();
+        if let Some(stop) = &opts.stop {
+            stop.register(tx.clone());
+        }
         Pod {
             spec,
             slots,
             tx,
             rx,
-            on_log,
+            on_log: opts.on_log.clone(),
+            on_event: opts.on_event.clone(),
+            stop: opts.stop.clone(),
             deadline,
             deadline_exceeded: false,
+            stopped: false,
         }
+    }
+
+    /// Whether the pod has been asked to stop (and then marks it stopped).
+    fn stop_requested(&mut self) -> bool {
+        if self.stop.as_ref().is_some_and(StopHandle::is_stopped) {
+            self.stopped = true;
+        }
+        self.stopped
+    }
+
+    /// Reports the final result of container `index`.
+    fn terminated(&self, index: usize, started_at: Option<SystemTime>, finished_at: SystemTime) {
+        let Some(sink) = &self.on_event else {
+            return;
+        };
+        let r = &self.slots[index].result;
+        sink(&ContainerEvent::Terminated {
+            container: r.name.clone(),
+            exit_code: r.exit_code.unwrap_or(128),
+            reason: r.reason.clone().unwrap_or_else(|| "Error".to_string()),
+            message: r.message.clone(),
+            termination_message: r.termination_message.clone(),
+            started_at,
+            finished_at,
+        });
     }
 
     fn container(&self, index: usize) -> &'s spec::Container {
@@ -678,6 +784,7 @@ impl<'s> Pod<'s> {
                 r.reason = Some(CONFIG_ERROR.to_string());
                 r.message = Some(message);
                 self.slots[index].finished = true;
+                self.terminated(index, None, SystemTime::now());
                 Ok(false)
             }
             Ok(Launch {
@@ -689,6 +796,7 @@ impl<'s> Pod<'s> {
                     container.name.clone(),
                     args,
                     self.on_log.clone(),
+                    self.on_event.clone(),
                     index,
                     self.tx.clone(),
                 )
@@ -705,7 +813,8 @@ impl<'s> Pod<'s> {
         }
     }
 
-    /// Waits until `done` holds or `until` passes, collecting containers as they end.
+    /// Waits until `done` holds, `until` passes or a stop is requested, collecting containers
+    /// as they end.
     fn wait(&mut self, done: impl Fn(&Self) -> bool, until: Instant) -> Wait {
         loop {
             if done(self) {
@@ -713,10 +822,23 @@ impl<'s> Pod<'s> {
             }
             let left = until.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(index) => self.collect(index),
+                Ok(Wake::Ended(index)) => self.collect(index),
+                Ok(Wake::Stop) => return Wait::Stopped,
                 Err(RecvTimeoutError::Timeout) => return Wait::DeadlinePassed,
                 // Unreachable while `self.tx` exists.
                 Err(RecvTimeoutError::Disconnected) => return Wait::Done,
+            }
+        }
+    }
+
+    /// As [`Pod::wait`] while the pod is already stopping: a stop request changes nothing.
+    /// True if `done` holds, false if `until` passed.
+    fn wait_through_stop(&mut self, done: impl Fn(&Self) -> bool, until: Instant) -> bool {
+        loop {
+            match self.wait(&done, until) {
+                Wait::Done => return true,
+                Wait::DeadlinePassed => return false,
+                Wait::Stopped => {}
             }
         }
     }
@@ -742,7 +864,11 @@ impl<'s> Pod<'s> {
             deadline_killed: false,
             signal_sent: None,
             log: String::new(),
+            started_at: None,
+            finished_at: None,
         });
+        let started_at = outcome.started_at;
+        let finished_at = outcome.finished_at.unwrap_or_else(SystemTime::now);
         let r = &mut slot.result;
         let mut log = outcome.log;
         if let Some(e) = outcome.spawn_error {
@@ -789,6 +915,8 @@ impl<'s> Pod<'s> {
             r.termination_message = log_tail(&log);
         }
         r.log = log;
+        let started_at = started_at.filter(|_| r.started);
+        self.terminated(index, started_at, finished_at);
     }
 
     fn run(&mut self, ctx: &PodContext<'_>) -> Result<(), RunnerError> {
@@ -798,14 +926,22 @@ impl<'s> Pod<'s> {
             if Instant::now() >= self.deadline {
                 return self.deadline_passed();
             }
+            if self.stop_requested() {
+                return Ok(());
+            }
             if !self.launch(ctx, index)? {
                 return Ok(());
             }
             if self.slots[index].result.kind == ContainerKind::Sidecar {
                 continue;
             }
-            if let Wait::DeadlinePassed = self.wait_finished(index, self.deadline) {
-                return self.deadline_passed();
+            match self.wait_finished(index, self.deadline) {
+                Wait::Done => {}
+                Wait::DeadlinePassed => return self.deadline_passed(),
+                Wait::Stopped => {
+                    self.stopped = true;
+                    return Ok(());
+                }
             }
             if self.slots[index].result.exit_code != Some(0) {
                 return Ok(());
@@ -813,16 +949,47 @@ impl<'s> Pod<'s> {
         }
         // Main containers, together.
         for index in n_init..self.slots.len() {
+            if self.stop_requested() {
+                return Ok(());
+            }
             self.launch(ctx, index)?;
         }
         let mains: Vec<usize> = (n_init..self.slots.len()).collect();
-        if let Wait::DeadlinePassed = self.wait(
+        match self.wait(
             |p| mains.iter().all(|&i| !p.slots[i].is_running()),
             self.deadline,
         ) {
-            return self.deadline_passed();
+            Wait::Done => {}
+            Wait::DeadlinePassed => return self.deadline_passed(),
+            Wait::Stopped => self.stopped = true,
         }
         Ok(())
+    }
+
+    /// Stops the pod as the kubelet stops a pod being deleted: SIGTERM to the init and main
+    /// containers that run, SIGKILL to those left when the grace period ends; then the
+    /// sidecars, in reverse order, each with its own grace period once its turn comes (the
+    /// kubelet's termination ordering, with the deletion's grace period for every container).
+    fn stop_all(&mut self, grace: Duration) {
+        let regular: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].result.kind != ContainerKind::Sidecar)
+            .collect();
+        for &index in &regular {
+            if let Some(r) = self.slots[index].running.as_ref() {
+                r.control.terminate();
+            }
+        }
+        let regular_done = |p: &Self| regular.iter().all(|&i| !p.slots[i].is_running());
+        if !self.wait_through_stop(regular_done, Instant::now() + grace) {
+            for &index in &regular {
+                if let Some(r) = self.slots[index].running.as_ref() {
+                    r.control.kill(false);
+                }
+            }
+            // A SIGKILLed sandbox ends promptly; the bound is only a safety net.
+            let _ = self.wait_through_stop(regular_done, Instant::now() + Duration::from_secs(60));
+        }
+        self.stop_sidecars(grace);
     }
 
     /// Stops the sidecars that still run, in reverse order, as the kubelet does once the main
@@ -836,7 +1003,7 @@ impl<'s> Pod<'s> {
                 r.control.terminate();
             }
             let until = (Instant::now() + grace).min(self.deadline.max(Instant::now()));
-            if let Wait::DeadlinePassed = self.wait_finished(index, until) {
+            if !self.wait_through_stop(|p| p.slots[index].finished, until) {
                 if let Some(r) = &self.slots[index].running {
                     r.control.kill(false);
                 }
@@ -863,7 +1030,7 @@ impl<'s> Pod<'s> {
         }
         // A SIGKILLed sandbox ends promptly; the bound is only a safety net.
         let until = Instant::now() + Duration::from_secs(60);
-        let _ = self.wait(|p| p.slots.iter().all(|s| !s.is_running()), until);
+        let _ = self.wait_through_stop(|p| p.slots.iter().all(|s| !s.is_running()), until);
     }
 }
 

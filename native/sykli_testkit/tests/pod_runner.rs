@@ -5,15 +5,18 @@
 //! `$`, so a shell that should see `$$` needs `$$$$` in the manifest (as on a real cluster).
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sykli_testkit::pod_runner::{
-    run_pod, ContainerKind, ContainerResult, PodPhase, PodResult, RunOptions, RunnerError, Shell,
+    run_pod, ContainerEvent, ContainerKind, ContainerResult, Fixtures, PodPhase, PodResult,
+    RunOptions, RunnerError, Shell, StopHandle,
 };
 use tempfile::TempDir;
 
@@ -1172,4 +1175,877 @@ fn a_sidecar_that_ignores_sigterm_is_killed_after_the_grace_period() {
         processes_with_cmdline(&["sleep", "1000.0423"]),
         Vec::<i32>::new()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The runner as a kubelet drives it: `--events`, SIGTERM, `exec`.
+
+const BIN: &str = env!("CARGO_BIN_EXE_sykli-pod-runner");
+/// How long any single event may take to arrive: a bound, never a synchronization.
+const EVENT_BOUND: Duration = Duration::from_secs(60);
+
+/// Writes `manifest` and `fixtures` into `dir` (manifest.json, fixtures.json) and returns the
+/// runner's common arguments for them, with the work dir `dir/work`.
+fn runner_files(dir: &Path, manifest: &Value, fixtures: &Value) -> Vec<String> {
+    require_root();
+    let m = dir.join("manifest.json");
+    let f = dir.join("fixtures.json");
+    fs::write(&m, manifest.to_string()).expect("manifest");
+    fs::write(&f, fixtures.to_string()).expect("fixtures");
+    let path = |p: PathBuf| p.to_str().expect("utf8").to_string();
+    vec![
+        "--manifest".into(),
+        path(m),
+        "--fixtures".into(),
+        path(f),
+        "--work-dir".into(),
+        path(dir.join("work")),
+    ]
+}
+
+/// `sykli-pod-runner --events` running in the background, its stdout parsed line by line.
+struct EventRunner {
+    child: Child,
+    lines: Receiver<String>,
+    events: Vec<Value>,
+}
+
+impl EventRunner {
+    fn start(args: &[String]) -> EventRunner {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .arg("--events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the runner");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        EventRunner {
+            child,
+            lines,
+            events: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+
+    /// The next event; None once stdout has ended.
+    fn next(&mut self) -> Option<Value> {
+        match self.lines.recv_timeout(EVENT_BOUND) {
+            Ok(line) => {
+                let event: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+                assert!(event.is_object(), "{line}");
+                self.events.push(event.clone());
+                Some(event)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no event for {EVENT_BOUND:?}: {:#?}", self.events)
+            }
+        }
+    }
+
+    /// Reads events until the log line `line` of `container` has arrived.
+    fn until_log(&mut self, container: &str, line: &str) {
+        while let Some(e) = self.next() {
+            if e["event"] == "log" && e["container"] == container && e["line"] == line {
+                return;
+            }
+        }
+        panic!(
+            "stdout ended before {container}'s {line:?}: {:#?}",
+            self.events
+        );
+    }
+
+    /// Reads the rest and waits for the runner: (exit status, every event).
+    fn finish(mut self) -> (ExitStatus, Vec<Value>) {
+        while self.next().is_some() {}
+        let status = self.child.wait().expect("wait for the runner");
+        (status, self.events)
+    }
+}
+
+/// The events of `container`, in order.
+fn events_of<'a>(events: &'a [Value], container: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["container"] == container)
+        .collect()
+}
+
+/// The index of the first event of kind `event` of `container`.
+fn position(events: &[Value], event: &str, container: &str) -> usize {
+    events
+        .iter()
+        .position(|e| e["event"] == event && e["container"] == container)
+        .unwrap_or_else(|| panic!("no {event} event for {container}: {events:#?}"))
+}
+
+/// The `terminated` event of `container`.
+fn terminated<'a>(events: &'a [Value], container: &str) -> &'a Value {
+    &events[position(events, "terminated", container)]
+}
+
+/// An RFC 3339 UTC time with nanoseconds, as the protocol sends it.
+fn assert_time(v: &Value) {
+    let t = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    let b = t.as_bytes();
+    let digits = [0..4, 5..7, 8..10, 11..13, 14..16, 17..19, 20..29];
+    assert!(
+        b.len() == 30
+            && digits
+                .iter()
+                .all(|r| b[r.clone()].iter().all(u8::is_ascii_digit))
+            && (b[4], b[7], b[10], b[13], b[16], b[19], b[29])
+                == (b'-', b'-', b'T', b':', b':', b'.', b'Z'),
+        "{t:?}"
+    );
+}
+
+/// Checks the per-container order (started, logs, terminated, nothing after) and returns the
+/// container's log lines.
+fn container_story(events: &[Value], container: &str) -> Vec<String> {
+    let mine = events_of(events, container);
+    assert_eq!(mine[0]["event"], "started", "{container}: {mine:#?}");
+    assert_time(&mine[0]["at"]);
+    let last = mine.last().expect("events");
+    assert_eq!(last["event"], "terminated", "{container}: {mine:#?}");
+    assert_eq!(last["startedAt"], mine[0]["at"], "{container}");
+    assert_time(&last["finishedAt"]);
+    // Fixed-width UTC times compare as strings.
+    assert!(last["finishedAt"].as_str() >= last["startedAt"].as_str());
+    mine[1..mine.len() - 1]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event"], "log", "{container}: {mine:#?}");
+            assert_time(&e["at"]);
+            e["line"].as_str().expect("line").to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn events_stream_container_states_and_logs_live_and_end_with_the_result() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut spec = mount_everywhere(
+        json!({
+            "volumes": [{"name": "ws", "emptyDir": {}},
+                        {"name": "creds", "secret": {"secretName": "missing"}}],
+            "initContainers": [sh("prepare", "echo preparing; echo ready > /ws/flag")],
+            "containers": [
+                sh("ok", "cat /ws/flag; echo done"),
+                sh("bad", "echo oops >&2; printf '\\377x\\n'; \
+                    printf 'custom message' > /dev/termination-log; exit 3"),
+                {"name": "broken", "command": ["true"]}
+            ]
+        }),
+        json!([{"name": "ws", "mountPath": "/ws"}]),
+    );
+    spec["containers"][2]["volumeMounts"] = json!([{"name": "creds", "mountPath": "/creds"}]);
+    let mut args = runner_files(
+        dir.path(),
+        &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "events", "namespace": "ci"}, "spec": spec}),
+        &json!({}),
+    );
+    args.extend(["--timeout".to_string(), "60".to_string()]);
+
+    let (status, events) = EventRunner::start(&args).finish();
+    assert_eq!(status.code(), Some(1), "{events:#?}");
+
+    assert_eq!(container_story(&events, "prepare"), ["preparing"]);
+    assert_eq!(container_story(&events, "ok"), ["ready", "done"]);
+    // Not UTF-8: converted lossily.
+    assert_eq!(container_story(&events, "bad"), ["oops", "\u{fffd}x"]);
+    // The init container ended before any main container started.
+    let init_done = position(&events, "terminated", "prepare");
+    for main in ["ok", "bad"] {
+        assert!(
+            init_done < position(&events, "started", main),
+            "{events:#?}"
+        );
+    }
+    let t = terminated(&events, "prepare");
+    assert_eq!(
+        (
+            &t["exitCode"],
+            &t["reason"],
+            &t["message"],
+            &t["terminationMessage"]
+        ),
+        (&json!(0), &json!("Completed"), &Value::Null, &json!(""))
+    );
+    let t = terminated(&events, "ok");
+    assert_eq!(
+        (&t["exitCode"], &t["reason"]),
+        (&json!(0), &json!("Completed"))
+    );
+    let t = terminated(&events, "bad");
+    assert_eq!(
+        (&t["exitCode"], &t["reason"], &t["terminationMessage"]),
+        (&json!(3), &json!("Error"), &json!("custom message"))
+    );
+    // A container that could not be created: terminated only, never started.
+    let broken = events_of(&events, "broken");
+    assert_eq!(broken.len(), 1, "{broken:#?}");
+    let t = broken[0];
+    assert_eq!(t["event"], "terminated");
+    assert_eq!(
+        (&t["exitCode"], &t["reason"], &t["startedAt"]),
+        (
+            &json!(128),
+            &json!("CreateContainerConfigError"),
+            &Value::Null
+        )
+    );
+    assert!(
+        t["message"]
+            .as_str()
+            .expect("message")
+            .contains("\"missing\""),
+        "{t}"
+    );
+    assert_time(&t["finishedAt"]);
+
+    // Last: the result, exactly as the runner serializes it without --events.
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "result");
+    assert_eq!(last.as_object().expect("object").len(), 2);
+    let result = &last["result"];
+    assert_eq!(result["phase"], "Failed");
+    assert_eq!(result["containers"][1]["name"], "ok");
+    assert_eq!(result["containers"][1]["log"], "ready\ndone\n");
+    assert_eq!(result["containers"][2]["exit_code"], 3);
+    assert_eq!(
+        result["work_dir"],
+        dir.path().join("work").to_str().expect("utf8")
+    );
+    assert_eq!(events.iter().filter(|e| e["event"] == "result").count(), 1);
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child of this test that has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid}");
+}
+
+#[test]
+fn sigterm_stops_the_pod_as_a_kubelet_stops_a_deleted_one() {
+    let dir = TempDir::new().expect("tempdir");
+    let args = runner_files(
+        dir.path(),
+        &mount_everywhere(
+            json!({
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "out", "emptyDir": {}}],
+                "initContainers": [
+                    sh("setup", "echo set up"),
+                    {"name": "helper", "restartPolicy": "Always",
+                     "command": ["sh", "-c", "echo helper-up; exec sleep 1000.0431"]}
+                ],
+                "containers": [
+                    sh("trapper", "trap 'echo bye > /out/trapped; exit 3' TERM; \
+                        echo trapper-ready; sleep 1000.0432 & wait"),
+                    sh("stubborn", "trap '' TERM; echo stubborn-ready; exec sleep 1000.0433")
+                ]
+            }),
+            json!([{"name": "out", "mountPath": "/out"}]),
+        ),
+        &json!({}),
+    );
+    let mut runner = EventRunner::start(&args);
+    runner.until_log("trapper", "trapper-ready");
+    if !runner
+        .events
+        .iter()
+        .any(|e| e["event"] == "log" && e["line"] == "stubborn-ready")
+    {
+        runner.until_log("stubborn", "stubborn-ready");
+    }
+    let signalled = Instant::now();
+    signal(runner.pid(), libc::SIGTERM);
+    let (status, events) = runner.finish();
+    let elapsed = signalled.elapsed();
+    assert_eq!(status.code(), Some(1), "{events:#?}");
+    // The stubborn container was killed after the grace period, not before.
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+
+    for (name, code, reason) in [
+        ("setup", 0, "Completed"),
+        // The trap ran and chose the exit code.
+        ("trapper", 3, "Error"),
+        // SIGKILL after terminationGracePeriodSeconds.
+        ("stubborn", 137, "Error"),
+        // The sidecar is stopped after the main containers, with SIGTERM.
+        ("helper", 143, "Error"),
+    ] {
+        container_story(&events, name);
+        let t = terminated(&events, name);
+        assert_eq!(
+            (&t["exitCode"], &t["reason"]),
+            (&json!(code), &json!(reason)),
+            "{name}: {t}"
+        );
+    }
+    assert!(
+        position(&events, "terminated", "stubborn") < position(&events, "terminated", "helper"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("work/volumes/out/trapped")).expect("trap output"),
+        "bye\n"
+    );
+    let last = events.last().expect("events");
+    assert_eq!(last["event"], "result");
+    assert_eq!(last["result"]["phase"], "Failed");
+    assert_eq!(
+        last["result"]["message"],
+        "the pod was stopped before its containers finished"
+    );
+    for arg in ["1000.0431", "1000.0432", "1000.0433"] {
+        assert_eq!(processes_with_cmdline(&["sleep", arg]), Vec::<i32>::new());
+    }
+}
+
+#[test]
+fn a_stop_starts_no_further_container() {
+    let dir = TempDir::new().expect("tempdir");
+    let stop = StopHandle::new();
+    let on_log_stop = stop.clone();
+    let events: Arc<Mutex<Vec<ContainerEvent>>> = Arc::default();
+    let seen = Arc::clone(&events);
+    let o = opts(&dir)
+        .stop(stop.clone())
+        .on_log(move |_, line| {
+            if line == "waiting" {
+                on_log_stop.stop();
+            }
+        })
+        .on_event(move |e| seen.lock().expect("lock").push(e.clone()));
+    let r = run(
+        json!({
+            "initContainers": [sh("wait", "echo waiting; exec sleep 1000.0434")],
+            "containers": [sh("never", "echo never")]
+        }),
+        &o,
+    );
+    assert!(stop.is_stopped());
+    assert_eq!(r.phase, PodPhase::Failed, "{r:#?}");
+    let wait = get(&r, "wait");
+    assert_eq!(
+        (wait.exit_code, wait.reason.as_deref()),
+        (Some(143), Some("Error"))
+    );
+    not_started(&r, "never");
+    let events = events.lock().expect("lock");
+    let names: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| match e {
+            ContainerEvent::Started { container, .. } => (container.as_str(), "started"),
+            ContainerEvent::Terminated { container, .. } => (container.as_str(), "terminated"),
+        })
+        .collect();
+    assert_eq!(names, [("wait", "started"), ("wait", "terminated")]);
+    match &events[1] {
+        ContainerEvent::Terminated {
+            exit_code,
+            started_at,
+            finished_at,
+            ..
+        } => {
+            assert_eq!(*exit_code, 143);
+            assert!(started_at.is_some_and(|s| s <= *finished_at));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Stopped before the run: nothing starts at all.
+    let r = run(
+        json!({"containers": [sh("main", "echo never")]}),
+        &opts(&TempDir::new().expect("tempdir")).stop(stop),
+    );
+    assert_eq!(r.phase, PodPhase::Failed);
+    not_started(&r, "main");
+}
+
+#[test]
+fn a_killed_runner_takes_its_sandboxes_with_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let hold = dir.path().join("hold");
+    fs::create_dir(&hold).expect("hold dir");
+    let fifo = hold.join("fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
+    // The container keeps the FIFO's write end open: EOF on our read end means every process
+    // of the sandbox is gone.
+    let (eof_tx, eof) = mpsc::channel();
+    let reading = fifo.clone();
+    std::thread::spawn(move || {
+        let mut f = fs::File::open(&reading).expect("open the fifo");
+        let mut rest = Vec::new();
+        let _ = f.read_to_end(&mut rest);
+        let _ = eof_tx.send(());
+    });
+    let args = runner_files(
+        dir.path(),
+        &json!({"containers": [{"name": "main",
+            "command": ["sh", "-c", "exec 3> /hold/fifo; echo holding; exec sleep 1000.0435"],
+            "volumeMounts": [{"name": "hold", "mountPath": "/hold"}]}],
+            "volumes": [{"name": "hold", "hostPath": {"path": hold.to_str().expect("utf8")}}]}),
+        &json!({}),
+    );
+    let mut runner = EventRunner::start(&args);
+    runner.until_log("main", "holding");
+    signal(runner.pid(), libc::SIGKILL);
+    let status = runner.child.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    eof.recv_timeout(EVENT_BOUND)
+        .expect("the sandbox outlived the runner");
+    assert_eq!(
+        processes_with_cmdline(&["sleep", "1000.0435"]),
+        Vec::<i32>::new()
+    );
+}
+
+/// `sykli-pod-runner exec` for the pod of `args` (runner_files), into `container`, with a
+/// status file `status` and the extra `flags`.
+fn exec_command(
+    args: &[String],
+    container: &str,
+    status: &Path,
+    flags: &[&str],
+    command: &[&str],
+) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("exec")
+        .args(args)
+        .args(["--container", container, "--status-file"])
+        .arg(status)
+        .args(flags)
+        .arg("--")
+        .args(command);
+    cmd
+}
+
+fn read_status(path: &Path) -> Value {
+    let text = fs::read_to_string(path).expect("status file");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("status file {text:?}: {e}"))
+}
+
+/// A pseudo-terminal: (main side, replica side), both close-on-exec.
+fn open_pty() -> (fs::File, fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut main, mut replica) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the out-parameters.
+    let r = unsafe {
+        libc::openpty(
+            &mut main,
+            &mut replica,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    for fd in [main, replica] {
+        // SAFETY: fcntl(2) on the descriptors openpty just gave us.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    // SAFETY: fresh descriptors nothing else owns.
+    unsafe { (fs::File::from_raw_fd(main), fs::File::from_raw_fd(replica)) }
+}
+
+#[test]
+fn exec_runs_a_command_in_a_new_sandbox_of_a_running_container() {
+    let dir = TempDir::new().expect("tempdir");
+    let args = runner_files(
+        dir.path(),
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "ci"},
+        "spec": {
+            "volumes": [{"name": "vol", "emptyDir": {}},
+                        {"name": "info", "downwardAPI": {"items": [
+                            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}],
+            "initContainers": [{"name": "fifo",
+                "command": ["sh", "-c", "mkfifo -m 0666 /vol/go && echo x-content > /vol/x"],
+                "volumeMounts": [{"name": "vol", "mountPath": "/vol"}]}],
+            "containers": [
+                {"name": "main", "command": ["sh", "-c", "echo main-ready; read word < /vol/go; echo got $word"],
+                 "env": [{"name": "GREETING",
+                          "valueFrom": {"secretKeyRef": {"name": "greet", "key": "text"}}}],
+                 "volumeMounts": [{"name": "vol", "mountPath": "/vol"},
+                                  {"name": "info", "mountPath": "/info"}]},
+                // Cannot be created (nor exec'd into): runAsNonRoot without a user.
+                {"name": "locked", "command": ["true"],
+                 "securityContext": {"runAsNonRoot": true}}
+            ]
+        }}),
+        &json!({"secrets": {"greet": {"text": "aGVsbG8="}}}),
+    );
+    let mut runner = EventRunner::start(&args);
+    runner.until_log("main", "main-ready");
+
+    // Output, stderr, the exit code and the status file; the container's volumes and env.
+    let status = dir.path().join("status-1.json");
+    let out = exec_command(
+        &args,
+        "main",
+        &status,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /vol/x /info/name; echo; echo $GREETING; echo err >&2; exit 7",
+        ],
+    )
+    .output()
+    .expect("exec");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x-content\nweb-0\nhello\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(read_status(&status), json!({"exitCode": 7}));
+
+    // stdin is the command's.
+    let status = dir.path().join("status-2.json");
+    let mut child = exec_command(&args, "main", &status, &[], &["cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("exec cat");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echoed through\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("exec cat");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echoed through\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(read_status(&status), json!({"exitCode": 0}));
+
+    // No such container, and a container that cannot take the command: an error, no exit code.
+    for (container, needle) in [("nope", "\"nope\""), ("locked", "runAsNonRoot")] {
+        let status = dir.path().join(format!("status-{container}.json"));
+        let out = exec_command(&args, container, &status, &[], &["true"])
+            .output()
+            .expect("exec");
+        assert_eq!(out.status.code(), Some(2), "{container}");
+        let s = read_status(&status);
+        let error = s["error"].as_str().unwrap_or_else(|| panic!("{s}"));
+        assert!(error.contains(needle), "{container}: {error}");
+        assert_eq!(s.as_object().expect("object").len(), 1, "{s}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+    }
+
+    // --tty: the terminal the caller gives is the command's.
+    let (mut main, replica) = open_pty();
+    let status = dir.path().join("status-tty.json");
+    let mut cmd = exec_command(
+        &args,
+        "main",
+        &status,
+        &["--tty"],
+        &["sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"],
+    );
+    cmd.stdin(replica.try_clone().expect("dup"))
+        .stdout(replica.try_clone().expect("dup"))
+        .stderr(replica);
+    let mut child = cmd.spawn().expect("exec --tty");
+    // Our copies of the replica must go, or reading the main side never ends.
+    drop(cmd);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match main.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            // EIO: every replica descriptor is closed.
+            Err(_) => break,
+        }
+    }
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&seen), "on-a-tty\r\n");
+    assert_eq!(read_status(&status), json!({"exitCode": 0}));
+
+    // SIGTERM to the exec runner kills the sandbox.
+    let status = dir.path().join("status-term.json");
+    let mut child = exec_command(
+        &args,
+        "main",
+        &status,
+        &[],
+        &["sh", "-c", "echo started; exec sleep 1000.0436"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("exec sleep");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read");
+    assert_eq!(line, "started\n");
+    signal(i32::try_from(child.id()).expect("pid"), libc::SIGTERM);
+    assert_eq!(child.wait().expect("wait").code(), Some(137));
+    assert_eq!(read_status(&status), json!({"exitCode": 137}));
+    // EOF: the sandbox's last process (which held our pipe) is gone.
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("read");
+    assert_eq!(rest, "");
+    assert_eq!(
+        processes_with_cmdline(&["sleep", "1000.0436"]),
+        Vec::<i32>::new()
+    );
+
+    // The pod itself was untouched by all this.
+    fs::write(dir.path().join("work/volumes/vol/go"), "go\n").expect("release main");
+    let (status, events) = runner.finish();
+    assert_eq!(status.code(), Some(1), "locked failed the pod: {events:#?}");
+    let result = &events.last().expect("events")["result"];
+    assert_eq!(result["containers"][1]["log"], "main-ready\ngot go\n");
+    assert_eq!(result["containers"][1]["exit_code"], 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Projected and downwardAPI volumes.
+
+const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The volume the API server's ServiceAccount admission adds to every pod.
+fn kube_api_access() -> Value {
+    json!({"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                    "path": "namespace"}]}}
+    ]}})
+}
+
+/// A container as the admission leaves it: the service account volume mounted read-only.
+fn with_sa_mount(mut c: Value) -> Value {
+    c["volumeMounts"] =
+        json!([{"name": "kube-api-access-x7k2p", "mountPath": SA_MOUNT, "readOnly": true}]);
+    c
+}
+
+fn sa_fixtures() -> Fixtures {
+    Fixtures::from_json(&json!({
+        "configMaps": {"kube-root-ca.crt": {"ca.crt": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}},
+        "serviceAccountTokens": {"kube-api-access-x7k2p/token": "eyJhbGciOiJSUzI1NiJ9.pod-token.sig"}
+    }))
+    .expect("fixtures")
+}
+
+/// `(mode, uid, gid)` of `path`.
+fn mode_owner(path: &Path) -> (u32, u32, u32) {
+    let m = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+#[test]
+fn projected_and_downward_api_volumes_are_written_as_a_kubelet_writes_them() {
+    let dir = TempDir::new().expect("tempdir");
+    let mut main = with_sa_mount(sh(
+        "main",
+        &format!(
+            "cd {SA_MOUNT} && cat token; echo; cat namespace; echo; ls -A; \
+             (touch new 2>/dev/null && echo writable || echo read-only); \
+             cat /podinfo/labels; echo; cat /podinfo/nested/name /podinfo/app"
+        ),
+    ));
+    main["volumeMounts"]
+        .as_array_mut()
+        .expect("mounts")
+        .push(json!({"name": "podinfo", "mountPath": "/podinfo"}));
+    let r = run(
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "ci", "uid": "6f1c2f0e-8a0b-4c55-9d1e-1f0e2c3b4a59",
+                     "labels": {"tier": "front", "app": "web"},
+                     "annotations": {"note": "say \"hi\"\nbye"}},
+        "spec": {
+            "containers": [main],
+            "volumes": [kube_api_access(), {"name": "podinfo", "downwardAPI": {"items": [
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                {"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}},
+                {"path": "nested/name", "fieldRef": {"fieldPath": "metadata.name"}},
+                {"path": "app", "fieldRef": {"fieldPath": "metadata.labels['app']"}, "mode": 0o400}
+            ]}}]
+        }}),
+        &opts(&dir).fixtures(sa_fixtures()),
+    );
+    assert_eq!(
+        completed(&r, "main"),
+        "eyJhbGciOiJSUzI1NiJ9.pod-token.sig\nci\nca.crt\nnamespace\ntoken\nread-only\n\
+         app=\"web\"\ntier=\"front\"\nweb-0web\n"
+    );
+    let sa = r.volume("kube-api-access-x7k2p").expect("volume");
+    // defaultMode 420 for every file, the token's included (no fsGroup, no single runAsUser).
+    for (file, content) in [
+        ("token", "eyJhbGciOiJSUzI1NiJ9.pod-token.sig"),
+        ("namespace", "ci"),
+        (
+            "ca.crt",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        ),
+    ] {
+        assert_eq!(fs::read_to_string(sa.join(file)).expect(file), content);
+        assert_eq!(mode_owner(&sa.join(file)), (0o644, 0, 0), "{file}");
+    }
+    let info = r.volume("podinfo").expect("volume");
+    assert_eq!(
+        fs::read_to_string(info.join("annotations")).expect("annotations"),
+        "note=\"say \\\"hi\\\"\\nbye\""
+    );
+    assert_eq!(
+        fs::read_to_string(info.join("uid")).expect("uid"),
+        "6f1c2f0e-8a0b-4c55-9d1e-1f0e2c3b4a59"
+    );
+    assert_eq!(mode_owner(&info.join("labels")).0, 0o644);
+    assert_eq!(mode_owner(&info.join("app")).0, 0o400);
+    assert_eq!(mode_owner(&info.join("nested")).0, 0o755);
+}
+
+#[test]
+fn service_account_tokens_follow_the_pods_run_as_user_and_fs_group() {
+    // Every container runs as 1000: the token is 0600 and theirs (the kubelet's FsUser).
+    let dir = TempDir::new().expect("tempdir");
+    let r = run(
+        json!({"securityContext": {"runAsUser": 1000},
+            "initContainers": [with_sa_mount(sh("init", &format!("cat {SA_MOUNT}/token; echo")))],
+            "containers": [with_sa_mount(sh("main", &format!("stat -c '%a %u' {SA_MOUNT}/token")))],
+            "volumes": [kube_api_access()]}),
+        &opts(&dir).fixtures(sa_fixtures()),
+    );
+    assert_eq!(
+        completed(&r, "init"),
+        "eyJhbGciOiJSUzI1NiJ9.pod-token.sig\n"
+    );
+    assert_eq!(completed(&r, "main"), "600 1000\n");
+    let sa = r.volume("kube-api-access-x7k2p").expect("volume");
+    assert_eq!(mode_owner(&sa.join("token")), (0o600, 1000, 0));
+    assert_eq!(mode_owner(&sa.join("ca.crt")), (0o644, 0, 0));
+
+    // Two users and an fsGroup: 0600 made 0640 by the ownership pass, readable by the group.
+    let dir = TempDir::new().expect("tempdir");
+    let r = run(
+        json!({"securityContext": {"fsGroup": 2000},
+            "containers": [
+                with_sa_mount(json!({"name": "a", "command": ["cat", format!("{SA_MOUNT}/token")],
+                    "securityContext": {"runAsUser": 1000}})),
+                with_sa_mount(json!({"name": "b", "command": ["cat", format!("{SA_MOUNT}/token")],
+                    "securityContext": {"runAsUser": 1001}}))
+            ],
+            "volumes": [kube_api_access()]}),
+        &opts(&dir).fixtures(sa_fixtures()),
+    );
+    assert_eq!(completed(&r, "a"), "eyJhbGciOiJSUzI1NiJ9.pod-token.sig\n");
+    assert_eq!(completed(&r, "b"), "eyJhbGciOiJSUzI1NiJ9.pod-token.sig\n");
+    let sa = r.volume("kube-api-access-x7k2p").expect("volume");
+    assert_eq!(mode_owner(&sa.join("token")), (0o640, 0, 2000));
+    assert_eq!(mode_owner(&sa.join("namespace")), (0o644, 0, 2000));
+}
+
+#[test]
+fn a_projected_volume_without_its_token_or_objects_fails_the_containers_that_mount_it() {
+    let dir = TempDir::new().expect("tempdir");
+    let r = run(
+        json!({"containers": [with_sa_mount(sh("main", "echo never")), sh("other", "echo ran")],
+            "volumes": [kube_api_access()]}),
+        // The CA config map, but no token.
+        &opts(&dir).config_map("kube-root-ca.crt", [("ca.crt", "CA")]),
+    );
+    assert_eq!(r.phase, PodPhase::Failed);
+    let main = get(&r, "main");
+    assert!(!main.started);
+    assert_eq!(main.reason.as_deref(), Some("CreateContainerConfigError"));
+    assert_eq!(
+        main.message.as_deref(),
+        Some(
+            "container \"main\": volume \"kube-api-access-x7k2p\": no service account token for \
+             path \"token\" (add \"kube-api-access-x7k2p/token\" to the fixtures' \
+             serviceAccountTokens)"
+        )
+    );
+    assert_eq!(completed(&r, "other"), "ran\n");
+
+    // Neither: both reasons; an optional missing source is no reason.
+    let dir = TempDir::new().expect("tempdir");
+    let mut volume = kube_api_access();
+    volume["projected"]["sources"]
+        .as_array_mut()
+        .expect("sources")
+        .push(json!({"secret": {"name": "extra", "optional": true}}));
+    let r = run(
+        json!({"containers": [with_sa_mount(sh("main", "echo never"))], "volumes": [volume]}),
+        &opts(&dir),
+    );
+    let msg = get(&r, "main").message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("configmap \"kube-root-ca.crt\" not found"),
+        "{msg}"
+    );
+    assert!(msg.contains("\"kube-api-access-x7k2p/token\""), "{msg}");
+    assert!(!msg.contains("extra"), "{msg}");
+
+    // What the API server refuses, and a source the runner does not implement.
+    for (volume, unsupported) in [
+        (
+            json!({"name": "p", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "t", "expirationSeconds": 60}}]}}),
+            false,
+        ),
+        (
+            json!({"name": "p", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "t"}},
+            {"downwardAPI": {"items": [{"path": "t", "fieldRef": {"fieldPath": "metadata.name"}}]}}]}}),
+            false,
+        ),
+        (
+            json!({"name": "p", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "../t"}}]}}),
+            false,
+        ),
+        (
+            json!({"name": "p", "downwardAPI": {"items": [{"path": "x"}]}}),
+            false,
+        ),
+        (
+            json!({"name": "p", "projected": {"sources": [
+            {"clusterTrustBundle": {"name": "b", "path": "b.pem"}}]}}),
+            true,
+        ),
+    ] {
+        let err = run_pod(
+            &json!({"containers": [{"name": "main", "command": ["true"]}], "volumes": [volume]}),
+            &opts(&TempDir::new().expect("tempdir")),
+        )
+        .expect_err("refused");
+        if unsupported {
+            assert!(
+                matches!(&err, RunnerError::Unsupported(m) if m.contains("clusterTrustBundle")),
+                "{err}"
+            );
+        } else {
+            assert!(matches!(err, RunnerError::InvalidManifest(_)), "{err}");
+        }
+        assert!(err.to_string().contains("\"p\""), "{err}");
+    }
 }

@@ -15,6 +15,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use super::process;
 use super::sandbox::{self, Launch, PodContext, BUSYBOX, BWRAP, ENV, SETPRIV};
 use super::volumes::{self, io_err};
 use super::{check_tool, spec, RunOptions, RunnerError, Shell};
@@ -70,9 +71,10 @@ impl ExecSandbox {
             cmd.arg("--json-status-fd").arg(fd.to_string());
         }
         cmd.args(&self.args);
-        // SAFETY: the closure only makes async-signal-safe syscalls (fcntl, prctl).
+        // SAFETY: the closure only makes async-signal-safe calls (fcntl, prctl, sigprocmask).
         unsafe {
             cmd.pre_exec(move || {
+                process::unblock_all_signals()?;
                 if let Some(fd) = status_fd {
                     // Hand the status pipe to bwrap (pipes are created close-on-exec).
                     if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {

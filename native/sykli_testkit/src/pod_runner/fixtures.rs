@@ -3,22 +3,46 @@
 //! ```json
 //! {"secrets": {"name": {"key": "<base64>"}},
 //!  "configMaps": {"name": {"key": "<text>"}},
-//!  "pvcs": {"claim": "/host/dir"}}
+//!  "pvcs": {"claim": "/host/dir"},
+//!  "serviceAccountTokens": {"kube-api-access-x7k2p/token": "<token>"}}
 //! ```
+//!
+//! A service-account token is keyed by the projected volume's name and the
+//! `serviceAccountToken` source's `path` (the API server mints one per pod; here the caller
+//! gives it).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
 use super::RunnerError;
 
-/// Secrets, config maps and claims for [`super::RunOptions`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Secrets, config maps, claims and service-account tokens for [`super::RunOptions`].
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Fixtures {
     pub secrets: HashMap<String, HashMap<String, Vec<u8>>>,
     pub config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
     pub pvcs: HashMap<String, PathBuf>,
+    /// `VOLUME/PATH` → token.
+    pub service_account_tokens: HashMap<String, String>,
+}
+
+/// Names only: secret values and tokens stay out of logs.
+impl fmt::Debug for Fixtures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut secrets: Vec<&String> = self.secrets.keys().collect();
+        secrets.sort();
+        let mut tokens: Vec<&String> = self.service_account_tokens.keys().collect();
+        tokens.sort();
+        f.debug_struct("Fixtures")
+            .field("secrets", &secrets)
+            .field("config_maps", &self.config_maps.keys().collect::<Vec<_>>())
+            .field("pvcs", &self.pvcs)
+            .field("service_account_tokens", &tokens)
+            .finish()
+    }
 }
 
 fn invalid(m: String) -> RunnerError {
@@ -71,9 +95,27 @@ impl Fixtures {
                         f.pvcs.insert(claim.clone(), PathBuf::from(dir));
                     }
                 }
+                "serviceAccountTokens" => {
+                    for (key, token) in object(value, "serviceAccountTokens")? {
+                        let valid = key
+                            .split_once('/')
+                            .is_some_and(|(volume, path)| !volume.is_empty() && !path.is_empty());
+                        if !valid {
+                            return Err(invalid(format!(
+                                "serviceAccountTokens key {key:?} is not VOLUME/PATH (the \
+                                 projected volume's name, then the serviceAccountToken source's \
+                                 path, e.g. \"kube-api-access-x7k2p/token\")"
+                            )));
+                        }
+                        let token = string(token, &format!("serviceAccountTokens {key:?}"))?;
+                        f.service_account_tokens
+                            .insert(key.clone(), token.to_string());
+                    }
+                }
                 other => {
                     return Err(invalid(format!(
-                        "unknown key {other:?} (expected secrets, configMaps, pvcs)"
+                        "unknown key {other:?} (expected secrets, configMaps, pvcs, \
+                         serviceAccountTokens)"
                     )))
                 }
             }
@@ -153,5 +195,40 @@ mod tests {
         assert!(Fixtures::from_json(&json!({"secret": {}})).is_err());
         assert!(Fixtures::from_json(&json!({"secrets": {"s": {"k": "%%"}}})).is_err());
         assert!(Fixtures::from_json(&json!({"secrets": {"s": {"k": 1}}})).is_err());
+    }
+
+    #[test]
+    fn parses_service_account_tokens_keyed_by_volume_and_path() {
+        let f = Fixtures::from_json(&json!({"serviceAccountTokens": {
+            "kube-api-access-x7k2p/token": "eyJhbGciOi.tok",
+            "vault/nested/token": "other"
+        }}))
+        .expect("fixtures");
+        assert_eq!(
+            f.service_account_tokens["kube-api-access-x7k2p/token"],
+            "eyJhbGciOi.tok"
+        );
+        // The path may itself contain '/': the volume name is what precedes the first one.
+        assert_eq!(f.service_account_tokens["vault/nested/token"], "other");
+        // Tokens are secrets: Debug names the keys only.
+        let debug = format!("{f:?}");
+        assert!(debug.contains("kube-api-access-x7k2p/token"), "{debug}");
+        assert!(!debug.contains("eyJhbGciOi"), "{debug}");
+        for bad in [
+            json!({"serviceAccountTokens": {"token": "t"}}),
+            json!({"serviceAccountTokens": {"/token": "t"}}),
+            json!({"serviceAccountTokens": {"vol/": "t"}}),
+            json!({"serviceAccountTokens": {"vol/token": 1}}),
+            json!({"serviceAccountTokens": ["vol/token"]}),
+        ] {
+            let err = Fixtures::from_json(&bad).expect_err("invalid");
+            assert!(
+                matches!(&err, RunnerError::InvalidFixtures(m) if m.contains("serviceAccountTokens")),
+                "{bad}: {err}"
+            );
+        }
+        let err = Fixtures::from_json(&json!({"serviceAccountTokens": {"token": "t"}}))
+            .expect_err("no volume");
+        assert!(err.to_string().contains("VOLUME/PATH"), "{err}");
     }
 }

@@ -10,8 +10,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::SystemTime;
 
+use super::events::{ContainerEvent, EventSink};
 use super::sandbox::BWRAP;
+use super::stop::Wake;
 use super::LogSink;
 
 /// Shared between the thread that waits for a sandbox and the threads that may signal it.
@@ -89,6 +92,21 @@ impl Control {
     }
 }
 
+/// Gives a child about to exec an empty signal mask, as a runtime starts a container: a mask
+/// blocked in the runner (its signal thread's SIGTERM) would otherwise reach the container's
+/// command through bwrap, and a `trap` on TERM would never run. Async-signal-safe.
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: sigemptyset fills a set we own; sigprocmask(2) changes this (child) thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The pids whose parent is `ppid` (there is no /proc/PID/task/TID/children on every kernel).
 fn children_of(ppid: i32) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -132,25 +150,30 @@ pub(crate) struct Outcome {
     /// The last signal the runner sent the sandbox, if any.
     pub signal_sent: Option<i32>,
     pub log: String,
+    /// When bwrap was spawned (None if it never was).
+    pub started_at: Option<SystemTime>,
+    /// When the sandbox was seen to exit.
+    pub finished_at: Option<SystemTime>,
 }
 
 /// Starts the sandbox on a thread of its own (which then waits for it, so bwrap's parent-death
 /// signal is tied to a thread that lives as long as the sandbox) and reports `index` on `done`
-/// when it has ended.
+/// when it has ended. `on_event` hears `Started` once bwrap runs, before any log line.
 pub(crate) fn start(
     name: String,
     args: Vec<OsString>,
     on_log: Option<LogSink>,
+    on_event: Option<EventSink>,
     index: usize,
-    done: Sender<usize>,
+    done: Sender<Wake>,
 ) -> io::Result<(Arc<Control>, JoinHandle<Outcome>)> {
     let control = Arc::new(Control::default());
     let ctl = Arc::clone(&control);
     let handle = thread::Builder::new()
         .name(format!("pod-runner-{name}"))
         .spawn(move || {
-            let outcome = supervise(&name, args, on_log, &ctl);
-            let _ = done.send(index);
+            let outcome = supervise(&name, args, on_log, on_event, &ctl);
+            let _ = done.send(Wake::Ended(index));
             outcome
         })?;
     Ok((control, handle))
@@ -164,6 +187,8 @@ fn failed(e: String) -> Outcome {
         deadline_killed: false,
         signal_sent: None,
         log: String::new(),
+        started_at: None,
+        finished_at: None,
     }
 }
 
@@ -171,6 +196,7 @@ fn supervise(
     name: &str,
     args: Vec<OsString>,
     on_log: Option<LogSink>,
+    on_event: Option<EventSink>,
     ctl: &Arc<Control>,
 ) -> Outcome {
     let (log_r, log_w) = match io::pipe() {
@@ -194,13 +220,14 @@ fn supervise(
         .stdout(log_w)
         .stderr(log_w2)
         .process_group(0);
-    // SAFETY: the closure only makes async-signal-safe syscalls (fcntl, prctl).
+    // SAFETY: the closure only makes async-signal-safe calls (fcntl, prctl, sigprocmask).
     unsafe {
         cmd.pre_exec(move || {
             // Hand the status pipe to bwrap (pipes are created close-on-exec).
             if libc::fcntl(status_fd, libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());
             }
+            unblock_all_signals()?;
             // If the runner dies, so does bwrap (and with it the sandbox).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
                 return Err(io::Error::last_os_error());
@@ -234,6 +261,14 @@ fn supervise(
         Ok(c) => c,
         Err(e) => return failed(format!("cannot run {BWRAP}: {e}")),
     };
+    let started_at = SystemTime::now();
+    // Before the log reader exists, so the event precedes every line of the container.
+    if let Some(sink) = &on_event {
+        sink(&ContainerEvent::Started {
+            container: name.to_string(),
+            at: started_at,
+        });
+    }
 
     let container = name.to_string();
     let log_thread = thread::spawn(move || read_log(log_r, &container, on_log));
@@ -251,6 +286,7 @@ fn supervise(
             break;
         }
     }
+    let finished_at = SystemTime::now();
     let (deadline_killed, signal_sent) = {
         let mut st = ctl.lock();
         st.exited = true;
@@ -269,6 +305,8 @@ fn supervise(
         deadline_killed,
         signal_sent,
         log,
+        started_at: Some(started_at),
+        finished_at: Some(finished_at),
     }
 }
 

@@ -47,8 +47,6 @@ const HOST_ALIASES: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 /// Everything about the pod that every container needs.
 pub(crate) struct PodContext<'a> {
     pub meta: &'a ObjectMeta,
-    pub pod_name: String,
-    pub namespace: String,
     pub hostname: String,
     pub spec: &'a PodSpec,
     pub volumes: &'a BTreeMap<String, PreparedVolume>,
@@ -59,8 +57,8 @@ pub(crate) struct PodContext<'a> {
 }
 
 impl<'a> PodContext<'a> {
-    /// The context of a pod's containers (a run, or an exec into one of them): the names
-    /// the kubelet derives from the pod (its name, namespace and hostname).
+    /// The context of a pod's containers (a run, or an exec into one of them): the
+    /// hostname the kubelet derives from the pod.
     pub fn new(
         meta: &'a ObjectMeta,
         spec: &'a PodSpec,
@@ -69,21 +67,15 @@ impl<'a> PodContext<'a> {
         work_dir: &'a Path,
         busybox_bin: Option<PathBuf>,
     ) -> PodContext<'a> {
-        let pod_name = meta.name.clone().unwrap_or_else(|| "pod".to_string());
         let hostname: String = spec
             .hostname
             .clone()
-            .unwrap_or_else(|| pod_name.clone())
+            .unwrap_or_else(|| pod_name(meta))
             .chars()
             .take(63)
             .collect();
         PodContext {
             meta,
-            pod_name,
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_string()),
             hostname,
             spec,
             volumes,
@@ -668,8 +660,24 @@ fn container_env(
     Ok(Ok(env))
 }
 
-/// The downward API fields a pod can read through `fieldRef`.
+/// The pod's name (a bare PodSpec has none: "pod").
+fn pod_name(meta: &ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_else(|| "pod".to_string())
+}
+
+/// The pod's namespace ("default" when the manifest names none, as the API server defaults it).
+fn pod_namespace(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string())
+}
+
 fn field_value(ctx: &PodContext<'_>, path: &str) -> Result<Vec<u8>, String> {
+    pod_field(ctx.meta, ctx.spec, path)
+}
+
+/// The downward API fields a pod can read through `fieldRef` (env, and downwardAPI volumes).
+pub(crate) fn pod_field(meta: &ObjectMeta, spec: &PodSpec, path: &str) -> Result<Vec<u8>, String> {
     fn subscript<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
         let rest = path
             .strip_prefix(prefix)?
@@ -680,16 +688,11 @@ fn field_value(ctx: &PodContext<'_>, path: &str) -> Result<Vec<u8>, String> {
             .or_else(|| rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')))
     }
     let v = match path {
-        "metadata.name" => ctx.pod_name.clone(),
-        "metadata.namespace" => ctx.namespace.clone(),
-        "metadata.uid" => ctx.meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => ctx
-            .spec
-            .node_name
-            .clone()
-            .unwrap_or_else(|| "localhost".into()),
-        "spec.serviceAccountName" => ctx
-            .spec
+        "metadata.name" => pod_name(meta),
+        "metadata.namespace" => pod_namespace(meta),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.node_name.clone().unwrap_or_else(|| "localhost".into()),
+        "spec.serviceAccountName" => spec
             .service_account_name
             .clone()
             .unwrap_or_else(|| "default".into()),
@@ -697,9 +700,9 @@ fn field_value(ctx: &PodContext<'_>, path: &str) -> Result<Vec<u8>, String> {
         "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => "127.0.0.1".into(),
         _ => {
             if let Some(k) = subscript(path, "metadata.labels") {
-                ctx.meta.labels.get(k).cloned().unwrap_or_default()
+                meta.labels.get(k).cloned().unwrap_or_default()
             } else if let Some(k) = subscript(path, "metadata.annotations") {
-                ctx.meta.annotations.get(k).cloned().unwrap_or_default()
+                meta.annotations.get(k).cloned().unwrap_or_default()
             } else {
                 return Err(format!("unsupported fieldRef.fieldPath {path:?}"));
             }
@@ -746,7 +749,10 @@ fn resolve_sub_path(
                         let _ = chmod(&cur, mode);
                     }
                 }
-                VolumeKind::Secret | VolumeKind::ConfigMap => {
+                VolumeKind::Secret
+                | VolumeKind::ConfigMap
+                | VolumeKind::Projected
+                | VolumeKind::DownwardApi => {
                     return Ok(Err(format!("subPath {sub:?} does not exist in the volume")));
                 }
             },

@@ -176,9 +176,98 @@ pub(crate) struct Volume {
     pub config_map: Option<ConfigMapVolume>,
     pub persistent_volume_claim: Option<PvcVolume>,
     pub host_path: Option<HostPathVolume>,
+    pub projected: Option<ProjectedVolume>,
+    #[serde(rename = "downwardAPI")]
+    pub downward_api: Option<DownwardApiVolume>,
     /// Every other key: used to name an unsupported volume type.
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+impl Volume {
+    /// How many volume sources the volume sets (the API server requires exactly one).
+    pub fn source_count(&self) -> usize {
+        [
+            self.empty_dir.is_some(),
+            self.secret.is_some(),
+            self.config_map.is_some(),
+            self.persistent_volume_claim.is_some(),
+            self.host_path.is_some(),
+            self.projected.is_some(),
+            self.downward_api.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProjectedVolume {
+    #[serde(default, deserialize_with = "nullable")]
+    pub sources: Vec<VolumeProjection>,
+    pub default_mode: Option<i64>,
+}
+
+/// One source of a projected volume (exactly one of its fields is set).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VolumeProjection {
+    pub secret: Option<KeyProjection>,
+    pub config_map: Option<KeyProjection>,
+    #[serde(rename = "downwardAPI")]
+    pub downward_api: Option<DownwardApiProjection>,
+    pub service_account_token: Option<ServiceAccountTokenProjection>,
+    /// Every other key: clusterTrustBundle, podCertificate (not supported), or a typo.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// A secret or config map in a projected volume.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KeyProjection {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub items: Vec<KeyToPath>,
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DownwardApiProjection {
+    #[serde(default, deserialize_with = "nullable")]
+    pub items: Vec<DownwardApiFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceAccountTokenProjection {
+    #[serde(default)]
+    pub path: String,
+    /// Checked by the API server only; the token given in the fixtures is written as it is
+    /// (the runner mints nothing, so `audience` is not read).
+    pub expiration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DownwardApiVolume {
+    #[serde(default, deserialize_with = "nullable")]
+    pub items: Vec<DownwardApiFile>,
+    pub default_mode: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DownwardApiFile {
+    #[serde(default)]
+    pub path: String,
+    pub field_ref: Option<FieldRef>,
+    pub resource_field_ref: Option<Value>,
+    pub mode: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -378,16 +467,7 @@ pub(crate) fn validate(spec: &PodSpec) -> Result<(), RunnerError> {
         if !volume_names.insert(v.name.as_str()) {
             return invalid(format!("volume name {:?} is used twice", v.name));
         }
-        let sources = [
-            v.empty_dir.is_some(),
-            v.secret.is_some(),
-            v.config_map.is_some(),
-            v.persistent_volume_claim.is_some(),
-            v.host_path.is_some(),
-        ]
-        .iter()
-        .filter(|s| **s)
-        .count();
+        let sources = v.source_count();
         // Keys that are not a supported source: another volume type (or a typo).
         let other = v.other.iter().find(|(_, value)| !value.is_null());
         match (sources, other) {
@@ -405,6 +485,12 @@ pub(crate) fn validate(spec: &PodSpec) -> Result<(), RunnerError> {
                     v.name
                 ))
             }
+        }
+        if let Some(p) = &v.projected {
+            validate_projected(&v.name, p)?;
+        }
+        if let Some(d) = &v.downward_api {
+            validate_downward_items(&v.name, &d.items)?;
         }
     }
     let mut names = HashSet::new();
@@ -510,6 +596,96 @@ pub(crate) fn validate(spec: &PodSpec) -> Result<(), RunnerError> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// What the API server checks of a projected volume: one source per projection, relative
+/// paths used once, token lifetimes of at least ten minutes.
+fn validate_projected(volume: &str, p: &ProjectedVolume) -> Result<(), RunnerError> {
+    let invalid = |m: String| {
+        Err(RunnerError::InvalidManifest(format!(
+            "volume {volume:?}: {m}"
+        )))
+    };
+    let mut paths: HashSet<&str> = HashSet::new();
+    for (i, s) in p.sources.iter().enumerate() {
+        let set = [
+            s.secret.is_some(),
+            s.config_map.is_some(),
+            s.downward_api.is_some(),
+            s.service_account_token.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        let other = s.other.iter().find(|(_, value)| !value.is_null());
+        match (set, other) {
+            (1, None) => {}
+            (0, Some((kind, _))) => {
+                return Err(RunnerError::Unsupported(format!(
+                    "volume {volume:?}: projected source {kind:?} (sources[{i}])"
+                )))
+            }
+            _ => {
+                return invalid(format!(
+                    "projected sources[{i}] needs exactly one of secret, configMap, downwardAPI, \
+                     serviceAccountToken"
+                ))
+            }
+        }
+        let mut declared: Vec<&str> = Vec::new();
+        if let Some(k) = s.secret.as_ref().or(s.config_map.as_ref()) {
+            declared.extend(k.items.iter().map(|i| i.path.as_str()));
+        }
+        if let Some(d) = &s.downward_api {
+            validate_downward_items(volume, &d.items)?;
+            declared.extend(d.items.iter().map(|i| i.path.as_str()));
+        }
+        if let Some(t) = &s.service_account_token {
+            if let Err(e) = check_relative_path(&t.path, "serviceAccountToken.path") {
+                return invalid(e);
+            }
+            if let Some(secs) = t.expiration_seconds {
+                if !(600..=1 << 32).contains(&secs) {
+                    return invalid(format!(
+                        "serviceAccountToken.expirationSeconds {secs} must be between 600 and 2^32"
+                    ));
+                }
+            }
+            declared.push(&t.path);
+        }
+        for path in declared {
+            if !paths.insert(path) {
+                return invalid(format!(
+                    "projected path {path:?} is used by two sources (conflicting duplicate paths)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_downward_items(volume: &str, items: &[DownwardApiFile]) -> Result<(), RunnerError> {
+    let invalid = |m: String| {
+        Err(RunnerError::InvalidManifest(format!(
+            "volume {volume:?}: {m}"
+        )))
+    };
+    let mut paths = HashSet::new();
+    for item in items {
+        if let Err(e) = check_relative_path(&item.path, "downwardAPI items[].path") {
+            return invalid(e);
+        }
+        if !paths.insert(item.path.as_str()) {
+            return invalid(format!("downwardAPI path {:?} is used twice", item.path));
+        }
+        if item.field_ref.is_some() == item.resource_field_ref.is_some() {
+            return invalid(format!(
+                "downwardAPI item {:?} needs exactly one of fieldRef and resourceFieldRef",
+                item.path
+            ));
         }
     }
     Ok(())

@@ -1,4 +1,8 @@
 //! Volumes: host directories under the work dir (or given by the caller) that containers bind.
+//!
+//! Secret, configMap, projected and downwardAPI volumes are written as the kubelet's atomic
+//! writer leaves them, minus its `..data` symlink indirection: plain files with the modes (and,
+//! for service-account tokens, the owner) the kubelet gives them, in a 1777 directory.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -6,7 +10,11 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::spec::{check_absolute_path, check_relative_path, KeyToPath, PodSpec};
+use super::sandbox::pod_field;
+use super::spec::{
+    check_absolute_path, check_relative_path, DownwardApiFile, KeyToPath, ObjectMeta, PodSpec,
+    ProjectedVolume,
+};
 use super::{RunOptions, RunnerError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +24,8 @@ pub(crate) enum VolumeKind {
     ConfigMap,
     Pvc,
     HostPath,
+    Projected,
+    DownwardApi,
 }
 
 #[derive(Debug)]
@@ -66,6 +76,7 @@ fn mkdir_all(path: &Path, mode: u32) -> Result<(), RunnerError> {
 /// are recorded on the volume (and reported by the containers that mount it); problems that make
 /// the manifest or the fixtures unusable are errors.
 pub(crate) fn prepare(
+    meta: &ObjectMeta,
     spec: &PodSpec,
     opts: &RunOptions,
     work_dir: &Path,
@@ -83,17 +94,7 @@ pub(crate) fn prepare(
     let mut out = BTreeMap::new();
     for v in &spec.volumes {
         let local = volumes_dir.join(&v.name);
-        let type_count = [
-            v.empty_dir.is_some(),
-            v.secret.is_some(),
-            v.config_map.is_some(),
-            v.persistent_volume_claim.is_some(),
-            v.host_path.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if type_count > 1 {
+        if v.source_count() > 1 {
             return Err(RunnerError::InvalidManifest(format!(
                 "volume {:?} has more than one volume source",
                 v.name
@@ -182,6 +183,40 @@ pub(crate) fn prepare(
                 device: false,
                 error,
             }
+        } else if let Some(p) = &v.projected {
+            fresh_dir(&local, 0o1777)?;
+            let error = match projected_files(&v.name, p, meta, spec, opts, fs_group)? {
+                Ok(files) => {
+                    write_files(&local, &files)?;
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            if let Some(gid) = fs_group {
+                set_volume_ownership(&local, gid, true)?;
+            }
+            PreparedVolume {
+                kind: VolumeKind::Projected,
+                host_path: local,
+                force_read_only: true,
+                device: false,
+                error,
+            }
+        } else if let Some(d) = &v.downward_api {
+            fresh_dir(&local, 0o1777)?;
+            let default_mode = check_mode(d.default_mode.unwrap_or(0o644), "defaultMode")?;
+            let files = downward_files(&v.name, &d.items, default_mode, meta, spec)?;
+            write_files(&local, &files)?;
+            if let Some(gid) = fs_group {
+                set_volume_ownership(&local, gid, true)?;
+            }
+            PreparedVolume {
+                kind: VolumeKind::DownwardApi,
+                host_path: local,
+                force_read_only: true,
+                device: false,
+                error: None,
+            }
         } else if let Some(h) = &v.host_path {
             check_absolute_path(&h.path, "hostPath.path")
                 .map_err(|e| RunnerError::InvalidManifest(format!("volume {:?}: {e}", v.name)))?;
@@ -235,6 +270,10 @@ pub(crate) fn existing(
             (VolumeKind::Secret, local, true)
         } else if v.config_map.is_some() {
             (VolumeKind::ConfigMap, local, true)
+        } else if v.projected.is_some() {
+            (VolumeKind::Projected, local, true)
+        } else if v.downward_api.is_some() {
+            (VolumeKind::DownwardApi, local, true)
         } else if let Some(p) = &v.persistent_volume_claim {
             let dir = opts.pvcs.get(&p.claim_name).cloned().ok_or_else(|| {
                 RunnerError::InvalidFixtures(format!(
@@ -308,6 +347,15 @@ fn check_mode(mode: i64, what: &str) -> Result<u32, RunnerError> {
     }
 }
 
+/// A file of a secret, configMap, projected or downwardAPI volume, before it is written.
+struct VolumeFile {
+    path: String,
+    data: Vec<u8>,
+    mode: u32,
+    /// The owner the kubelet gives it (service-account tokens of a pod with one runAsUser).
+    uid: Option<u32>,
+}
+
 /// Writes the keys of a secret or config map into `dir` the way the kubelet projects them
 /// (plain files, without the kubelet's `..data` symlink indirection).
 fn materialize(
@@ -320,6 +368,25 @@ fn materialize(
     optional: bool,
 ) -> Result<Option<String>, RunnerError> {
     let default_mode = check_mode(default_mode.unwrap_or(0o644), "defaultMode")?;
+    match key_files(kind, name, data, items, default_mode, optional)? {
+        Ok(files) => {
+            write_files(dir, &files)?;
+            Ok(None)
+        }
+        Err(e) => Ok(Some(e)),
+    }
+}
+
+/// The files of a secret or config map (all keys, or the `items`), or why the kubelet could
+/// not mount them (the object or a key is missing and not optional).
+fn key_files(
+    kind: &str,
+    name: &str,
+    data: Option<&HashMap<String, Vec<u8>>>,
+    items: &[KeyToPath],
+    default_mode: u32,
+    optional: bool,
+) -> Result<Result<Vec<VolumeFile>, String>, RunnerError> {
     let mut seen = HashSet::new();
     for item in items {
         check_relative_path(&item.path, "items[].path").map_err(|e| {
@@ -337,30 +404,33 @@ fn materialize(
     }
     let Some(data) = data else {
         if optional {
-            return Ok(None);
+            return Ok(Ok(Vec::new()));
         }
         let keys: Vec<&str> = items.iter().map(|i| i.key.as_str()).collect();
-        return Ok(Some(if keys.is_empty() {
+        return Ok(Err(if keys.is_empty() {
             format!("{kind} {name:?} not found")
         } else {
             format!("{kind} {name:?} not found (keys {})", keys.join(", "))
         }));
     };
-    let files: Vec<(String, &[u8], u32)> = if items.is_empty() {
+    let mut files = Vec::new();
+    if items.is_empty() {
         let mut entries: Vec<(&String, &Vec<u8>)> = data.iter().collect();
         entries.sort();
-        let mut files = Vec::new();
         for (key, value) in entries {
             if key.is_empty() || key == "." || key == ".." || key.contains(['/', '\0']) {
                 return Err(RunnerError::InvalidFixtures(format!(
                     "{kind} {name:?} has key {key:?}, which is not a valid file name"
                 )));
             }
-            files.push((key.clone(), value.as_slice(), default_mode));
+            files.push(VolumeFile {
+                path: key.clone(),
+                data: value.clone(),
+                mode: default_mode,
+                uid: None,
+            });
         }
-        files
     } else {
-        let mut files = Vec::new();
         for item in items {
             match data.get(&item.key) {
                 Some(value) => {
@@ -368,28 +438,195 @@ fn materialize(
                         Some(m) => check_mode(m, "items[].mode")?,
                         None => default_mode,
                     };
-                    files.push((item.path.clone(), value.as_slice(), mode));
+                    files.push(VolumeFile {
+                        path: item.path.clone(),
+                        data: value.clone(),
+                        mode,
+                        uid: None,
+                    });
                 }
                 None if optional => {}
                 None => {
-                    return Ok(Some(format!(
+                    return Ok(Err(format!(
                         "couldn't find key {:?} in {kind} {name:?}",
                         item.key
                     )))
                 }
             }
         }
-        files
-    };
-    for (rel, value, mode) in files {
-        let path = dir.join(&rel);
+    }
+    Ok(Ok(files))
+}
+
+/// The files of a projected volume, all sources together (the kubelet's `collectData`), or
+/// every reason the mount fails. Service-account tokens come from
+/// [`RunOptions::service_account_tokens`] under `VOLUME/PATH`.
+fn projected_files(
+    volume: &str,
+    p: &ProjectedVolume,
+    meta: &ObjectMeta,
+    spec: &PodSpec,
+    opts: &RunOptions,
+    fs_group: Option<u32>,
+) -> Result<Result<Vec<VolumeFile>, String>, RunnerError> {
+    let default_mode = check_mode(p.default_mode.unwrap_or(0o644), "defaultMode")?;
+    let fs_user = fs_user_of(spec);
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for source in &p.sources {
+        let keyed = match (&source.secret, &source.config_map) {
+            (Some(s), _) => Some(("secret", s, opts.secrets.get(&s.name))),
+            (_, Some(c)) => Some(("configmap", c, opts.config_maps.get(&c.name))),
+            _ => None,
+        };
+        if let Some((kind, k, data)) = keyed {
+            let optional = k.optional.unwrap_or(false);
+            match key_files(kind, &k.name, data, &k.items, default_mode, optional)? {
+                Ok(f) => files.extend(f),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(d) = &source.downward_api {
+            files.extend(downward_files(volume, &d.items, default_mode, meta, spec)?);
+        }
+        if let Some(t) = &source.service_account_token {
+            let key = format!("{volume}/{}", t.path);
+            match opts.service_account_tokens.get(&key) {
+                Some(token) => files.push(VolumeFile {
+                    path: t.path.clone(),
+                    data: token.clone().into_bytes(),
+                    // With an fsGroup, the ownership pass then makes it 0640.
+                    mode: if fs_user.is_some() || fs_group.is_some() {
+                        0o600
+                    } else {
+                        default_mode
+                    },
+                    uid: fs_user,
+                }),
+                None => errors.push(format!(
+                    "no service account token for path {:?} (add {key:?} to the fixtures' \
+                     serviceAccountTokens)",
+                    t.path
+                )),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Ok(files))
+    } else {
+        Ok(Err(errors.join("; ")))
+    }
+}
+
+/// The kubelet's `FsUser` of a pod: the runAsUser every init and main container runs as, if
+/// they all set (or inherit) the same one.
+fn fs_user_of(spec: &PodSpec) -> Option<u32> {
+    let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let mut user = None;
+    for c in spec.init_containers.iter().chain(&spec.containers) {
+        let u = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_user)?;
+        if user.is_some_and(|seen| seen != u) {
+            return None;
+        }
+        user = Some(u);
+    }
+    user.and_then(|u| u32::try_from(u).ok())
+}
+
+/// The files of downwardAPI items: the pod fields they name, as the kubelet formats them.
+fn downward_files(
+    volume: &str,
+    items: &[DownwardApiFile],
+    default_mode: u32,
+    meta: &ObjectMeta,
+    spec: &PodSpec,
+) -> Result<Vec<VolumeFile>, RunnerError> {
+    let mut files = Vec::new();
+    for item in items {
+        let Some(field) = &item.field_ref else {
+            return Err(RunnerError::Unsupported(format!(
+                "volume {volume:?}: downwardAPI item {:?}: resourceFieldRef is not supported by \
+                 the pod runner (use a fieldRef)",
+                item.path
+            )));
+        };
+        let data = match field.field_path.as_str() {
+            "metadata.labels" => format_map(&meta.labels).into_bytes(),
+            "metadata.annotations" => format_map(&meta.annotations).into_bytes(),
+            path => pod_field(meta, spec, path).map_err(|e| {
+                RunnerError::InvalidManifest(format!(
+                    "volume {volume:?}: downwardAPI item {:?}: {e}",
+                    item.path
+                ))
+            })?,
+        };
+        let mode = match item.mode {
+            Some(m) => check_mode(m, "items[].mode")?,
+            None => default_mode,
+        };
+        files.push(VolumeFile {
+            path: item.path.clone(),
+            data,
+            mode,
+            uid: None,
+        });
+    }
+    Ok(files)
+}
+
+/// The kubelet's `FormatMap`: `key="value"` lines (Go-quoted values) in key order, without a
+/// final newline.
+fn format_map(map: &BTreeMap<String, String>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Go's `%q` of a string: printable characters as they are, the rest escaped.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn write_files(dir: &Path, files: &[VolumeFile]) -> Result<(), RunnerError> {
+    for f in files {
+        let path = dir.join(&f.path);
         if let Some(parent) = path.parent() {
             mkdir_all(parent, 0o755)?;
         }
-        fs::write(&path, value).map_err(io_err(format!("writing {}", path.display())))?;
-        chmod(&path, mode)?;
+        fs::write(&path, &f.data).map_err(io_err(format!("writing {}", path.display())))?;
+        chmod(&path, f.mode)?;
+        if let Some(uid) = f.uid {
+            std::os::unix::fs::lchown(&path, Some(uid), None)
+                .map_err(io_err(format!("chown {uid} {}", path.display())))?;
+        }
     }
-    Ok(None)
+    Ok(())
 }
 
 /// What the kubelet does for `fsGroup`: the tree becomes group-owned by it, group-readable
@@ -490,4 +727,24 @@ fn check_host_path(path: &Path, kind: &str) -> Result<(Option<String>, bool), Ho
         }
     }
     Ok((None, is_device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_are_formatted_as_the_kubelet_formats_them() {
+        let map: BTreeMap<String, String> = [
+            ("b".to_string(), "two \"quoted\"".to_string()),
+            ("a".to_string(), "line\nbreak\u{1}ü".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            format_map(&map),
+            "a=\"line\\nbreak\\x01ü\"\nb=\"two \\\"quoted\\\"\""
+        );
+        assert_eq!(format_map(&BTreeMap::new()), "");
+    }
 }
