@@ -37,6 +37,7 @@ Subcommands that 'up' runs itself (one process each, with the same binary):
   sykli-kube kube-apiserver [upstream flags]
   sykli-kube kube-controller-manager [upstream flags]
   sykli-kube kube-scheduler [upstream flags]
+  sykli-kube node [flags]                      one node (virtual-kubelet) running pods in bubblewrap
 `
 
 // childEnv marks a subprocess started by 'up': it stops when its standard input (a pipe
@@ -52,7 +53,7 @@ var components = map[string]func() *cobra.Command{
 // isSubcommand tells whether args[0] names one of this binary's subcommands.
 func isSubcommand(name string) bool {
 	switch name {
-	case "up", "etcd", "version", "help", "-h", "--help":
+	case "up", "etcd", "node", "version", "help", "-h", "--help":
 		return true
 	}
 	_, ok := components[name]
@@ -70,6 +71,8 @@ func dispatch(args []string) int {
 		return upMain(rest)
 	case "etcd":
 		return etcdMain(rest)
+	case "node":
+		return nodeMain(rest)
 	case "version":
 		fmt.Printf("sykli-kube: kubernetes %s, etcd %s\n", kubernetesVersion, etcdVersion())
 		return 0

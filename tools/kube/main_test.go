@@ -290,16 +290,19 @@ func TestUpCommand(t *testing.T) {
 		t.Fatalf("no JSON line within 5 minutes\nstderr:\n%s", stderr.String())
 	}
 	var got struct {
-		Kubeconfig string `json:"kubeconfig"`
-		Server     string `json:"server"`
-		CA         string `json:"ca"`
+		Kubeconfig string   `json:"kubeconfig"`
+		Server     string   `json:"server"`
+		CA         string   `json:"ca"`
+		Etcd       string   `json:"etcd"`
+		Nodes      []string `json:"nodes"`
 	}
 	dec := json.NewDecoder(strings.NewReader(first))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&got); err != nil {
 		t.Fatalf("stdout line %q: %v", first, err)
 	}
-	if got.Kubeconfig != dir+"/kubeconfig" || got.CA != dir+"/pki/ca.crt" || !strings.HasPrefix(got.Server, "https://127.0.0.1:") {
+	if got.Kubeconfig != dir+"/kubeconfig" || got.CA != dir+"/pki/ca.crt" || !strings.HasPrefix(got.Server, "https://127.0.0.1:") ||
+		!strings.HasPrefix(got.Etcd, "http://127.0.0.1:") || got.Nodes == nil || len(got.Nodes) != 0 {
 		t.Fatalf("unexpected %+v", got)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", got.Kubeconfig)

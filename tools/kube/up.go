@@ -49,6 +49,9 @@ var defaultControllers = []string{
 	"deployment-controller",
 	"cronjob-controller",
 	"endpointslice-controller",
+	// Lifts the not-ready taint the API server puts on a new Node once it is Ready, and
+	// taints (then evicts from) a node whose lease runs out, as in a real cluster.
+	"node-lifecycle-controller",
 	"certificatesigningrequest-signing-controller",
 	"certificatesigningrequest-approving-controller",
 	"certificatesigningrequest-cleaner-controller",
@@ -65,15 +68,22 @@ type Options struct {
 	APIServerArgs     []string      // extra kube-apiserver flags, appended last
 	ControllerMgrArgs []string      // extra kube-controller-manager flags
 	SchedulerArgs     []string      // extra kube-scheduler flags
+	Nodes             int           // how many nodes (sykli-kube node) to start
+	NodeRunner        string        // the sykli-pod-runner binary the nodes run pods with
+	NodeArgs          []string      // extra flags of every node
+	NodeTaints        []string      // INDEX:KEY[=VALUE]:EFFECT, a taint of node INDEX
+	NodeLabels        []string      // INDEX:KEY=VALUE, a label of node INDEX
 	Executable        string        // the binary with the subcommands (default: this one)
 	Progress          io.Writer     // progress lines (default: stderr)
 }
 
 // Cluster is a running control plane.
 type Cluster struct {
-	Kubeconfig string `json:"kubeconfig"` // admin kubeconfig (user sykli-admin, group system:masters)
-	Server     string `json:"server"`     // https://127.0.0.1:PORT
-	CA         string `json:"ca"`         // PEM of the CA that signed the API server's certificate
+	Kubeconfig string   `json:"kubeconfig"` // admin kubeconfig (user sykli-admin, group system:masters)
+	Server     string   `json:"server"`     // https://127.0.0.1:PORT
+	CA         string   `json:"ca"`         // PEM of the CA that signed the API server's certificate
+	Etcd       string   `json:"etcd"`       // etcd's client URL (a test may compact it)
+	NodeNames  []string `json:"nodes"`      // the nodes, Ready
 
 	opts   Options
 	procs  []*proc
@@ -131,7 +141,7 @@ func tail(path string, n int) string {
 
 // ownedNames are the entries of DIR that 'up' makes, and removes again before a start.
 var ownedNames = []string{".sykli-kube", "pki", "etcd", "logs", "kubeconfig", "controller-manager.kubeconfig",
-	"scheduler.kubeconfig", "cluster.json"}
+	"scheduler.kubeconfig", "cluster.json", "nodes"}
 
 func prepareDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -244,7 +254,10 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	ports, err := freePorts(5)
+	if o.Nodes > 0 && o.NodeRunner == "" {
+		return nil, errors.New("--nodes needs --node-runner (the sykli-pod-runner binary: cargo build -p sykli_testkit --bin sykli-pod-runner)")
+	}
+	ports, err := freePorts(5 + o.Nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -254,6 +267,8 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		Kubeconfig: filepath.Join(o.Dir, "kubeconfig"),
 		Server:     "https://127.0.0.1:" + strconv.Itoa(apiPort),
 		CA:         p.CA.CertFile,
+		Etcd:       "http://127.0.0.1:" + strconv.Itoa(etcdPort),
+		NodeNames:  []string{},
 		opts:       o,
 		failed:     make(chan error, 8),
 	}
@@ -308,6 +323,8 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		"--client-ca-file=" + p.CA.CertFile,
 		"--kubelet-client-certificate=" + p.KubeletClient.CertFile,
 		"--kubelet-client-key=" + p.KubeletClient.KeyFile,
+		// As kubeadm does: a node's name need not resolve, its InternalIP does.
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
 		// The request-header (front-proxy) CA: what the controller manager's and the
 		// scheduler's delegated authentication read, and what an aggregated API needs.
 		"--requestheader-client-ca-file=" + p.FrontProxyCA.CertFile,
@@ -414,6 +431,12 @@ func Start(ctx context.Context, o Options) (c *Cluster, err error) {
 		}
 	}
 
+	if o.Nodes > 0 {
+		if err := c.startNodes(ctx, p, ports[5:]); err != nil {
+			return c, err
+		}
+	}
+
 	b, _ := json.Marshal(c)
 	_ = os.WriteFile(filepath.Join(o.Dir, "cluster.json"), append(b, '\n'), 0o644)
 	fmt.Fprintf(o.Progress, "sykli-kube: cluster ready at %s (logs in %s)\n", c.Server, filepath.Join(o.Dir, "logs"))
@@ -450,15 +473,20 @@ func runs(list []string, name string) bool {
 
 func okBody(b []byte) bool { return strings.TrimSpace(string(b)) == "ok" }
 
-// spawn starts "Executable name args..." with its output in DIR/logs/name.log.
-func (c *Cluster) spawn(name string, args []string) (*proc, error) {
+// spawn starts "Executable name args..." (or "Executable subcommand args..." when one is
+// given) with its output in DIR/logs/name.log.
+func (c *Cluster) spawn(name string, args []string, subcommand ...string) (*proc, error) {
 	logFile := filepath.Join(c.opts.Dir, "logs", name+".log")
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	cmd := exec.Command(c.opts.Executable, append([]string{name}, args...)...)
+	sub := name
+	if len(subcommand) > 0 {
+		sub = subcommand[0]
+	}
+	cmd := exec.Command(c.opts.Executable, append([]string{sub}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	// Its own process group (a ^C to the launcher's terminal reaches only the launcher,
@@ -468,7 +496,7 @@ func (c *Cluster) spawn(name string, args []string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(f, "sykli-kube: starting %s %s\n", name, strings.Join(args, " "))
+	fmt.Fprintf(f, "sykli-kube: starting %s %s\n", sub, strings.Join(args, " "))
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -643,6 +671,11 @@ func upMain(args []string) int {
 	fs.Var((*stringList)(&o.APIServerArgs), "apiserver-arg", "an extra kube-apiserver flag, e.g. --apiserver-arg=--v=4 (repeatable; last wins)")
 	fs.Var((*stringList)(&o.ControllerMgrArgs), "controller-manager-arg", "an extra kube-controller-manager flag (repeatable)")
 	fs.Var((*stringList)(&o.SchedulerArgs), "scheduler-arg", "an extra kube-scheduler flag (repeatable)")
+	fs.IntVar(&o.Nodes, "nodes", 0, "how many nodes to start (sykli-kube node: virtual-kubelet running pods through --node-runner)")
+	fs.StringVar(&o.NodeRunner, "node-runner", os.Getenv("SYKLI_POD_RUNNER"), "the sykli-pod-runner binary (default $SYKLI_POD_RUNNER)")
+	fs.Var((*stringList)(&o.NodeArgs), "node-arg", "an extra flag of every node, e.g. --node-arg=--deny-image=registry.invalid/* (repeatable)")
+	fs.Var((*stringList)(&o.NodeTaints), "node-taint", "a taint of one node: INDEX:KEY[=VALUE]:EFFECT (repeatable)")
+	fs.Var((*stringList)(&o.NodeLabels), "node-label", "a label of one node: INDEX:KEY=VALUE (repeatable)")
 	fs.BoolVar(&ignoreStdin, "ignore-stdin", false, "do not stop when stdin closes (stop on SIGTERM/SIGINT only), e.g. when started with </dev/null")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
