@@ -13,9 +13,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,80 +28,15 @@ use sykli_core::pipeline::Pipeline;
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 const TREE: &str = "2b86b949c5b09595d23bbcc9cf51e1de0185a5cce164b27a1376affda422ec5c";
 
-/// `sykli-kube up`, one for this test binary: it stops when its stdin closes, which the
-/// end of this process does.
-struct RealControlPlane {
-    _child: Child,
-    kubeconfig: PathBuf,
-    server: String,
-    ca: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-static PLANE: std::sync::OnceLock<RealControlPlane> = std::sync::OnceLock::new();
-
-async fn plane() -> &'static RealControlPlane {
-    tokio::task::spawn_blocking(|| PLANE.get_or_init(RealControlPlane::start))
-        .await
-        .unwrap()
+/// `sykli-kube up` without nodes, one for this test binary (pods stay Pending: what these
+/// tests judge is what the API server and its controllers decide).
+async fn plane() -> &'static sykli_testkit::kube::ControlPlane {
+    support::control_plane(sykli_testkit::kube::ControlPlaneOptions::default()).await
 }
 
 /// A kube client as the cluster's admin.
 async fn admin() -> Cluster {
-    Cluster::connect(&ConnectOptions {
-        kubeconfig: Some(plane().await.kubeconfig.clone()),
-        context: None,
-        namespace: None,
-    })
-    .await
-    .unwrap()
-}
-
-fn sykli_kube() -> PathBuf {
-    let bin = std::env::var_os("SYKLI_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME"))
-                .join(".cache/sykli/bin/sykli-kube")
-        });
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it with tools/kube/build.sh (scripts/setup does), or point SYKLI_KUBE_BIN at it",
-        bin.display()
-    );
-    bin
-}
-
-impl RealControlPlane {
-    fn start() -> RealControlPlane {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("sykli-kube.log");
-        let mut child = Command::new(sykli_kube())
-            .args(["up", "--dir"])
-            .arg(dir.path().join("cluster"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-            panic!(
-                "sykli-kube up did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        RealControlPlane {
-            _child: child,
-            kubeconfig: PathBuf::from(ready["kubeconfig"].as_str().unwrap()),
-            server: ready["server"].as_str().unwrap().to_string(),
-            ca: PathBuf::from(ready["ca"].as_str().unwrap()),
-            _dir: dir,
-        }
-    }
+    support::connect_real(plane().await, None).await
 }
 
 /// The user's part made to meet `restricted`, as sykli's helpers do.
@@ -380,11 +312,11 @@ async fn account_with(admin: &kube::Client, namespace: &str, rules: Value) -> Ar
         .unwrap();
     let token = answer["status"]["token"].as_str().unwrap().to_string();
     let p = plane().await;
-    let file = p._dir.path().join(format!("{namespace}.kubeconfig"));
+    let file = p.dir().join(format!("{namespace}.kubeconfig"));
     std::fs::write(
         &file,
         serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": p.server, "certificate-authority": p.ca}}],
+            "clusters": [{"name": "c", "cluster": {"server": p.info().server, "certificate-authority": p.info().ca}}],
             "users": [{"name": "sykli", "user": {"token": token}}],
             "contexts": [{"name": "sykli", "context": {"cluster": "c", "user": "sykli", "namespace": namespace}}],
             "current-context": "sykli"}))

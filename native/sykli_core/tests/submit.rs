@@ -15,7 +15,6 @@ use sykli_core::cluster::run::{run_job, Event, Outcome, Phase, RunOptions};
 use sykli_core::cluster::Cluster;
 use sykli_testcluster::cluster::{ClusterOptions, TestCluster};
 use sykli_testkit::git_server::{GitDaemon, ServerOptions};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -86,37 +85,7 @@ impl Env {
     }
 }
 
-/// Runs a Job on the runtime; the outcome comes with every event the run sent.
-fn spawn_run(
-    cluster: Arc<Cluster>,
-    job: Job,
-    opts: RunOptions,
-) -> tokio::task::JoinHandle<(sykli_core::Result<Outcome>, Vec<Event>)> {
-    tokio::spawn(async move {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
-        let outcome = run_job(cluster, job, opts, tx, cancel_rx).await;
-        (outcome, drain(rx))
-    })
-}
-
-fn drain(mut rx: UnboundedReceiver<Event>) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        events.push(e);
-    }
-    events
-}
-
-fn logs(events: &[Event], container: &str) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Log { container: c, line } if c == container => Some(format!("{line}\n")),
-            _ => None,
-        })
-        .collect()
-}
+use support::{logs, set_env, spawn_run};
 
 fn create_ns() -> RunOptions {
     RunOptions {
@@ -220,24 +189,6 @@ async fn fail_fast_reasons_arrive_long_before_the_timeout() {
         assert!(m.contains(needle), "{kind}: {m}");
     }
     assert!(e.jobs_left().await.is_empty());
-}
-
-fn set_env(job: &mut Job, container: &str, name: &str, value: &str) {
-    let pod = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
-    for c in pod
-        .init_containers
-        .iter_mut()
-        .flatten()
-        .chain(pod.containers.iter_mut())
-    {
-        if c.name == container {
-            for e in c.env.iter_mut().flatten() {
-                if e.name == name {
-                    e.value = Some(value.to_string());
-                }
-            }
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

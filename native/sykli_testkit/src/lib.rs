@@ -7,6 +7,8 @@
 //! * [`hostile_archives`]: a corpus of malicious archives (escapes, symlink tricks, hard
 //!   links, devices, huge names), answered by `sykli-hostile-sync`, a hostile stand-in for
 //!   the sync image.
+//! * [`kube`]: the real control plane (`sykli-kube up`: etcd, kube-apiserver, controller
+//!   manager, scheduler and virtual-kubelet nodes running pods in bubblewrap) for tests.
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
 //! * [`moto_server`]: moto's STS and S3 on 127.0.0.1 with IAM auth enforced, for the AWS
@@ -20,6 +22,7 @@ pub mod git_server;
 pub mod hostile_archives;
 mod http;
 pub mod http_proxy;
+pub mod kube;
 mod launch;
 pub mod lfs_server;
 pub mod moto_server;

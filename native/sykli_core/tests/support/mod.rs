@@ -178,3 +178,98 @@ pub fn every_k8s_option_task() -> serde_json::Value {
                     {"name": "data", "mount_path": "/data", "pvc": {"claim_name": "datasets"}}]
     }})
 }
+
+/// Runs a Job on the runtime; the outcome comes with every event the run sent.
+pub fn spawn_run(
+    cluster: std::sync::Arc<sykli_core::cluster::Cluster>,
+    job: k8s_openapi::api::batch::v1::Job,
+    opts: sykli_core::cluster::run::RunOptions,
+) -> tokio::task::JoinHandle<(
+    sykli_core::Result<sykli_core::cluster::run::Outcome>,
+    Vec<sykli_core::cluster::run::Event>,
+)> {
+    tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_cancel, cancel_rx) = tokio::sync::watch::channel(false);
+        let outcome = sykli_core::cluster::run::run_job(cluster, job, opts, tx, cancel_rx).await;
+        (outcome, drain(rx))
+    })
+}
+
+pub fn drain(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<sykli_core::cluster::run::Event>,
+) -> Vec<sykli_core::cluster::run::Event> {
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    events
+}
+
+pub fn logs(events: &[sykli_core::cluster::run::Event], container: &str) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            sykli_core::cluster::run::Event::Log { container: c, line } if c == container => {
+                Some(format!("{line}\n"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+static CONTROL_PLANE: std::sync::OnceLock<sykli_testkit::kube::ControlPlane> =
+    std::sync::OnceLock::new();
+
+/// The real control plane of this test binary (`sykli-kube up`), started by the first
+/// caller with `o` (every caller of one binary passes the same options); it stops when
+/// the test process ends and its stdin closes.
+pub async fn control_plane(
+    o: sykli_testkit::kube::ControlPlaneOptions,
+) -> &'static sykli_testkit::kube::ControlPlane {
+    tokio::task::spawn_blocking(move || {
+        CONTROL_PLANE.get_or_init(|| {
+            sykli_testkit::kube::ControlPlane::start(&o).unwrap_or_else(|e| panic!("{e}"))
+        })
+    })
+    .await
+    .unwrap()
+}
+
+/// A kube client of the real control plane's admin, in `namespace`.
+pub async fn connect_real(
+    plane: &sykli_testkit::kube::ControlPlane,
+    namespace: Option<&str>,
+) -> sykli_core::cluster::Cluster {
+    sykli_core::cluster::Cluster::connect(&sykli_core::cluster::ConnectOptions {
+        kubeconfig: Some(plane.kubeconfig().to_path_buf()),
+        context: None,
+        namespace: namespace.map(str::to_string),
+    })
+    .await
+    .unwrap()
+}
+
+/// Sets env `name` of container `container` of a Job's pod.
+pub fn set_env(
+    job: &mut k8s_openapi::api::batch::v1::Job,
+    container: &str,
+    name: &str,
+    value: &str,
+) {
+    let pod = job.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+    for c in pod
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(pod.containers.iter_mut())
+    {
+        if c.name == container {
+            for e in c.env.iter_mut().flatten() {
+                if e.name == name {
+                    e.value = Some(value.to_string());
+                }
+            }
+        }
+    }
+}
