@@ -104,6 +104,25 @@ func waitFor[T any](ctx context.Context, t *testing.T, what string,
 	}
 }
 
+// waitDefaultServiceAccount watches until the service-account controller has made
+// namespace's "default" (pods are refused until then).
+func waitDefaultServiceAccount(ctx context.Context, t *testing.T, cs *kubernetes.Clientset, namespace string) {
+	t.Helper()
+	sas := cs.CoreV1().ServiceAccounts(namespace)
+	waitFor(ctx, t, "service account default",
+		func(ctx context.Context) ([]corev1.ServiceAccount, string, error) {
+			l, err := sas.List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return nil, "", err
+			}
+			return l.Items, l.ResourceVersion, nil
+		},
+		func(ctx context.Context, rv string) (watch.Interface, error) {
+			return sas.Watch(ctx, metav1.ListOptions{ResourceVersion: rv})
+		},
+		func(_ watch.EventType, sa *corev1.ServiceAccount) bool { return sa.Name == "default" })
+}
+
 func TestCluster(t *testing.T) {
 	_, cs := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -116,19 +135,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	t.Run("service account token", func(t *testing.T) {
-		sas := cs.CoreV1().ServiceAccounts(ns.Name)
-		waitFor(ctx, t, "service account default",
-			func(ctx context.Context) ([]corev1.ServiceAccount, string, error) {
-				l, err := sas.List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return nil, "", err
-				}
-				return l.Items, l.ResourceVersion, nil
-			},
-			func(ctx context.Context, rv string) (watch.Interface, error) {
-				return sas.Watch(ctx, metav1.ListOptions{ResourceVersion: rv})
-			},
-			func(_ watch.EventType, sa *corev1.ServiceAccount) bool { return sa.Name == "default" })
+		waitDefaultServiceAccount(ctx, t, cs, ns.Name)
 
 		// A legacy token Secret: the token controller fills in token, ca.crt, namespace.
 		secrets := cs.CoreV1().Secrets(ns.Name)

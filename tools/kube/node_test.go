@@ -85,24 +85,8 @@ func startNodeCluster(t *testing.T) *nodeCluster {
 	}
 	n := &nodeCluster{c: c, cs: cs, config: cfg, ns: ns}
 	// Pods need the namespace's default service account (the service-account controller).
-	n.waitSA(ctx, t)
+	waitDefaultServiceAccount(ctx, t, cs, ns)
 	return n
-}
-
-func (n *nodeCluster) waitSA(ctx context.Context, t *testing.T) {
-	sas := n.cs.CoreV1().ServiceAccounts(n.ns)
-	waitFor(ctx, t, "service account default",
-		func(ctx context.Context) ([]corev1.ServiceAccount, string, error) {
-			l, err := sas.List(ctx, metav1.ListOptions{})
-			if err != nil {
-				return nil, "", err
-			}
-			return l.Items, l.ResourceVersion, nil
-		},
-		func(ctx context.Context, rv string) (watch.Interface, error) {
-			return sas.Watch(ctx, metav1.ListOptions{ResourceVersion: rv})
-		},
-		func(_ watch.EventType, sa *corev1.ServiceAccount) bool { return sa.Name == "default" })
 }
 
 // waitPod watches pod name until cond holds.

@@ -332,53 +332,31 @@ func (pr *podRun) resolve(ctx context.Context) (*fixtures, []problem, error) {
 	f := &fixtures{Secrets: map[string]map[string]string{}, ConfigMaps: map[string]map[string]string{},
 		PVCs: map[string]string{}, ServiceAccountTokens: map[string]string{}}
 	var problems []problem
-	secrets := map[string]*corev1.Secret{}
-	missingSecret := map[string]bool{}
-	getSecret := func(name string) (*corev1.Secret, error) {
-		if s, ok := secrets[name]; ok || missingSecret[name] {
-			return s, nil
-		}
+	getSecret := cachedGet(func(name string) (*corev1.Secret, error) {
 		s, err := pr.p.client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			missingSecret[name] = true
-			return nil, nil
+		if err == nil {
+			data := map[string]string{}
+			for k, v := range s.Data {
+				data[k] = base64.StdEncoding.EncodeToString(v)
+			}
+			f.Secrets[name] = data
 		}
-		if err != nil {
-			return nil, err
-		}
-		secrets[name] = s
-		data := map[string]string{}
-		for k, v := range s.Data {
-			data[k] = base64.StdEncoding.EncodeToString(v)
-		}
-		f.Secrets[name] = data
-		return s, nil
-	}
-	configMaps := map[string]*corev1.ConfigMap{}
-	missingCM := map[string]bool{}
-	getCM := func(name string) (*corev1.ConfigMap, error) {
-		if c, ok := configMaps[name]; ok || missingCM[name] {
-			return c, nil
-		}
+		return s, err
+	})
+	getCM := cachedGet(func(name string) (*corev1.ConfigMap, error) {
 		c, err := pr.p.client.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			missingCM[name] = true
-			return nil, nil
+		if err == nil {
+			data := map[string]string{}
+			for k, v := range c.Data {
+				data[k] = v
+			}
+			for k, v := range c.BinaryData {
+				data[k] = string(v)
+			}
+			f.ConfigMaps[name] = data
 		}
-		if err != nil {
-			return nil, err
-		}
-		configMaps[name] = c
-		data := map[string]string{}
-		for k, v := range c.Data {
-			data[k] = v
-		}
-		for k, v := range c.BinaryData {
-			data[k] = string(v)
-		}
-		f.ConfigMaps[name] = data
-		return c, nil
-	}
+		return c, err
+	})
 	optional := func(b *bool) bool { return b != nil && *b }
 
 	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
@@ -502,6 +480,25 @@ func (pr *podRun) resolve(ctx context.Context) (*fixtures, []problem, error) {
 		}
 	}
 	return f, problems, nil
+}
+
+// cachedGet reads each object once: nil (no error) for one that does not exist.
+func cachedGet[T any](get func(name string) (*T, error)) func(string) (*T, error) {
+	seen := map[string]*T{}
+	return func(name string) (*T, error) {
+		if o, ok := seen[name]; ok {
+			return o, nil
+		}
+		o, err := get(name)
+		if apierrors.IsNotFound(err) {
+			o, err = nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		seen[name] = o
+		return o, nil
+	}
 }
 
 // token asks the API server for a service-account token bound to the pod.
