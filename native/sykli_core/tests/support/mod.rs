@@ -273,3 +273,87 @@ pub fn set_env(
         }
     }
 }
+
+// --- real plane helpers (strategies) ---
+
+/// A binary the workspace builds, in this build's target dir (`cargo build --bins` first).
+pub fn target_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = dir.join("debug").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p sykli_testkit -p sykli_sync --bins",
+        bin.display()
+    );
+    bin
+}
+
+/// The node flag that makes `image` a sync image: `bin` at /usr/local/bin/sykli-sync.
+pub fn sync_image_arg(image: &str, bin: &Path) -> String {
+    format!(
+        "--runner-arg=--image-file={image}={}:/usr/local/bin/sykli-sync",
+        bin.display()
+    )
+}
+
+/// Creates namespace `name` on the real plane.
+pub async fn create_namespace(cluster: &sykli_core::cluster::Cluster, name: &str) {
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// Claim `namespace/name` (`mode`, e.g. ReadWriteMany) bound by the real PV binder to a
+/// hostPath PersistentVolume on `dir` (made world-writable: the pods run as non-root);
+/// returns once the claim is Bound. The volume is pre-bound to the claim (`claimRef`), so
+/// the claims of tests running side by side cannot swap volumes.
+pub async fn bound_claim(
+    cluster: &sykli_core::cluster::Cluster,
+    namespace: &str,
+    name: &str,
+    mode: &str,
+    dir: &Path,
+) {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("{namespace}-{name}")},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": [mode], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": dir.to_str().unwrap(), "type": "Directory"},
+                 "claimRef": {"namespace": namespace, "name": name}}
+    }))
+    .unwrap();
+    kube::Api::<PersistentVolume>::all(cluster.client.clone())
+        .create(&Default::default(), &pv)
+        .await
+        .unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": [mode], "storageClassName": "",
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .unwrap();
+    let claims: kube::Api<PersistentVolumeClaim> =
+        kube::Api::namespaced(cluster.client.clone(), namespace);
+    claims.create(&Default::default(), &pvc).await.unwrap();
+    let bound = |c: Option<&PersistentVolumeClaim>| {
+        c.and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Bound")
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        kube::runtime::wait::await_condition(claims, name, bound),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("claim {namespace}/{name} was not bound within 60s"))
+    .unwrap();
+}
