@@ -2,7 +2,7 @@ defmodule SykliK8s.Test.SykliRun do
   @moduledoc """
   Runs pipelines through sykli's own call path (`SykliK8s.Test.Host`) with this project's
   modules, for the end-to-end tests: pushed repositories whose `.sykli/config.exs` names
-  the test cluster, tasks as the pipeline JSON has them, and the run's answer with what it
+  the real control plane, tasks as the pipeline JSON has them, and the run's answer with what it
   wrote on stderr (sykli discards stdout).
   """
 
@@ -12,7 +12,6 @@ defmodule SykliK8s.Test.SykliRun do
 
   alias SykliK8s.Test.{Cluster, Host}
 
-  @sync_image "ghcr.io/sykli/sync:test"
   @web_image "ghcr.io/sykli/test-web:1"
 
   # The web image's program: answers every GET with "pong" on the port it is given.
@@ -26,8 +25,8 @@ defmodule SykliK8s.Test.SykliRun do
   http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Pong).serve_forever()
   """
 
-  @doc "The sync helper image the test clusters map to the host build of sykli-sync."
-  def sync_image, do: @sync_image
+  @doc "The sync helper image the nodes map to the host build of sykli-sync."
+  def sync_image, do: SykliK8s.Test.RealCluster.sync_image()
 
   @doc """
   A service image: its entrypoint (it has no other, as a sykli service has no command)
@@ -36,29 +35,25 @@ defmodule SykliK8s.Test.SykliRun do
   def web_image, do: @web_image
 
   @doc """
-  A test cluster (with the sync and web images), a git server and a directory, for a whole
-  test module (`setup_all`): removed after the module's last test. `web_port`: where the
-  web image listens (the test cluster's pods share the host's network).
+  The run's shared real control plane (`SykliK8s.Test.RealCluster`, whose nodes have the
+  sync and web images), a git server and a directory, for a whole test module
+  (`setup_all`): the server and directory removed after the module's last test.
+  `web_port`: where the web image listens (pods share the host's network). Each test
+  names a namespace of its own.
   """
   def start_all! do
     tmp = tmp_dir!("sykli-host")
-    port = free_port()
-    entrypoint = SykliK8s.JSON.encode!(["/usr/bin/python3", "-c", @web_server, Integer.to_string(port)])
-
-    info =
-      Cluster.start!(
-        Path.join(tmp, "cluster"),
-        ["--deny-images", "registry.invalid/*", "--image-entrypoint", "#{@web_image}=#{entrypoint}"] ++
-          Cluster.sync_image_file(@sync_image)
-      )
-
+    info = SykliK8s.Test.RealCluster.info()
     srv = Path.join(tmp, "srv")
     File.mkdir_p!(srv)
-    %{info: info, srv: srv, git_base: Cluster.git_server!(srv), web_port: port}
+    %{info: info, srv: srv, git_base: Cluster.git_server!(srv), web_port: info["web_port"]}
   end
 
-  # A loopback port nothing listens on now (the kernel's pick, released for the service).
-  defp free_port do
+  @doc "The web image's entrypoint, listening on `port`."
+  def web_entrypoint(port), do: ["/usr/bin/python3", "-c", @web_server, Integer.to_string(port)]
+
+  @doc "A loopback port nothing listens on now (the kernel's pick, released for the service)."
+  def free_port do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
     {:ok, port} = :inet.port(socket)
     :ok = :gen_tcp.close(socket)
@@ -67,7 +62,7 @@ defmodule SykliK8s.Test.SykliRun do
 
   @doc """
   A repository pushed to the git server, with `files` and a `.sykli/config.exs` naming the
-  test cluster, `namespace` and the sync image, plus `config` (more keyword lines).
+  control plane, `namespace` and the sync image, plus `config` (more keyword lines).
   Returns `%{work, sha, tmp, namespace, bare}` (`bare`: the served repository, to push to).
   """
   def repo!(ctx, namespace, files \\ %{}, config \\ "") do
@@ -77,7 +72,7 @@ defmodule SykliK8s.Test.SykliRun do
     write!(work, ".sykli/config.exs", """
     import Config
     config :sykli, :k8s, kubeconfig: "#{ctx.info["kubeconfig"]}", namespace: "#{namespace}",
-      sync_image: "#{@sync_image}"#{config}
+      sync_image: "#{sync_image()}"#{config}
     """)
 
     write!(work, "README.md", "hello from the commit\n")

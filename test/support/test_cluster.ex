@@ -1,7 +1,8 @@
 defmodule SykliK8s.Test.Cluster do
   @moduledoc """
-  The strict test cluster (native/sykli_testcluster) and loopback git servers, started as
-  real processes for end-to-end tests. Each stops when its port closes (stdin closes).
+  The test kit's programs (loopback git servers, sshd, proxies), started as real processes
+  for end-to-end tests; each stops when its port closes (stdin closes). The Kubernetes
+  control plane the suites run on is `SykliK8s.Test.RealCluster`.
   """
 
   import ExUnit.Assertions
@@ -29,22 +30,6 @@ defmodule SykliK8s.Test.Cluster do
     end
   end
 
-  @doc "A test cluster; returns its JSON line (url, kubeconfig, admin_token) plus a CA file."
-  def start!(dir, args \\ []) do
-    {_port, info} = start_program!("sykli-test-cluster", ["--dir", dir] ++ args)
-    info
-  end
-
-  @doc """
-  The test cluster arguments that make `image` the host build of `sykli-sync` (at
-  /usr/local/bin/sykli-sync, as in the real image).
-  """
-  def sync_image_file(image),
-    do: [
-      "--image-file",
-      "#{image}=#{Path.join([target_dir(), "debug", "sykli-sync"])}:/usr/local/bin/sykli-sync"
-    ]
-
   @doc """
   Writes `dir/kubeconfig` for `server` (TLS unverified, a placeholder token, `namespace` as
   the context's) and returns its path. The default, port 1 on loopback, is a cluster no API
@@ -66,14 +51,6 @@ defmodule SykliK8s.Test.Cluster do
     path
   end
 
-  @doc "Creates the PersistentVolumeClaim `name` (1Gi, access `mode`) in `namespace`."
-  def claim!(info, namespace, name, mode \\ "ReadWriteMany") do
-    api_post!(info, "/api/v1/namespaces/#{namespace}/persistentvolumeclaims", %{
-      metadata: %{name: name},
-      spec: %{accessModes: [mode], resources: %{requests: %{storage: "1Gi"}}}
-    })
-  end
-
   @doc "A git server for the bare repositories under `root`; returns the URL base."
   def git_server!(root, args \\ []) do
     {_port, %{"url_base" => base}} = start_program!("sykli-git-server", ["--root", root] ++ args)
@@ -84,61 +61,6 @@ defmodule SykliK8s.Test.Cluster do
   def program!(name, args \\ []) do
     {_port, info} = start_program!(name, args)
     info
-  end
-
-  @doc "GET from the test cluster's API as the admin (TLS, verified against its CA)."
-  def api_get!(info, path) do
-    {200, body} = request!(info, :get, path, nil)
-    SykliK8s.JSON.decode!(body)
-  end
-
-  @doc "POST a JSON object to the test cluster's API as the admin; returns the decoded answer."
-  def api_post!(info, path, object) do
-    {status, body} = request!(info, :post, path, SykliK8s.JSON.encode!(object))
-    assert status in 200..299, "POST #{path}: #{status} #{body}"
-    SykliK8s.JSON.decode!(body)
-  end
-
-  defp request!(info, method, path, body) do
-    {:ok, _} = Application.ensure_all_started(:inets)
-    {:ok, _} = Application.ensure_all_started(:ssl)
-    # No pooled connection outlives its cluster (a later one may get the same port).
-    headers = [
-      {~c"authorization", ~c"Bearer " ++ String.to_charlist(info["admin_token"])},
-      {~c"connection", ~c"close"}
-    ]
-
-    # The CA in memory and no session reuse: clusters of other tests come and go on the
-    # same loopback ports, and OTP caches CA files and sessions across requests.
-    cacerts = for {:Certificate, der, _} <- :public_key.pem_decode(ca_pem!(info)), do: der
-
-    ssl = [
-      verify: :verify_peer,
-      cacerts: cacerts,
-      reuse_sessions: false,
-      server_name_indication: ~c"localhost"
-    ]
-
-    url = String.to_charlist(info["url"] <> path)
-    request = if body, do: {url, headers, ~c"application/json", body}, else: {url, headers}
-    {:ok, {{_, status, _}, _, answer}} = :httpc.request(method, request, [ssl: ssl], body_format: :binary)
-    {status, answer}
-  end
-
-  # Read from the kubeconfig at each request, never cached in a file a later cluster in a
-  # reused directory could find.
-  defp ca_pem!(info) do
-    # The test cluster writes its kubeconfig as JSON (which is YAML too).
-    %{"clusters" => [%{"cluster" => %{"certificate-authority-data" => data}} | _]} =
-      SykliK8s.JSON.decode!(File.read!(info["kubeconfig"]))
-
-    Base.decode64!(data)
-  end
-
-  @doc "The names of the Jobs in `namespace` (none when the namespace does not exist)."
-  def jobs(info, namespace) do
-    %{"items" => items} = api_get!(info, "/apis/batch/v1/namespaces/#{namespace}/jobs")
-    Enum.map(items, & &1["metadata"]["name"])
   end
 
   @doc """

@@ -1,23 +1,25 @@
 defmodule SykliK8s.CLIK8sTest do
   # `sykli run --target=k8s` and `sykli info --check` through the real bin/sykli, against the
-  # strict test cluster (a real process over TLS) and a real git server on 127.0.0.1.
+  # real control plane (shared by the run; each test in namespaces of its own) and a real
+  # git server on 127.0.0.1.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
-  alias SykliK8s.Test.Cluster
+  alias SykliK8s.Test.{Cluster, RealCluster}
 
   @sykli Path.expand("../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
 
   setup do
     tmp = tmp_dir!()
+    ns = RealCluster.namespace!("cli")
     work = init!(Path.join(tmp, "work"))
     write!(work, "Cargo.toml", "[package]\nname = \"app\"\n")
 
     write!(
       work,
       ".sykli/config.exs",
-      "import Config\nconfig :sykli, :k8s, namespace: \"ci\", create_namespace: true\n"
+      "import Config\nconfig :sykli, :k8s, namespace: \"#{ns}\", create_namespace: true\n"
     )
 
     sha = commit_all!(work, "first")
@@ -29,8 +31,8 @@ defmodule SykliK8s.CLIK8sTest do
     # The git server only serves fetches: pushes go straight to the bare repository.
     git!(work, ["remote", "set-url", "--push", "origin", Path.join(srv, "repo.git")])
     git!(work, ["push", "-q", "-u", "origin", "main"])
-    info = Cluster.start!(Path.join(tmp, "cluster"))
-    {:ok, tmp: tmp, work: work, sha: sha, info: info, kubeconfig: info["kubeconfig"]}
+    info = RealCluster.info()
+    {:ok, tmp: tmp, work: work, sha: sha, info: info, kubeconfig: info["kubeconfig"], ns: ns}
   end
 
   defp sykli(ctx, args, opts \\ []) do
@@ -85,10 +87,10 @@ defmodule SykliK8s.CLIK8sTest do
 
       events = events(out)
 
-      assert %{"event" => "run_started", "run_id" => "e2e1", "namespace" => "ci", "tasks" => 4, "sha" => sha} =
+      assert %{"event" => "run_started", "run_id" => "e2e1", "namespace" => ns, "tasks" => 4, "sha" => sha} =
                hd(events)
 
-      assert sha == ctx.sha
+      assert sha == ctx.sha and ns == ctx.ns
       assert %{"event" => "summary", "status" => "succeeded", "tasks" => tasks} = List.last(events)
 
       assert Enum.map(tasks, &{&1["name"], &1["status"]}) ==
@@ -110,7 +112,7 @@ defmodule SykliK8s.CLIK8sTest do
       assert index(events, "task_started", "unit") < index(events, "task_finished", "lint")
       assert index(events, "task_started", "package") > index(events, "task_finished", "unit")
       assert index(events, "task_started", "package") > index(events, "task_finished", "lint")
-      assert Cluster.jobs(ctx.info, "ci") == []
+      assert RealCluster.jobs(ctx.info, ctx.ns) == []
     end
 
     test "--jobs 1 runs independent tasks one after the other", ctx do
@@ -137,7 +139,7 @@ defmodule SykliK8s.CLIK8sTest do
       {out, 1} = sykli(ctx, ~w(run --target=k8s --run-id f1 --pipeline #{file}))
 
       assert out =~
-               "sykli: run f1: 4 tasks, commit #{String.slice(ctx.sha, 0, 12)} (main), namespace ci on https://127.0.0.1:"
+               "sykli: run f1: 4 tasks, commit #{String.slice(ctx.sha, 0, 12)} (main), namespace #{ctx.ns} on https://127.0.0.1:"
 
       assert out =~ "▶ compile started (Job sykli-compile-f1)"
       assert out =~ "[compile] boom\n"
@@ -154,10 +156,10 @@ defmodule SykliK8s.CLIK8sTest do
 
       assert out =~ ~r/\ndeploy +skipped +- +depends on test, which was skipped\n/
       assert out =~ "run failed: 1 succeeded, 1 failed, 2 skipped"
-      assert Cluster.jobs(ctx.info, "ci") == []
+      assert RealCluster.jobs(ctx.info, ctx.ns) == []
 
       {_, 1} = sykli(ctx, ~w(run --target=k8s --run-id f2 --keep-failed --pipeline #{file}))
-      assert Cluster.jobs(ctx.info, "ci") == ["sykli-compile-f2"]
+      assert RealCluster.jobs(ctx.info, ctx.ns) == ["sykli-compile-f2"]
     end
 
     test "Ctrl-C cancels: running Jobs are deleted, the summary says what was cancelled", ctx do
@@ -180,14 +182,14 @@ defmodule SykliK8s.CLIK8sTest do
 
       {:os_pid, pid} = Port.info(port, :os_pid)
       assert_receive {^port, {:data, {:eol, "[slow] slow-started"}}}, 120_000
-      assert Cluster.jobs(ctx.info, "ci") == ["sykli-slow-int1"]
+      assert RealCluster.jobs(ctx.info, ctx.ns) == ["sykli-slow-int1"]
       {_, 0} = System.cmd("kill", ["-INT", to_string(pid)])
       assert_receive {^port, {:exit_status, 130}}, 60_000
       out = collect_lines(port)
       assert out =~ ~r/■ slow cancelled after [0-9.]+s/
       assert out =~ "■ after cancelled: not started: the run was interrupted"
       assert out =~ "run cancelled: 2 cancelled"
-      assert Cluster.jobs(ctx.info, "ci") == []
+      assert RealCluster.jobs(ctx.info, ctx.ns) == []
     end
   end
 
@@ -286,15 +288,19 @@ defmodule SykliK8s.CLIK8sTest do
       assert out =~
                ~s[sykli: "featur" is no branch, tag or commit of remote origin (did you mean refs/heads/feature?)]
 
-      assert Cluster.jobs(ctx.info, "ci") == []
+      assert RealCluster.jobs(ctx.info, ctx.ns) == []
     end
   end
 
   describe "settings" do
     test "precedence: --namespace over the task's own over the config file over SYKLI_K8S_NAMESPACE", ctx do
+      # The namespaces the real run creates are this test's own (the plane is shared).
+      task_ns = RealCluster.namespace!("task-ns")
+      team_b = RealCluster.namespace!("team-b")
+
       file =
         pipeline!(ctx, [
-          %{name: "own", container: "any", command: "true", k8s: %{namespace: "task-ns"}},
+          %{name: "own", container: "any", command: "true", k8s: %{namespace: task_ns}},
           %{name: "plain", container: "any", command: "true"}
         ])
 
@@ -310,28 +316,31 @@ defmodule SykliK8s.CLIK8sTest do
       end
 
       env = [env: [{"SYKLI_K8S_NAMESPACE", "from-env"}]]
-      assert namespaces.([], env) == ["task-ns", "ci"]
+      assert namespaces.([], env) == [task_ns, ctx.ns]
       assert namespaces.(~w(-n from-flag), env) == ["from-flag", "from-flag"]
 
       write!(ctx.work, ".sykli/config.exs", "import Config\nconfig :sykli, :k8s, create_namespace: true\n")
       commit_all!(ctx.work, "no namespace in the config")
       git!(ctx.work, ["push", "-q", "origin", "main"])
-      assert namespaces.([], env) == ["task-ns", "from-env"]
-      assert namespaces.([], []) == ["task-ns", "sykli"]
+      assert namespaces.([], env) == [task_ns, "from-env"]
+      assert namespaces.([], []) == [task_ns, "sykli"]
 
       # The real run uses the same settings: its Jobs go to the namespace the config names.
       write!(
         ctx.work,
         ".sykli/config.exs",
-        "import Config\nconfig :sykli, :k8s, namespace: \"team-b\", create_namespace: true\n"
+        "import Config\nconfig :sykli, :k8s, namespace: \"#{team_b}\", create_namespace: true\n"
       )
 
       commit_all!(ctx.work, "team-b")
       git!(ctx.work, ["push", "-q", "origin", "main"])
       {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}), stderr: false)
-      assert %{"namespace" => "team-b"} = hd(events(out))
-      names = Enum.map(Cluster.api_get!(ctx.info, "/api/v1/namespaces")["items"], & &1["metadata"]["name"])
-      assert "team-b" in names and "task-ns" in names
+      assert %{"namespace" => ^team_b} = hd(events(out))
+
+      names =
+        Enum.map(RealCluster.api_get!(ctx.info, "/api/v1/namespaces")["items"], & &1["metadata"]["name"])
+
+      assert team_b in names and task_ns in names
     end
 
     test "every config error names the key, the value and the file, and nothing runs", ctx do
@@ -360,8 +369,8 @@ defmodule SykliK8s.CLIK8sTest do
         end
       end
 
-      assert Cluster.api_get!(ctx.info, "/api/v1/namespaces")["items"]
-             |> Enum.all?(&(&1["metadata"]["name"] != "ci"))
+      assert RealCluster.api_get!(ctx.info, "/api/v1/namespaces")["items"]
+             |> Enum.all?(&(&1["metadata"]["name"] != ctx.ns))
     end
 
     test "info --check: the cluster is reachable and what the Jobs reference exists", ctx do
@@ -382,19 +391,21 @@ defmodule SykliK8s.CLIK8sTest do
 
       {out, 1} = sykli(ctx, ~w(info --check))
       assert out =~ ~r/Cluster +https:\/\/127\.0\.0\.1:\d+\/: reachable/
-      assert out =~ "✗ Secret ci/tls-cert does not exist (volume tls needs it)"
+      assert out =~ "✗ Secret #{ctx.ns}/tls-cert does not exist (volume tls needs it)"
 
-      Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+      RealCluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: ctx.ns}})
 
-      Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/secrets", %{
+      RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/secrets", %{
         metadata: %{name: "tls-cert"},
         stringData: %{"tls.crt" => "x"}
       })
 
       {out, 0} = sykli(ctx, ~w(info --check --json), stderr: false)
 
-      assert %{"check" => %{"problems" => [], "namespace" => "ci", "pipeline_checked" => true}} =
+      assert %{"check" => %{"problems" => [], "namespace" => ns, "pipeline_checked" => true}} =
                SykliK8s.JSON.decode!(out)
+
+      assert ns == ctx.ns
 
       {out, 1} = sykli(ctx, ~w(info --check), kubeconfig: "/nonexistent")
       assert out =~ "sykli: cannot read the kubeconfig /nonexistent"

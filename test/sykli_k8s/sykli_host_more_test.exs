@@ -1,12 +1,12 @@
 defmodule SykliK8s.SykliHostMoreTest do
-  # sykli's own call path with this project's modules (the host harness), on the test
-  # cluster: the PVC and S3 strategies, volumes, success criteria, services, git refs.
+  # sykli's own call path with this project's modules (the host harness), on the real
+  # control plane: the PVC and S3 strategies, volumes, success criteria, services, git refs.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
   import SykliK8s.Test.SykliRun, only: [repo!: 2, repo!: 4, task: 2, task: 3, run: 2, run: 3]
   alias Sykli.Executor.TaskResult
-  alias SykliK8s.Test.{Cluster, Host, S3Server, SykliRun}
+  alias SykliK8s.Test.{Host, RealCluster, S3Server, SykliRun}
 
   @moduletag timeout: 300_000
 
@@ -15,12 +15,12 @@ defmodule SykliK8s.SykliHostMoreTest do
   end
 
   defp namespace!(ctx, name),
-    do: Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: name}})
+    do: RealCluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: name}})
 
   test "the PVC strategy: the dirty working tree sykli let through is what the task sees", ctx do
     repo = repo!(ctx, "ci-pvc", %{}, ", source_strategy: :pvc, source_pvc: \"src\"")
     namespace!(ctx, "ci-pvc")
-    Cluster.claim!(ctx.info, "ci-pvc", "src")
+    RealCluster.claim!(ctx.info, "ci-pvc", "src")
     write!(repo.work, "README.md", "edited, not committed\n")
     write!(repo.work, "notes.txt", "untracked\n")
 
@@ -59,8 +59,11 @@ defmodule SykliK8s.SykliHostMoreTest do
     assert error.exit_code == 4
     assert stderr =~ "uploaded"
 
-    [job] = Cluster.jobs(ctx.info, "ci-s3")
-    text = SykliK8s.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci-s3/jobs/#{job}"))
+    [job] = RealCluster.jobs(ctx.info, "ci-s3")
+
+    text =
+      SykliK8s.JSON.encode!(RealCluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci-s3/jobs/#{job}"))
+
     refute text =~ s3["secret_key"]
     # Nor the URL: the fetch reads it from the Job's own Secret, signed at submission.
     refute text =~ "X-Amz-"
@@ -88,7 +91,7 @@ defmodule SykliK8s.SykliHostMoreTest do
     assert {:ok, %{id: "sykli-dir-out"}} = Sykli.Target.K8s.create_volume("out", %{}, state)
 
     pvc =
-      Cluster.api_get!(
+      RealCluster.api_get!(
         ctx.info,
         "/api/v1/namespaces/ci-volumes/persistentvolumeclaims/sykli-cache-cargo-registry"
       )

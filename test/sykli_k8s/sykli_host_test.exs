@@ -1,7 +1,7 @@
 defmodule SykliK8s.SykliHostTest do
   # sykli's own call path (the host harness: its CLI's git preparation, its executor's
   # setup/run_task/teardown, stdout discarded) with this project's three modules, against
-  # the strict test cluster and a real git server. What the task sees is checked inside
+  # the real control plane and a real git server. What the task sees is checked inside
   # the task itself.
   use ExUnit.Case, async: true
 
@@ -12,7 +12,7 @@ defmodule SykliK8s.SykliHostTest do
     only: [repo!: 2, repo!: 3, repo!: 4, task: 2, task: 3, run: 2, run: 3, result: 2]
 
   alias Sykli.Executor.TaskResult
-  alias SykliK8s.Test.{Cluster, Host, SykliRun}
+  alias SykliK8s.Test.{Host, RealCluster, SykliRun}
 
   @moduletag timeout: 300_000
 
@@ -34,7 +34,7 @@ defmodule SykliK8s.SykliHostTest do
     # sykli discards stdout: progress and the live log are on stderr.
     assert stderr =~ "[build] found-the-commit"
     assert stderr =~ "✓ build succeeded"
-    assert Cluster.jobs(ctx.info, "ci-example") == []
+    assert RealCluster.jobs(ctx.info, "ci-example") == []
   end
 
   test "src:frontend is that directory; src:. from a subdirectory workdir is that subdirectory", ctx do
@@ -117,9 +117,9 @@ defmodule SykliK8s.SykliHostTest do
 
   test "secrets resolve from the cluster, or from the environment when the Secret is missing", ctx do
     repo = repo!(ctx, "ci-secrets")
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-secrets"}})
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-secrets"}})
 
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci-secrets/secrets", %{
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces/ci-secrets/secrets", %{
       metadata: %{name: "deploy"},
       stringData: %{"value" => "v1", "token" => "t1"}
     })
@@ -154,8 +154,8 @@ defmodule SykliK8s.SykliHostTest do
 
   test "artifacts: a task's output reaches a later task's task_inputs through the artifact claim", ctx do
     repo = repo!(ctx, "ci-artifacts")
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-artifacts"}})
-    Cluster.claim!(ctx.info, "ci-artifacts", "sykli-artifacts")
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-artifacts"}})
+    RealCluster.claim!(ctx.info, "ci-artifacts", "sykli-artifacts")
 
     producer =
       task("build", "mkdir -p dist && echo built-$EXPECTED > dist/app.txt", %{
@@ -180,7 +180,9 @@ defmodule SykliK8s.SykliHostTest do
     repo = repo!(ctx, "ci-fresh-ns")
     {answer, _} = run(repo.work, [task("t", "echo ok")])
     assert {:ok, _} = answer
-    assert Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci-fresh-ns")["metadata"]["name"] == "ci-fresh-ns"
+
+    assert RealCluster.api_get!(ctx.info, "/api/v1/namespaces/ci-fresh-ns")["metadata"]["name"] ==
+             "ci-fresh-ns"
 
     ctx_struct = Sykli.GitContext.detect(repo.work)
 
@@ -212,6 +214,6 @@ defmodule SykliK8s.SykliHostTest do
     # user reads, and the cause says the same.
     assert %Sykli.Error{cause: %SykliK8s.Error{kind: :forbidden, message: message}} = reason
     assert line == "sykli k8s: " <> message
-    assert Cluster.jobs(ctx.info, "ci-not-allowed") == []
+    assert RealCluster.jobs(ctx.info, "ci-not-allowed") == []
   end
 end

@@ -1,17 +1,18 @@
 defmodule SykliK8s.TargetArtifactsTest do
-  # The artifact callbacks end to end on the strict test cluster: a producer Job writes its
-  # artifact on the artifact claim (mounted because it declares outputs), copy_artifact
-  # copies it on the claim through the receiver pod (the host build of sykli-sync, as the
-  # test cluster's --image-file), and a consumer Job (declaring task_inputs) reads the copy.
+  # The artifact callbacks end to end on the real control plane (each test in its own
+  # namespace): a producer Job writes its artifact on the artifact claim (mounted because it
+  # declares outputs), copy_artifact copies it on the claim through the receiver pod (the
+  # host build of sykli-sync, as the nodes' --image-file), and a consumer Job (declaring
+  # task_inputs) reads the copy.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
   alias SykliK8s.Error
   alias SykliK8s.Target
-  alias SykliK8s.Test.Cluster
+  alias SykliK8s.Test.RealCluster
 
   @moduletag timeout: 300_000
-  @image "ghcr.io/sykli/sync:test"
+  @image RealCluster.sync_image()
 
   setup do
     tmp = tmp_dir!()
@@ -20,21 +21,18 @@ defmodule SykliK8s.TargetArtifactsTest do
     commit_all!(work, "first")
     # The Jobs mount no source, but a git context names one.
     git!(work, ["remote", "add", "origin", "https://git.invalid/app.git"])
-    cluster_dir = Path.join(tmp, "cluster")
-    info = Cluster.start!(cluster_dir, Cluster.sync_image_file(@image))
-
-    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+    info = RealCluster.info()
+    ns = RealCluster.namespace!("artifacts")
+    RealCluster.create_namespace!(info, ns)
 
     {:ok, state} =
-      Target.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, sync_image: @image)
+      Target.setup(kubeconfig: info["kubeconfig"], namespace: ns, workdir: work, sync_image: @image)
 
-    {:ok, info: info, state: state, work: work, cluster_dir: cluster_dir}
+    {:ok, info: info, state: state, work: work, ns: ns}
   end
 
-  # The directory the test cluster's provisioner backs a claim with.
-  defp claim_dir(ctx, namespace, name), do: Path.join([ctx.cluster_dir, "pvcs", namespace, name])
-
-  defp claim!(info, name), do: Cluster.claim!(info, "ci", name)
+  # Returns the claim's host directory (its PersistentVolume's hostPath).
+  defp claim!(ctx, name), do: RealCluster.claim!(ctx.info, ctx.ns, name)
 
   defp logs_to_me(name), do: fn event -> send(self(), {:event, name, event}) end
 
@@ -54,7 +52,7 @@ defmodule SykliK8s.TargetArtifactsTest do
   end
 
   test "a producer's artifact is copied on the claim and read by a consumer Job", ctx do
-    claim!(ctx.info, "sykli-artifacts")
+    claim = claim!(ctx, "sykli-artifacts")
     file = Target.artifact_path("producer", "app.txt", ctx.work, ctx.state)
     dist = Target.artifact_path("producer", "dist", ctx.work, ctx.state)
     assert file == "/artifacts/producer/app.txt"
@@ -104,10 +102,10 @@ defmodule SykliK8s.TargetArtifactsTest do
     {:ok, run} = Target.start_task(consumer, ctx.state)
     assert {:ok, %{exit_code: 0}} = Target.await(run, logs_to_me(:consumer))
     assert_received {:event, :consumer, {:log, "task", "consumed-ok"}}
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
 
     # The receiver pod is the PVC strategy's, for the artifact claim.
-    %{"items" => pods} = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods")
+    %{"items" => pods} = RealCluster.api_get!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/pods")
 
     assert [%{"metadata" => %{"name" => "sykli-sync-" <> _}}] =
              for(
@@ -119,7 +117,6 @@ defmodule SykliK8s.TargetArtifactsTest do
 
     # Each task wrote its own directory of this run only: the producer's, and the
     # consumer's copies.
-    claim = claim_dir(ctx, "ci", "sykli-artifacts")
     assert File.ls!(claim) == ["sykli-tasks"]
     assert File.ls!(Path.join(claim, "sykli-tasks")) == [ctx.state.run_id]
 
@@ -131,7 +128,12 @@ defmodule SykliK8s.TargetArtifactsTest do
     # Another run (another branch, the same task names) reaches none of it: its producer
     # has no artifact until it builds one, and its consumer's directory is empty.
     {:ok, other} =
-      Target.setup(kubeconfig: ctx.info["kubeconfig"], namespace: "ci", workdir: ctx.work, sync_image: @image)
+      Target.setup(
+        kubeconfig: ctx.info["kubeconfig"],
+        namespace: ctx.ns,
+        workdir: ctx.work,
+        sync_image: @image
+      )
 
     assert other.run_id != ctx.state.run_id
 
@@ -146,14 +148,14 @@ defmodule SykliK8s.TargetArtifactsTest do
   end
 
   test "a missing source is :not_found naming the artifact; nothing is written", ctx do
-    claim!(ctx.info, "sykli-artifacts")
+    claim!(ctx, "sykli-artifacts")
     source = Target.artifact_path("producer", "never-built", ctx.work, ctx.state)
 
     assert {:error, %Error{kind: :not_found, message: message}} =
              Target.copy_artifact(source, "/artifacts/consumer/y", ctx.work, ctx.state)
 
     assert message =~ "the artifact /artifacts/producer/never-built does not exist"
-    assert message =~ "ci/sykli-artifacts"
+    assert message =~ "#{ctx.ns}/sykli-artifacts"
 
     check = %{
       name: "check",
@@ -174,12 +176,12 @@ defmodule SykliK8s.TargetArtifactsTest do
              Target.run_task(task, state, on_event: fn _ -> :ok end)
 
     assert message =~ "no-such-claim"
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
 
     assert {:error, %Error{kind: :not_found, message: message}} =
              Target.copy_artifact("/artifacts/a/b", "/artifacts/c/d", ctx.work, state)
 
-    assert message =~ "PersistentVolumeClaim ci/no-such-claim does not exist (artifact_pvc)"
+    assert message =~ "PersistentVolumeClaim #{ctx.ns}/no-such-claim does not exist (artifact_pvc)"
   end
 end
 
@@ -291,7 +293,7 @@ end
 
 defmodule SykliK8s.TargetArtifactScopeTest do
   # Collected outputs and task_inputs through sykli's own call path (the host harness) on
-  # the strict test cluster: each run's outputs are kept under sykli-runs/<run>/<job> on the
+  # the real control plane: each run's outputs are kept under sykli-runs/<run>/<job> on the
   # artifact claim, and every container mounts only its part of the claim (the outputs
   # sidecar its Job's directory, the inputs placer its producers', read-only; the task
   # nothing). What a task tries against the others is checked on the claim itself.
@@ -300,17 +302,16 @@ defmodule SykliK8s.TargetArtifactScopeTest do
   import SykliK8s.Test.GitRepo
   import SykliK8s.Test.SykliRun, only: [repo!: 2, task: 3, run: 2, result: 2]
 
-  alias SykliK8s.Test.{Cluster, SykliRun}
+  alias SykliK8s.Test.{Cluster, RealCluster}
 
   @moduletag timeout: 300_000
 
   setup_all do
     tmp = tmp_dir!("sykli-artifact-scope")
-    cluster_dir = Path.join(tmp, "cluster")
-    info = Cluster.start!(cluster_dir, Cluster.sync_image_file(SykliRun.sync_image()))
+    info = RealCluster.info()
     srv = Path.join(tmp, "srv")
     File.mkdir_p!(srv)
-    {:ok, info: info, srv: srv, git_base: Cluster.git_server!(srv), cluster_dir: cluster_dir}
+    {:ok, info: info, srv: srv, git_base: Cluster.git_server!(srv)}
   end
 
   # Overwrites every app.txt it can reach (its own copy of build's artifact included),
@@ -345,10 +346,10 @@ defmodule SykliK8s.TargetArtifactScopeTest do
 
   test "a task reaches neither another task's nor another run's artifacts: each consumer reads its own run's",
        ctx do
-    repo = repo!(ctx, "ci-scoped")
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces", %{metadata: %{name: "ci-scoped"}})
-    Cluster.claim!(ctx.info, "ci-scoped", "sykli-artifacts")
-    claim = Path.join([ctx.cluster_dir, "pvcs", "ci-scoped", "sykli-artifacts"])
+    ns = RealCluster.namespace!("scoped")
+    repo = repo!(ctx, ns)
+    RealCluster.create_namespace!(ctx.info, ns)
+    claim = RealCluster.claim!(ctx.info, ns, "sykli-artifacts")
 
     # Two runs of the same tasks, one after the other: the second's evil task would find the
     # first's artifacts too, were they within its reach.

@@ -1,11 +1,12 @@
 defmodule SykliK8s.TargetE2ETest do
-  # run_task end to end: the NIF, the tokio runtime and kube-rs against the strict test
-  # cluster (a real process over TLS) and a real git server.
+  # run_task end to end: the NIF, the tokio runtime and kube-rs against the real control
+  # plane (kube-apiserver, the job controller, the garbage collector, virtual-kubelet nodes;
+  # shared by the run, each test in its own namespace) and a real git server.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
   alias SykliK8s.Target
-  alias SykliK8s.Test.Cluster
+  alias SykliK8s.Test.{Cluster, RealCluster}
 
   @moduletag timeout: 180_000
 
@@ -21,12 +22,13 @@ defmodule SykliK8s.TargetE2ETest do
     git!(work, ["remote", "add", "origin", url])
     git!(work, ["fetch", "-q", "origin"])
     git!(work, ["branch", "-q", "-u", "origin/main"])
-    info = Cluster.start!(Path.join(tmp, "cluster"), ["--deny-images", "registry.invalid/*"])
+    info = RealCluster.info()
+    ns = RealCluster.namespace!("e2e")
 
     {:ok, state} =
-      Target.setup(kubeconfig: info["kubeconfig"], namespace: "ci", workdir: work, create_namespace: true)
+      Target.setup(kubeconfig: info["kubeconfig"], namespace: ns, workdir: work, create_namespace: true)
 
-    {:ok, info: info, state: state, sha: sha}
+    {:ok, info: info, state: state, sha: sha, ns: ns}
   end
 
   defp collect(tag_events), do: fn event -> send(self(), {:event, tag_events, event}) end
@@ -34,7 +36,8 @@ defmodule SykliK8s.TargetE2ETest do
   test "the task finds the exact commit at /app; its log streams; the Job is deleted", %{
     state: state,
     sha: sha,
-    info: info
+    info: info,
+    ns: ns
   } do
     task = %{
       name: "build",
@@ -48,7 +51,7 @@ defmodule SykliK8s.TargetE2ETest do
     assert :ok = Target.run_task(task, state, resources: resources, on_event: collect(:build))
     assert_received {:event, :build, {:log, "task", "checked-ok"}}
     assert_received {:event, :build, {:phase, :creating, _}}
-    assert Cluster.jobs(info, "ci") == []
+    assert RealCluster.jobs(info, ns) == []
   end
 
   test "a failing command: its exit code in details, its log delivered", %{state: state} do
@@ -71,19 +74,19 @@ defmodule SykliK8s.TargetE2ETest do
     assert message =~ "registry.invalid/app:1"
   end
 
-  test "cancelling a run deletes its Job", %{state: state, info: info} do
+  test "cancelling a run deletes its Job", %{state: state, info: info, ns: ns} do
     {:ok, run} =
       Target.start_task(%{name: "long", container: "any", command: "echo started; sleep 600"}, state)
 
     tag = run.tag
     assert_receive {^tag, {:log, "task", "started"}}, 60_000
-    assert [_] = Cluster.jobs(info, "ci")
+    assert [_] = RealCluster.jobs(info, ns)
     :ok = Target.cancel(run)
     assert {:error, %SykliK8s.Error{kind: :cancelled}} = Target.await(run)
-    assert Cluster.jobs(info, "ci") == []
+    assert RealCluster.jobs(info, ns) == []
   end
 
-  test "a run whose process dies is cancelled: its Job is deleted", %{state: state, info: info} do
+  test "a run whose process dies is cancelled: its Job is deleted", %{state: state, info: info, ns: ns} do
     parent = self()
 
     owner =
@@ -103,39 +106,44 @@ defmodule SykliK8s.TargetE2ETest do
       end)
 
     assert_receive :running, 60_000
-    assert [_] = Cluster.jobs(info, "ci")
+    assert [_] = RealCluster.jobs(info, ns)
     Process.exit(owner, :kill)
     # Nothing sends an event for this: the handle's destructor deletes the Job.
-    assert Cluster.eventually(fn -> Cluster.jobs(info, "ci") == [] end)
+    assert Cluster.eventually(fn -> RealCluster.jobs(info, ns) == [] end)
   end
 
   test "preflight errors create nothing", %{info: info} = ctx do
-    {:ok, state} =
-      Target.setup(kubeconfig: info["kubeconfig"], namespace: "absent", workdir: ctx.state.workdir)
+    absent = RealCluster.namespace!("absent")
+
+    {:ok, state} = Target.setup(kubeconfig: info["kubeconfig"], namespace: absent, workdir: ctx.state.workdir)
 
     assert {:error, %SykliK8s.Error{kind: :not_found, message: message}} =
              Target.run_task(%{name: "t", container: "any", command: "true"}, state)
 
-    assert message =~ ~s(namespace "absent" does not exist)
-    assert Cluster.jobs(info, "absent") == []
+    assert message =~ ~s(namespace "#{absent}" does not exist)
+    assert RealCluster.jobs(info, absent) == []
   end
 
-  test "keep_failed keeps a failed Job for debugging", %{state: state, info: info} do
+  test "keep_failed keeps a failed Job for debugging", %{state: state, info: info, ns: ns} do
     assert {:error, %SykliK8s.Error{kind: :task_failed, details: %{kept: true, job: job}}} =
              Target.run_task(%{name: "keep", container: "any", command: "exit 1"}, state,
                keep_failed: true,
                on_event: fn _ -> :ok end
              )
 
-    assert Cluster.jobs(info, "ci") == [job]
+    assert RealCluster.jobs(info, ns) == [job]
   end
 
-  test "resolve_secret reads a Secret's key; create_volume makes a claim once", %{state: state, info: info} do
+  test "resolve_secret reads a Secret's key; create_volume makes a claim once", %{
+    state: state,
+    info: info,
+    ns: ns
+  } do
     # The namespace exists once a run has created it.
     :ok =
       Target.run_task(%{name: "warm", container: "any", command: "true"}, state, on_event: fn _ -> :ok end)
 
-    Cluster.api_post!(info, "/api/v1/namespaces/ci/secrets", %{
+    RealCluster.api_post!(info, "/api/v1/namespaces/#{ns}/secrets", %{
       "apiVersion" => "v1",
       "kind" => "Secret",
       "metadata" => %{"name" => "gh"},
@@ -149,7 +157,7 @@ defmodule SykliK8s.TargetE2ETest do
 
     assert {:ok, %{reference: "cache", id: "cache"}} = Target.create_volume("cache", %{size: "2Gi"}, state)
     assert {:ok, _} = Target.create_volume("cache", %{size: "2Gi"}, state)
-    pvc = Cluster.api_get!(info, "/api/v1/namespaces/ci/persistentvolumeclaims/cache")
+    pvc = RealCluster.api_get!(info, "/api/v1/namespaces/#{ns}/persistentvolumeclaims/cache")
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
 

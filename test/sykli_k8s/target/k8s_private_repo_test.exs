@@ -1,11 +1,12 @@
 defmodule SykliK8s.TargetPrivateRepoTest do
-  # Private repositories end to end: bin/sykli against the strict test cluster, with the
-  # credentials in real Secrets and ConfigMaps of the cluster, and real servers on 127.0.0.1
+  # Private repositories end to end: bin/sykli against the real control plane (each test in
+  # its own namespace), with the credentials in real Secrets and ConfigMaps of the cluster,
+  # and real servers on 127.0.0.1
   # (smart HTTP that requires basic auth, sshd with key auth only).
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
-  alias SykliK8s.Test.Cluster
+  alias SykliK8s.Test.{Cluster, RealCluster}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
@@ -19,10 +20,11 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     srv = Path.join(tmp, "srv")
     File.mkdir_p!(srv)
     git!(srv, ["init", "-q", "--bare", "repo.git"])
-    info = Cluster.start!(Path.join(tmp, "cluster"))
-    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
+    info = RealCluster.info()
+    ns = RealCluster.namespace!("private")
+    RealCluster.create_namespace!(info, ns)
     pipeline = Path.join(tmp, "pipeline.json")
-    {:ok, tmp: tmp, work: work, srv: srv, info: info, pipeline: pipeline}
+    {:ok, tmp: tmp, work: work, srv: srv, info: info, pipeline: pipeline, ns: ns}
   end
 
   defp remote!(ctx, url) do
@@ -34,7 +36,7 @@ defmodule SykliK8s.TargetPrivateRepoTest do
   defp config!(ctx, settings) do
     File.write!(
       Path.join(ctx.tmp, "config.exs"),
-      "import Config\nconfig :sykli, :k8s, namespace: \"ci\", #{settings}\n"
+      "import Config\nconfig :sykli, :k8s, namespace: \"#{ctx.ns}\", #{settings}\n"
     )
 
     # The config lives in the repository; committed and pushed, the tree stays clean.
@@ -75,7 +77,7 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     )
   end
 
-  defp job!(ctx, name), do: Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}")
+  defp job!(ctx, name), do: RealCluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/#{ctx.ns}/jobs/#{name}")
 
   test "an HTTPS token clones; it is in none of the manifest, the Job, the logs", ctx do
     # HTTPS: a token never travels over plain http.
@@ -85,7 +87,7 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     url = server["url_base"]
     assert String.starts_with?(url, "https://")
 
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/configmaps", %{
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/configmaps", %{
       metadata: %{name: "corp-ca"},
       data: %{"ca.crt" => File.read!(server["ca_file"])}
     })
@@ -98,16 +100,16 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     )
 
     # The Secret lacks a key the Job reads: refused before the Job exists, naming both.
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/secrets", %{
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/secrets", %{
       metadata: %{name: "git-token"},
       stringData: %{"token" => @token}
     })
 
     {out, 1} = sykli(ctx, ~w(run --target=k8s --run-id pre1))
-    assert out =~ ~s(Secret ci/git-token has no key "username")
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert out =~ ~s(Secret #{ctx.ns}/git-token has no key "username")
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
 
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/secrets", %{
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/secrets", %{
       metadata: %{name: "git-token-2"},
       stringData: %{"token" => @token, "username" => "ci-bot"}
     })
@@ -135,14 +137,14 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     remote!(ctx, sshd["url_base"] <> "/repo.git")
     key = File.read!(sshd["client_key"])
 
-    Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/secrets", %{
+    RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/secrets", %{
       metadata: %{name: "deploy-key"},
       type: "kubernetes.io/ssh-auth",
       stringData: %{"ssh-privatekey" => key}
     })
 
     for {name, line} <- [{"right-hosts", sshd["known_hosts"]}, {"wrong-hosts", sshd["wrong_known_hosts"]}] do
-      Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/configmaps", %{
+      RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/configmaps", %{
         metadata: %{name: name},
         data: %{"known_hosts" => line <> "\n"}
       })
@@ -152,7 +154,7 @@ defmodule SykliK8s.TargetPrivateRepoTest do
     config!(ctx, ~s(git_ssh_secret: "deploy-key"))
     {out, 1} = sykli(ctx, ~w(run --target=k8s --run-id nokh))
     assert out =~ "git_ssh_secret needs git_known_hosts"
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
 
     config!(ctx, ~s(git_ssh_secret: "deploy-key", git_known_hosts: "right-hosts"))
     {out, 1} = sykli(ctx, ~w(run --target=k8s --run-id ssh1))

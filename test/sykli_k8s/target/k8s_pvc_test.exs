@@ -1,19 +1,21 @@
 defmodule SykliK8s.TargetPvcTest do
-  # The PVC strategy end to end: bin/sykli uploads the working tree into a claim of the
-  # strict test cluster over pods/exec, and the Jobs find it at their mount paths. The
-  # sync helper image is the host build of sykli-sync (the test cluster's --image-file).
+  # The PVC strategy end to end: bin/sykli uploads the working tree into a claim (a hostPath
+  # PersistentVolume the real binder binds) of the real control plane over pods/exec, and
+  # the Jobs find it at their mount paths. The sync helper image is the host build of
+  # sykli-sync (the nodes' --image-file). Each test has its own namespace.
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
   import SykliK8s.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
-  alias SykliK8s.Test.{Cluster, Pipeline}
+  alias SykliK8s.Test.{Pipeline, RealCluster}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
-  @image "ghcr.io/sykli/sync:test"
+  @image RealCluster.sync_image()
 
   setup do
     tmp = tmp_dir!()
+    ns = RealCluster.namespace!("pvc")
     work = init!(Path.join(tmp, "work"))
     write!(work, ".gitignore", "target/\n")
     write!(work, "src/main.rs", "fn main() {}\n")
@@ -22,21 +24,20 @@ defmodule SykliK8s.TargetPvcTest do
 
     write!(work, ".sykli/config.exs", """
     import Config
-    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+    config :sykli, :k8s, namespace: "#{ns}", source_strategy: :pvc, source_pvc: "src",
       sync_image: "#{@image}", sync_back: true
     """)
 
     commit_all!(work, "first")
 
-    # Three nodes: a ReadWriteOnce claim attaches to one, and the Jobs must follow it.
-    info =
-      Cluster.start!(Path.join(tmp, "cluster"), ["--nodes", "n1,n2,n3" | Cluster.sync_image_file(@image)])
-
-    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
-    {:ok, tmp: tmp, work: work, info: info}
+    # Two nodes: a ReadWriteOnce claim attaches to one, and the Jobs must follow it.
+    info = RealCluster.info()
+    RealCluster.create_namespace!(info, ns)
+    {:ok, tmp: tmp, work: work, info: info, ns: ns}
   end
 
-  defp claim!(ctx, name, mode), do: Cluster.claim!(ctx.info, "ci", name, mode)
+  # Returns the claim's host directory.
+  defp claim!(ctx, name, mode), do: RealCluster.claim!(ctx.info, ctx.ns, name, mode)
 
   defp sykli(ctx, args) do
     System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
@@ -90,7 +91,7 @@ defmodule SykliK8s.TargetPvcTest do
     assert back["tree"] == first["tree"]
     assert back["existed"] == true and back["bytes_sent"] == 0
     assert logged?(out, "tree-ok")
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
   test "each Job has its own copy, on the node of a ReadWriteOnce claim; a declared output comes back", ctx do
@@ -120,7 +121,7 @@ defmodule SykliK8s.TargetPvcTest do
   test "a missing claim, a wrong access mode, an escaping symlink: clear errors, no Job", ctx do
     file = Pipeline.file!(ctx.tmp, [task("t", "true")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
-    assert out =~ "PersistentVolumeClaim ci/src does not exist (source_pvc)"
+    assert out =~ "PersistentVolumeClaim #{ctx.ns}/src does not exist (source_pvc)"
 
     claim!(ctx, "src", "ReadOnlyMany")
     {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
@@ -129,7 +130,7 @@ defmodule SykliK8s.TargetPvcTest do
     File.ln_s!("/etc/passwd", Path.join(ctx.work, "passwd"))
     {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
     assert out =~ "the symlink passwd points outside the repository (/etc/passwd)"
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
   defp use_claim!(ctx, claim) do
@@ -152,7 +153,7 @@ defmodule SykliK8s.TargetPvcTest do
     file = Pipeline.file!(ctx.tmp, [task("t", "test -f src/main.rs && echo has-source")])
     {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
     assert out =~ "[t] has-source"
-    ours = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name("src")}")
+    ours = RealCluster.api_get!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/pods/#{receiver_name("src")}")
     assert ours["spec"]["containers"] |> hd() |> Map.get("command") == ["/usr/local/bin/sykli-sync", "idle"]
 
     # What someone who may create pods in the namespace plants, for a claim sykli has not
@@ -164,7 +165,7 @@ defmodule SykliK8s.TargetPvcTest do
         |> put_in(["volumes", Access.at(0), "persistentVolumeClaim", "claimName"], claim)
         |> change.()
 
-      Cluster.api_post!(ctx.info, "/api/v1/namespaces/ci/pods", %{
+      RealCluster.api_post!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/pods", %{
         metadata: %{name: receiver_name(claim), labels: ours["metadata"]["labels"]},
         spec: spec
       })
@@ -188,12 +189,12 @@ defmodule SykliK8s.TargetPvcTest do
       {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
 
       assert out =~
-               "pod ci/#{receiver_name(claim)} is not the receiver sykli creates for claim #{claim}: its #{field} differs",
+               "pod #{ctx.ns}/#{receiver_name(claim)} is not the receiver sykli creates for claim #{claim}: its #{field} differs",
              out
 
-      assert out =~ "kubectl delete pod -n ci #{receiver_name(claim)}"
-      assert Cluster.jobs(ctx.info, "ci") == []
-      still = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name(claim)}")
+      assert out =~ "kubectl delete pod -n #{ctx.ns} #{receiver_name(claim)}"
+      assert RealCluster.jobs(ctx.info, ctx.ns) == []
+      still = RealCluster.api_get!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/pods/#{receiver_name(claim)}")
       assert still["metadata"]["uid"] == planted["metadata"]["uid"]
     end
 
@@ -205,18 +206,18 @@ defmodule SykliK8s.TargetPvcTest do
 
     {out, 0} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
     assert out =~ "[t] has-source"
-    new = Cluster.api_get!(ctx.info, "/api/v1/namespaces/ci/pods/#{receiver_name("older")}")
+    new = RealCluster.api_get!(ctx.info, "/api/v1/namespaces/#{ctx.ns}/pods/#{receiver_name("older")}")
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
     assert hd(new["spec"]["containers"])["image"] == @image
   end
 
   test "source_mount :shared mounts the published tree in place, checked first: a file changed on the claim fails the task",
        ctx do
-    claim!(ctx, "src", "ReadWriteMany")
+    claim = claim!(ctx, "src", "ReadWriteMany")
 
     write!(ctx.work, ".sykli/config.exs", """
     import Config
-    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+    config :sykli, :k8s, namespace: "#{ctx.ns}", source_strategy: :pvc, source_pvc: "src",
       sync_image: "#{@image}", source_mount: :shared
     """)
 
@@ -226,7 +227,7 @@ defmodule SykliK8s.TargetPvcTest do
     tree = uploaded(out)["tree"]
 
     # Anything else that mounts the claim writes into the published tree.
-    published = Path.join([ctx.tmp, "cluster", "pvcs", "ci", "src", "sykli", "trees", tree])
+    published = Path.join([claim, "sykli", "trees", tree])
     File.write!(Path.join(published, "src/main.rs"), "fn main() { evil() }\n")
 
     {out, 1} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
@@ -240,7 +241,7 @@ defmodule SykliK8s.TargetPvcTest do
 
     write!(ctx.work, ".sykli/config.exs", """
     import Config
-    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+    config :sykli, :k8s, namespace: "#{ctx.ns}", source_strategy: :pvc, source_pvc: "src",
       sync_image: "#{@image}", source_sync: :git
     """)
 
@@ -268,7 +269,7 @@ defmodule SykliK8s.TargetPvcTest do
 
     write!(ctx.work, ".sykli/config.exs", """
     import Config
-    config :sykli, :k8s, namespace: "ci", source_strategy: :pvc, source_pvc: "src",
+    config :sykli, :k8s, namespace: "#{ctx.ns}", source_strategy: :pvc, source_pvc: "src",
       sync_image: "#{@image}", source_sync: :git, sync_back: true
     """)
 

@@ -1,21 +1,23 @@
 defmodule SykliK8s.TargetS3Test do
   # The S3 strategy end to end: bin/sykli packs the working tree, uploads it to a real
   # S3-compatible server on 127.0.0.1 that verifies SigV4 (s3s-fs), and the Jobs of the
-  # strict test cluster fetch it through a presigned URL with the host build of sykli-sync:
-  # each Job's own, in a Secret the Job owns.
+  # real control plane (each test in its own namespace) fetch it through a presigned URL
+  # with the host build of sykli-sync: each Job's own, in a Secret the Job owns (removed
+  # with it by the real garbage collector).
   use ExUnit.Case, async: true
 
   import SykliK8s.Test.GitRepo
   import SykliK8s.Test.Pipeline, only: [task: 2, task: 3, event!: 2, logged?: 2]
-  alias SykliK8s.Test.{Cluster, Pipeline, S3Server}
+  alias SykliK8s.Test.{Cluster, Pipeline, RealCluster, S3Server}
 
   @sykli Path.expand("../../../bin/sykli", __DIR__)
   @moduletag timeout: 300_000
-  @image "ghcr.io/sykli/sync:test"
+  @image RealCluster.sync_image()
   @bucket "builds"
 
   setup do
     tmp = tmp_dir!()
+    ns = RealCluster.namespace!("s3")
     s3 = S3Server.start!(Path.join(tmp, "s3"), [@bucket])
     work = init!(Path.join(tmp, "work"))
     write!(work, ".gitignore", "target/\n")
@@ -25,15 +27,14 @@ defmodule SykliK8s.TargetS3Test do
 
     write!(work, ".sykli/config.exs", """
     import Config
-    config :sykli, :k8s, namespace: "ci", source_strategy: :s3, sync_image: "#{@image}",
+    config :sykli, :k8s, namespace: "#{ns}", source_strategy: :s3, sync_image: "#{@image}",
       s3: [bucket: "#{@bucket}", prefix: "ci", endpoint: "#{s3["endpoint"]}", region: "#{s3["region"]}"]
     """)
 
     commit_all!(work, "first")
-    info = Cluster.start!(Path.join(tmp, "cluster"), Cluster.sync_image_file(@image))
-
-    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
-    {:ok, tmp: tmp, work: work, info: info, s3: s3}
+    info = RealCluster.info()
+    RealCluster.create_namespace!(info, ns)
+    {:ok, tmp: tmp, work: work, info: info, s3: s3, ns: ns}
   end
 
   # Credentials only through the AWS chain's environment; HOME has no ~/.aws.
@@ -81,7 +82,7 @@ defmodule SykliK8s.TargetS3Test do
     again = published(out)
     assert again["existed"] == true and again["uploaded_bytes"] == 0
     assert again["tree"] == first["tree"] and again["sha256"] == first["sha256"]
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
   test "source_sync: :git ships HEAD as a bundle: an unpushed commit is checked out, history included", ctx do
@@ -107,18 +108,18 @@ defmodule SykliK8s.TargetS3Test do
     assert logged?(out, "bundle-ok"), out
   end
 
-  defp list(ctx, path), do: Cluster.api_get!(ctx.info, path)["items"]
+  defp list(ctx, path), do: RealCluster.api_get!(ctx.info, path)["items"]
 
   defp secret(ctx, name),
-    do: Enum.find(list(ctx, "/api/v1/namespaces/ci/secrets"), &(&1["metadata"]["name"] == name))
+    do: Enum.find(list(ctx, "/api/v1/namespaces/#{ctx.ns}/secrets"), &(&1["metadata"]["name"] == name))
 
   defp job(ctx, name),
-    do: Enum.find(list(ctx, "/apis/batch/v1/namespaces/ci/jobs"), &(&1["metadata"]["name"] == name))
+    do: Enum.find(list(ctx, "/apis/batch/v1/namespaces/#{ctx.ns}/jobs"), &(&1["metadata"]["name"] == name))
 
   defp pods(ctx, job),
     do:
       Enum.filter(
-        list(ctx, "/api/v1/namespaces/ci/pods"),
+        list(ctx, "/api/v1/namespaces/#{ctx.ns}/pods"),
         &(&1["metadata"]["labels"]["batch.kubernetes.io/job-name"] == job)
       )
 
@@ -191,7 +192,7 @@ defmodule SykliK8s.TargetS3Test do
     refute out =~ "X-Amz-Signature"
 
     # The Job deleted at the end of the task, its Secret goes with it (garbage collection).
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
     assert Cluster.eventually(fn -> secret(ctx, name <> "-source") == nil end)
   end
 
@@ -199,8 +200,13 @@ defmodule SykliK8s.TargetS3Test do
     file = Pipeline.file!(ctx.tmp, [task("fail", "exit 3")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ "exit code 3" or out =~ "exited with 3", out
-    [name] = Cluster.jobs(ctx.info, "ci")
-    text = SykliK8s.JSON.encode!(Cluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/ci/jobs/#{name}"))
+    [name] = RealCluster.jobs(ctx.info, ctx.ns)
+
+    text =
+      SykliK8s.JSON.encode!(
+        RealCluster.api_get!(ctx.info, "/apis/batch/v1/namespaces/#{ctx.ns}/jobs/#{name}")
+      )
+
     refute text =~ ctx.s3["secret_key"]
     refute text =~ "AWS_SECRET_ACCESS_KEY"
     refute text =~ "X-Amz-"
@@ -246,7 +252,7 @@ defmodule SykliK8s.TargetS3Test do
     assert out =~ "SignatureDoesNotMatch" or out =~ "InvalidAccessKeyId", out
     assert out =~ "credentials from environment"
     refute out =~ "wrong-secret"
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
   test "info --check lists the bucket with the run's credentials, and names a refusal", ctx do
@@ -277,7 +283,7 @@ defmodule SykliK8s.TargetS3Test do
     file = Pipeline.file!(ctx.tmp, [task("check", "true")])
     {out, 1} = sykli(ctx, ~w(run --target=k8s --keep-failed --pipeline #{file}))
     assert out =~ ~s(bucket "nope" does not exist), out
-    assert Cluster.jobs(ctx.info, "ci") == []
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
   test "the bundle and the archive are made in fresh private directories and removed; nothing planted in TMPDIR is used",

@@ -1,7 +1,7 @@
 defmodule SykliK8s.TargetSyncBackHostileTest do
   # The sync back end to end against a HOSTILE receiver. The claim's receiver pod runs
   # sykli-hostile-sync (the test kit's stand-in for the sync image, mapped over the image by
-  # the test cluster's --image-file): asked by the laptop to `pack` a task's outputs, it
+  # the real control plane's nodes, --image-file): asked by the laptop to `pack` a task's outputs, it
   # answers with an archive of the malicious corpus (sykli_testkit::hostile_archives, the one
   # the extractor's own tests use), the output's name choosing the case. The product's real
   # path — Target.finish_task, the NIF, cluster::sync::sync_back, the hardened extractor — runs
@@ -11,10 +11,10 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
 
   import SykliK8s.Test.GitRepo
   alias SykliK8s.Target
-  alias SykliK8s.Test.Cluster
+  alias SykliK8s.Test.{Cluster, RealCluster}
 
   @moduletag timeout: 300_000
-  @image "ghcr.io/sykli/sync:hostile"
+  @image RealCluster.hostile_image()
   # What every corpus archive holds around its malicious entries (hostile_archives.rs).
   @written_before "before.txt"
   @before_text "written before the refusal\n"
@@ -25,23 +25,15 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
     hostile = Path.join([Cluster.target_dir(), "debug", "sykli-hostile-sync"])
     assert File.exists?(hostile), "#{hostile} is missing: cargo build -p sykli_testkit --bins"
     # The hostile receiver learns where the sentinel of the current case is from this file
-    # (another file of its image): the absolute-path cases aim there.
-    sentinel_conf = Path.join(tmp, "sentinel-path")
-    File.write!(sentinel_conf, "")
+    # (another file of its image, the plane's one for the run): the absolute-path cases aim
+    # there.
+    info = RealCluster.info()
+    sentinel_conf = info["hostile_sentinel"]
+    ns = RealCluster.namespace!("hostile")
+    RealCluster.create_namespace!(info, ns)
+    RealCluster.claim!(info, ns, "src")
 
-    info =
-      Cluster.start!(Path.join(tmp, "cluster"), [
-        "--image-file",
-        "#{@image}=#{hostile}:/usr/local/bin/sykli-sync",
-        "--image-file",
-        "#{@image}=#{sentinel_conf}:/etc/sykli-hostile/sentinel"
-      ])
-
-    Cluster.api_post!(info, "/api/v1/namespaces", %{metadata: %{name: "ci"}})
-
-    Cluster.claim!(info, "ci", "src")
-
-    {:ok, tmp: tmp, info: info, hostile: hostile, sentinel_conf: sentinel_conf}
+    {:ok, tmp: tmp, info: info, hostile: hostile, sentinel_conf: sentinel_conf, ns: ns}
   end
 
   # A fresh box per case: `box/work` (a git repository: the working tree the outputs come
@@ -67,7 +59,7 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
         git_context: git,
         workdir: work,
         cluster: cluster,
-        namespace: "ci",
+        namespace: ctx.ns,
         source_strategy: :pvc,
         source_pvc: "src",
         sync_image: @image,
@@ -81,10 +73,14 @@ defmodule SykliK8s.TargetSyncBackHostileTest do
   # its answer is awaited with an explicit timeout.
   defp finish(state, outputs, job) do
     parent = self()
+    namespace = state.namespace
     ref = make_ref()
 
     spawn_link(fn ->
-      send(parent, {ref, Target.finish_task(state, %{"name" => "t", "outputs" => outputs}, job, "ci", true)})
+      send(
+        parent,
+        {ref, Target.finish_task(state, %{"name" => "t", "outputs" => outputs}, job, namespace, true)}
+      )
     end)
 
     assert_receive {^ref, result}, 120_000
