@@ -9,6 +9,8 @@
 //!   the sync image.
 //! * [`kube`]: the real control plane (`sykli-kube up`: etcd, kube-apiserver, controller
 //!   manager, scheduler and virtual-kubelet nodes running pods in bubblewrap) for tests.
+//! * [`kube_proxy`]: a TLS reverse proxy in front of the real API server that logs every
+//!   request and injects faults (5xx, 429, resets, delays, dropped and stalled watches).
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
 //! * [`moto_server`]: moto's STS and S3 on 127.0.0.1 with IAM auth enforced, for the AWS
@@ -23,6 +25,7 @@ pub mod hostile_archives;
 mod http;
 pub mod http_proxy;
 pub mod kube;
+pub mod kube_proxy;
 mod launch;
 pub mod lfs_server;
 pub mod moto_server;
