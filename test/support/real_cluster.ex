@@ -120,7 +120,7 @@ defmodule SykliK8s.Test.RealCluster do
     end
   end
 
-  # The admin's kubeconfig plus the context `sykli-test-readonly` (as the emulator's has):
+  # The admin's kubeconfig plus the context `sykli-test-readonly`:
   # a ServiceAccount bound to the built-in ClusterRole `view`, which may read (namespaces
   # included) and write nothing, with a TokenRequest token.
   defp kubeconfig_with_readonly!(info) do

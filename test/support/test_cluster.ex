@@ -13,7 +13,7 @@ defmodule SykliK8s.Test.Cluster do
 
   defp bin!(name) do
     path = Path.join([target_dir(), "debug", name])
-    assert File.exists?(path), "#{path} is missing: cargo build -p sykli_testcluster -p sykli_testkit --bins"
+    assert File.exists?(path), "#{path} is missing: cargo build -p sykli_testkit -p sykli_sync --bins"
     path
   end
 

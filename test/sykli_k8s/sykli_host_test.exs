@@ -201,7 +201,7 @@ defmodule SykliK8s.SykliHostTest do
 
   test "an account that may not create the missing namespace gets one line naming it and how to set it, before any Job",
        ctx do
-    # The test cluster's read-only user may read everything and write nothing.
+    # The read-only context's ServiceAccount (the built-in `view` role) may read and not write.
     repo = repo!(ctx, "ci-not-allowed", %{}, ", context: \"sykli-test-readonly\"")
     {answer, stderr} = run(repo.work, [task("t", "echo ok")])
     assert {:error, reason} = answer

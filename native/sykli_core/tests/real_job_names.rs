@@ -13,7 +13,7 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use sykli_core::cluster::run::{run_job, Event, Outcome, RunOptions};
 use sykli_core::cluster::Cluster;
-use sykli_testkit::git_server::{GitDaemon, ServerOptions};
+use sykli_testkit::git_server::GitDaemon;
 use sykli_testkit::kube::{ControlPlane, ControlPlaneOptions};
 
 const TASK_NAME: &str = "sykli.io/task-name";
@@ -37,27 +37,11 @@ struct Env {
 
 async fn env(namespace: &str) -> Env {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = support::Repo::init(&tmp.path().join("work"));
-    repo.write("README.md", "hello\n");
-    let sha = repo.commit_all("first");
-    let srv = tmp.path().join("srv");
-    std::fs::create_dir_all(&srv).unwrap();
-    let bare = srv.join("repo.git");
-    support::git(
-        &srv,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            repo.dir.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    let daemon = GitDaemon::start(&srv, ServerOptions::default()).unwrap();
+    let (daemon, url, sha) = support::served_repo(tmp.path());
     let cluster = support::connect_real(plane().await, Some(namespace)).await;
     support::create_namespace(&cluster, namespace).await;
     Env {
-        url: daemon.url("repo.git"),
+        url,
         _daemon: daemon,
         namespace: namespace.into(),
         sha,
@@ -105,7 +89,7 @@ impl Env {
 
     /// `before` is still there as it was: same object, same metadata and spec, not deleted,
     /// and no write but the job controller's to its status (the API server's managedFields
-    /// record every writer of the object; the emulator's twin reads its request log).
+    /// record every writer of the object).
     async fn untouched(&self, before: &Job) {
         let name = before.metadata.name.clone().unwrap();
         let now = self.jobs().get(&name).await.unwrap();

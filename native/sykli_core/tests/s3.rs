@@ -1,8 +1,8 @@
 //! The S3 strategy against a real S3-compatible server on 127.0.0.1 that verifies SigV4
 //! (s3s-fs, see sykli_testkit::s3_server): publish, multipart, presigned URLs (fresh and
 //! expired), and the pod side (`sykli-sync fetch`, the real binary) single-stream and with
-//! parallel ranged requests; each Job's URL signed at submission into a Secret the Job
-//! owns, on the strict test cluster.
+//! parallel ranged requests. The Jobs, their URL Secrets and the garbage collector are in
+//! real_s3.rs, on the real components.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -137,28 +137,6 @@ pub fn job_for(
     .unwrap()
 }
 
-/// Starts the strict test cluster with `o` and connects to it over TLS, namespace `ci`.
-pub async fn start_cluster(
-    o: sykli_testcluster::cluster::ClusterOptions,
-) -> (
-    sykli_testcluster::cluster::TestCluster,
-    std::sync::Arc<sykli_core::cluster::Cluster>,
-) {
-    let k8s =
-        tokio::task::spawn_blocking(move || sykli_testcluster::cluster::TestCluster::start(o))
-            .await
-            .unwrap()
-            .unwrap();
-    let cluster = sykli_core::cluster::Cluster::connect(&sykli_core::cluster::ConnectOptions {
-        kubeconfig: Some(k8s.kubeconfig().to_path_buf()),
-        context: None,
-        namespace: Some("ci".into()),
-    })
-    .await
-    .unwrap();
-    (k8s, std::sync::Arc::new(cluster))
-}
-
 /// A task that sets every task `k8s` option (in namespace `gpu-jobs`).
 pub fn every_k8s_option_task() -> serde_json::Value {
     serde_json::json!({"name": "gpu", "command": "nvidia-smi", "container": "cuda:12", "timeout": 600,
@@ -356,4 +334,49 @@ pub async fn bound_claim(
     .await
     .unwrap_or_else(|_| panic!("claim {namespace}/{name} was not bound within 60s"))
     .unwrap();
+}
+
+// --- real plane helpers (faults) ---
+
+/// A kube client of the real plane's admin through `proxy` (the test kit's logging,
+/// fault-injecting proxy in front of the API server), in `namespace`.
+pub async fn connect_proxied(
+    proxy: &sykli_testkit::kube_proxy::KubeProxy,
+    namespace: &str,
+) -> sykli_core::cluster::Cluster {
+    sykli_core::cluster::Cluster::connect(&sykli_core::cluster::ConnectOptions {
+        kubeconfig: Some(proxy.kubeconfig().to_path_buf()),
+        context: None,
+        namespace: Some(namespace.to_string()),
+    })
+    .await
+    .unwrap()
+}
+
+/// A bare repository with one commit (`Cargo.toml`, `src/main.rs`) served by a git
+/// daemon on 127.0.0.1: (the daemon, its URL, the commit).
+pub fn served_repo(tmp: &Path) -> (sykli_testkit::git_server::GitDaemon, String, String) {
+    let repo = Repo::init(&tmp.join("work"));
+    repo.write("Cargo.toml", "[package]\nname = \"app\"\n");
+    repo.write("src/main.rs", "fn main() {}\n");
+    let sha = repo.commit_all("first");
+    let srv = tmp.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    git(
+        &srv,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            repo.dir.to_str().unwrap(),
+            "repo.git",
+        ],
+    );
+    let daemon = sykli_testkit::git_server::GitDaemon::start(
+        &srv,
+        sykli_testkit::git_server::ServerOptions::default(),
+    )
+    .unwrap();
+    let url = daemon.url("repo.git");
+    (daemon, url, sha)
 }

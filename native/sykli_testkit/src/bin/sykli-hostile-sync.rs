@@ -1,5 +1,5 @@
 //! `sykli-hostile-sync`: a hostile stand-in for the sync image (`sykli-sync`), for end-to-end
-//! tests of the sync back. Mapped over the image with the test cluster's `--image-file`, it
+//! tests of the sync back. Mapped over the image with the pod runner's `--image-file`, it
 //! runs as the claim's receiver pod and answers the product's commands — but `pack` (how
 //! the laptop fetches a task's outputs) answers with an archive of the malicious corpus
 //! (`sykli_testkit::hostile_archives`) instead of the outputs: the first output named is
