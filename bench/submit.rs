@@ -1,30 +1,31 @@
 //! Submitting tasks to Kubernetes: sykli's watch-based `run_job` side by side with a 1-second
 //! polling loop (create the Job, GET it every second until it has a Complete or Failed
-//! condition, read the log, delete it), against the strict test cluster.
+//! condition, read the log, delete it), against the real components: `sykli-kube up`
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, two virtual-kubelet
+//! nodes running pods in bubblewrap), in child processes. Every client request goes through
+//! the test kit's proxy (`kube_proxy`, in this process), whose log counts them.
 //!
-//! Three measurements, in one run:
+//! Four measurements, in one run:
 //!
 //! 1. completion-detection latency: from the moment the container prints its last line (the
 //!    wall clock in nanoseconds, `date +%s%N`, just before it exits) to the moment the client
-//!    knows the result;
-//! 2. API requests per task, for a 10 s and a 60 s task, from the test cluster's request log;
-//! 3. 200 concurrent tasks through one client: correctness, wall time, watch requests, the
-//!    client's peak RSS.
+//!    knows the result; beside it, when a watcher of this process (straight to the API
+//!    server) first saw the pod's terminated state and the Job's condition;
+//! 2. API requests per task, for a 10 s and a 60 s task, from the proxy's log;
+//! 3. CONCURRENT (200) tasks of one run through one client, per method: correctness, wall
+//!    time, requests per task, watch requests, the client's peak RSS;
+//! 4. MANY (1,000) tasks of one run through one sykli client: the same.
 //!
-//! The test cluster runs in a child process (this binary with `--serve-cluster DIR`), so that
-//! no client's RSS includes it. The child answers one-line commands on stdin: the request
-//! log, clearing it, and when the kubelet and the Job controller wrote each task's terminal
-//! status (recorded from the store's change notifications). For (3), each method's client is
-//! a fresh process of its own (`--client METHOD N NAMESPACE KUBECONFIG`) reporting its VmHWM.
+//! For (3) and (4) each client is a fresh process of its own (`--client METHOD N NAMESPACE
+//! KUBECONFIG`) reporting its VmHWM, so that no client's RSS includes the proxy.
 //!
-//! Usage: cargo run --release -p sykli-bench --bin submit [-- LATENCY_TASKS CONCURRENT LONG_SECS]
-//! (default 20 200 60)
+//! Usage: cargo run --release -p sykli-bench --bin submit [-- LATENCY_TASKS CONCURRENT LONG_SECS MANY]
+//! (default 20 200 60 1000; needs ~/.cache/sykli/bin/sykli-kube and the pod runner:
+//! scripts/setup, `cargo build -p sykli_testkit --bins`)
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,8 +38,8 @@ use sykli_core::cluster::{Cluster, ConnectOptions};
 use sykli_core::manifest::{build_job, names, BuildOptions, TASK_CONTAINER};
 use sykli_core::pipeline::Task;
 use sykli_core::source::SourcePlan;
-use sykli_testcluster::store::Store;
-use sykli_testcluster::{ClusterOptions, RequestRecord, Res, TestCluster};
+use sykli_testkit::kube::{ControlPlane, ControlPlaneOptions};
+use sykli_testkit::kube_proxy::{KubeProxy, Request};
 
 const SHORT_SECS: u64 = 10;
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,176 +55,100 @@ fn now_ns() -> i64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// The test cluster, in a child process.
+// What a watcher of its own sees, straight from the API server.
 
-/// When the terminal status of one Job's task was first in the store.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+/// When a watcher in this process, straight to the API server (not through the proxy),
+/// first saw the terminal status of one Job's task.
+#[derive(Debug, Clone, Copy, Default)]
 struct StatusTimes {
-    /// The kubelet wrote the task container's `terminated` state.
+    /// The node's kubelet had written the task container's `terminated` state.
     pod_terminated_ns: Option<i64>,
-    /// The Job controller wrote the Complete (or Failed) condition.
+    /// The Job controller had written the Complete (or Failed) condition.
     job_finished_ns: Option<i64>,
 }
 
-fn serve_cluster(dir: &Path) {
-    let k8s = TestCluster::start(ClusterOptions::new(dir)).expect("the test cluster starts");
-    let recording = Arc::new(AtomicBool::new(false));
-    let times: Arc<Mutex<BTreeMap<String, StatusTimes>>> = Arc::default();
-    {
-        let store = Arc::clone(k8s.store());
-        let recording = Arc::clone(&recording);
+type Times = Arc<Mutex<BTreeMap<String, StatusTimes>>>;
+
+/// Watches every pod and Job of the cluster, noting for each Job the first time its pod's
+/// task container is terminated and the first time it has a Complete or Failed condition.
+fn observe(client: kube::Client, times: Times) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{watcher, Config as WatchConfig, Event as WatchEvent};
+    let pods = {
         let times = Arc::clone(&times);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let mut changed = store.subscribe();
-                while changed.changed().await.is_ok() {
-                    if recording.load(Ordering::Relaxed) {
-                        record_statuses(&store, now_ns(), &times);
-                    }
-                }
-            });
+        watcher(Api::<Pod>::all(client.clone()), WatchConfig::default()).for_each(move |e| {
+            if let Ok(WatchEvent::Apply(pod) | WatchEvent::InitApply(pod)) = e {
+                note_pod(&pod, now_ns(), &times);
+            }
+            std::future::ready(())
+        })
+    };
+    let jobs = watcher(Api::<Job>::all(client), WatchConfig::default()).for_each(move |e| {
+        if let Ok(WatchEvent::Apply(job) | WatchEvent::InitApply(job)) = e {
+            note_job(&job, now_ns(), &times);
+        }
+        std::future::ready(())
+    });
+    tokio::spawn(pods);
+    tokio::spawn(jobs);
+}
+
+fn note_pod(pod: &Pod, at: i64, times: &Mutex<BTreeMap<String, StatusTimes>>) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let Some(job) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Job")
+    else {
+        return;
+    };
+    let terminated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.name == TASK_CONTAINER && c.state.as_ref().is_some_and(|s| s.terminated.is_some())
         });
-    }
-    let mut out = std::io::stdout().lock();
-    let hello = json!({"kubeconfig": k8s.kubeconfig(), "pid": std::process::id()});
-    writeln!(out, "{hello}").expect("stdout");
-    out.flush().expect("stdout");
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
-        let answer = match line.trim() {
-            "requests" => serde_json::to_value(k8s.requests()).expect("json"),
-            "clear" => {
-                k8s.clear_requests();
-                json!(null)
-            }
-            "record" => {
-                recording.store(true, Ordering::Relaxed);
-                json!(null)
-            }
-            "stop-recording" => {
-                recording.store(false, Ordering::Relaxed);
-                json!(null)
-            }
-            "times" => serde_json::to_value(&*times.lock().unwrap()).expect("json"),
-            "rss" => {
-                json!({"hwm_kib": proc_status_kib("VmHWM"), "rss_kib": proc_status_kib("VmRSS")})
-            }
-            _ => break,
-        };
-        writeln!(out, "{answer}").expect("stdout");
-        out.flush().expect("stdout");
-    }
-    k8s.stop();
-}
-
-/// Notes, for every Job, the first time its pod's task container is terminated and the
-/// first time the Job has a Complete or Failed condition.
-fn record_statuses(store: &Store, at: i64, times: &Mutex<BTreeMap<String, StatusTimes>>) {
-    let mut times = times.lock().unwrap();
-    let (pods, _) = store.list(Res::Pod, None);
-    for pod in &pods {
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-        let Some(job) = pod["metadata"]["ownerReferences"]
-            .as_array()
-            .and_then(|o| o.iter().find(|o| o["kind"] == "Job"))
-            .and_then(|o| o["name"].as_str())
-        else {
-            continue;
-        };
-        let terminated = pod["status"]["containerStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["name"] == TASK_CONTAINER && c["state"]["terminated"].is_object());
-        if terminated {
-            let t = times.entry(format!("{ns}/{job}")).or_default();
-            t.pod_terminated_ns.get_or_insert(at);
-        }
-    }
-    let (jobs, _) = store.list(Res::Job, None);
-    for job in &jobs {
-        let finished = job["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True");
-        if finished {
-            let ns = job["metadata"]["namespace"].as_str().unwrap_or_default();
-            let name = job["metadata"]["name"].as_str().unwrap_or_default();
-            let t = times.entry(format!("{ns}/{name}")).or_default();
-            t.job_finished_ns.get_or_insert(at);
-        }
+    if terminated {
+        let mut times = times.lock().unwrap();
+        let t = times.entry(format!("{ns}/{}", job.name)).or_default();
+        t.pod_terminated_ns.get_or_insert(at);
     }
 }
 
-struct ClusterProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    kubeconfig: PathBuf,
-}
-
-impl ClusterProcess {
-    fn start(dir: &Path) -> ClusterProcess {
-        let exe = std::env::current_exe().expect("this executable");
-        let mut child = Command::new(exe)
-            .arg("--serve-cluster")
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the cluster process starts");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("the cluster's first line");
-        let hello: Value = serde_json::from_str(&line).expect("the cluster's JSON line");
-        ClusterProcess {
-            child,
-            stdin,
-            stdout,
-            kubeconfig: PathBuf::from(hello["kubeconfig"].as_str().expect("kubeconfig")),
-        }
-    }
-
-    fn ask(&mut self, command: &str) -> Value {
-        writeln!(self.stdin, "{command}").expect("the cluster process reads");
-        self.stdin.flush().expect("the cluster process reads");
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("the cluster process answers");
-        serde_json::from_str(&line).expect("a JSON answer")
-    }
-
-    fn requests(&mut self) -> Vec<RequestRecord> {
-        serde_json::from_value(self.ask("requests")).expect("request records")
-    }
-
-    fn times(&mut self) -> BTreeMap<String, StatusTimes> {
-        serde_json::from_value(self.ask("times")).expect("status times")
-    }
-
-    fn stop(mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        let _ = self.child.wait();
+fn note_job(job: &Job, at: i64, times: &Mutex<BTreeMap<String, StatusTimes>>) {
+    let finished = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+    if finished {
+        let ns = job.metadata.namespace.clone().unwrap_or_default();
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let mut times = times.lock().unwrap();
+        let t = times.entry(format!("{ns}/{name}")).or_default();
+        t.job_finished_ns.get_or_insert(at);
     }
 }
 
-fn proc_status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// The process's resident set size (kB) of `field` (VmRSS, VmHWM) of /proc/`pid`/status.
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    proc_kib(std::process::id(), field)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -430,39 +355,46 @@ fn ms(ns: i64) -> f64 {
     ns as f64 / 1e6
 }
 
-fn path_only(r: &RequestRecord) -> &str {
-    r.path.split('?').next().unwrap_or_default()
-}
-
-fn in_namespace(r: &RequestRecord, ns: &str) -> bool {
-    let p = path_only(r);
+fn in_namespace(r: &Request, ns: &str) -> bool {
     let at = format!("/namespaces/{ns}");
-    p.ends_with(&at) || p.contains(&format!("{at}/"))
+    r.path.ends_with(&at) || r.path.contains(&format!("{at}/"))
 }
 
 /// "get namespaces", "watch jobs", "get pods/log (follow)", ...
-fn request_kind(r: &RequestRecord) -> String {
-    let segs: Vec<&str> = path_only(r).split('/').collect();
+fn request_kind(r: &Request) -> String {
+    let segs: Vec<&str> = r.path.split('/').collect();
     let rest = segs
         .iter()
         .position(|s| *s == "namespaces")
         .map(|i| &segs[i + 1..])
         .unwrap_or(&[]);
-    let what = match rest {
-        [_ns] => "namespaces".to_string(),
-        [_ns, plural] | [_ns, plural, _] => plural.to_string(),
-        [_ns, plural, _, sub] => format!("{plural}/{sub}"),
-        _ => path_only(r).to_string(),
+    let (what, collection) = match rest {
+        [_ns] => ("namespaces".to_string(), false),
+        [_ns, plural] => (plural.to_string(), true),
+        [_ns, plural, _] => (plural.to_string(), false),
+        [_ns, plural, _, sub] => (format!("{plural}/{sub}"), false),
+        _ => (r.path.clone(), false),
     };
-    let follow = if r.path.contains("follow=true") {
+    let verb = match (r.method.as_str(), r.watch, collection) {
+        ("GET", true, _) => "watch",
+        ("GET", false, true) => "list",
+        ("GET", false, false) => "get",
+        ("POST", ..) => "create",
+        ("DELETE", _, true) => "deletecollection",
+        ("DELETE", ..) => "delete",
+        ("PATCH", ..) => "patch",
+        ("PUT", ..) => "update",
+        (other, ..) => other,
+    };
+    let follow = if r.param("follow").as_deref() == Some("true") {
         " (follow)"
     } else {
         ""
     };
-    format!("{} {what}{follow}", r.verb)
+    format!("{verb} {what}{follow}")
 }
 
-fn breakdown(reqs: &[&RequestRecord]) -> String {
+fn breakdown(reqs: &[&Request]) -> String {
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
     for r in reqs {
         *by.entry(request_kind(r)).or_default() += 1;
@@ -480,14 +412,11 @@ struct Config {
     latency_tasks: usize,
     concurrent: usize,
     long_secs: u64,
+    many: usize,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--serve-cluster") {
-        serve_cluster(Path::new(args.get(2).expect("a directory")));
-        return;
-    }
     if args.get(1).map(String::as_str) == Some("--client") {
         let method = match args.get(2).map(String::as_str) {
             Some("Sykli") => Method::Sykli,
@@ -518,6 +447,7 @@ fn main() {
         latency_tasks: arg(1, 20) as usize,
         concurrent: arg(2, 200) as usize,
         long_secs: arg(3, 60),
+        many: arg(4, 1000) as usize,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -568,16 +498,46 @@ async fn concurrent_client(method: Method, n: usize, ns: &str, kubeconfig: PathB
 }
 
 async fn bench(cfg: Config) {
-    let dir = std::env::temp_dir().join(format!("sykli-bench-submit-{}", std::process::id()));
-    let mut k8s = ClusterProcess::start(&dir);
+    let nodes = 2;
+    // Room for every task of (4) at once, and the controllers' clients at the pace of
+    // 1,000 pods (the defaults, 20 requests per second, would be what is measured).
+    let pods_per_node = cfg.many.max(cfg.concurrent).div_ceil(nodes) + 20;
+    let plane = tokio::task::spawn_blocking(move || {
+        ControlPlane::start(&ControlPlaneOptions {
+            nodes,
+            node_args: vec![format!("--capacity=pods={pods_per_node}")],
+            up_args: vec![
+                "--etcd-unsafe-no-fsync".into(),
+                "--controller-manager-arg=--kube-api-qps=500".into(),
+                "--controller-manager-arg=--kube-api-burst=1000".into(),
+                "--controller-manager-arg=--concurrent-job-syncs=20".into(),
+            ],
+            ..ControlPlaneOptions::default()
+        })
+    })
+    .await
+    .expect("the plane starts")
+    .unwrap_or_else(|e| panic!("{e}"));
+    let info = plane.info().clone();
+    let proxy = tokio::task::spawn_blocking(move || KubeProxy::start(&info))
+        .await
+        .expect("the proxy starts")
+        .expect("the proxy starts");
+    let direct = Cluster::connect(&ConnectOptions {
+        kubeconfig: Some(plane.kubeconfig().to_path_buf()),
+        context: None,
+        namespace: Some("default".into()),
+    })
+    .await
+    .expect("an admin client");
     let cluster = Arc::new(
         Cluster::connect(&ConnectOptions {
-            kubeconfig: Some(k8s.kubeconfig.clone()),
+            kubeconfig: Some(proxy.kubeconfig().to_path_buf()),
             context: None,
             namespace: Some("default".into()),
         })
         .await
-        .expect("a client"),
+        .expect("a client through the proxy"),
     );
     let namespaces = [
         "lat",
@@ -587,9 +547,10 @@ async fn bench(cfg: Config) {
         "req-poll-long",
         "conc-sykli",
         "conc-poll",
+        "many-sykli",
         "warm",
     ];
-    let ns_api: Api<Namespace> = Api::all(cluster.client.clone());
+    let ns_api: Api<Namespace> = Api::all(direct.client.clone());
     for ns in namespaces {
         let obj: Namespace =
             serde_json::from_value(json!({"metadata": {"name": ns}})).expect("a namespace");
@@ -598,21 +559,18 @@ async fn bench(cfg: Config) {
             .await
             .expect("namespace created");
     }
+    let times: Times = Arc::default();
+    observe(direct.client.clone(), Arc::clone(&times));
 
-    // Warm-up: connections, page cache, the kubelet's first sandbox.
-    for m in [Method::Sykli, Method::Polling] {
-        let r = m
-            .run(
-                &cluster,
-                job(
-                    &format!("warm-{m:?}").to_lowercase(),
-                    "warm",
-                    "warm",
-                    "echo warm",
-                ),
-            )
-            .await;
-        assert!(r.succeeded, "warm-up {m:?}: {:?}", r.error);
+    // Warm-up: connections, page cache, each node's first sandbox.
+    for i in 0..2 * nodes {
+        for m in [Method::Sykli, Method::Polling] {
+            let name = format!("warm-{m:?}-{i}").to_lowercase();
+            let r = m
+                .run(&cluster, job(&name, "warm", "warm", "echo warm"))
+                .await;
+            assert!(r.succeeded, "warm-up {m:?}: {:?}", r.error);
+        }
     }
 
     // 1. Completion-detection latency. Tasks end at staggered times (sleep 1 + i/N s), so
@@ -621,7 +579,6 @@ async fn bench(cfg: Config) {
         "latency: {} tasks per method, one at a time, interleaved",
         cfg.latency_tasks
     );
-    k8s.ask("record");
     let mut samples: Vec<(Method, Run)> = Vec::new();
     for i in 0..cfg.latency_tasks {
         let secs = 1.0 + (i as f64 + 0.5) / cfg.latency_tasks as f64;
@@ -640,10 +597,9 @@ async fn bench(cfg: Config) {
             samples.push((m, r));
         }
     }
-    k8s.ask("stop-recording");
-    let times = k8s.times();
+    let times = times.lock().unwrap().clone();
     println!("\n### Completion-detection latency ({} tasks per method, `sleep 1.0xx-1.9xx; date +%s%N`)\n", cfg.latency_tasks);
-    println!("| method | correct | exit → client knows, p50 | p90 | exit → status written, p50 | status written → client knows, p50 | exit → call returns, p50 | p50 ÷ sykli's |");
+    println!("| method | correct | exit → client knows, p50 | p90 | exit → status seen by a watcher, p50 | seen by a watcher → client knows, p50 | exit → call returns, p50 | p50 ÷ sykli's |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut p50s = HashMap::new();
     for m in [Method::Sykli, Method::Polling] {
@@ -667,11 +623,11 @@ async fn bench(cfg: Config) {
                 .copied()
                 .unwrap_or_default();
             // What each client reads: sykli the pod's status, polling the Job's condition.
-            let written = match m {
+            let seen = match m {
                 Method::Sykli => t.pod_terminated_ns,
                 Method::Polling => t.job_finished_ns,
             };
-            if let Some(w) = written {
+            if let Some(w) = seen {
                 status.push(ms(w - exit));
                 detect.push(ms(k - w));
             }
@@ -695,7 +651,7 @@ async fn bench(cfg: Config) {
         "requests: {SHORT_SECS} s and {} s tasks, both methods, concurrently",
         cfg.long_secs
     );
-    k8s.ask("clear");
+    proxy.clear_requests();
     let cases = [
         (Method::Sykli, SHORT_SECS, "req-sykli-short"),
         (Method::Sykli, cfg.long_secs, "req-sykli-long"),
@@ -714,13 +670,13 @@ async fn bench(cfg: Config) {
     for h in handles {
         req_ok.push(h.await.expect("the run").succeeded);
     }
-    let reqs = k8s.requests();
+    let reqs = proxy.requests();
     println!("\n### API requests per task (one task per run)\n");
     println!("| method | task | correct | requests | ÷ sykli | long-lived watches | what |");
     println!("|---|---|---|---:|---:|---:|---|");
     let mut sykli_counts: HashMap<u64, usize> = HashMap::new();
     for (&(m, secs, ns), ok) in cases.iter().zip(&req_ok) {
-        let mine: Vec<&RequestRecord> = reqs.iter().filter(|r| in_namespace(r, ns)).collect();
+        let mine: Vec<&Request> = reqs.iter().filter(|r| in_namespace(r, ns)).collect();
         let watches = mine.iter().filter(|r| r.watch).count();
         if m == Method::Sykli {
             sykli_counts.insert(secs, mine.len());
@@ -738,61 +694,57 @@ async fn bench(cfg: Config) {
         );
     }
 
-    // 3. Many concurrent tasks through one client, per method, each client in a fresh
-    //    process of its own so that its peak RSS (VmHWM) is its own.
+    // 3. and 4. Many concurrent tasks through one client, each client in a fresh process
+    //    of its own so that its peak RSS (VmHWM) is its own.
     println!(
-        "\n### {} concurrent tasks through one client (`echo task-i; sleep {HOLD_SECS}`, one run id, one client process per method)\n",
-        cfg.concurrent
+        "\n### Concurrent tasks through one client (`echo task-i; sleep {HOLD_SECS}`, one run id, one client process per row)\n"
     );
-    println!("| method | correct | wall time | API requests | per task | ÷ sykli | watch requests | client peak RSS | client RSS after connecting |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| method | tasks | correct | wall time | API requests | per task | ÷ sykli | watch requests | client peak RSS | client RSS after connecting |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut sykli_total = 0usize;
-    for (m, ns) in [
-        (Method::Sykli, "conc-sykli"),
-        (Method::Polling, "conc-poll"),
+    for (m, n, ns) in [
+        (Method::Sykli, cfg.concurrent, "conc-sykli"),
+        (Method::Polling, cfg.concurrent, "conc-poll"),
+        (Method::Sykli, cfg.many, "many-sykli"),
     ] {
-        eprintln!("concurrent: {} tasks, {m:?}", cfg.concurrent);
-        k8s.ask("clear");
+        if n == 0 {
+            continue;
+        }
+        eprintln!("concurrent: {n} tasks, {m:?}");
+        proxy.clear_requests();
         let out = Command::new(std::env::current_exe().expect("this executable"))
-            .args([
-                "--client",
-                &format!("{m:?}"),
-                &cfg.concurrent.to_string(),
-                ns,
-            ])
-            .arg(&k8s.kubeconfig)
+            .args(["--client", &format!("{m:?}"), &n.to_string(), ns])
+            .arg(proxy.kubeconfig())
             .stderr(Stdio::inherit())
             .output()
             .expect("the client process runs");
         let report: Value = serde_json::from_slice(&out.stdout).expect("the client's report");
-        let reqs = k8s.requests();
-        let mine: Vec<&RequestRecord> = reqs.iter().filter(|r| in_namespace(r, ns)).collect();
+        let reqs = proxy.requests();
+        let mine: Vec<&Request> = reqs.iter().filter(|r| in_namespace(r, ns)).collect();
         let watches = mine.iter().filter(|r| r.watch).count();
-        if m == Method::Sykli {
+        if m == Method::Sykli && n == cfg.concurrent {
             sykli_total = mine.len();
         }
+        let ratio = if n == cfg.concurrent {
+            format!("{:.2}×", mine.len() as f64 / sykli_total as f64)
+        } else {
+            "—".into()
+        };
         println!(
-            "| {} | {}/{} | {:.1} s | {} | {:.2} | {:.2}× | {watches} | {:.1} MiB | {:.1} MiB |",
+            "| {} | {n} | {}/{n} | {:.1} s | {} | {:.3} | {ratio} | {watches} | {:.1} MiB | {:.1} MiB |",
             m.label(),
             report["correct"],
-            cfg.concurrent,
             report["wall_s"].as_f64().unwrap_or(f64::NAN),
             mine.len(),
-            mine.len() as f64 / cfg.concurrent as f64,
-            mine.len() as f64 / sykli_total as f64,
+            mine.len() as f64 / n as f64,
             report["peak_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             report["connected_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         );
-        eprintln!("{m:?} requests: {}", breakdown(&mine));
+        eprintln!("{m:?} {n} requests: {}", breakdown(&mine));
     }
-    let cluster_rss = k8s.ask("rss");
-    println!(
-        "\ntest cluster process (separate, not counted above): peak RSS {:.1} MiB",
-        cluster_rss["hwm_kib"].as_f64().unwrap_or(0.0) / 1024.0
-    );
     drop(cluster);
-    k8s.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(proxy);
+    drop(plane);
     // Let stragglers (aborted log followers) finish before the runtime shuts down.
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
