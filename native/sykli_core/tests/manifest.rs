@@ -152,6 +152,10 @@ fn labels_annotations_and_names() {
     assert_eq!(labels["sykli.io/task"], "Build---Test--all");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "sykli");
     assert_eq!(labels["sykli.io/run"], "r1x2");
+    assert_eq!(labels["sykli.io/job"], j["metadata"]["name"]);
+    let pod_labels = &j["spec"]["template"]["metadata"]["labels"];
+    assert!(pod_labels.get("sykli.io/job").is_none(), "{pod_labels}");
+    assert_eq!(pod_labels["sykli.io/run"], "r1x2");
     assert_eq!(labels["team"], "core");
     let ann = &j["metadata"]["annotations"];
     assert_eq!(ann["sykli.io/task-name"], "Build & Test: all!");
@@ -161,7 +165,9 @@ fn labels_annotations_and_names() {
         "https://git.example.com/org/repo.git"
     );
     assert_eq!(ann["example.com/owner"], "me");
-    assert_eq!(j["spec"]["template"]["metadata"]["labels"], *labels);
+    let mut job_labels = labels.clone();
+    job_labels.as_object_mut().unwrap().remove("sykli.io/job");
+    assert_eq!(*pod_labels, job_labels);
     assert!(names::is_dns_label(&names::job_name(
         "Build & Test: all!",
         "r1x2"

@@ -338,7 +338,7 @@ async fn account_with(admin: &kube::Client, namespace: &str, rules: Value) -> Ar
 fn readme_rbac(secret_verbs: &[&str]) -> Value {
     json!([
         {"apiGroups": ["batch"], "resources": ["jobs"],
-         "verbs": ["create", "get", "list", "watch", "delete"]},
+         "verbs": ["create", "get", "list", "watch", "delete", "deletecollection"]},
         {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["secrets", "configmaps", "persistentvolumeclaims"],

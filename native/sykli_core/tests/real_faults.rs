@@ -120,6 +120,19 @@ fn watches_of(log: &[Request], resource: &str, run: &str) -> usize {
         .count()
 }
 
+/// The lists (GETs of the collection that are not watches) of run `run` on `resource`.
+fn lists_of(log: &[Request], resource: &str, run: &str) -> usize {
+    let selector = format!("sykli.io/run={run}");
+    log.iter()
+        .filter(|r| {
+            !r.watch
+                && r.method == "GET"
+                && r.path.ends_with(&format!("/{resource}"))
+                && r.param("labelSelector").as_deref() == Some(selector.as_str())
+        })
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_of_a_run_share_one_watch_per_resource() {
     let e = env("faults-shared").await;
@@ -153,6 +166,50 @@ async fn tasks_of_a_run_share_one_watch_per_resource() {
         "{:#?}",
         log.iter().filter(|r| r.watch).collect::<Vec<_>>()
     );
+    // Streaming lists: each watch brought its initial state, no list was made.
+    assert_eq!(
+        (
+            lists_of(&log, "jobs", "shared"),
+            lists_of(&log, "pods", "shared")
+        ),
+        (0, 0)
+    );
+    assert!(log
+        .iter()
+        .filter(|r| r.watch)
+        .all(|r| r.param("sendInitialEvents").as_deref() == Some("true")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_streaming_lists_is_listed_then_watched() {
+    let e = env("faults-no-stream").await;
+    // As a server before 1.27 or with the WatchList gate off answers the streaming watch.
+    e.proxy.set_faults(vec![Fault::always(
+        Match::path("sendInitialEvents=true"),
+        Action::Status(422),
+    )]);
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let job = e.job("nostream", json!({"name": format!("t{i}"), "container": "any", "command": format!("echo {i}")}));
+            support::spawn_run(e.cluster.clone(), job, create_ns())
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        let (outcome, events) = r.await.unwrap();
+        assert!(outcome.unwrap().failure.is_none(), "task {i}");
+        assert_eq!(support::logs(&events, "task"), format!("{i}\n"));
+    }
+    let log = e.proxy.requests();
+    for resource in ["jobs", "pods"] {
+        let refused = log
+            .iter()
+            .filter(|r| r.path.ends_with(resource) && r.status == 422)
+            .count();
+        assert_eq!(refused, 1, "{resource}: the streaming watch asked once");
+        assert_eq!(lists_of(&log, resource, "nostream"), 1, "{resource}");
+        assert_eq!(watches_of(&log, resource, "nostream"), 2, "{resource}");
+    }
+    assert!(e.jobs_left().await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,4 +408,125 @@ async fn a_hundred_tasks_through_api_faults_and_dropped_watches() {
     assert!(dropped >= 2, "watches were dropped ({dropped})");
     // Each task's Job was created once: no duplicate made it into the API server.
     assert_eq!(e.job_creates().len(), MANY);
+}
+
+/// The DELETE requests on the namespace's Jobs: (by name, of the collection).
+fn job_deletes(log: &[Request], namespace: &str) -> (Vec<Request>, Vec<Request>) {
+    let jobs = format!("/apis/batch/v1/namespaces/{namespace}/jobs");
+    log.iter()
+        .filter(|r| r.method == "DELETE" && r.path.starts_with(&jobs))
+        .cloned()
+        .partition(|r| r.path != jobs)
+}
+
+/// Runs `n` tasks of run `run` at once, the first Job delete held `hold` at the proxy so
+/// that the others end while it is in flight (and `faults` set too); checks every verdict
+/// and that no Job is left.
+async fn tasks_ending_together(
+    e: &Env,
+    run: &str,
+    n: usize,
+    hold: std::time::Duration,
+    faults: Vec<Fault>,
+) {
+    let mut all = vec![Fault::next(
+        1,
+        Match::method_path("DELETE", "/jobs/"),
+        Action::Delay(hold),
+    )];
+    all.extend(faults);
+    e.proxy.set_faults(all);
+    let runs: Vec<_> = (0..n)
+        .map(|i| {
+            let job = e.job(
+                run,
+                json!({"name": format!("t{i}"), "container": "any", "command": "true"}),
+            );
+            support::spawn_run(e.cluster.clone(), job, create_ns())
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        let o = r
+            .await
+            .unwrap()
+            .0
+            .unwrap_or_else(|err| panic!("task {i}: {err}"));
+        assert!(o.failure.is_none(), "task {i}: {:?}", o.failure);
+    }
+    assert!(e.jobs_left().await.is_empty(), "no Job is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_end_while_a_delete_is_in_flight_are_deleted_in_one_request() {
+    let e = env("faults-reap").await;
+    const N: usize = 12;
+    tasks_ending_together(&e, "reap", N, std::time::Duration::from_secs(8), vec![]).await;
+    let (by_name, collection) = job_deletes(&e.proxy.requests(), &e.namespace);
+    assert!(!collection.is_empty(), "a collection delete: {by_name:#?}");
+    // Every Job was named by exactly one delete, and the selector of a collection delete
+    // names the run: nothing else of the namespace could go with it.
+    let mut named: Vec<String> = by_name
+        .iter()
+        .map(|r| r.path.rsplit('/').next().unwrap().to_string())
+        .collect();
+    for r in &collection {
+        assert_eq!(r.status, 200, "{r:?}");
+        let selector = r.param("labelSelector").unwrap();
+        let names = selector
+            .strip_prefix("sykli.io/run=reap,sykli.io/job in (")
+            .and_then(|s| s.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{selector}"));
+        named.extend(names.split(',').map(String::from));
+    }
+    named.sort();
+    let mut expected: Vec<String> = (0..N)
+        .map(|i| sykli_core::manifest::names::job_name(&format!("t{i}"), "reap"))
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected);
+    assert!(
+        by_name.len() + collection.len() < N,
+        "{} by name and {} collection deletes for {N} Jobs",
+        by_name.len(),
+        collection.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_deletecollection_each_job_is_deleted_by_name_and_the_refusal_is_asked_once() {
+    let e = env("faults-reap-403").await;
+    let refused = || {
+        vec![Fault::always(
+            Match::method_path("DELETE", "labelSelector="),
+            Action::Status(403),
+        )]
+    };
+    const N: usize = 8;
+    tasks_ending_together(
+        &e,
+        "reap403",
+        N,
+        std::time::Duration::from_secs(8),
+        refused(),
+    )
+    .await;
+    let (by_name, collection) = job_deletes(&e.proxy.requests(), &e.namespace);
+    assert_eq!(
+        collection.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [403],
+        "asked once"
+    );
+    assert_eq!(by_name.len(), N, "{by_name:#?}");
+    // A second round on the same client does not ask again.
+    e.proxy.clear_requests();
+    tasks_ending_together(
+        &e,
+        "reap403b",
+        4,
+        std::time::Duration::from_secs(4),
+        refused(),
+    )
+    .await;
+    let (by_name, collection) = job_deletes(&e.proxy.requests(), &e.namespace);
+    assert_eq!((by_name.len(), collection.len()), (4, 0));
 }

@@ -29,13 +29,26 @@ fn finished(job: Option<&Job>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_etcd_compaction_a_stale_watch_gets_410_and_the_run_loses_no_event() {
+    across_a_compaction("watch-compacted", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_streaming_lists_a_stale_watch_gets_410_and_the_run_lists_again() {
+    across_a_compaction("watch-compacted-lists", false).await;
+}
+
+/// How the watch of a held run is held: its watches' initial state is passed (a streaming
+/// list's initial events, or a list), then each watch that resumes from a resourceVersion
+/// is stalled while the tasks finish; etcd is compacted and the stalled streams dropped.
+/// `streaming`: as the API server has it; else the server refuses streaming lists (as
+/// before 1.27, or with the WatchList gate off) and the run lists, then watches.
+async fn across_a_compaction(namespace: &str, streaming: bool) {
     let plane = support::control_plane(ControlPlaneOptions {
         nodes: 1,
         up_args: vec!["--apiserver-arg=--watch-cache=false".into()],
         ..ControlPlaneOptions::default()
     })
     .await;
-    let namespace = "watch-compacted";
     let tmp = tempfile::tempdir().unwrap();
     let (_daemon, url, sha) = support::served_repo(tmp.path());
     let info = plane.info().clone();
@@ -47,11 +60,42 @@ async fn after_an_etcd_compaction_a_stale_watch_gets_410_and_the_run_loses_no_ev
     let direct = support::connect_real(plane, Some(namespace)).await;
     support::create_namespace(&direct, namespace).await;
 
-    // The run's watches start (after their lists) but pass nothing on.
-    proxy.set_faults(vec![Fault::always(
-        Match::watch("sykli.io%2Frun%3Dgone"),
-        Action::StallWatch,
-    )]);
+    // The run's watches bring its (empty) initial state, then the ones that resume from
+    // it pass nothing on.
+    let of_run = Match::watch("sykli.io%2Frun%3Dgone");
+    let mut faults = vec![];
+    if streaming {
+        // The initial events of nothing are one bookmark; the watch ends after it.
+        faults.push(Fault::next(
+            2,
+            Match::watch("sendInitialEvents=true"),
+            Action::CloseWatchAfter(1),
+        ));
+    } else {
+        faults.push(Fault::always(
+            Match::path("sendInitialEvents=true"),
+            Action::Status(422),
+        ));
+    }
+    faults.push(Fault::always(of_run, Action::StallWatch));
+    proxy.set_faults(faults);
+    let watcher = cluster.watcher(namespace, "gone");
+    let resumed_held = || {
+        let log = proxy.requests();
+        ["/jobs", "/pods"].iter().all(|res| {
+            log.iter()
+                .any(|r| r.fault == Some("stall") && r.path.ends_with(res))
+        })
+    };
+    let waiting = std::time::Instant::now();
+    while !resumed_held() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(60),
+            "the run's watches were not resumed: {:#?}",
+            proxy.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let tasks = [
         ("ok", "echo one; echo two; echo three"),
         ("bad", "echo before failing; exit 4"),
@@ -122,7 +166,9 @@ async fn after_an_etcd_compaction_a_stale_watch_gets_410_and_the_run_loses_no_ev
         }
     }
 
-    // The proof: each resource's watch met 410, then its list was read again.
+    drop(watcher);
+    // The proof: each resource's watch met 410, then its initial state was read again:
+    // a new streaming watch, or a list.
     let log = proxy.requests();
     for resource in ["jobs", "pods"] {
         let path = format!(
@@ -141,10 +187,15 @@ async fn after_an_etcd_compaction_a_stale_watch_gets_410_and_the_run_loses_no_ev
             .filter(of_run)
             .find(|r| r.watch && (r.status == 410 || r.watch_errors.contains(&410)))
             .unwrap_or_else(|| panic!("no 410 on the {resource} watch: {log:#?}"));
-        let relisted = log
-            .iter()
-            .filter(of_run)
-            .any(|r| !r.watch && r.status == 200 && r.at > gone.at);
+        let relisted = log.iter().filter(of_run).any(|r| {
+            let streamed = r.param("sendInitialEvents").as_deref() == Some("true");
+            let initial = if streaming {
+                r.watch && streamed
+            } else {
+                !r.watch
+            };
+            initial && r.status == 200 && r.at > gone.at
+        });
         assert!(
             relisted,
             "{resource} were listed again after the 410: {log:#?}"

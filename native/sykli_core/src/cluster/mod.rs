@@ -2,6 +2,7 @@
 //! transient, check what a Job needs before creating it, watch a run, follow logs, clean up.
 //! No rustler types: the NIF runs these futures on its runtime and forwards the events.
 
+pub mod cleanup;
 pub mod objects;
 pub mod outputs;
 pub mod preflight;
@@ -45,10 +46,47 @@ pub struct Cluster {
     watchers: Mutex<HashMap<(String, String), Weak<watch::RunWatcher>>>,
     /// Namespaces found ready (or made so): asked once per client, not once per task.
     ready_namespaces: Mutex<std::collections::HashSet<String>>,
+    /// Deletes the finished Jobs of its runs, coalescing those that end together.
+    reaper: Arc<cleanup::Reaper>,
+}
+
+/// The open-files limit [`raise_open_files_limit`] asks for at most: far more than a run
+/// needs, and never "unlimited" (some programs close every descriptor up to the limit).
+pub const OPEN_FILES_WANTED: u64 = 65536;
+
+/// Raises this process's soft limit of open files to its hard limit (at most
+/// [`OPEN_FILES_WANTED`]), once, as Go's runtime does: each task of a run holds a connection
+/// for its live log, and the usual soft limit (1024) is less than a thousand tasks need.
+/// Returns the soft limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    static RAISED: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *RAISED.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the struct passed, nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        let target = lim.rlim_max.min(OPEN_FILES_WANTED);
+        if lim.rlim_cur < target {
+            let wanted = libc::rlimit {
+                rlim_cur: target,
+                rlim_max: lim.rlim_max,
+            };
+            // macOS refuses more than its per-process maximum: the old limit stays then.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+                lim = wanted;
+            }
+        }
+        Some(lim.rlim_cur)
+    })
 }
 
 impl Cluster {
     pub async fn connect(opts: &ConnectOptions) -> Result<Cluster> {
+        raise_open_files_limit();
         let kc_opts = KubeConfigOptions {
             context: opts.context.clone(),
             ..Default::default()
@@ -91,6 +129,7 @@ impl Cluster {
             server,
             watchers: Mutex::new(HashMap::new()),
             ready_namespaces: Mutex::new(Default::default()),
+            reaper: Default::default(),
         })
     }
 
@@ -136,6 +175,13 @@ impl Cluster {
         ));
         map.insert(key, Arc::downgrade(&w));
         w
+    }
+
+    /// Deletes the finished Job `namespace/name` of `run`: see [`cleanup`].
+    pub async fn delete_job(&self, namespace: &str, run: &str, name: &str) -> Result<()> {
+        self.reaper
+            .delete_job(&self.client, namespace, run, name)
+            .await
     }
 
     /// How many run watchers are open (for tests: one per namespace and run).

@@ -376,7 +376,7 @@ pub async fn run_job(
         && failure.as_ref().is_some_and(|(k, _)| *k != "cancelled");
     if !kept {
         emit(Phase::Cleaning, format!("deleting Job {namespace}/{name}"));
-        objects::delete_if_there(&jobs, "Job", &name).await?;
+        cluster.delete_job(&namespace, &run, &name).await?;
     }
     Ok(Outcome {
         job: name,

@@ -1,6 +1,7 @@
 //! One watch per namespace and run (a label selector on `sykli.io/run`), shared by every
-//! task of the run, instead of one per Job. kube-runtime's watcher resumes from the last
-//! resourceVersion, re-lists on 410 Gone, and backs off when the API server struggles.
+//! task of the run, instead of one per Job; a streaming list where the server has it, so the
+//! watch is the only request. kube-runtime's watcher resumes from the last resourceVersion,
+//! re-lists on 410 Gone, and backs off when the API server struggles.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -123,13 +124,32 @@ where
         + serde::de::DeserializeOwned
         + 'static,
 {
-    let config = watcher::Config::default().labels(selector);
+    let list_watch = watcher::Config::default().labels(selector);
     tokio::spawn(async move {
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        // A streaming list: the watch itself sends the initial state, one request instead
+        // of a list and then a watch. A server without it (before 1.27, or the WatchList
+        // gate off, as in 1.33) refuses the watch's parameters: then list and watch.
+        let mut stream = watcher(api.clone(), list_watch.clone().streaming_lists())
+            .default_backoff()
+            .boxed();
+        let mut streaming = true;
+        let mut listed = false;
         // Objects listed during a re-list, swapped in when it is complete.
         let mut relist: Option<HashMap<String, K>> = None;
         while let Some(event) = stream.next().await {
-            let Ok(event) = event else { continue }; // the backoff retries; nothing is lost
+            let event = match event {
+                Ok(event) => event,
+                Err(e) if streaming && !listed && refuses_streaming(&e) => {
+                    streaming = false;
+                    relist = None;
+                    stream = watcher(api.clone(), list_watch.clone())
+                        .default_backoff()
+                        .boxed();
+                    continue;
+                }
+                Err(_) => continue, // the backoff retries; nothing is lost
+            };
+            listed |= matches!(event, watcher::Event::InitDone);
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             let map = field(&mut s);
             match event {
@@ -161,4 +181,15 @@ where
             changed.send_modify(|n| *n += 1);
         }
     })
+}
+
+/// The server does not do streaming lists: it refuses `sendInitialEvents` or
+/// `resourceVersionMatch` on a watch as invalid.
+fn refuses_streaming(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 400 || s.code == 422
+    )
 }

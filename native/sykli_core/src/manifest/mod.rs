@@ -49,6 +49,10 @@ pub const TASK_CONTAINER: &str = "task";
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const TASK_LABEL: &str = "sykli.io/task";
 pub const RUN_LABEL: &str = "sykli.io/run";
+/// On the Job only: its own name (a DNS label, so a valid label value). `sykli.io/task`
+/// holds a lossy form of the task's name that look-alike names share; this one selects
+/// exactly the Jobs a run's cleanup deletes in one request (`cluster::cleanup`).
+pub const JOB_LABEL: &str = "sykli.io/job";
 
 /// What the target knows beyond the task: namespace, run, source, defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -556,11 +560,13 @@ pub fn build_job(
     };
 
     p.into_result(&task.name)?;
+    let mut job_labels = labels.clone();
+    job_labels.insert(JOB_LABEL.into(), job_name.to_string());
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name.to_string()),
             namespace: Some(namespace),
-            labels: Some(labels.clone()),
+            labels: Some(job_labels),
             annotations: Some(annotations.clone()),
             ..Default::default()
         },
