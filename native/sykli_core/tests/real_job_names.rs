@@ -131,6 +131,13 @@ async fn a_409_is_adopted_only_for_this_very_tasks_job_of_this_run() {
     assert_eq!(name, format!("sykli-test-unit-{run}"));
     let mut stranger = e.job(run, "test/unit", "echo stranger");
     stranger.metadata.name = Some(name.clone());
+    // The old builder labelled the Job with its name too.
+    stranger
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("sykli.io/job".into(), name.clone());
     assert_eq!(
         stranger.metadata.labels, mine.metadata.labels,
         "labels alone cannot tell them apart"
