@@ -91,6 +91,10 @@ pub struct ServerOptions {
     /// upload-pack serves any reachable commit by id. `false` leaves git's default (or the
     /// repository's own config).
     pub allow_reachable_sha1_in_want: bool,
+    /// Run the server's git with `-c uploadpack.allowFilter=true`: it serves partial clones
+    /// (`--filter=blob:none`), as GitHub and GitLab do. `false` leaves git's default, which
+    /// ignores the filter and sends every blob (or the repository's own config).
+    pub allow_filter: bool,
     /// HTTP only: serve HTTPS (TLS 1.2/1.3, HTTP/1.1) with a certificate for IP
     /// `127.0.0.1` and DNS `localhost`, signed by a CA generated when the server starts
     /// (see [`SmartHttp::ca_pem`]). [`GitDaemon::start`] refuses it.
@@ -104,6 +108,7 @@ impl Default for ServerOptions {
             fail_first: 0,
             basic_auth: None,
             allow_reachable_sha1_in_want: false,
+            allow_filter: false,
             tls: false,
         }
     }
@@ -453,6 +458,9 @@ impl Core {
             .env("GIT_CONFIG_GLOBAL", "/dev/null");
         if self.opts.allow_reachable_sha1_in_want {
             cmd.args(["-c", "uploadpack.allowReachableSHA1InWant=true"]);
+        }
+        if self.opts.allow_filter {
+            cmd.args(["-c", "uploadpack.allowFilter=true"]);
         }
         cmd
     }

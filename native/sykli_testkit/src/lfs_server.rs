@@ -153,6 +153,21 @@ impl LfsServer {
         self.storage.join(DEFAULT_ORG).join(DEFAULT_REPO).join(oid)
     }
 
+    /// Where the object `oid` of the namespace `<org>/<repo>` ([`LfsServer::url_for`]) is
+    /// stored once uploaded: delete it and the server no longer has it.
+    pub fn object_path_in(&self, org: &str, repo: &str, oid: &str) -> PathBuf {
+        let mut p = self.storage.clone();
+        p.extend(org.trim_matches('/').split('/'));
+        p.join(repo.trim_matches('/').trim_end_matches(".git"))
+            .join(oid)
+    }
+
+    /// Every object download so far (`GET .../objects/storage/<oid>`), in order, from the
+    /// access log: what the server was asked for, whatever it answered.
+    pub fn downloads(&self) -> Vec<LfsDownload> {
+        self.log().lines().filter_map(parse_download).collect()
+    }
+
     /// The server's log file (werkzeug's access log, one line per request, and errors).
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -189,6 +204,34 @@ impl Drop for LfsServer {
     }
 }
 
+/// One object download the server was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LfsDownload {
+    /// The namespace, `<org>/<repo>` as in [`LfsServer::url_for`] (without `.git`).
+    pub namespace: String,
+    /// The object's SHA-256, hex.
+    pub oid: String,
+    /// The HTTP status answered.
+    pub status: u16,
+}
+
+/// `... "GET /<org>/<repo>.git/info/lfs/objects/storage/<oid>?jwt=... HTTP/1.1" 200 -`
+fn parse_download(line: &str) -> Option<LfsDownload> {
+    let (_, request) = line.split_once("\"GET /")?;
+    let (target, rest) = request.split_once(' ')?;
+    let (namespace, object) = target.split_once(".git/info/lfs/objects/storage/")?;
+    let oid = object.split('?').next()?;
+    if oid.len() != 64 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let status = rest.split_once("\" ")?.1.split(' ').next()?.parse().ok()?;
+    Some(LfsDownload {
+        namespace: namespace.to_string(),
+        oid: oid.to_string(),
+        status,
+    })
+}
+
 fn path_str(p: &Path) -> io::Result<&str> {
     p.to_str().ok_or_else(|| {
         io::Error::new(
@@ -196,4 +239,28 @@ fn path_str(p: &Path) -> io::Result<&str> {
             format!("not UTF-8: {}", p.display()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_lines_of_the_access_log_parse() {
+        let oid = "07fc36397fc754153e57df6de49a9505f8e2ed275cde199a89579c6ada6068ab";
+        let line = format!(
+            "2026-12-07 21:12:40,859 werkzeug        INFO 127.0.0.1 - - [07/Dec/2026 21:12:40] \
+             \"GET /sykli/mono.git/info/lfs/objects/storage/{oid}?jwt=eyJ.x-Y HTTP/1.1\" 404 -"
+        );
+        assert_eq!(
+            parse_download(&line),
+            Some(LfsDownload {
+                namespace: "sykli/mono".into(),
+                oid: oid.into(),
+                status: 404
+            })
+        );
+        let batch = "... \"POST /sykli/mono.git/info/lfs/objects/batch HTTP/1.1\" 200 -";
+        assert_eq!(parse_download(batch), None);
+    }
 }

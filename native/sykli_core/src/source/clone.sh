@@ -18,7 +18,9 @@
 #   SYKLI_GIT_CREDENTIALS=1     credentials/git-credentials (git's store format), for the hosts
 #                               it lists, over https only
 #   SYKLI_GIT_SUBMODULES        off | on | recursive, SYKLI_GIT_SUBMODULE_DEPTH as SYKLI_GIT_DEPTH
-#   SYKLI_GIT_LFS=1             real LFS content (checkout without smudge, then git lfs pull)
+#   SYKLI_GIT_LFS=1             real LFS content: the checkout fetches what it writes, and then
+#                               no checked-out file the attributes route through LFS may be a
+#                               pointer (submodules included), else the clone fails naming it
 #   SYKLI_GIT_SPARSE            directories, one per line: cone sparse checkout over a
 #                               blob-filtered partial clone
 set -eu
@@ -39,9 +41,12 @@ access=${SYKLI_GIT_ACCESS:-/sykli/git}
 private=${TMPDIR:-/tmp}/sykli-access.$$
 trap 'rm -rf "$private" "$out"' EXIT
 trap 'exit 1' HUP INT TERM
+# One line (a file name git printed may hold a newline), on stderr and as the termination
+# message.
 fail() {
-  log "error: $*"
-  printf '%s\n' "$*" >"$msg_file" 2>/dev/null || true
+  msg=$(printf '%s' "$*" | tr '\n' ' ')
+  log "error: $msg"
+  printf '%s\n' "$msg" >"$msg_file" 2>/dev/null || true
   exit 1
 }
 
@@ -203,7 +208,66 @@ if [ -n "${SYKLI_GIT_LFS:-}" ]; then
   add_config filter.lfs.required true
   add_config filter.lfs.clean "git-lfs clean -- %f"
   add_config filter.lfs.smudge "git-lfs smudge -- %f"
+  # Every LFS file the checkout writes gets its content: nothing the repository's .lfsconfig
+  # or the image says may turn a download into a pointer left in place.
+  add_config lfs.fetchinclude ""
+  add_config lfs.fetchexclude ""
+  add_config lfs.skipdownloaderrors false
+  unset GIT_LFS_SKIP_SMUDGE GIT_LFS_SKIP_DOWNLOAD_ERRORS
 fi
+
+# After a failed checkout (output in $out): when a Git LFS download is why, fails naming the
+# file, where it is ($1: the repository or a submodule) and git-lfs' reason.
+lfs_download_failed() {
+  grep -q 'smudge filter lfs failed' "$out" || return 0
+  file=$(sed -n 's/^fatal: \(.*\): smudge filter lfs failed$/\1/p' "$out" | head -n 1)
+  why=$(grep -e '^Error downloading object' -e 'Smudge error' "$out" | head -n 1 | sed 's/.*): //')
+  fail "could not fetch the Git LFS content of $file ($1): ${why:-$(tail -n 3 "$out" | tr '\n' ' ')}"
+}
+
+tab=$(printf '\t')
+
+# Prints the first file checked out in the repository at $1 that its attributes route
+# through Git LFS and that holds an LFS pointer instead of the content, named as git quotes
+# names (one line); nothing when there is none. A pointer is the commit's blob itself, of
+# at most 1024 bytes: larger files are never read, and only candidates are hashed.
+lfs_pointer_left() (
+  cd "$1" || exit 1
+  check=$private/lfs-check
+  # Checked-out regular files (skip-worktree ones are outside the sparse cone): oid, path.
+  git -c core.quotePath=false ls-files -s -t >"$check.ls" || exit 1
+  awk -F "$tab" '$1 ~ /^H 100(644|755) / { split($1, f, " "); print f[3] FS $2 }' \
+    "$check.ls" >"$check.index" || exit 1
+  cut -f 2 "$check.index" | git -c core.quotePath=false check-attr --cached --stdin filter \
+    >"$check.attr" || exit 1
+  find . -name .git -prune -o -type f -size -1025c -print >"$check.small" || exit 1
+  # Of those, the LFS ones small enough to be a pointer; a name git quotes (a control
+  # character, say) is taken whatever its size, as find prints it otherwise.
+  paste "$check.index" "$check.attr" >"$check.joined" || exit 1
+  awk -F "$tab" 'FILENAME == ARGV[1] { small[substr($0, 3)] = 1; next }
+    $3 ~ /: filter: lfs$/ && (substr($2, 1, 1) == "\"" || ($2 in small)) { print $1 FS $2 }' \
+    "$check.small" "$check.joined" >"$check.lfs" || exit 1
+  [ -s "$check.lfs" ] || exit 0
+  cut -f 2 "$check.lfs" | git hash-object --no-filters --stdin-paths >"$check.raw" || exit 1
+  paste "$check.lfs" "$check.raw" | awk -F "$tab" '$1 == $3 { print $1 FS $2 }' \
+    >"$check.same" || exit 1
+  while IFS="$tab" read -r oid path; do
+    case $(git cat-file blob "$oid" | head -n 1) in
+      "version https://git-lfs.github.com/spec/"* | "version https://hawser.github.com/spec/"*)
+        printf '%s\n' "$path"
+        exit 0
+        ;;
+    esac
+  done <"$check.same"
+)
+
+# Fails naming the first LFS pointer left in the checkout of the repository at $1 ($2: how
+# to name its files from the workspace).
+lfs_verify() {
+  left=$(lfs_pointer_left "$1") || fail "could not check the Git LFS files of ${2:-$SYKLI_GIT_URL}"
+  [ -z "$left" ] ||
+    fail "the checkout left a Git LFS pointer instead of the content of $2$left (is the pointer valid, and its object on the LFS server?)"
+}
 
 # Prints the option of a partial clone when checking out sparsely.
 filter_args() {
@@ -259,12 +323,16 @@ if [ -n "${SYKLI_GIT_SPARSE:-}" ]; then
   # filter, nothing outside them is ever downloaded.
   printf '%s\n' "$SYKLI_GIT_SPARSE" | git sparse-checkout set --cone --stdin
 fi
-if [ -n "${SYKLI_GIT_LFS:-}" ]; then
-  # Pointers now, content below: a failed download is then a clear error, not a pointer.
-  GIT_LFS_SKIP_SMUDGE=1
-  export GIT_LFS_SKIP_SMUDGE
+# With LFS, the smudge filter fetches the content of exactly the files checked out (in one
+# batch): in a partial clone git-lfs' own scan of the tree (git lfs pull) would need every
+# blob outside the cone, and it leaves pointers when one is missing.
+[ -z "${SYKLI_GIT_LFS:-}" ] || log "checking out, fetching Git LFS content"
+if ! git -c advice.detachedHead=false checkout -q --detach "$sha" -- >"$out" 2>&1; then
+  cat "$out" >&2
+  lfs_download_failed "$SYKLI_GIT_URL"
+  fail "could not check out $sha: $(tail -n 3 "$out" | tr '\n' ' ')"
 fi
-git -c advice.detachedHead=false checkout -q --detach "$sha" --
+cat "$out" >&2
 head=$(git rev-parse HEAD)
 [ "$head" = "$sha" ] || fail "checked out $head, expected $sha"
 
@@ -280,19 +348,42 @@ if [ "$submodules" != off ] && [ -f .gitmodules ]; then
   # is built, so the unquoted expansions yield one word each at most.
   # shellcheck disable=SC2086
   git submodule sync -q $recursive
+  # Sparse: only the submodules inside the cone (git would check out the others too), as
+  # submodule.active pathspecs of this repository alone: each directory, and what is
+  # directly in the top and in its parents.
+  if [ -n "${SYKLI_GIT_SPARSE:-}" ]; then
+    git config --unset-all submodule.active || true
+    git config --add submodule.active ":(glob)*"
+    printf '%s\n' "$SYKLI_GIT_SPARSE" >"$private/sparse"
+    while IFS= read -r dir; do
+      [ -n "$dir" ] || continue
+      git config --add submodule.active ":(literal)$dir"
+      parent=$dir
+      while [ "${parent%/*}" != "$parent" ]; do
+        parent=${parent%/*}
+        git config --add submodule.active ":(glob)$(printf '%s' "$parent" | sed 's/[][*?\\]/\\&/g')/*"
+      done
+    done <"$private/sparse"
+  fi
   # shellcheck disable=SC2086
-  git submodule update --init $recursive $sub_depth --jobs 4 ||
+  if ! git submodule update --init $recursive $sub_depth --jobs 4 >"$out" 2>&1; then
+    cat "$out" >&2
+    lfs_download_failed "submodule $(sed -n "s/^fatal: Unable to checkout '.*' in submodule path '\(.*\)'\$/\1/p" "$out" | head -n 1)"
     fail "could not fetch the submodules of $SYKLI_GIT_URL (see the log above)"
+  fi
+  cat "$out" >&2
 fi
 
 if [ -n "${SYKLI_GIT_LFS:-}" ]; then
-  unset GIT_LFS_SKIP_SMUDGE
-  log "fetching Git LFS content"
-  git lfs pull || fail "could not fetch the Git LFS content of $SYKLI_GIT_URL"
+  log "checking that no Git LFS pointer is left"
+  lfs_verify . ""
   if [ "$submodules" != off ] && [ -f .gitmodules ]; then
     # shellcheck disable=SC2016 # a constant command for git to run in each submodule
-    git submodule foreach -q --recursive 'git lfs pull' ||
-      fail "could not fetch the Git LFS content of a submodule"
+    git submodule foreach -q --recursive 'printf "%s\n" "$displaypath"' >"$private/submodules" ||
+      fail "could not list the submodules of $SYKLI_GIT_URL"
+    while IFS= read -r sub; do
+      lfs_verify "$sub" "$sub/"
+    done <"$private/submodules"
   fi
 fi
 printf '%s\n' "$head" >"$msg_file" 2>/dev/null || true
