@@ -286,7 +286,7 @@ defmodule SykliK8s.CLIK8sTest do
         sykli(ctx, ~w(run --target=k8s --git-ref featur --pipeline #{file}), kubeconfig: "/nonexistent")
 
       assert out =~
-               ~s[sykli: "featur" is no branch, tag or commit of remote origin (did you mean refs/heads/feature?)]
+               ~s[sykli: "featur" is no branch, tag or commit of remote origin (did you mean feature?)]
 
       assert RealCluster.jobs(ctx.info, ctx.ns) == []
     end

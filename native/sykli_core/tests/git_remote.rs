@@ -85,10 +85,21 @@ fn what_the_remote_does_not_have_is_a_clear_error() {
 
     let e = resolve_ref(&repo.dir, "origin", "release").unwrap_err();
     assert_eq!(e.kind(), "unknown_ref");
-    assert!(
-        e.to_string().contains("did you mean refs/heads/release-2?"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("did you mean release-2?"), "{e}");
+    // Near misses as one types them, from what the remote lists.
+    repo.git(&["tag", "v1.0.0", "HEAD~1"]);
+    repo.git(&["push", "-q", "origin", "v1.0.0"]);
+    for (want, hint) in [
+        ("mainn", "(did you mean main?)"),
+        ("v1.0", "(did you mean v1.0.0?)"),
+    ] {
+        let e = resolve_ref(&repo.dir, "origin", want).unwrap_err();
+        assert_eq!(e.kind(), "unknown_ref");
+        assert_eq!(
+            e.to_string(),
+            format!("{want:?} is no branch, tag or commit of remote origin {hint}")
+        );
+    }
 
     let e = resolve_ref(&repo.dir, "origin", &local).unwrap_err();
     assert_eq!(e.kind(), "not_pushed");

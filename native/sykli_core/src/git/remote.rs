@@ -127,13 +127,7 @@ pub fn resolve(
             };
         }
     }
-    let mut near: Vec<&str> = refs
-        .iter()
-        .filter(|r| !r.name.ends_with("^{}") && r.name.contains(want))
-        .map(|r| r.name.as_str())
-        .take(5)
-        .collect();
-    near.sort();
+    let near = near_misses(refs, want);
     let hint = if near.is_empty() {
         format!("git ls-remote {remote} lists what it has")
     } else {
@@ -143,6 +137,76 @@ pub fn resolve(
         "unknown_ref",
         format!("{want:?} is no branch, tag or commit of remote {remote} ({hint})"),
     ))
+}
+
+/// How many near misses an unknown ref's error names.
+const NEAR_MISSES: usize = 3;
+
+/// The remote's branches and tags (as one types them: `main`, `v1.0.0`; other refs by their
+/// full name) closest to `want`, closest first: within a few edits (a third of its length,
+/// at least 2) or containing it. At equal distance, a name that extends `want` comes first
+/// (`v1.0` → `v1.0.0` before `v1`), then one it extends, then the rest by name.
+pub fn near_misses(refs: &[RemoteRef], want: &str) -> Vec<String> {
+    let want_l = want.to_lowercase();
+    let limit = (want.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, u8, String)> = Vec::new();
+    for r in refs
+        .iter()
+        .filter(|r| !r.name.ends_with("^{}") && r.name != "HEAD")
+    {
+        let short = r
+            .name
+            .strip_prefix("refs/heads/")
+            .or_else(|| r.name.strip_prefix("refs/tags/"))
+            .unwrap_or(&r.name);
+        if scored.iter().any(|(_, _, n)| n == short) {
+            continue;
+        }
+        let short_l = short.to_lowercase();
+        let distance = edit_distance(&want_l, &short_l);
+        let contains = want_l.chars().count() >= 3 && short_l.contains(&want_l);
+        if distance > limit && !contains {
+            continue;
+        }
+        let kind = if short_l.starts_with(&want_l) {
+            0
+        } else if want_l.starts_with(&short_l) {
+            1
+        } else {
+            2
+        };
+        scored.push((distance, kind, short.to_string()));
+    }
+    scored.sort();
+    scored
+        .into_iter()
+        .take(NEAR_MISSES)
+        .map(|(_, _, n)| n)
+        .collect()
+}
+
+/// Edits (insertions, deletions, substitutions, swaps of neighbours) from `a` to `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows of the optimal-string-alignment table.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(before[j - 2] + 1);
+            }
+            cur[j] = d;
+        }
+        before = std::mem::replace(&mut prev, std::mem::take(&mut cur));
+        cur = vec![0; b.len() + 1];
+    }
+    prev[b.len()]
 }
 
 /// The name of a remote ref from which `sha` can be fetched: one that points at it, or whose
@@ -186,6 +250,64 @@ pub fn not_on_remote(sha: &str, remote: &str, what: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refs(names: &[&str]) -> Vec<RemoteRef> {
+        names
+            .iter()
+            .map(|n| RemoteRef {
+                name: n.to_string(),
+                sha: "0".repeat(40),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn near_misses_are_the_closest_names_as_one_types_them() {
+        let remote = refs(&[
+            "HEAD",
+            "refs/heads/main",
+            "refs/heads/maint",
+            "refs/heads/feature",
+            "refs/heads/release-2",
+            "refs/tags/v1",
+            "refs/tags/v1.0.0",
+            "refs/tags/v1.0.0^{}",
+            "refs/tags/v2.0.0",
+            "refs/pull/7/head",
+        ]);
+        let near = |want: &str| near_misses(&remote, want);
+        assert_eq!(near("mainn"), ["main", "maint"]);
+        assert_eq!(near("v1.0"), ["v1.0.0", "v1"]);
+        assert_eq!(near("featur"), ["feature"]);
+        assert_eq!(near("Feature"), ["feature"]);
+        assert_eq!(near("faeture"), ["feature"], "a swap is one edit");
+        assert_eq!(near("release"), ["release-2"]);
+        assert_eq!(near("pull/7"), ["refs/pull/7/head"]);
+        assert!(near("zzzzzz").is_empty());
+        let many = refs(&[
+            "refs/heads/a1",
+            "refs/heads/a2",
+            "refs/heads/a3",
+            "refs/heads/a4",
+        ]);
+        assert_eq!(near_misses(&many, "a"), ["a1", "a2", "a3"], "a few at most");
+    }
+
+    #[test]
+    fn edit_distance_counts_insertions_deletions_substitutions_and_swaps() {
+        for (a, b, d) in [
+            ("", "", 0),
+            ("main", "main", 0),
+            ("mainn", "main", 1),
+            ("mian", "main", 1),
+            ("v1.0", "v1.0.0", 2),
+            ("", "abc", 3),
+            ("kitten", "sitting", 3),
+        ] {
+            assert_eq!(edit_distance(a, b), d, "{a} → {b}");
+            assert_eq!(edit_distance(b, a), d, "{b} → {a}");
+        }
+    }
 
     #[test]
     fn parses_ls_remote_output_and_skips_noise() {
