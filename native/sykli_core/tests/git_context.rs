@@ -416,6 +416,62 @@ fn lfs_attributes_are_detected() {
     assert!(!ctx.dirty, "{:?}", ctx.changes);
 }
 
+/// `lfs: :auto` follows this: a submodule whose attributes use LFS (here nested two levels
+/// down, the parent's own attributes silent) needs LFS in the clone.
+#[test]
+fn lfs_attributes_of_a_checked_out_submodule_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let leaf = Repo::init(&tmp.path().join("leaf"));
+    leaf.write(
+        ".gitattributes",
+        "*.bin filter=lfs diff=lfs merge=lfs -text\n",
+    );
+    leaf.write("l.txt", "l\n");
+    leaf.commit_all("leaf");
+    let mid = Repo::init(&tmp.path().join("mid"));
+    mid.write("m.txt", "m\n");
+    mid.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        "../leaf",
+        "leaf",
+    ]);
+    mid.commit_all("mid");
+    let top = Repo::init(&tmp.path().join("top"));
+    top.write(".gitattributes", "*.txt text\n");
+    top.write("t.txt", "t\n");
+    top.commit_all("top");
+    assert!(!detect_plain(&top.dir).lfs);
+    top.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        "../mid",
+        "libs/mid",
+    ]);
+    top.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "update",
+        "--init",
+        "--recursive",
+        "-q",
+    ]);
+    top.commit_all("with submodules");
+    let ctx = detect_plain(&top.dir);
+    assert!(
+        ctx.lfs,
+        "the nested submodule's LFS attributes were not seen"
+    );
+    assert!(!ctx.dirty, "{:?}", ctx.changes);
+}
+
 #[test]
 fn a_shallow_clone_is_reported() {
     let tmp = tempfile::tempdir().unwrap();

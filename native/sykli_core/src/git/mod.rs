@@ -137,7 +137,7 @@ pub fn detect(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<GitCo
         Some(index) => status::status_of(&repo, index)?,
         None => status::status(&repo)?,
     };
-    let submodules = match &index {
+    let submodules: Vec<String> = match &index {
         Some(index) => index
             .entries
             .iter()
@@ -150,7 +150,7 @@ pub fn detect(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<GitCo
             .map(|s| s.path().to_string_lossy().into_owned())
             .collect(),
     };
-    let lfs = uses_lfs(&repo, index.as_ref());
+    let lfs = uses_lfs(&repo, index.as_ref(), &submodules, SUBMODULE_DEPTH);
     let shallow = repo.is_shallow();
     let pushed = pushed(&repo, sha, shallow);
     let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
@@ -215,8 +215,46 @@ fn ci_branch(
     })
 }
 
-/// Whether any committed `.gitattributes` routes files through git-lfs.
-fn uses_lfs(repo: &Repository, index: Option<&index::Index>) -> bool {
+/// How deep nested submodules are looked into for LFS attributes.
+const SUBMODULE_DEPTH: usize = 8;
+
+/// Whether any committed `.gitattributes` routes files through git-lfs, in the repository
+/// or in a submodule checked out here (at `submodules`, nested ones `depth` levels down):
+/// `lfs: :auto` must fetch a submodule's LFS content too. A submodule that is not checked
+/// out here cannot be read; its pointers would reach the task only with LFS off.
+fn uses_lfs(
+    repo: &Repository,
+    index: Option<&index::Index>,
+    submodules: &[String],
+    depth: usize,
+) -> bool {
+    if attributes_use_lfs(repo, index) {
+        return true;
+    }
+    let Some(workdir) = repo.workdir() else {
+        return false;
+    };
+    depth > 0
+        && submodules.iter().any(|path| {
+            let Ok(sub) = Repository::open(workdir.join(path)) else {
+                return false;
+            };
+            let index = index::Index::read(&sub.path().join("index")).ok().flatten();
+            let nested: Vec<String> = match &index {
+                Some(index) => index
+                    .entries
+                    .iter()
+                    .filter(|e| e.mode == index::MODE_GITLINK && e.stage == 0)
+                    .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                    .collect(),
+                None => Vec::new(),
+            };
+            uses_lfs(&sub, index.as_ref(), &nested, depth - 1)
+        })
+}
+
+/// Whether a committed `.gitattributes` of `repo` itself routes files through git-lfs.
+fn attributes_use_lfs(repo: &Repository, index: Option<&index::Index>) -> bool {
     let blobs: Vec<git2::Oid> = match index {
         Some(index) => index
             .entries
