@@ -157,8 +157,11 @@ defmodule SykliK8s.Target do
   @doc """
   Runs `task` as a Job and waits for it: `:ok`, or `{:error, %SykliK8s.Error{}}` with a kind
   (`:task_failed` with `details.exit_code`, `:image_pull`, `:config_error`, `:unschedulable`,
-  `:pod_rejected` (the cluster refused to create the pod: Pod Security, a quota), `:clone_failed`, `:oom_killed`, `:deadline_exceeded`, `:timeout`, `:cancelled`, or an API
-  error such as `:not_found` from the preflight).
+  `:pod_rejected` (the cluster refused to create the pod: Pod Security, a quota), `:clone_failed`,
+  `:oom_killed`, `:deadline_exceeded` (the task's own timeout), `:timeout` (the client-side
+  deadline), `:evicted` (the Eviction API, a preemption, the node's pressure), `:node_lost` (its
+  node was lost or tainted NoExecute), `:cancelled`, or an API error such as `:not_found` from
+  the preflight).
 
   `opts`: `:resources` (the pipeline's), `:on_event` (called with `{:phase, phase, message}`
   and `{:log, container, line}`; default prints log lines prefixed with the task name),

@@ -79,16 +79,61 @@ func (p *provider) CreatePod(_ context.Context, pod *corev1.Pod) error {
 }
 
 // UpdatePod: a running pod's spec changes only where a kubelet acts on nothing of ours
-// (labels, annotations, activeDeadlineSeconds tightening is not followed).
-func (p *provider) UpdatePod(context.Context, *corev1.Pod) error { return nil }
+// (labels, annotations, activeDeadlineSeconds tightening is not followed). The conditions
+// others own (the API server's DisruptionTarget on an eviction, readiness gates) are kept,
+// as the kubelet's status manager keeps them: the status this node writes replaces the
+// whole status.
+func (p *provider) UpdatePod(_ context.Context, pod *corev1.Pod) error {
+	if pr := p.lookup(pod.Namespace, pod.Name); pr != nil && pr.uid() == pod.UID {
+		pr.adoptConditions(pod)
+	}
+	return nil
+}
 
 func (p *provider) DeletePod(_ context.Context, pod *corev1.Pod) error {
 	pr := p.lookup(pod.Namespace, pod.Name)
 	if pr == nil || pr.uid() != pod.UID {
 		return errdefs.NotFoundf("pod %s/%s is not on this node", pod.Namespace, pod.Name)
 	}
+	pr.adoptConditions(pod)
 	pr.delete()
 	return nil
+}
+
+// kubeletConditions are the pod conditions a kubelet writes; the others are kept from the
+// API server's copy of the pod.
+var kubeletConditions = map[corev1.PodConditionType]bool{
+	corev1.PodReadyToStartContainers: true,
+	corev1.PodInitialized:            true,
+	corev1.ContainersReady:           true,
+	corev1.PodReady:                  true,
+}
+
+// adoptConditions copies the conditions of the API's pod that the kubelet does not own.
+func (pr *podRun) adoptConditions(from *corev1.Pod) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	pr.pod.Status.Conditions = mergeConditions(pr.pod.Status.Conditions, from.Status.Conditions)
+}
+
+// mergeConditions is ours with every condition of theirs that a kubelet does not own set
+// (replaced where ours has that type, added where not).
+func mergeConditions(ours, theirs []corev1.PodCondition) []corev1.PodCondition {
+	out := append([]corev1.PodCondition(nil), ours...)
+next:
+	for _, c := range theirs {
+		if kubeletConditions[c.Type] {
+			continue
+		}
+		for i := range out {
+			if out[i].Type == c.Type {
+				out[i] = c
+				continue next
+			}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func (p *provider) GetPod(_ context.Context, namespace, name string) (*corev1.Pod, error) {

@@ -52,6 +52,9 @@ var defaultControllers = []string{
 	// Lifts the not-ready taint the API server puts on a new Node once it is Ready, and
 	// taints (then evicts from) a node whose lease runs out, as in a real cluster.
 	"node-lifecycle-controller",
+	// Deletes the pods of a node tainted NoExecute that do not tolerate it (a lost node's
+	// unreachable taint), marking them DisruptionTarget/DeletionByTaintManager.
+	"taint-eviction-controller",
 	"certificatesigningrequest-signing-controller",
 	"certificatesigningrequest-approving-controller",
 	"certificatesigningrequest-cleaner-controller",

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, SecurityContext, ServiceAccount
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{json, Value};
 use sykli_core::cluster::run::{run_job, Outcome, RunOptions};
-use sykli_core::cluster::{sync, Cluster, ConnectOptions};
+use sykli_core::cluster::{sync, Cluster};
 use sykli_core::manifest::{build_pipeline, BuildOptions};
 use sykli_core::pipeline::Pipeline;
 
@@ -161,20 +161,6 @@ fn every_kind_of_job() -> Vec<(String, Job)> {
     .collect()
 }
 
-/// Pods are admitted once the service-account controller made the namespace's default.
-async fn default_account(client: &kube::Client, namespace: &str) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        kube::runtime::wait::await_condition(accounts, "default", |sa: Option<&ServiceAccount>| {
-            sa.is_some()
-        }),
-    )
-    .await
-    .expect("the namespace's default service account within 120 s")
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restricted() {
     let client = admin().await.client;
@@ -186,7 +172,7 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    default_account(&client, "ci").await;
+    support::default_account(&client, "ci").await;
     // What the task options name: admission refuses a pod whose priority class or service
     // account does not exist.
     let builder: ServiceAccount =
@@ -268,72 +254,6 @@ async fn the_real_api_server_accepts_every_job_and_admits_sykli_s_pods_as_restri
     );
 }
 
-/// A namespace with a ServiceAccount bound to exactly `rules`, and a kubeconfig of its token.
-async fn account_with(admin: &kube::Client, namespace: &str, rules: Value) -> Arc<Cluster> {
-    async fn create<K>(api: Api<K>, object: Value) -> K
-    where
-        K: kube::Resource
-            + Clone
-            + serde::de::DeserializeOwned
-            + serde::Serialize
-            + std::fmt::Debug,
-    {
-        let object: K = serde_json::from_value(object).unwrap();
-        api.create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("creating {object:?}: {e}"))
-    }
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-    create(
-        Api::<Namespace>::all(admin.clone()),
-        json!({"metadata": {"name": namespace}}),
-    )
-    .await;
-    default_account(admin, namespace).await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
-    create(accounts.clone(), json!({"metadata": {"name": "sykli"}})).await;
-    create(
-        Api::<Role>::namespaced(admin.clone(), namespace),
-        json!({"metadata": {"name": "sykli"}, "rules": rules}),
-    )
-    .await;
-    create(
-        Api::<RoleBinding>::namespaced(admin.clone(), namespace),
-        json!({"metadata": {"name": "sykli"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sykli"},
-            "subjects": [{"kind": "ServiceAccount", "name": "sykli", "namespace": namespace}]}),
-    )
-    .await;
-    let request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                         "spec": {"audiences": [], "expirationSeconds": 3600}});
-    let answer: Value = accounts
-        .create_subresource("token", "sykli", &PostParams::default(), &request)
-        .await
-        .unwrap();
-    let token = answer["status"]["token"].as_str().unwrap().to_string();
-    let p = plane().await;
-    let file = p.dir().join(format!("{namespace}.kubeconfig"));
-    std::fs::write(
-        &file,
-        serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {"server": p.info().server, "certificate-authority": p.info().ca}}],
-            "users": [{"name": "sykli", "user": {"token": token}}],
-            "contexts": [{"name": "sykli", "context": {"cluster": "c", "user": "sykli", "namespace": namespace}}],
-            "current-context": "sykli"}))
-        .unwrap(),
-    )
-    .unwrap();
-    Arc::new(
-        Cluster::connect(&ConnectOptions {
-            kubeconfig: Some(file),
-            context: None,
-            namespace: Some(namespace.into()),
-        })
-        .await
-        .unwrap(),
-    )
-}
-
 /// The README's RBAC for Jobs, with the S3 strategy's Secret verbs.
 fn readme_rbac(secret_verbs: &[&str]) -> Value {
     json!([
@@ -413,7 +333,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_readme_s_rbac_the_real_job_controller_scheduler_and_garbage_collector_agree() {
     let admin = admin().await.client;
-    let cluster = account_with(
+    let cluster = support::account_with(
+        plane().await,
         &admin,
         "rbac",
         readme_rbac(&["create", "get", "update", "delete"]),
@@ -471,7 +392,8 @@ async fn with_the_readme_s_rbac_the_real_job_controller_scheduler_and_garbage_co
 
     // Without one verb of the table (update on secrets, for the owner reference) the run
     // fails naming it, and leaves neither the Job nor the Secret behind.
-    let cluster = account_with(
+    let cluster = support::account_with(
+        plane().await,
         &admin,
         "rbac-no-update",
         readme_rbac(&["create", "get", "delete"]),
@@ -498,7 +420,7 @@ async fn a_pod_refused_by_pod_security_is_the_verdict_not_the_deadline() {
         .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    default_account(&admin.client, "strict").await;
+    support::default_account(&admin.client, "strict").await;
     // An image's container as most tasks leave it: root allowed, privileges not dropped.
     let job = jobs(
         "pod security",

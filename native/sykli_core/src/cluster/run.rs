@@ -212,7 +212,7 @@ pub async fn run_job(
         job.spec
             .as_ref()
             .and_then(|s| s.active_deadline_seconds)
-            .map(|s| Duration::from_secs(s.max(0) as u64 + 60))
+            .map(|s| Duration::from_secs(s.max(0) as u64) + CLIENT_MARGIN)
     });
     let mut followed: HashSet<(String, String)> = HashSet::new();
     let mut followers = Vec::new();
@@ -300,16 +300,7 @@ pub async fn run_job(
         }
         let until_deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
         if until_deadline == Some(Duration::ZERO) {
-            break (
-                None,
-                Some((
-                    "timeout",
-                    format!(
-                        "no result within {}s: the Job was deleted",
-                        deadline.unwrap_or_default().as_secs()
-                    ),
-                )),
-            );
+            break (None, Some(("timeout", client_timed_out(&opts, &job))));
         }
         // Re-check at least every few seconds (grace periods) even when nothing changes.
         let max_tick = if settling_since.is_some() {
@@ -388,6 +379,25 @@ pub async fn run_job(
         kept,
     })
 }
+
+/// The client-side deadline's verdict: the one asked for, or the task's own timeout plus
+/// the margin the cluster had to report it.
+fn client_timed_out(opts: &RunOptions, job: &Job) -> String {
+    match (opts.timeout, job.spec.as_ref().and_then(|s| s.active_deadline_seconds)) {
+        (Some(t), _) => format!(
+            "timed out after {} s (the client-side deadline): the Job was deleted",
+            t.as_secs()
+        ),
+        (None, Some(task)) => format!(
+            "timed out after {task} s (the task's timeout), and the cluster did not say so within {} s more: the Job was deleted",
+            CLIENT_MARGIN.as_secs()
+        ),
+        (None, None) => "timed out: the Job was deleted".into(),
+    }
+}
+
+/// How long after a task's own timeout the client gives up on the cluster reporting it.
+const CLIENT_MARGIN: Duration = Duration::from_secs(60);
 
 /// The annotation the manifest builder puts the task's exact name in (labels hold only a
 /// lossy form of it).
@@ -782,17 +792,19 @@ fn diagnose(view: &JobView) -> Verdict {
         if c.reason.as_deref() == Some("DeadlineExceeded") {
             return Verdict::Done {
                 exit_code: None,
-                failure: Some((
-                    "deadline_exceeded",
-                    format!(
-                        "the task ran out of time: {}",
-                        c.message.clone().unwrap_or_default()
-                    ),
-                )),
+                failure: Some(("deadline_exceeded", timed_out(view))),
             };
         }
     }
     if let Some(pod) = view.pods.last() {
+        // Evicted, preempted, its node lost: whatever the containers' exit says after that
+        // (143, 137), the cause is the disruption.
+        if let Some(failure) = disruption(pod) {
+            return Verdict::Done {
+                exit_code: None,
+                failure: Some(failure),
+            };
+        }
         let all = statuses(pod, true)
             .map(|s| (s, true))
             .chain(statuses(pod, false).map(|s| (s, false)));
@@ -839,14 +851,19 @@ fn diagnose(view: &JobView) -> Verdict {
                 .map(|m| m.trim().to_string())
                 .filter(|m| !m.is_empty());
             if init && t.exit_code != 0 && s.name == CLONE_CONTAINER {
+                // The clone's termination message is the commit it checked out when it
+                // succeeds: never a reason.
+                let detail = detail
+                    .filter(|d| !is_commit_id(d))
+                    .or_else(|| (!reason.is_empty()).then(|| reason.clone()));
                 return Verdict::Done {
                     exit_code: Some(t.exit_code),
                     failure: Some((
                         "clone_failed",
                         format!(
-                            "the source clone failed (exit {}): {}",
+                            "the source clone failed (exit {}){}",
                             t.exit_code,
-                            detail.unwrap_or(reason)
+                            detail.map(|d| format!(": {d}")).unwrap_or_default()
                         ),
                     )),
                 };
@@ -870,18 +887,23 @@ fn diagnose(view: &JobView) -> Verdict {
             }
             if !init && s.name == TASK_CONTAINER {
                 if reason == "OOMKilled" {
+                    let limit = memory_limit(pod)
+                        .map(|l| format!(" of {l}"))
+                        .unwrap_or_default();
                     return Verdict::Done {
                         exit_code: Some(t.exit_code),
                         failure: Some((
                             "oom_killed",
-                            "the task ran out of memory (OOMKilled): raise its memory limit".into(),
+                            format!(
+                                "the task ran out of memory (OOMKilled at its limit{limit}): raise k8s memory"
+                            ),
                         )),
                     };
                 }
                 if reason == "DeadlineExceeded" {
                     return Verdict::Done {
                         exit_code: Some(t.exit_code),
-                        failure: Some(("deadline_exceeded", "the task ran out of time".into())),
+                        failure: Some(("deadline_exceeded", timed_out(view))),
                     };
                 }
                 // A task that succeeded with outputs to copy back is done once its outputs
@@ -958,6 +980,101 @@ fn diagnose(view: &JobView) -> Verdict {
         };
     }
     Verdict::Progress(Phase::Pending, "waiting for the pod to start".into())
+}
+
+/// "timed out after 5 s (the task's timeout)", and where it was when it did.
+fn timed_out(view: &JobView) -> String {
+    let seconds = view
+        .job
+        .as_ref()
+        .and_then(|j| j.spec.as_ref()?.active_deadline_seconds)
+        .map(|s| format!(" after {s} s"))
+        .unwrap_or_default();
+    let cloning = view.pods.last().is_some_and(|p| {
+        let has_clone = statuses(p, true).any(|s| s.name == CLONE_CONTAINER);
+        let cloned = statuses(p, true).any(|s| {
+            s.name == CLONE_CONTAINER
+                && s.state
+                    .as_ref()
+                    .and_then(|st| st.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+        });
+        has_clone && !cloned
+    });
+    let during = if cloning {
+        ", while the source was being cloned"
+    } else {
+        ""
+    };
+    format!("timed out{seconds} (the task's timeout){during}")
+}
+
+/// Why a pod was disrupted, from its `DisruptionTarget` condition (what the API server's
+/// eviction, the scheduler's preemption, the taint manager, the pod garbage collector and
+/// the kubelet write) or its status reason: (kind, one line).
+pub fn disruption(pod: &Pod) -> Option<(&'static str, String)> {
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_else(|| "?".into());
+    let status = pod.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    if let Some(c) = condition {
+        let reason = c.reason.clone().unwrap_or_default();
+        let message = c.message.clone().unwrap_or_default();
+        let why = format!("({reason}: {message})");
+        return Some(match reason.as_str() {
+            "DeletionByPodGC" | "DeletionByTaintManager" => (
+                "node_lost",
+                format!("the pod's node {node} was lost or tainted {why}"),
+            ),
+            "PreemptionByScheduler" => (
+                "evicted",
+                format!("the pod was preempted on node {node} by a pod of higher priority {why}"),
+            ),
+            _ => (
+                "evicted",
+                format!("the pod was evicted from node {node} {why}"),
+            ),
+        });
+    }
+    let message = status.message.clone().unwrap_or_default();
+    match status.reason.as_deref() {
+        Some("Evicted") => Some((
+            "evicted",
+            format!("the pod was evicted by node {node}: {message}"),
+        )),
+        Some("NodeLost") => Some((
+            "node_lost",
+            format!("the pod's node {node} was lost: {message}"),
+        )),
+        _ => None,
+    }
+}
+
+/// The task container's memory limit, as written in the pod.
+fn memory_limit(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == TASK_CONTAINER)?
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")
+        .map(|q| q.0.clone())
+}
+
+/// A full commit id (what the clone's termination message holds).
+fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the pod has an outputs sidecar (the PVC strategy's sync back) still at work.
@@ -1116,6 +1233,122 @@ mod tests {
             ),
         );
         assert!(matches!(diagnose(&v), Verdict::Unschedulable(m) if m.contains("didn't match")));
+    }
+
+    /// A view whose Job has `activeDeadlineSeconds` and whose pod has `spec` and `status`.
+    fn view_with(
+        deadline: Option<i64>,
+        job_status: serde_json::Value,
+        pod_spec: serde_json::Value,
+        pod_status: serde_json::Value,
+    ) -> JobView {
+        let mut v = view(job_status, Some(pod_status));
+        v.job.as_mut().unwrap().spec = Some(
+            serde_json::from_value(json!({"activeDeadlineSeconds": deadline, "template": {}}))
+                .unwrap(),
+        );
+        v.pods[0].spec = Some(serde_json::from_value(pod_spec).unwrap());
+        v
+    }
+
+    #[test]
+    fn each_way_of_ending_names_its_true_cause_in_one_line() {
+        let deadline = json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+            "message": "Job was active longer than specified deadline"}]});
+        let spec = json!({"nodeName": "node-1", "containers": [{"name": "task",
+            "resources": {"limits": {"memory": "64Mi"}}}]});
+        let cloned = terminated(CLONE_CONTAINER, 0, "Completed", &"a".repeat(40));
+        let cases = [
+            // The task's own timeout, whatever the containers' exit (killed: 137).
+            (
+                view_with(Some(5), deadline.clone(), spec.clone(), json!({"phase": "Failed",
+                    "initContainerStatuses": [cloned.clone()],
+                    "containerStatuses": [terminated("task", 137, "Error", "")]})),
+                "deadline_exceeded",
+                "timed out after 5 s (the task's timeout)".to_string(),
+            ),
+            // … while the clone was still at work: said so, never a clone failure.
+            (
+                view_with(Some(5), deadline.clone(), spec.clone(), json!({"phase": "Failed",
+                    "initContainerStatuses": [terminated(CLONE_CONTAINER, 137, "Error", "")]})),
+                "deadline_exceeded",
+                "timed out after 5 s (the task's timeout), while the source was being cloned"
+                    .to_string(),
+            ),
+            (
+                view_with(None, json!({}), spec.clone(), json!({"phase": "Failed",
+                    "containerStatuses": [terminated("task", 137, "OOMKilled", "")]})),
+                "oom_killed",
+                "the task ran out of memory (OOMKilled at its limit of 64Mi): raise k8s memory"
+                    .to_string(),
+            ),
+            // A clone killed with the commit id as its message: the id is no reason.
+            (
+                view_with(None, json!({}), spec.clone(), json!({"phase": "Failed",
+                    "initContainerStatuses": [terminated(CLONE_CONTAINER, 137, "Error", &"b".repeat(40))]})),
+                "clone_failed",
+                "the source clone failed (exit 137): Error".to_string(),
+            ),
+            (
+                view_with(Some(5), json!({}), spec.clone(), json!({"phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True",
+                        "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}],
+                    "containerStatuses": [terminated("task", 143, "Error", "")]})),
+                "evicted",
+                "the pod was evicted from node node-1 (EvictionByEvictionAPI: Eviction API: evicting)"
+                    .to_string(),
+            ),
+            (
+                view_with(None, json!({}), spec.clone(), json!({"phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True",
+                        "reason": "DeletionByPodGC", "message": "PodGC: node no longer exists"}]})),
+                "node_lost",
+                "the pod's node node-1 was lost or tainted (DeletionByPodGC: PodGC: node no longer exists)"
+                    .to_string(),
+            ),
+            (
+                view_with(None, json!({}), spec.clone(), json!({"phase": "Running",
+                    "conditions": [{"type": "DisruptionTarget", "status": "True",
+                        "reason": "PreemptionByScheduler", "message": "preempted by ci/urgent"}]})),
+                "evicted",
+                "the pod was preempted on node node-1 by a pod of higher priority (PreemptionByScheduler: preempted by ci/urgent)"
+                    .to_string(),
+            ),
+            (
+                view_with(None, json!({}), spec.clone(), json!({"phase": "Failed", "reason": "Evicted",
+                    "message": "The node was low on resource: ephemeral-storage."})),
+                "evicted",
+                "the pod was evicted by node node-1: The node was low on resource: ephemeral-storage."
+                    .to_string(),
+            ),
+        ];
+        for (v, kind, line) in cases {
+            let (_, k, m) = failure(&v);
+            assert_eq!((k, m.as_str()), (kind, line.as_str()));
+            assert!(!m.contains('\n'), "one line: {m}");
+        }
+    }
+
+    #[test]
+    fn the_client_side_deadline_says_which_deadline_it_was() {
+        let job = |deadline: Option<i64>| -> Job {
+            serde_json::from_value(
+                json!({"spec": {"activeDeadlineSeconds": deadline, "template": {}}}),
+            )
+            .unwrap()
+        };
+        let asked = RunOptions {
+            timeout: Some(Duration::from_secs(3)),
+            ..RunOptions::default()
+        };
+        assert_eq!(
+            client_timed_out(&asked, &job(Some(600))),
+            "timed out after 3 s (the client-side deadline): the Job was deleted"
+        );
+        assert_eq!(
+            client_timed_out(&RunOptions::default(), &job(Some(5))),
+            "timed out after 5 s (the task's timeout), and the cluster did not say so within 60 s more: the Job was deleted"
+        );
     }
 
     #[test]

@@ -43,12 +43,24 @@ impl RunWatcher {
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client, namespace);
         let tasks = vec![
-            spawn_watch(jobs, &selector, state.clone(), changed.clone(), |s| {
-                &mut s.jobs
-            }),
-            spawn_watch(pods, &selector, state.clone(), changed.clone(), |s| {
-                &mut s.pods
-            }),
+            spawn_watch(
+                jobs,
+                &selector,
+                state.clone(),
+                changed.clone(),
+                |s| &mut s.jobs,
+                |_| false,
+            ),
+            // A pod deleted by a disruption (eviction, preemption, its node lost) stays in
+            // view: its last state is the verdict's cause. Other deleted pods go.
+            spawn_watch(
+                pods,
+                &selector,
+                state.clone(),
+                changed.clone(),
+                |s| &mut s.pods,
+                |p| super::run::disruption(p).is_some(),
+            ),
         ];
         RunWatcher {
             state,
@@ -114,6 +126,7 @@ fn spawn_watch<K>(
     state: Arc<Mutex<State>>,
     changed: tokio::sync::watch::Sender<u64>,
     field: fn(&mut State) -> &mut HashMap<String, K>,
+    keep_deleted: fn(&K) -> bool,
 ) -> JoinHandle<()>
 where
     K: kube::Resource
@@ -157,7 +170,12 @@ where
                     map.insert(obj.meta().name.clone().unwrap_or_default(), obj);
                 }
                 watcher::Event::Delete(obj) => {
-                    map.remove(obj.meta().name.as_deref().unwrap_or_default());
+                    let name = obj.meta().name.clone().unwrap_or_default();
+                    if keep_deleted(&obj) {
+                        map.insert(name, obj);
+                    } else {
+                        map.remove(&name);
+                    }
                 }
                 watcher::Event::Init => relist = Some(HashMap::new()),
                 watcher::Event::InitApply(obj) => {

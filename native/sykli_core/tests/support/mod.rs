@@ -380,3 +380,101 @@ pub fn served_repo(tmp: &Path) -> (sykli_testkit::git_server::GitDaemon, String,
     let url = daemon.url("repo.git");
     (daemon, url, sha)
 }
+
+/// Pods are admitted once the service-account controller made the namespace's default.
+pub async fn default_account(client: &kube::Client, namespace: &str) {
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(client.clone(), namespace);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        kube::runtime::wait::await_condition(
+            accounts,
+            "default",
+            |sa: Option<&k8s_openapi::api::core::v1::ServiceAccount>| sa.is_some(),
+        ),
+    )
+    .await
+    .expect("the namespace's default service account within 120 s")
+    .unwrap();
+}
+
+/// A namespace with a ServiceAccount bound to exactly `rules`, and a kubeconfig of its token.
+pub async fn account_with(
+    plane: &sykli_testkit::kube::ControlPlane,
+    admin: &kube::Client,
+    namespace: &str,
+    rules: serde_json::Value,
+) -> std::sync::Arc<sykli_core::cluster::Cluster> {
+    async fn create<K>(api: kube::Api<K>, object: serde_json::Value) -> K
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let object: K = serde_json::from_value(object).unwrap();
+        api.create(&kube::api::PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating {object:?}: {e}"))
+    }
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    create(
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()),
+        serde_json::json!({"metadata": {"name": namespace}}),
+    )
+    .await;
+    default_account(admin, namespace).await;
+    let accounts: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(admin.clone(), namespace);
+    create(
+        accounts.clone(),
+        serde_json::json!({"metadata": {"name": "sykli"}}),
+    )
+    .await;
+    create(
+        kube::Api::<Role>::namespaced(admin.clone(), namespace),
+        serde_json::json!({"metadata": {"name": "sykli"}, "rules": rules}),
+    )
+    .await;
+    create(
+        kube::Api::<RoleBinding>::namespaced(admin.clone(), namespace),
+        serde_json::json!({"metadata": {"name": "sykli"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sykli"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sykli", "namespace": namespace}]}),
+    )
+    .await;
+    let request = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"audiences": [], "expirationSeconds": 3600}});
+    let answer: serde_json::Value = accounts
+        .create_subresource(
+            "token",
+            "sykli",
+            &kube::api::PostParams::default(),
+            &request,
+        )
+        .await
+        .unwrap();
+    let token = answer["status"]["token"].as_str().unwrap().to_string();
+    let p = plane;
+    let file = p.dir().join(format!("{namespace}.kubeconfig"));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&serde_json::json!({"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": p.info().server, "certificate-authority": p.info().ca}}],
+            "users": [{"name": "sykli", "user": {"token": token}}],
+            "contexts": [{"name": "sykli", "context": {"cluster": "c", "user": "sykli", "namespace": namespace}}],
+            "current-context": "sykli"}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::sync::Arc::new(
+        sykli_core::cluster::Cluster::connect(&sykli_core::cluster::ConnectOptions {
+            kubeconfig: Some(file),
+            context: None,
+            namespace: Some(namespace.into()),
+        })
+        .await
+        .unwrap(),
+    )
+}
