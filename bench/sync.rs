@@ -1,8 +1,11 @@
 //! The PVC source strategy's sync (`sykli_core::source::upload::local_tree`, then
 //! `sykli_core::cluster::sync::{receiver, upload}`) against a plain
 //! `tar czf - . | kubectl exec -i receiver -- tar xzf - -C /store/plain` stream, over the same
-//! channel: `pods/exec` over WebSocket to the same receiver pod of the strict test cluster
-//! (`sykli_testcluster`, in this process), whose claim is a directory on this machine.
+//! channel: `pods/exec` over WebSocket through the API server to the node's exec in the same
+//! receiver pod, on the real components: `sykli-kube up` (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler and one virtual-kubelet node running pods in
+//! bubblewrap through `sykli-pod-runner`), in child processes. Each round's claim is a
+//! hostPath PersistentVolume on a directory of this machine, pre-bound to the claim.
 //!
 //! The working tree is a generated git repository of FILES files (default 10,000) of varied
 //! sizes (log-uniform from 100 B to 40 KB, ~65 MB in all; 85% word-like text, 15% random
@@ -20,27 +23,30 @@
 //! stream, its time from spawning `tar czf` to the exec's Success status. The receiver's
 //! copies are checked against the working tree (`diff -r`) at the end of every round.
 //!
-//! The `sykli-sync` binary stands in for the image `ghcr.io/sykli/sync:bench` (the test
-//! cluster maps it at /usr/local/bin/sykli-sync): build it first with
-//! `cargo build -p sykli_sync --bins`; it is looked up next to this executable, or set
-//! SYKLI_SYNC_BIN.
+//! The `sykli-sync` binary stands in for the image `ghcr.io/sykli/sync:bench` (the node maps
+//! it at /usr/local/bin/sykli-sync, `--image-file`): it is looked up next to this executable,
+//! or set SYKLI_SYNC_BIN. The node's pod runner is `sykli-pod-runner` next to this
+//! executable, or SYKLI_POD_RUNNER; the control plane is ~/.cache/sykli/bin/sykli-kube
+//! (scripts/setup builds it), or SYKLI_KUBE_BIN.
 //!
-//! Usage: cargo run -p sykli-bench --bin sync [-- FILES ROUNDS]   (default 10000 5)
+//! Usage: cargo build --release -p sykli_sync -p sykli_testkit --bins &&
+//!        cargo run --release -p sykli-bench --bin sync [-- FILES ROUNDS]   (default 10000 5)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, AttachParams, DeleteParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 use sykli_core::cluster::sync::{self, Receiver, UploadReport};
 use sykli_core::cluster::{Cluster, ConnectOptions};
 use sykli_core::source::pvc::{STORE_DIR, STORE_PATH};
 use sykli_core::source::upload::local_tree;
 use sykli_sync::Manifest;
-use sykli_testcluster::{ClusterOptions, TestCluster};
+use sykli_testkit::kube::{ControlPlane, ControlPlaneOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "ghcr.io/sykli/sync:bench";
@@ -251,26 +257,63 @@ struct Round {
     tar_same: Sample,
 }
 
+/// Claim `NAMESPACE/name`, ReadWriteMany, bound by the real PV binder to a hostPath
+/// PersistentVolume on `dir` (made world-writable: the receiver runs as non-root) and
+/// pre-bound to it by `claimRef`; returns once the claim is Bound.
+async fn bound_claim(cluster: &Cluster, name: &str, dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).expect("the claim's directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+        .expect("the claim's directory made writable");
+    let path = dir.to_str().expect("a UTF-8 temp dir");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": format!("{NAMESPACE}-{name}")},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                 "storageClassName": "", "persistentVolumeReclaimPolicy": "Retain",
+                 "hostPath": {"path": path, "type": "Directory"},
+                 "claimRef": {"namespace": NAMESPACE, "name": name}}
+    }))
+    .expect("a volume");
+    Api::<PersistentVolume>::all(cluster.client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("volume created");
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "resources": {"requests": {"storage": "10Gi"}}}
+    }))
+    .expect("a claim");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), NAMESPACE);
+    claims
+        .create(&PostParams::default(), &pvc)
+        .await
+        .expect("claim created");
+    let bound = |c: Option<&PersistentVolumeClaim>| {
+        c.and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Bound")
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(claims, name, bound),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("claim {NAMESPACE}/{name} was not bound within 60 s"))
+    .expect("watching the claim");
+}
+
 async fn round(
-    k8s: &TestCluster,
+    claims_dir: &Path,
     cluster: &Arc<Cluster>,
     root: &Path,
     tree: &Tree,
     i: usize,
 ) -> Round {
-    let client = cluster.client.clone();
     let claim = format!("source-{i}");
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "metadata": {"name": claim},
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}
-    }))
-    .expect("a claim");
-    pvcs.create(&PostParams::default(), &pvc)
-        .await
-        .expect("claim created");
-    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
-    let claim_dir = k8s.claim_dir(NAMESPACE, &claim);
+    let claim_dir = claims_dir.join(&claim);
+    bound_claim(cluster, &claim, &claim_dir).await;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), NAMESPACE);
     let mut out = Round::default();
 
     let t0 = Instant::now();
@@ -364,7 +407,18 @@ async fn round(
         &claim_dir.join(STORE_DIR).join("trees").join(&same.tree),
     );
     check_same(root, &claim_dir.join("plain"));
-    let _ = pods.delete(&r.pod, &DeleteParams::background()).await;
+    // Gone before the next round starts, so that its teardown is not measured there.
+    pods.delete(&r.pod, &DeleteParams::background())
+        .await
+        .expect("receiver deleted");
+    let uid = r.uid.as_deref().expect("the receiver's uid");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(pods, &r.pod, conditions::is_deleted(uid)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("receiver {} still there 60 s after its deletion", r.pod))
+    .expect("watching the receiver");
     out
 }
 
@@ -422,12 +476,20 @@ fn main() {
         mib(tree.bytes as f64),
         t0.elapsed().as_secs_f64()
     );
-    let k8s = TestCluster::start(ClusterOptions::new(dir.join("cluster")).image_file(
-        IMAGE,
-        &helper,
-        "/usr/local/bin/sykli-sync",
-    ))
-    .expect("the test cluster starts");
+    let k8s = ControlPlane::start(&ControlPlaneOptions {
+        nodes: 1,
+        node_args: vec![format!(
+            "--runner-arg=--image-file={IMAGE}={}:/usr/local/bin/sykli-sync",
+            helper.display()
+        )],
+        ..ControlPlaneOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("the control plane starts: {e}"));
+    eprintln!(
+        "control plane: {} (node {})",
+        k8s.info().server,
+        k8s.info().nodes.join(", ")
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -452,7 +514,7 @@ fn main() {
             .expect("namespace created");
         let mut results = Vec::new();
         for i in 1..=rounds {
-            let r = round(&k8s, &cluster, &root, &tree, i).await;
+            let r = round(&dir.join("claims"), &cluster, &root, &tree, i).await;
             eprintln!(
                 "round {i}: receiver {:.0} ms; sykli first {} {:.0} ms, change {} {:.0} ms (hashed {}), same {} {:.0} ms; tar {:.0} / {:.0} / {:.0} ms, {}",
                 r.receiver_ms,
@@ -473,7 +535,7 @@ fn main() {
         results
     });
     drop(rt);
-    k8s.stop();
+    drop(k8s);
 
     let med = |f: &dyn Fn(&Round) -> f64| median(results.iter().map(f).collect());
     type Get = fn(&Round) -> Sample;
