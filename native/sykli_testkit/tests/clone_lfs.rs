@@ -554,18 +554,24 @@ fn check_combo(
     problems
 }
 
-#[test]
-fn every_combination_of_depth_sparse_submodules_and_lfs_sees_the_real_content() {
-    let (fx, sha) = monorepo();
-    let with_filters = SmartHttp::start(
+/// The fixture's repositories over smart HTTP, from a server that allows filters
+/// (`uploadpack.allowFilter`, as GitHub and GitLab do) or one that does not.
+fn serve(fx: &Fixture, allow_filter: bool) -> SmartHttp {
+    SmartHttp::start(
         &fx.root,
         ServerOptions {
-            allow_filter: true,
+            allow_filter,
             ..ServerOptions::default()
         },
     )
-    .unwrap();
-    let without_filters = SmartHttp::start(&fx.root, ServerOptions::default()).unwrap();
+    .unwrap()
+}
+
+#[test]
+fn every_combination_of_depth_sparse_submodules_and_lfs_sees_the_real_content() {
+    let (fx, sha) = monorepo();
+    let with_filters = serve(&fx, true);
+    let without_filters = serve(&fx, false);
     let mut failures = Vec::new();
     let combos = Combo::all();
     assert_eq!(combos.len(), 48);
@@ -620,14 +626,7 @@ fn assert_clone_failed(r: &PodResult, prefix: &str) -> String {
 #[test]
 fn an_lfs_object_the_server_lacks_fails_the_clone_naming_the_file_unless_outside_the_cone() {
     let (fx, sha) = monorepo();
-    let server = SmartHttp::start(
-        &fx.root,
-        ServerOptions {
-            allow_filter: true,
-            ..ServerOptions::default()
-        },
-    )
-    .unwrap();
+    let server = serve(&fx, true);
     let url = Fixture::url(&server, "mono");
     let model = fx.trees["mono"]
         .files
@@ -707,7 +706,7 @@ fn neither_the_repository_nor_the_image_can_make_the_checkout_skip_a_download() 
         &[("README.md", b"x\n"), ("lib/blob.bin", &content)],
     );
     let sha = git_in(&work, &["rev-parse", "HEAD"]);
-    let server = SmartHttp::start(&fx.root, ServerOptions::default()).unwrap();
+    let server = serve(&fx, false);
     let env = [
         ("GIT_LFS_SKIP_SMUDGE", "1"),
         ("GIT_LFS_SKIP_DOWNLOAD_ERRORS", "1"),
@@ -736,14 +735,7 @@ fn neither_the_repository_nor_the_image_can_make_the_checkout_skip_a_download() 
 #[test]
 fn a_pointer_git_lfs_leaves_in_place_fails_the_clone_naming_it_in_one_line() {
     let fx = Fixture::empty();
-    let server = SmartHttp::start(
-        &fx.root,
-        ServerOptions {
-            allow_filter: true,
-            ..ServerOptions::default()
-        },
-    )
-    .unwrap();
+    let server = serve(&fx, true);
     // Committed as is, with no LFS filter in the working copies: git-lfs passes a pointer
     // it cannot parse through unchanged, so the checkout itself succeeds.
     let bad = format!(

@@ -138,12 +138,7 @@ pub fn detect(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<GitCo
         None => status::status(&repo)?,
     };
     let submodules: Vec<String> = match &index {
-        Some(index) => index
-            .entries
-            .iter()
-            .filter(|e| e.mode == index::MODE_GITLINK && e.stage == 0)
-            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-            .collect(),
+        Some(index) => gitlinks(index),
         None => repo
             .submodules()?
             .iter()
@@ -215,6 +210,16 @@ fn ci_branch(
     })
 }
 
+/// The paths of the submodules an index records.
+fn gitlinks(index: &index::Index) -> Vec<String> {
+    index
+        .entries
+        .iter()
+        .filter(|e| e.mode == index::MODE_GITLINK && e.stage == 0)
+        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+        .collect()
+}
+
 /// How deep nested submodules are looked into for LFS attributes.
 const SUBMODULE_DEPTH: usize = 8;
 
@@ -240,15 +245,7 @@ fn uses_lfs(
                 return false;
             };
             let index = index::Index::read(&sub.path().join("index")).ok().flatten();
-            let nested: Vec<String> = match &index {
-                Some(index) => index
-                    .entries
-                    .iter()
-                    .filter(|e| e.mode == index::MODE_GITLINK && e.stage == 0)
-                    .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-                    .collect(),
-                None => Vec::new(),
-            };
+            let nested = index.as_ref().map(gitlinks).unwrap_or_default();
             uses_lfs(&sub, index.as_ref(), &nested, depth - 1)
         })
 }
