@@ -133,6 +133,7 @@ fn main() {
                 parallel: n,
                 parallel_min: 1,
                 attempts: 1,
+                ca_pem: None,
             };
             let t = Instant::now();
             let r = sykli_sync::download(&d, &file).expect("download verifies");

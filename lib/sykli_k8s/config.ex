@@ -68,7 +68,7 @@ defmodule SykliK8s.Config do
     s3:
       {:keyword,
        "a keyword list: bucket: (required), prefix:, region:, endpoint:, force_path_style:, " <>
-         "multipart_threshold:, multipart_chunksize:"}
+         "multipart_threshold:, multipart_chunksize:, ca_bundle:"}
   }
 
   @s3_keys [
@@ -78,7 +78,8 @@ defmodule SykliK8s.Config do
     :endpoint,
     :force_path_style,
     :multipart_threshold,
-    :multipart_chunksize
+    :multipart_chunksize,
+    :ca_bundle
   ]
 
   @doc "The config file's path for a repository root."
@@ -201,7 +202,7 @@ defmodule SykliK8s.Config do
       {true, {k, _}} ->
         {:error,
          ":s3 has an unknown key #{inspect(k)} (#{description}); credentials come from the AWS chain " <>
-           "(AWS_ACCESS_KEY_ID, AWS_PROFILE, web identity), never from this file"}
+           "(AWS_ACCESS_KEY_ID, AWS_PROFILE, SSO, web identity, container or instance credentials), never from this file"}
     end
   end
 

@@ -341,7 +341,7 @@ defmodule SykliK8s.Target do
     s3 = Map.new(state[:s3] || [])
 
     if is_binary(s3[:bucket]) do
-      {:ok, s3}
+      {:ok, expand_ca_bundle(s3, state)}
     else
       {:error,
        %Error{
@@ -352,6 +352,20 @@ defmodule SykliK8s.Target do
        }}
     end
   end
+
+  # `ca_bundle:` is a file on this machine: `~` and a relative path (from the repository's
+  # root, where the config file is) are resolved here, once for every reader of it.
+  defp expand_ca_bundle(%{ca_bundle: path} = s3, state) when is_binary(path) do
+    base =
+      case state do
+        %{git_context: %GitContext{root: root}} when is_binary(root) -> root
+        _ -> Map.get(state, :workdir, File.cwd!())
+      end
+
+    %{s3 | ca_bundle: Path.expand(path, base)}
+  end
+
+  defp expand_ca_bundle(s3, _state), do: s3
 
   @doc """
   After a task of a PVC-strategy run with `sync_back`: copies its declared `outputs` (which
@@ -732,7 +746,7 @@ defmodule SykliK8s.Target do
   # placeholder shows the Jobs are buildable; they are built again once it is published.
   # No URL: the fetch reads it from the Job's own Secret, signed at submission.
   defp s3_options(%{source_strategy: :s3} = state, ctx) do
-    with {:ok, _} <- s3_settings(state) do
+    with {:ok, s3} <- s3_settings(state) do
       zero = String.duplicate("0", 64)
       p = state[:s3_published] || %{sha256: zero, size: 0, tree: zero, key: nil}
 
@@ -743,7 +757,9 @@ defmodule SykliK8s.Target do
          tree: p.tree,
          key: p.key,
          image: state[:sync_image],
-         bundle: if(state[:source_sync] == :git, do: %{sha: ctx.sha, git_image: state[:git_image]})
+         bundle: if(state[:source_sync] == :git, do: %{sha: ctx.sha, git_image: state[:git_image]}),
+         # The fetch trusts the bundle's CAs too (the certificates travel in the Job's spec).
+         ca_bundle: s3[:ca_bundle]
        }}
     end
   end

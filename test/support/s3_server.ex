@@ -12,10 +12,13 @@ defmodule SykliK8s.Test.S3Server do
   @doc """
   Starts a server storing under `dir`, with `buckets` created. Returns its JSON line as a
   map: `"endpoint"` (`http://127.0.0.1:PORT`), `"access_key"`, `"secret_key"`, `"region"`,
-  `"root"` (the directory of the buckets), `"log"` (its request log) and `"pid"`.
+  `"root"` (the directory of the buckets), `"log"` (its request log) and `"pid"`. With
+  `tls: true`, also `"tls_endpoint"` (`https://127.0.0.1:PORT`, a TLS front of a private CA)
+  and `"ca_file"` (that CA, PEM).
   """
-  def start!(dir, buckets \\ []) do
-    Cluster.program!("sykli-s3-server", ["--dir", dir] ++ Enum.flat_map(buckets, &["--bucket", &1]))
+  def start!(dir, buckets \\ [], opts \\ []) do
+    tls = if Keyword.get(opts, :tls, false), do: ["--tls"], else: []
+    Cluster.program!("sykli-s3-server", ["--dir", dir] ++ Enum.flat_map(buckets, &["--bucket", &1]) ++ tls)
   end
 
   @doc "The file holding `key` of `bucket`: overwrite it to corrupt the object."

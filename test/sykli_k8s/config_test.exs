@@ -25,14 +25,22 @@ defmodule SykliK8s.ConfigTest do
         clone_attempts: 3, clone_backoff: 1, submodules: :recursive, submodule_depth: 2, lfs: :auto,
         sparse: ["src", "docs"], git_image: "alpine/git:v2.54.0", default_image: "alpine:3.20",
         create_namespace: true, keep_failed: false, ttl_seconds_after_finished: 60,
-        unschedulable_grace: 30, s3: [bucket: "b", region: "eu-west-1", force_path_style: true]
+        unschedulable_grace: 30,
+        s3: [bucket: "b", region: "eu-west-1", force_path_style: true, ca_bundle: "certs/minio-ca.pem"]
       """)
 
     assert {:ok, config} = Config.load(root)
     assert config.namespace == "ci"
     assert config.clone_depth == :full
     assert config.sparse == ["src", "docs"]
-    assert config.s3 == [bucket: "b", region: "eu-west-1", force_path_style: true]
+
+    assert config.s3 == [
+             bucket: "b",
+             region: "eu-west-1",
+             force_path_style: true,
+             ca_bundle: "certs/minio-ca.pem"
+           ]
+
     assert map_size(config) == 24
   end
 
@@ -54,6 +62,7 @@ defmodule SykliK8s.ConfigTest do
       {"s3: [bucket: \"b\", secret_key: \"x\"]", ":s3 has an unknown key :secret_key"},
       {"s3: [bucket: \"b\", force_path_style: \"yes\"]",
        ":s3 :force_path_style has a value of the wrong type"},
+      {"s3: [bucket: \"b\", ca_bundle: true]", ":s3 :ca_bundle has a value of the wrong type"},
       {"lfs: \"yes\"", ~s(:lfs is "yes", but must be true, false or :auto)},
       {"workspace_size_limit: :big", ":workspace_size_limit is :big, but must be a size"}
     ]

@@ -47,6 +47,8 @@ fn s3_env(server: &S3Server) -> BTreeMap<String, String> {
         ("AWS_SECRET_ACCESS_KEY", server.secret_key()),
         ("HOME", "/nonexistent"),
         ("AWS_REGION", server.region()),
+        // No instance metadata: nothing leaves 127.0.0.1.
+        ("AWS_EC2_METADATA_DISABLED", "true"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -387,6 +389,7 @@ async fn credentials_that_die_before_a_jobs_url_are_a_warning_in_that_tasks_log(
             ("AWS_ROLE_ARN", sts.role_arn("ci").as_str()),
             ("AWS_ENDPOINT_URL_STS", sts.endpoint().as_str()),
             ("AWS_REGION", sts.region()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

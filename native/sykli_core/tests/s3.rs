@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sykli_core::s3::sigv4::Stamp;
 use sykli_core::s3::{Bucket, S3Options};
 use sykli_core::source::{s3, upload};
 use sykli_sync::Manifest;
@@ -24,6 +23,8 @@ fn env(server: &S3Server, secret: Option<&str>) -> BTreeMap<String, String> {
             secret.unwrap_or(server.secret_key()),
         ),
         ("HOME", "/nonexistent"),
+        // No instance metadata: nothing leaves 127.0.0.1.
+        ("AWS_EC2_METADATA_DISABLED", "true"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -122,23 +123,37 @@ fn sykli_sync() -> PathBuf {
 
 /// Runs `sykli-sync fetch` as the init container would; (status ok, stdout, stderr).
 fn fetch(url: &str, p: &s3::Published, to: &Path, parallel: &str) -> (bool, String, String) {
-    let out = Command::new(sykli_sync())
-        .args([
-            "fetch",
-            "--url-env",
-            "SYKLI_SOURCE_URL",
-            "--sha256",
-            &p.sha256,
-        ])
-        .args(["--size", &p.size.to_string(), "--tree", &p.tree])
-        .arg("--to")
-        .arg(to)
-        .arg("--download")
-        .arg(to.with_extension("download"))
-        .args(["--parallel", parallel, "--parallel-min", "1"])
-        .env("SYKLI_SOURCE_URL", url)
-        .output()
-        .unwrap();
+    fetch_trusting(url, p, to, parallel, None)
+}
+
+/// [`fetch`] with the CA bundle in `SYKLI_SOURCE_CA` (`--ca-env`), as the fetch container of
+/// a bucket with `s3.ca_bundle` runs.
+fn fetch_trusting(
+    url: &str,
+    p: &s3::Published,
+    to: &Path,
+    parallel: &str,
+    ca_pem: Option<&str>,
+) -> (bool, String, String) {
+    let mut cmd = Command::new(sykli_sync());
+    cmd.args([
+        "fetch",
+        "--url-env",
+        "SYKLI_SOURCE_URL",
+        "--sha256",
+        &p.sha256,
+    ])
+    .args(["--size", &p.size.to_string(), "--tree", &p.tree])
+    .arg("--to")
+    .arg(to)
+    .arg("--download")
+    .arg(to.with_extension("download"))
+    .args(["--parallel", parallel, "--parallel-min", "1"])
+    .env("SYKLI_SOURCE_URL", url);
+    if let Some(pem) = ca_pem {
+        cmd.args(["--ca-env", s3::CA_ENV]).env(s3::CA_ENV, pem);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -173,7 +188,7 @@ fn multipart_upload_then_single_and_parallel_downloads_give_the_identical_tree()
         (p.size, Some(p.sha256.as_str()))
     );
     // Three signed parts (5 + 5 + 2 MiB) went up, each with its own payload hash.
-    let parts = server.log().matches("?partNumber=").count();
+    let parts = server.log().matches("&partNumber=").count();
     assert!(parts >= 3, "expected a multipart upload: {}", server.log());
 
     let url = bucket.presign_get(&p.key, 600).unwrap();
@@ -212,7 +227,11 @@ fn an_expired_url_fails_clearly_without_showing_the_signature() {
         .unwrap()
         .as_secs();
     let url = bucket
-        .presign_get_at(&p.key, 1, &Stamp::from_unix(now - 3600))
+        .presign_get_at(
+            &p.key,
+            1,
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(now - 3600),
+        )
         .unwrap();
     let signature = url.split("X-Amz-Signature=").nth(1).unwrap().to_string();
     let (ok, _, err) = fetch(&url, &p, &tmp.path().join("out"), "1");
@@ -415,4 +434,115 @@ fn a_jobs_url_lives_its_tasks_timeout_plus_the_margin_and_warns_when_credentials
     );
     let short = s3::presign_for_job(&temporary, &p.key, Some(60)).unwrap();
     assert!(short.warnings.is_empty(), "{:?}", short.warnings);
+}
+
+#[test]
+fn a_bucket_behind_a_private_ca_is_trusted_through_its_ca_bundle_on_both_sides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3")).unwrap();
+    server.create_bucket(BUCKET).unwrap();
+    let front = server.tls_front().unwrap();
+    let ca = tmp.path().join("minio-ca.pem");
+    // Comments and blocks other than certificates are left out of what the pods get.
+    std::fs::write(
+        &ca,
+        format!("# the in-cluster MinIO's CA\n{}", front.ca_pem()),
+    )
+    .unwrap();
+    let root = repo(tmp.path(), &[("a.txt", b"over tls\n".to_vec())]);
+    let local = upload::local_tree(&root, &[]).unwrap();
+    let mut opts = S3Options {
+        endpoint: Some(front.endpoint()),
+        ..options(&server, None)
+    };
+
+    // Without the bundle, the endpoint's certificate is refused: the run stops, naming it.
+    let untrusted = Bucket::new(&opts, &env(&server, None)).unwrap();
+    let err = s3::publish(&untrusted, &local, &tmp.path().join("s")).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.kind(), "s3", "{msg}");
+    assert!(
+        msg.contains(&front.endpoint())
+            && msg.contains("UnknownIssuer")
+            && msg.contains("s3.ca_bundle"),
+        "{msg}"
+    );
+
+    opts.ca_bundle = Some(ca.to_str().unwrap().into());
+    let bucket = Bucket::new(&opts, &env(&server, None)).unwrap();
+    let p = s3::publish(&bucket, &local, &tmp.path().join("s")).unwrap();
+    assert!(!p.existed && p.uploaded_bytes == p.size, "{p:?}");
+    let again = s3::publish(&bucket, &local, &tmp.path().join("s")).unwrap();
+    assert!(again.existed && again.uploaded_bytes == 0, "{again:?}");
+    assert!(front.relayed() > 0);
+
+    // The Job's fetch container gets the certificates (and only them) by name.
+    let plan = s3::S3Plan::new(&s3::S3SourceOptions {
+        sha256: p.sha256.clone(),
+        size: p.size,
+        tree: p.tree.clone(),
+        key: Some(p.key.clone()),
+        image: None,
+        parallel: None,
+        parallel_min: None,
+        bundle: None,
+        ca_bundle: opts.ca_bundle.clone(),
+    })
+    .unwrap();
+    let fetch_container = plan.init_containers("ws", "dl", "job").remove(0);
+    let args = fetch_container.command.clone().unwrap();
+    let at = args.iter().position(|a| a == "--ca-env").expect("--ca-env");
+    assert_eq!(args[at + 1], s3::CA_ENV);
+    let env_vars = fetch_container.env.clone().unwrap();
+    let pem = env_vars
+        .iter()
+        .find(|e| e.name == s3::CA_ENV)
+        .and_then(|e| e.value.clone())
+        .expect("the bundle as a plain value");
+    assert_eq!(pem, bucket.ca.as_ref().unwrap().pem);
+    assert!(!pem.contains("MinIO") && pem.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // The pod side: trusted with the bundle, refused without it, never showing the URL's
+    // signature.
+    let url = s3::presign_for_job(&bucket, &p.key, Some(300)).unwrap().url;
+    assert!(url.starts_with(&front.endpoint()), "{url}");
+    let (ok, _, err) = fetch_trusting(&url, &p, &tmp.path().join("out"), "4", Some(&pem));
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(tmp.path().join("out/a.txt")).unwrap(),
+        b"over tls\n"
+    );
+    let (ok, _, err) = fetch(&url, &p, &tmp.path().join("out2"), "1");
+    assert!(!ok && err.to_lowercase().contains("certificate"), "{err}");
+    let signature = url.split("X-Amz-Signature=").nth(1).unwrap();
+    assert!(!err.contains(signature), "{err}");
+
+    // Not a bundle: refused before any request, on both sides.
+    let log = server.log().len();
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    for err in [
+        Bucket::new(&opts, &env(&server, None))
+            .map(|_| ())
+            .unwrap_err(),
+        s3::S3Plan::new(&s3::S3SourceOptions {
+            sha256: p.sha256.clone(),
+            size: p.size,
+            tree: p.tree.clone(),
+            key: None,
+            image: None,
+            parallel: None,
+            parallel_min: None,
+            bundle: None,
+            ca_bundle: opts.ca_bundle.clone(),
+        })
+        .map(|_| ())
+        .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, sykli_core::Error::InvalidOption { key, message }
+                if key == "s3.ca_bundle" && message.contains("no certificate")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(server.log().len(), log);
 }

@@ -30,6 +30,9 @@ pub struct Download {
     pub parallel_min: u64,
     /// Attempts per request on a connection error or a 5xx / 429 answer.
     pub attempts: u32,
+    /// PEM certificates of the CAs the endpoint's certificate must chain to, instead of
+    /// the public roots (a bucket behind a private CA).
+    pub ca_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -42,7 +45,7 @@ pub struct DownloadReport {
 /// Downloads `d` into `file` (created or truncated), checking the size of every answer and
 /// the SHA-256 of the whole. A mismatch is [`Error::Integrity`]; nothing of it may be used.
 pub fn download(d: &Download, file: &Path) -> Result<DownloadReport> {
-    let agent = agent();
+    let agent = agent(d.ca_pem.as_deref())?;
     let out = File::create(file).map_err(|e| Error::io_path(file, e))?;
     let ranges = if d.parallel > 1 && d.size >= d.parallel_min.max(2) {
         split(d.size, d.parallel)
@@ -144,14 +147,39 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(ca_pem: Option<&str>) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_recv_body(Some(Duration::from_secs(300)))
-        .build()
-        .into()
+        .timeout_recv_body(Some(Duration::from_secs(300)));
+    if let Some(pem) = ca_pem {
+        let roots = ca_certificates(pem)?;
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
+}
+
+/// The certificates of a PEM bundle; none is an error.
+fn ca_certificates(pem: &str) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem.as_bytes()) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(Error::Download(format!("the CA bundle is not PEM: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::Download(
+            "the CA bundle holds no certificate".to_string(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// `parallel` contiguous inclusive ranges covering `size` bytes.

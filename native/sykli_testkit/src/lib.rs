@@ -13,13 +13,17 @@
 //!   request and injects faults (5xx, 429, resets, delays, dropped and stalled watches).
 //! * [`http_proxy`]: an HTTP proxy (`CONNECT` and absolute-form requests) that logs what
 //!   goes through it.
+//! * [`aws_endpoints`]: the container credentials endpoint (ECS, EKS Pod Identity) and EC2
+//!   instance metadata (IMDSv2), handing out given credentials.
 //! * [`moto_server`]: moto's STS and S3 on 127.0.0.1 with IAM auth enforced, for the AWS
 //!   web identity exchange and the temporary credentials it gives.
 //! * [`s3_server`]: a real S3-compatible server (s3s-fs) on 127.0.0.1 that verifies SigV4
-//!   signatures and presigned URLs, storing objects as plain files.
+//!   signatures and presigned URLs, storing objects as plain files (and a TLS front of a
+//!   private CA for it).
 //! * [`tls`]: a CA made on the spot and a server certificate for 127.0.0.1 it signs.
 //! * [`validate`]: strict schema validation of manifests by an independent validator.
 
+pub mod aws_endpoints;
 pub mod git_server;
 pub mod hostile_archives;
 mod http;

@@ -44,8 +44,8 @@
 //!   only, `http://127.0.0.1:PORT/<bucket>/<key>`).
 //! * Account [`ACCOUNT`] (roles are `arn:aws:iam::123456789012:role/<name>`,
 //!   [`MotoServer::role_arn`]), region [`REGION`].
-//! * State lives in memory and is lost with the process; [`Setup`] creates buckets and roles
-//!   before auth is enforced (through boto3 against the server itself), as there are no
+//! * State lives in memory and is lost with the process; [`Setup`] creates buckets, roles
+//!   and users (with an access key each, [`MotoServer::user_keys`]) before auth is enforced (through boto3 against the server itself), as there are no
 //!   credentials to create them with afterwards.
 //! * Request log (werkzeug's access log, one line per request) and Python errors:
 //!   `<dir>/moto.log` ([`MotoServer::log_path`]); [`MotoServer::requests`] lists the
@@ -148,6 +148,17 @@ for role in setup["roles"]:
         iam.put_role_policy(
             RoleName=role["name"], PolicyName="sykli-test",
             PolicyDocument=json.dumps(role["policy"]))
+users = {}
+for user in setup["users"]:
+    iam.create_user(UserName=user["name"])
+    iam.put_user_policy(
+        UserName=user["name"], PolicyName="sykli-test",
+        PolicyDocument=json.dumps(user["policy"]))
+    key = iam.create_access_key(UserName=user["name"])["AccessKey"]
+    users[user["name"]] = {
+        "access_key": key["AccessKeyId"], "secret_key": key["SecretAccessKey"]}
+with open(os.environ["SYKLI_MOTO_USERS"], "w") as f:
+    json.dump(users, f)
 
 settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
 ActionAuthenticatorMixin.request_count = 0
@@ -172,6 +183,7 @@ threading.Event().wait()
 pub struct Setup {
     buckets: Vec<String>,
     roles: Vec<Value>,
+    users: Vec<Value>,
 }
 
 impl Setup {
@@ -202,6 +214,40 @@ impl Setup {
             "policy": policy,
         }));
         self
+    }
+
+    /// Lets user `user` assume role `role` (a role added before): a statement of its trust
+    /// policy, which moto checks for `AssumeRole` (not for a web identity).
+    pub fn trust_user(mut self, role: &str, user: &str) -> Setup {
+        if let Some(r) = self.roles.iter_mut().find(|r| r["name"] == role) {
+            if let Some(statements) = r["trust"]["Statement"].as_array_mut() {
+                statements.push(json!({
+                    "Effect": "Allow",
+                    "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:user/{user}")},
+                    "Action": "sts:AssumeRole",
+                }));
+            }
+        }
+        self
+    }
+
+    /// An IAM user `name` with an access key ([`MotoServer::user_keys`]) and the inline
+    /// identity policy `policy`.
+    pub fn user(mut self, name: &str, policy: Value) -> Setup {
+        self.users.push(json!({"name": name, "policy": policy}));
+        self
+    }
+
+    /// A user allowed only `sts:AssumeRole` (of any role): the `source_profile` of an
+    /// assume-role profile.
+    pub fn assuming_user(self, name: &str) -> Setup {
+        self.user(
+            name,
+            json!({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}],
+            }),
+        )
     }
 
     /// A role allowed exactly what sykli documents it needs on `bucket`: `s3:GetObject`
@@ -237,6 +283,8 @@ pub struct MotoServer {
     stdin: Option<ChildStdin>,
     port: u16,
     log: PathBuf,
+    /// The users' access keys, written by the launcher before it reports its port.
+    users: PathBuf,
 }
 
 impl MotoServer {
@@ -249,7 +297,9 @@ impl MotoServer {
         fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let log = dir.join("moto.log");
-        let setup_json = json!({"buckets": setup.buckets, "roles": setup.roles});
+        let setup_json =
+            json!({"buckets": setup.buckets, "roles": setup.roles, "users": setup.users});
+        let users = dir.join("users.json");
         let mut cmd = Command::new(venv_bin("python"));
         // -I: isolated mode (no PYTHON* variables, no user site, no cwd on sys.path). No
         // AWS variables or files of the machine reach boto3 or moto.
@@ -266,6 +316,7 @@ impl MotoServer {
             .env("SYKLI_MOTO_VERSION", MOTO_VERSION)
             .env("SYKLI_MOTO_SETUP", setup_json.to_string())
             .env("SYKLI_MOTO_READY", READY)
+            .env("SYKLI_MOTO_USERS", &users)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(File::create(&log)?);
@@ -278,6 +329,7 @@ impl MotoServer {
             stdin,
             port: 0,
             log,
+            users,
         };
         let port = match launch::reported_port(stdout, START_TIMEOUT) {
             Ok(port) => port,
@@ -308,6 +360,16 @@ impl MotoServer {
     /// The ARN of role `name` of [`ACCOUNT`]: `arn:aws:iam::123456789012:role/<name>`.
     pub fn role_arn(&self, name: &str) -> String {
         format!("arn:aws:iam::{ACCOUNT}:role/{name}")
+    }
+
+    /// The access key and secret of [`Setup::user`] `name`.
+    pub fn user_keys(&self, name: &str) -> Option<(String, String)> {
+        let users: Value = serde_json::from_slice(&fs::read(&self.users).ok()?).ok()?;
+        let user = &users[name];
+        Some((
+            user["access_key"].as_str()?.to_string(),
+            user["secret_key"].as_str()?.to_string(),
+        ))
     }
 
     /// The process id of the server (python).

@@ -34,17 +34,25 @@
 //!   on AWS; the completed object's ETag is `"<hex>-<parts>"`.
 //! * Request log (each request and response, errors with their reason):
 //!   `<dir>/s3s-fs.log` ([`S3Server::log_path`]).
+//! * HTTPS: s3s-fs serves plain HTTP; [`S3Server::tls_front`] puts a TLS terminator of a
+//!   private CA made on the spot ([`crate::tls`]) in front of it, as a bucket behind a
+//!   private CA (an in-cluster MinIO) is: `https://127.0.0.1:PORT`, the bytes relayed
+//!   unchanged (so signatures made for its host verify).
 //!
 //! The server runs until the handle is dropped, or until the test process dies: a watchdog
 //! (`sh`, reading a pipe from this process) kills it when the pipe closes.
 
 use crate::launch;
+use crate::server::{lock, Conn, Conns, Listener};
+use crate::tls;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -231,6 +239,31 @@ impl S3Server {
         self.bucket_path(bucket).join(key.trim_start_matches('/'))
     }
 
+    /// A TLS front for this server: `https://127.0.0.1:PORT` with a certificate of a CA of
+    /// its own (IP SAN 127.0.0.1), relaying every connection to s3s-fs unchanged. Stops
+    /// when dropped.
+    pub fn tls_front(&self) -> io::Result<TlsFront> {
+        let generated = tls::generate(
+            "sykli test S3 CA",
+            "s3s-fs",
+            tls::Chain::Leaf,
+            &[b"http/1.1"],
+        )?;
+        let config = generated.config;
+        let upstream = self.port;
+        let handshakes = Arc::new(Mutex::new(0u64));
+        let counted = Arc::clone(&handshakes);
+        let conns = Conns::new();
+        let listener = Listener::start("s3-tls", &conns, move |stream, _| {
+            let _ = relay_tls(&config, stream, upstream, &counted);
+        })?;
+        Ok(TlsFront {
+            listener,
+            ca_pem: generated.ca_pem,
+            relayed: handshakes,
+        })
+    }
+
     /// The server's log file (each request and response, and why a request failed).
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -264,6 +297,125 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TLS terminator in front of an [`S3Server`] ([`S3Server::tls_front`]).
+pub struct TlsFront {
+    listener: Listener<Relayed>,
+    ca_pem: String,
+    relayed: Arc<Mutex<u64>>,
+}
+
+impl TlsFront {
+    /// `https://127.0.0.1:PORT`, for path-style requests.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.listener.addr().port())
+    }
+
+    /// The CA that signed its certificate, PEM: what a client must trust.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Connections whose TLS handshake succeeded (a client that trusted the certificate).
+    pub fn relayed(&self) -> u64 {
+        *lock(&self.relayed)
+    }
+}
+
+struct Relayed(TcpStream);
+
+impl Conn for Relayed {
+    fn new(stream: TcpStream) -> Relayed {
+        Relayed(stream)
+    }
+    fn end(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
+/// How long a relayed connection may sit idle.
+const RELAY_IDLE: Duration = Duration::from_secs(120);
+
+/// Terminates TLS on `client` and relays the plaintext both ways to 127.0.0.1:`port`
+/// until either side ends: one thread, poll(2) on both sockets.
+fn relay_tls(
+    config: &Arc<rustls::ServerConfig>,
+    mut client: TcpStream,
+    port: u16,
+    handshakes: &Mutex<u64>,
+) -> io::Result<()> {
+    let mut up = TcpStream::connect(("127.0.0.1", port))?;
+    let mut tls = rustls::ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut client_done = false;
+    let mut established = false;
+    loop {
+        if !established && !tls.is_handshaking() {
+            established = true;
+            *lock(handshakes) += 1;
+        }
+        while tls.wants_write() {
+            tls.write_tls(&mut client)?;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: client.as_raw_fd(),
+                events: if client_done { 0 } else { libc::POLLIN },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: up.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, RELAY_IDLE.as_millis() as i32) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "idle"));
+        }
+        let ready =
+            |f: &libc::pollfd| f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
+        if !client_done && ready(&fds[0]) {
+            if tls.read_tls(&mut client)? == 0 {
+                client_done = true;
+                let _ = up.shutdown(Shutdown::Write);
+            } else {
+                tls.process_new_packets().map_err(io::Error::other)?;
+                loop {
+                    match io::Read::read(&mut tls.reader(), &mut buf) {
+                        Ok(0) => {
+                            client_done = true;
+                            let _ = up.shutdown(Shutdown::Write);
+                            break;
+                        }
+                        Ok(n) => up.write_all(&buf[..n])?,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if ready(&fds[1]) {
+            let n = io::Read::read(&mut up, &mut buf)?;
+            if n == 0 {
+                tls.send_close_notify();
+                while tls.wants_write() {
+                    tls.write_tls(&mut client)?;
+                }
+                return Ok(());
+            }
+            tls.writer().write_all(&buf[..n])?;
+        }
     }
 }
 

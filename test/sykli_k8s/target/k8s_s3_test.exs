@@ -37,8 +37,9 @@ defmodule SykliK8s.TargetS3Test do
     {:ok, tmp: tmp, work: work, info: info, s3: s3, ns: ns}
   end
 
-  # Credentials only through the AWS chain's environment; HOME has no ~/.aws.
-  defp sykli(ctx, args, secret \\ nil) do
+  # Credentials only through the AWS chain's environment; HOME has no ~/.aws; no instance
+  # metadata (nothing leaves 127.0.0.1).
+  defp sykli(ctx, args, secret \\ nil, stderr_to_stdout \\ true) do
     System.cmd(@sykli, args ++ ["--kubeconfig", ctx.info["kubeconfig"]],
       cd: ctx.work,
       env: [
@@ -47,10 +48,11 @@ defmodule SykliK8s.TargetS3Test do
         {"HOME", ctx.tmp},
         {"AWS_PROFILE", nil},
         {"AWS_SESSION_TOKEN", nil},
+        {"AWS_EC2_METADATA_DISABLED", "true"},
         {"AWS_ACCESS_KEY_ID", ctx.s3["access_key"]},
         {"AWS_SECRET_ACCESS_KEY", secret || ctx.s3["secret_key"]}
       ],
-      stderr_to_stdout: true
+      stderr_to_stdout: stderr_to_stdout
     )
   end
 
@@ -286,6 +288,40 @@ defmodule SykliK8s.TargetS3Test do
     assert RealCluster.jobs(ctx.info, ctx.ns) == []
   end
 
+  test "a bucket behind a private CA: ca_bundle is trusted by the upload and by each Job's fetch", ctx do
+    s3 = S3Server.start!(Path.join(ctx.tmp, "s3-tls"), [@bucket], tls: true)
+    config = Path.join(ctx.work, ".sykli/config.exs")
+    File.mkdir_p!(Path.join(ctx.work, "certs"))
+    File.cp!(s3["ca_file"], Path.join(ctx.work, "certs/minio-ca.pem"))
+    settings = ~s(endpoint: "#{ctx.s3["endpoint"]}")
+    tls = ~s(endpoint: "#{s3["tls_endpoint"]}")
+    File.write!(config, String.replace(File.read!(config), settings, tls))
+    ctx = %{ctx | s3: s3}
+    file = Pipeline.file!(ctx.tmp, [task("check", "test -f /app/src/main.rs && echo tls-ok")])
+
+    # The endpoint's certificate is not trusted without it: no Job is made.
+    {out, 1} = sykli(ctx, ~w(run --target=k8s --pipeline #{file}))
+    assert out =~ "UnknownIssuer" and out =~ "s3.ca_bundle", out
+    assert RealCluster.jobs(ctx.info, ctx.ns) == []
+
+    # A path relative to the repository.
+    File.write!(config, String.replace(File.read!(config), tls, tls <> ~s(, ca_bundle: "certs/minio-ca.pem")))
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --json --pipeline #{file}))
+    assert published(out)["uploaded_bytes"] > 0
+    assert logged?(out, "tls-ok"), out
+
+    # The fetch gets the certificates as a value of its own, by name: never through a shell.
+    {out, 0} = sykli(ctx, ~w(run --target=k8s --dry-run -o json --pipeline #{file}), nil, false)
+    [job] = SykliK8s.JSON.decode!(out)["items"]
+    [fetch | _] = job["spec"]["template"]["spec"]["initContainers"]
+
+    assert %{"name" => "SYKLI_SOURCE_CA", "value" => pem} =
+             Enum.find(fetch["env"], &(&1["name"] == "SYKLI_SOURCE_CA"))
+
+    assert pem == File.read!(s3["ca_file"])
+    assert Enum.take(fetch["command"], -2) == ["--ca-env", "SYKLI_SOURCE_CA"]
+  end
+
   test "the bundle and the archive are made in fresh private directories and removed; nothing planted in TMPDIR is used",
        ctx do
     config = Path.join(ctx.work, ".sykli/config.exs")
@@ -322,6 +358,7 @@ defmodule SykliK8s.TargetS3Test do
           {"HOME", ctx.tmp},
           {"AWS_PROFILE", nil},
           {"AWS_SESSION_TOKEN", nil},
+          {"AWS_EC2_METADATA_DISABLED", "true"},
           {"AWS_ACCESS_KEY_ID", ctx.s3["access_key"]},
           {"AWS_SECRET_ACCESS_KEY", ctx.s3["secret_key"]}
         ],

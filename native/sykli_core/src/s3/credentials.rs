@@ -1,9 +1,27 @@
-//! AWS credentials on the laptop or CI side (never in a pod), in the standard chain's
-//! order: environment variables, the shared config files' profile, then web identity
-//! (a token file and a role, exchanged with STS `AssumeRoleWithWebIdentity`).
+//! AWS credentials on the laptop or CI side (never in a pod): the AWS SDK's standard chain,
+//! in its order — environment variables, the shared config and credentials files' profile
+//! (static keys, `role_arn` with `source_profile`, SSO, `credential_process`, a web
+//! identity), a web identity from the environment, ECS/EKS container credentials, EC2
+//! instance metadata (IMDSv2). sykli resolves them once per bucket client (once per Job
+//! for its URL) and keeps what it needs for messages and warnings: where they came from
+//! and when they expire.
+//!
+//! The chain reads the environment given to it, not necessarily the process's: the BEAM
+//! keeps its own copy of the environment (`System.put_env/2` does not reach `getenv(3)`),
+//! so the NIF passes the VM's AWS variables and HOME. The SDK takes a custom environment
+//! only through `ConfigLoader::env` (aws-config's `test-util` feature).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::time::UNIX_EPOCH;
+
+use aws_credential_types::credential_feature::AwsCredentialFeature;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
+use aws_sdk_sts::operation::assume_role_with_web_identity::AssumeRoleWithWebIdentityError;
+use aws_types::SdkConfig;
 
 use crate::error::{Error, Result};
 
@@ -12,7 +30,8 @@ pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
-    /// Where they came from, for messages ("environment", "profile default", ...).
+    /// Where they came from, for messages ("environment (AWS_ACCESS_KEY_ID)", "profile ci
+    /// (assume role)", ...).
     pub source: String,
     /// When temporary credentials stop working (Unix seconds), when known: presigned URLs
     /// die with them.
@@ -29,353 +48,240 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The environment the chain reads (the process's, or a test's).
+/// The environment the chain reads (the process's, or the one the caller gives).
 pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-    fn home(&self) -> Option<PathBuf>;
+    /// The variables, without empty ones (an empty variable counts as unset).
+    fn vars(&self) -> HashMap<String, String>;
 }
 
+/// The process's environment: HOME and the AWS variables.
 pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-    fn home(&self) -> Option<PathBuf> {
-        self.var("HOME").map(PathBuf::from)
+    fn vars(&self) -> HashMap<String, String> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, v)| !v.is_empty() && (k == "HOME" || k.starts_with("AWS_")))
+            .collect()
     }
 }
 
 impl Env for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).filter(|v| !v.is_empty()).cloned()
-    }
-    fn home(&self) -> Option<PathBuf> {
-        self.var("HOME").map(PathBuf::from)
+    fn vars(&self) -> HashMap<String, String> {
+        self.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 
-/// What the chain found before any network call: static keys, or a web identity to
-/// exchange.
-#[derive(Debug, Clone)]
-pub enum Found {
-    Static(Credentials),
-    WebIdentity {
-        token_file: PathBuf,
-        role_arn: String,
-        session_name: String,
-        source: String,
-    },
+/// The variables of the chain worth naming when it fails: none is a secret (no secret key,
+/// session token or container authorization token is ever shown).
+const SETTINGS: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ENDPOINT_URL_STS",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_DISABLED",
+];
+
+/// Resolves the credentials with the chain `sdk` was loaded with.
+pub(crate) async fn resolve(
+    sdk: &SdkConfig,
+    vars: &HashMap<String, String>,
+) -> Result<Credentials> {
+    let provider = sdk
+        .credentials_provider()
+        .ok_or_else(|| Error::InvalidOption {
+            key: "s3 credentials".into(),
+            message: "no credential provider was configured".into(),
+        })?;
+    let creds = provider
+        .provide_credentials()
+        .await
+        .map_err(|e| chain_error(&e, vars))?;
+    Ok(Credentials {
+        access_key_id: creds.access_key_id().to_string(),
+        secret_access_key: creds.secret_access_key().to_string(),
+        session_token: creds.session_token().map(str::to_string),
+        source: source(&creds, vars).await,
+        expires_at: creds
+            .expiry()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+    })
 }
 
-/// The region the shared config gives the profile, if any.
-pub fn profile_region(env: &dyn Env) -> Option<String> {
-    let name = profile_name(env);
-    let config = read_ini(&config_file(env)?);
-    config
-        .get(&format!("profile {name}"))
-        .or_else(|| (name == "default").then(|| config.get("default")).flatten())
-        .and_then(|s| s.get("region").cloned())
-}
-
-/// Walks the chain. `Err` names what is wrong and how to fix it.
-pub fn find(env: &dyn Env) -> Result<Found> {
-    let key = env.var("AWS_ACCESS_KEY_ID");
-    let secret = env.var("AWS_SECRET_ACCESS_KEY");
-    match (key, secret) {
-        (Some(k), Some(s)) => {
-            return Ok(Found::Static(Credentials {
-                access_key_id: k,
-                secret_access_key: s,
-                session_token: env.var("AWS_SESSION_TOKEN"),
-                source: "environment (AWS_ACCESS_KEY_ID)".into(),
-                expires_at: None,
-            }))
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(invalid(
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together".into(),
-            ))
-        }
-        (None, None) => {}
-    }
-
-    let name = profile_name(env);
-    let explicit = env.var("AWS_PROFILE").is_some();
-    let creds = credentials_file(env)
-        .map(|p| read_ini(&p))
-        .unwrap_or_default();
-    let config = config_file(env).map(|p| read_ini(&p)).unwrap_or_default();
-    let mut section: BTreeMap<String, String> = config
-        .get(&format!("profile {name}"))
-        .or_else(|| (name == "default").then(|| config.get("default")).flatten())
+/// Which link of the chain answered, from the features the SDK's providers record on the
+/// credentials they give, and for a profile, from the profile the SDK selected.
+async fn source(
+    creds: &aws_credential_types::Credentials,
+    vars: &HashMap<String, String>,
+) -> String {
+    let features = creds
+        .get_property::<Vec<AwsCredentialFeature>>()
         .cloned()
         .unwrap_or_default();
-    if let Some(c) = creds.get(&name) {
-        section.extend(c.clone());
-    }
-    if let (Some(k), Some(s)) = (
-        section.get("aws_access_key_id"),
-        section.get("aws_secret_access_key"),
-    ) {
-        return Ok(Found::Static(Credentials {
-            access_key_id: k.clone(),
-            secret_access_key: s.clone(),
-            session_token: section.get("aws_session_token").cloned(),
-            source: format!("profile {name}"),
-            expires_at: None,
-        }));
-    }
-    if let (Some(file), Some(role)) = (
-        section.get("web_identity_token_file"),
-        section.get("role_arn"),
-    ) {
-        return Ok(Found::WebIdentity {
-            token_file: PathBuf::from(file),
-            role_arn: role.clone(),
-            session_name: section
-                .get("role_session_name")
-                .cloned()
-                .unwrap_or_else(|| "sykli".into()),
-            source: format!("profile {name} (web identity)"),
-        });
-    }
-    for unsupported in [
-        "source_profile",
-        "credential_process",
-        "sso_session",
-        "sso_start_url",
-    ] {
-        if section.contains_key(unsupported) {
-            return Err(invalid(format!(
-                "profile {name} uses {unsupported}, which sykli does not support: export \
-                 static or temporary credentials (e.g. `eval \"$(aws configure export-credentials --profile {name} --format env)\"`)"
-            )));
+    let has = |f: AwsCredentialFeature| features.contains(&f);
+    let var = |name: &str| vars.contains_key(name);
+    if has(AwsCredentialFeature::CredentialsProfile) {
+        let env = aws_types::os_shim_internal::Env::from(vars.clone());
+        #[allow(deprecated)]
+        let files = aws_config::profile::profile_file::ProfileFiles::default();
+        let profiles =
+            aws_config::profile::load(&aws_types::os_shim_internal::Fs::real(), &env, &files, None)
+                .await
+                .ok();
+        let name = profiles.as_ref().map_or_else(
+            || {
+                vars.get("AWS_PROFILE")
+                    .cloned()
+                    .unwrap_or_else(|| "default".into())
+            },
+            |p| p.selected_profile().to_string(),
+        );
+        let key = |k: &str| {
+            profiles
+                .as_ref()
+                .and_then(|p| p.get_profile(&name))
+                .and_then(|p| p.get(k))
+                .is_some()
+        };
+        // The profile chain of the SDK records no feature for an assume role.
+        let how = if has(AwsCredentialFeature::CredentialsSso) {
+            " (SSO)"
+        } else if has(AwsCredentialFeature::CredentialsProcess) {
+            " (credential_process)"
+        } else if key("role_arn") && (key("source_profile") || key("credential_source")) {
+            " (assume role)"
+        } else if has(AwsCredentialFeature::CredentialsProfileStsWebIdToken) {
+            " (web identity)"
+        } else {
+            ""
+        };
+        format!("profile {name}{how}")
+    } else if has(AwsCredentialFeature::CredentialsEnvVars) {
+        "environment (AWS_ACCESS_KEY_ID)".into()
+    } else if has(AwsCredentialFeature::CredentialsProfileStsWebIdToken) {
+        "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)".into()
+    } else if has(AwsCredentialFeature::CredentialsHttp) {
+        if var("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+            "container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI)".into()
+        } else {
+            "container credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI)".into()
         }
-    }
-    if explicit && section.is_empty() {
-        return Err(invalid(format!(
-            "AWS_PROFILE={name}, but no such profile is in {} or {}",
-            credentials_file(env)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "~/.aws/credentials".into()),
-            config_file(env)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "~/.aws/config".into()),
-        )));
-    }
-
-    if let (Some(file), Some(role)) = (
-        env.var("AWS_WEB_IDENTITY_TOKEN_FILE"),
-        env.var("AWS_ROLE_ARN"),
-    ) {
-        return Ok(Found::WebIdentity {
-            token_file: PathBuf::from(file),
-            role_arn: role,
-            session_name: env
-                .var("AWS_ROLE_SESSION_NAME")
-                .unwrap_or_else(|| "sykli".into()),
-            source: "web identity (AWS_WEB_IDENTITY_TOKEN_FILE)".into(),
-        });
-    }
-
-    Err(invalid(
-        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile \
-         (AWS_PROFILE, ~/.aws/credentials), or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"
-            .into(),
-    ))
-}
-
-/// The STS answer to `AssumeRoleWithWebIdentity`, parsed.
-pub fn parse_assume_role(xml: &str, source: &str) -> Result<Credentials> {
-    let get = |tag: &str| sykli_sync::xml_tag(xml, tag).map(unescape);
-    match (get("AccessKeyId"), get("SecretAccessKey")) {
-        (Some(k), Some(s)) => Ok(Credentials {
-            access_key_id: k,
-            secret_access_key: s,
-            session_token: get("SessionToken"),
-            source: source.to_string(),
-            expires_at: get("Expiration").and_then(|t| parse_timestamp(&t)),
-        }),
-        _ => Err(Error::S3 {
-            kind: "s3_auth",
-            message: format!(
-                "STS AssumeRoleWithWebIdentity gave no credentials ({})",
-                get("Message").unwrap_or_else(|| "no message".into())
-            ),
-        }),
+    } else if has(AwsCredentialFeature::CredentialsImds) {
+        "EC2 instance metadata (IMDSv2)".into()
+    } else {
+        "the AWS SDK's default chain".into()
     }
 }
 
-/// `2026-11-26T12:34:56Z` (fractional seconds allowed) as Unix seconds.
-pub fn parse_timestamp(t: &str) -> Option<u64> {
-    let t = t.trim().strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut h = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from civil (H. Hinnant), the inverse of sigv4's civil_from_days.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
-}
-
-fn profile_name(env: &dyn Env) -> String {
-    env.var("AWS_PROFILE")
-        .or_else(|| env.var("AWS_DEFAULT_PROFILE"))
-        .unwrap_or_else(|| "default".into())
-}
-
-fn credentials_file(env: &dyn Env) -> Option<PathBuf> {
-    env.var("AWS_SHARED_CREDENTIALS_FILE")
-        .map(PathBuf::from)
-        .or_else(|| env.home().map(|h| h.join(".aws").join("credentials")))
-}
-
-fn config_file(env: &dyn Env) -> Option<PathBuf> {
-    env.var("AWS_CONFIG_FILE")
-        .map(PathBuf::from)
-        .or_else(|| env.home().map(|h| h.join(".aws").join("config")))
-}
-
-/// `[section]` → key → value; comments (`#`, `;`) and unreadable files ignored.
-fn read_ini(path: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return out;
+/// One line: what failed, the SDK's reason, and the chain's settings that were set.
+fn chain_error(e: &CredentialsError, vars: &HashMap<String, String>) -> Error {
+    let settings: Vec<String> = SETTINGS
+        .iter()
+        .filter_map(|k| vars.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+    let settings = if settings.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", settings.join(", "))
     };
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
-            out.entry(name.clone()).or_default();
-            current = Some(name);
-        } else if let (Some(section), Some((k, v))) = (&current, line.split_once('=')) {
-            out.entry(section.clone())
-                .or_default()
-                .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    out
-}
-
-fn invalid(message: String) -> Error {
-    Error::InvalidOption {
+    let reason = reasons(e);
+    let invalid = |message: String| Error::InvalidOption {
         key: "s3 credentials".into(),
         message,
+    };
+    match e {
+        CredentialsError::CredentialsNotLoaded(_) => invalid(format!(
+            "no AWS credentials: the standard chain (environment, shared config and credentials \
+             files, web identity, container credentials, EC2 instance metadata) found none \
+             ({reason}){settings}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile \
+             (AWS_PROFILE, ~/.aws/config), or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"
+        )),
+        CredentialsError::InvalidConfiguration(_) => invalid(format!(
+            "the AWS credential settings are invalid: {reason}{settings}"
+        )),
+        // A file of the chain (a web identity token) that cannot be read: nothing was asked.
+        CredentialsError::ProviderError(_)
+            if std::error::Error::source(e)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()) =>
+        {
+            invalid(format!(
+                "a file of the AWS credential chain cannot be read: {reason}{settings}"
+            ))
+        }
+        _ => Error::S3 {
+            kind: "s3_auth",
+            message: format!("the AWS credential chain failed: {reason}{settings}"),
+        },
     }
+}
+
+/// `e` and its sources, each as it displays itself, once: never a Debug dump, which would
+/// show raw responses. An STS refusal is spelled out with its status, code and message.
+pub(crate) fn reasons(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = sts_refusal(err).unwrap_or_else(|| err.to_string());
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
+fn sts_refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn refusal<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> Option<String> {
+        let SdkError::ServiceError(ctx) = e else {
+            return None;
+        };
+        let raw = ctx.raw();
+        // Parsed by the SDK, or read from the error document when its content type threw
+        // the parser off.
+        let body = raw
+            .body()
+            .bytes()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let code = ctx
+            .err()
+            .code()
+            .map(str::to_string)
+            .or_else(|| sykli_sync::xml_tag(&body, "Code").map(str::to_string));
+        let message = ctx
+            .err()
+            .message()
+            .map(str::to_string)
+            .or_else(|| sykli_sync::xml_tag(&body, "Message").map(str::to_string));
+        let status = raw.status().as_u16();
+        Some(match (code, message) {
+            (Some(c), Some(m)) => format!("STS answered {status} {c}: {m}"),
+            (Some(c), None) => format!("STS answered {status} {c}"),
+            _ => format!("STS answered HTTP {status}"),
+        })
+    }
+    if let Some(e) = e.downcast_ref::<SdkError<AssumeRoleError, HttpResponse>>() {
+        return refusal(e);
+    }
+    if let Some(e) = e.downcast_ref::<SdkError<AssumeRoleWithWebIdentityError, HttpResponse>>() {
+        return refusal(e);
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn static_of(f: Found) -> Credentials {
-        match f {
-            Found::Static(c) => c,
-            other => panic!("expected static credentials, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn environment_wins_over_profiles() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join(".aws")).unwrap();
-        std::fs::write(
-            dir.path().join(".aws/credentials"),
-            "[default]\naws_access_key_id = FROMFILE\naws_secret_access_key = s\n",
-        )
-        .unwrap();
-        let home = dir.path().to_str().unwrap();
-        let c = static_of(
-            find(&env(&[
-                ("HOME", home),
-                ("AWS_ACCESS_KEY_ID", "FROMENV"),
-                ("AWS_SECRET_ACCESS_KEY", "x"),
-                ("AWS_SESSION_TOKEN", "tok"),
-            ]))
-            .unwrap(),
-        );
-        assert_eq!(c.access_key_id, "FROMENV");
-        assert_eq!(c.session_token.as_deref(), Some("tok"));
-        let c = static_of(find(&env(&[("HOME", home)])).unwrap());
-        assert_eq!(c.access_key_id, "FROMFILE");
-        assert_eq!(c.source, "profile default");
-    }
-
-    #[test]
-    fn named_profiles_merge_config_and_credentials_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let (creds, config) = (dir.path().join("c"), dir.path().join("k"));
-        std::fs::write(
-            &creds,
-            "# comment\n[ci]\naws_access_key_id=AK\naws_secret_access_key=SK\n",
-        )
-        .unwrap();
-        std::fs::write(&config, "[profile ci]\nregion = eu-north-1\n[profile wi]\nrole_arn = arn:aws:iam::1:role/r\nweb_identity_token_file = /t\n").unwrap();
-        let base = [
-            ("AWS_SHARED_CREDENTIALS_FILE", creds.to_str().unwrap()),
-            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
-        ];
-        let mut e = env(&base);
-        e.insert("AWS_PROFILE".into(), "ci".into());
-        assert_eq!(static_of(find(&e).unwrap()).secret_access_key, "SK");
-        assert_eq!(profile_region(&e).as_deref(), Some("eu-north-1"));
-        e.insert("AWS_PROFILE".into(), "wi".into());
-        assert!(
-            matches!(find(&e).unwrap(), Found::WebIdentity { role_arn, .. } if role_arn == "arn:aws:iam::1:role/r")
-        );
-        e.insert("AWS_PROFILE".into(), "nope".into());
-        let err = find(&e).unwrap_err().to_string();
-        assert!(err.contains("AWS_PROFILE=nope"), "{err}");
-    }
-
-    #[test]
-    fn web_identity_from_the_environment_and_clear_errors() {
-        let f = find(&env(&[
-            ("HOME", "/nonexistent"),
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
-            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/ci"),
-        ]))
-        .unwrap();
-        assert!(matches!(f, Found::WebIdentity { session_name, .. } if session_name == "sykli"));
-        let err = find(&env(&[("HOME", "/nonexistent")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no AWS credentials"), "{err}");
-        let err = find(&env(&[("AWS_ACCESS_KEY_ID", "A")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("together"), "{err}");
-    }
 
     #[test]
     fn debug_output_never_shows_the_secret() {
@@ -391,24 +297,32 @@ mod tests {
     }
 
     #[test]
-    fn sts_answers_are_parsed() {
-        let xml = "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
-            <SessionToken>T&amp;1</SessionToken><SecretAccessKey>S</SecretAccessKey>\
-            <AccessKeyId>A</AccessKeyId></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
-        let c = parse_assume_role(xml, "wi").unwrap();
-        assert_eq!(c.expires_at, None);
-        assert_eq!(
-            (c.access_key_id.as_str(), c.session_token.as_deref()),
-            ("A", Some("T&1"))
+    fn failures_name_the_settings_but_never_a_secret() {
+        let vars: HashMap<String, String> = [
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/ci"),
+            ("AWS_SECRET_ACCESS_KEY", "TOPSECRET"),
+            ("AWS_SESSION_TOKEN", "TOKEN"),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "BEARER"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let e = chain_error(&CredentialsError::provider_error("refused"), &vars);
+        let msg = e.to_string();
+        assert_eq!(e.kind(), "s3_auth");
+        assert!(msg.contains("AWS_ROLE_ARN=arn:aws:iam::1:role/ci"), "{msg}");
+        for secret in ["TOPSECRET", "TOKEN", "BEARER"] {
+            assert!(!msg.contains(secret), "{msg}");
+        }
+        let e = chain_error(&CredentialsError::not_loaded("nothing"), &HashMap::new());
+        assert!(e.to_string().contains("no AWS credentials"), "{e}");
+        let e = chain_error(
+            &CredentialsError::provider_error(std::io::Error::other("gone")),
+            &HashMap::new(),
         );
-        assert!(parse_assume_role("<Error><Message>denied</Message></Error>", "wi").is_err());
-        let with_expiry = xml.replace(
-            "<AccessKeyId>",
-            "<Expiration>2013-05-24T01:00:00.000Z</Expiration><AccessKeyId>",
+        assert!(
+            matches!(&e, Error::InvalidOption { key, .. } if key == "s3 credentials"),
+            "{e:?}"
         );
-        let c = parse_assume_role(&with_expiry, "wi").unwrap();
-        assert_eq!(c.expires_at, Some(1_369_357_200));
-        assert_eq!(parse_timestamp("2000-02-29T12:34:56Z"), Some(951_827_696));
-        assert_eq!(parse_timestamp("yesterday"), None);
     }
 }

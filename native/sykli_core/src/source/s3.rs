@@ -21,10 +21,12 @@ use super::pvc::DEFAULT_SYNC_IMAGE;
 use super::upload::LocalTree;
 use crate::error::{Error, Result};
 use crate::s3::credentials::{self, ProcessEnv};
-use crate::s3::{sigv4, Bucket, S3Options};
+use crate::s3::{ca_bundle, Bucket, S3Options, MAX_PRESIGN_SECONDS};
 
 /// The environment variable that carries the presigned URL into the init container.
 pub const URL_ENV: &str = "SYKLI_SOURCE_URL";
+/// The environment variable that carries `s3.ca_bundle`'s certificates (PEM) into it.
+pub const CA_ENV: &str = "SYKLI_SOURCE_CA";
 /// The key of the URL in the Job's own Secret ([`url_secret_name`]).
 pub const URL_SECRET_KEY: &str = "url";
 /// How much longer than the task's own timeout a Job's URL lives: the Job's deadline counts
@@ -82,13 +84,14 @@ pub fn publish(bucket: &Bucket, local: &LocalTree, scratch: &Path) -> Result<Pub
     let key = bucket.archive_key(&local.tree);
     let mut warnings = Vec::new();
     if let Some(info) = bucket.head(&key)? {
-        let (packed, served) = std::thread::scope(|s| {
-            let served = s.spawn(|| bucket.digest(&key));
-            let packed = pack(local, io::sink(), Path::new("the local archive"));
-            let served = served
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e));
-            (packed, served)
+        // The object is streamed and hashed on the runtime while this thread packs.
+        let served = bucket.spawn_digest(&key)?;
+        let packed = pack(local, io::sink(), Path::new("the local archive"));
+        let served = crate::s3::block_on(served).unwrap_or_else(|e| {
+            Err(Error::S3 {
+                kind: "s3",
+                message: format!("GET {}: {e}", bucket.describe(&key)),
+            })
         });
         let (sha256, size) = packed?;
         let claimed = (info.sha256.as_deref(), info.size);
@@ -235,6 +238,9 @@ pub struct S3SourceOptions {
     /// git container checks out at this commit.
     #[serde(default)]
     pub bundle: Option<super::pvc::BundleOptions>,
+    /// `s3.ca_bundle` (a PEM file on this machine): the fetch trusts its CAs.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +254,9 @@ pub struct S3Plan {
     pub parallel_min: u64,
     /// (commit, git image) when the archive is HEAD as a git bundle.
     pub bundle: Option<(String, String)>,
+    /// The certificates of `s3.ca_bundle`, checked: the roots the fetch trusts instead of
+    /// the public ones.
+    pub ca_pem: Option<String>,
 }
 
 impl S3Plan {
@@ -282,6 +291,10 @@ impl S3Plan {
                 None => None,
                 Some(b) => Some(super::pvc::check_bundle(b)?),
             },
+            ca_pem: match &o.ca_bundle {
+                None => None,
+                Some(path) => Some(ca_bundle::read(Path::new(path))?.pem),
+            },
         })
     }
 
@@ -299,7 +312,7 @@ impl S3Plan {
     }
 
     fn fetch(&self, workspace: &str, download: &str, to: &str, job: &str) -> Container {
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             super::pvc::SYNC_BIN,
             "fetch",
             "--url-env",
@@ -322,23 +335,33 @@ impl S3Plan {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // From the Job's own Secret: whoever may read Jobs and pods does not get the URL.
+        let mut env = vec![EnvVar {
+            name: URL_ENV.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: url_secret_name(job),
+                    key: URL_SECRET_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        }];
+        // Certificates are public: a plain value, read by name (never through a shell).
+        if let Some(pem) = &self.ca_pem {
+            args.extend(["--ca-env".to_string(), CA_ENV.to_string()]);
+            env.push(EnvVar {
+                name: CA_ENV.into(),
+                value: Some(pem.clone()),
+                value_from: None,
+            });
+        }
         Container {
             name: "sykli-fetch".into(),
             image: Some(self.image.clone()),
             command: Some(args),
-            // From the Job's own Secret: whoever may read Jobs and pods does not get the URL.
-            env: Some(vec![EnvVar {
-                name: URL_ENV.into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: url_secret_name(job),
-                        key: URL_SECRET_KEY.into(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-            }]),
+            env: Some(env),
             volume_mounts: Some(vec![
                 VolumeMount {
                     name: workspace.into(),
@@ -372,7 +395,7 @@ pub fn url_lifetime(active_deadline_seconds: Option<i64>) -> u64 {
         .filter(|s| *s > 0)
         .map_or(UNTIMED_TASK_SECONDS, |s| s as u64);
     task.saturating_add(URL_MARGIN_SECONDS)
-        .min(sigv4::MAX_PRESIGN_SECONDS)
+        .min(MAX_PRESIGN_SECONDS)
 }
 
 /// A URL signed for one Job.
@@ -447,13 +470,10 @@ impl std::fmt::Debug for ArchiveSigning {
 }
 
 impl ArchiveSigning {
-    /// Resolves the credentials and signs the URL (blocking: STS for a web identity).
+    /// Resolves the credentials and signs the URL (blocking: the chain may ask STS, SSO, a
+    /// process, container credentials or instance metadata).
     pub fn presign(&self, active_deadline_seconds: Option<i64>) -> Result<JobUrl> {
-        let env: &dyn credentials::Env = match &self.env {
-            Some(map) => map,
-            None => &ProcessEnv,
-        };
-        let bucket = Bucket::new(&self.s3, env)?;
+        let bucket = Bucket::new(&self.s3, chain_env(&self.env))?;
         presign_for_job(&bucket, &self.key, active_deadline_seconds)
     }
 }
@@ -468,5 +488,90 @@ fn io_err(path: &Path, source: io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// What the publish of a run asks (the NIF's `k8s_s3_publish`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub root: String,
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// `source_sync: :git`: this directory's `sykli.bundle` instead of the tree.
+    #[serde(default)]
+    pub bundle_dir: Option<String>,
+    pub s3: S3Options,
+    /// Where the archive is packed before the upload.
+    pub scratch: String,
+    /// Pack only: no credentials, no call to the bucket.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The AWS variables and HOME as the caller sees them (the BEAM's environment is not
+    /// the process's), else the process's.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+}
+
+/// What a publish did, and the object's URL without a signature.
+#[derive(Debug, Clone)]
+pub struct PublishReport {
+    pub published: Published,
+    pub object: String,
+}
+
+/// Packs the tree (or the bundle) and publishes it, or packs only for a dry run. Blocking.
+pub fn publish_request(r: &PublishRequest) -> Result<PublishReport> {
+    let env = chain_env(&r.env);
+    let bucket = if r.dry_run {
+        Bucket::offline(&r.s3, env)?
+    } else {
+        Bucket::new(&r.s3, env)?
+    };
+    let local = match &r.bundle_dir {
+        Some(dir) => super::upload::bundle_tree(Path::new(dir))?,
+        None => super::upload::local_tree(Path::new(&r.root), &r.excludes)?,
+    };
+    let published = if r.dry_run {
+        pack_only(&bucket, &local)?
+    } else {
+        publish(&bucket, &local, Path::new(&r.scratch))?
+    };
+    let object = bucket.object_url(&published.key);
+    Ok(PublishReport { published, object })
+}
+
+/// What `sykli info --check` shows of the bucket.
+#[derive(Debug, Clone)]
+pub struct BucketCheck {
+    pub bucket: String,
+    pub region: String,
+    /// Where the credentials came from.
+    pub credentials: String,
+    /// The archives' prefix (`<prefix>sykli-source/`).
+    pub prefix: String,
+}
+
+/// Resolves the credentials and checks that the bucket exists and lets them list the
+/// archives' prefix. Blocking.
+pub fn check_bucket(s3: &S3Options, env: &Option<BTreeMap<String, String>>) -> Result<BucketCheck> {
+    let bucket = Bucket::new(s3, chain_env(env))?;
+    bucket.check()?;
+    Ok(BucketCheck {
+        credentials: bucket
+            .creds
+            .as_ref()
+            .map(|c| c.source.clone())
+            .unwrap_or_default(),
+        prefix: format!("{}{}", bucket.prefix, crate::s3::OBJECT_DIR),
+        bucket: bucket.name,
+        region: bucket.region,
+    })
+}
+
+fn chain_env(env: &Option<BTreeMap<String, String>>) -> &dyn credentials::Env {
+    match env {
+        Some(map) => map,
+        None => &ProcessEnv,
     }
 }

@@ -39,9 +39,12 @@ usage:
   sykli-sync remove-run --store DIR --run NAME     delete what a Job left on the claim (runs/NAME)
   sykli-sync fetch --url-env NAME --sha256 H --size N --tree T --to DIR --download FILE
                  [--parallel N] [--parallel-min BYTES] [--max-entries N] [--max-bytes N]
+                 [--ca-env NAME]
                                                    download the archive at the URL in $NAME
-                                                   (ranged requests in parallel from BYTES up),
-                                                   verify size and SHA-256, extract tree T
+                                                   (ranged requests in parallel from BYTES up;
+                                                   trusting only the PEM CAs in $NAME of
+                                                   --ca-env when given), verify size and
+                                                   SHA-256, extract tree T
   sykli-sync version
 ";
 
@@ -358,10 +361,19 @@ fn run(args: &[String]) -> Result<(), Failure> {
                     "parallel-min",
                     "max-entries",
                     "max-bytes",
+                    "ca-env",
                 ],
             )?;
             a.no_positional()?;
             let var = a.need("url-env")?;
+            // The CAs of a bucket behind a private CA, PEM, by name too (no shell between).
+            let ca_pem =
+                match a.get("ca-env") {
+                    None => None,
+                    Some(name) => Some(std::env::var(name).map_err(|_| {
+                        Failure::Usage(format!("${name} (the CA bundle) is not set"))
+                    })?),
+                };
             // From the environment, not the command line: the URL is a bearer capability
             // that `ps` and the Job's args would show.
             let url = std::env::var(var)
@@ -382,6 +394,7 @@ fn run(args: &[String]) -> Result<(), Failure> {
                 parallel: number("parallel", Some(4))?.clamp(1, 64) as usize,
                 parallel_min: number("parallel-min", Some(64 << 20))?,
                 attempts: 4,
+                ca_pem,
             };
             let file = PathBuf::from(a.need("download")?);
             let fetched = sykli_sync::download(&download, &file)?;
