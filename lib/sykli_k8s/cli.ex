@@ -1,7 +1,7 @@
 defmodule SykliK8s.CLI do
   @moduledoc """
   The `sykli` command line. `bin/sykli` runs it with the user's working directory as the
-  repository; `mix sykli …` runs the same code.
+  repository; `mix sykli_k8s …` runs the same code.
   """
 
   @usage """

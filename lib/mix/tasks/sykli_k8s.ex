@@ -1,6 +1,6 @@
 defmodule Mix.Tasks.SykliK8s do
-  @shortdoc "Runs the sykli command line (mix sykli info …)"
-  @moduledoc "Runs `SykliK8s.CLI` inside Mix: `mix sykli info --json`. See `bin/sykli`."
+  @shortdoc "Runs the sykli command line (mix sykli_k8s info …)"
+  @moduledoc "Runs `SykliK8s.CLI` inside Mix: `mix sykli_k8s info --json`. See `bin/sykli`."
   use Mix.Task
 
   @impl true
