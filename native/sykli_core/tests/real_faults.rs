@@ -232,6 +232,91 @@ async fn a_run_reads_its_namespace_once_not_once_per_task() {
     assert_eq!(reads, 1, "three tasks of one run");
 }
 
+/// Tasks that start together wait for the first one's question: 200 tasks of a run used
+/// to read their namespace 200 times, as none had an answer yet when the others asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_starting_together_read_their_namespace_once() {
+    let e = env("faults-ns-together").await;
+    // Every namespace read answers slowly, so that all tasks ask while the first waits.
+    e.proxy.set_faults(vec![Fault::next(
+        1,
+        Match::method_path("GET", "/api/v1/namespaces/faults-ns-together"),
+        Action::Delay(std::time::Duration::from_millis(500)),
+    )]);
+    let runs: Vec<_> = (0..8)
+        .map(|i| {
+            let job = e.job(
+                "r-ns2",
+                json!({"name": format!("t{i}"), "container": "any", "command": "true"}),
+            );
+            support::spawn_run(e.cluster.clone(), job, create_ns())
+        })
+        .collect();
+    for r in runs {
+        assert!(r.await.unwrap().0.unwrap().failure.is_none());
+    }
+    let path = "/api/v1/namespaces/faults-ns-together";
+    let reads = e
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path)
+        .count();
+    assert_eq!(reads, 1, "eight tasks starting together");
+}
+
+/// Jobs refused their pods together (here by Pod Security) are each named by the job
+/// controller's FailedCreate event, from a list shared by the run's tasks: not one list of
+/// events per Job every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_refused_their_pods_together_share_one_list_of_events() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::PostParams;
+    let e = env("faults-refused").await;
+    let namespaces: Api<Namespace> = Api::all(e.direct.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": e.namespace, "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted"}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    support::default_account(&e.direct.client, &e.namespace).await;
+    let n = 8;
+    let runs: Vec<_> = (0..n)
+        .map(|i| {
+            let job = e.job(
+                "r-refused",
+                json!({"name": format!("t{i}"), "container": "any", "command": "true"}),
+            );
+            let opts = RunOptions {
+                timeout: Some(std::time::Duration::from_secs(120)),
+                ..RunOptions::default()
+            };
+            support::spawn_run(e.cluster.clone(), job, opts)
+        })
+        .collect();
+    for (i, r) in runs.into_iter().enumerate() {
+        let (kind, why) = r.await.unwrap().0.unwrap().failure.unwrap();
+        assert_eq!(kind, "pod_rejected", "task {i}: {why}");
+        assert!(why.contains("violates PodSecurity"), "task {i}: {why}");
+    }
+    let events = format!("/api/v1/namespaces/{}/events", e.namespace);
+    let lists = e
+        .proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == events)
+        .count();
+    assert!(
+        (1..n / 2).contains(&lists),
+        "{lists} lists of events for {n} refused Jobs"
+    );
+    assert!(e.jobs_left().await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_errors_create_nothing() {
     let e = env("faults-preflight").await;

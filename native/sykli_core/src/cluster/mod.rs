@@ -45,7 +45,8 @@ pub struct Cluster {
     pub server: String,
     watchers: Mutex<HashMap<(String, String), Weak<watch::RunWatcher>>>,
     /// Namespaces found ready (or made so): asked once per client, not once per task.
-    ready_namespaces: Mutex<std::collections::HashSet<String>>,
+    /// Per namespace, the answer of [`preflight::namespace_ready`] once it was yes.
+    ready_namespaces: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
     /// Deletes the finished Jobs of its runs, coalescing those that end together.
     reaper: Arc<cleanup::Reaper>,
 }
@@ -134,30 +135,29 @@ impl Cluster {
     }
 
     /// [`preflight::namespace_ready`], once per namespace for this client: a run's tasks
-    /// (and sykli's setup before them) share the answer. A namespace deleted meanwhile is
-    /// named by the API when the Job is created.
+    /// (and sykli's setup before them) share the answer, and the tasks that start together
+    /// wait for the first one's question instead of each asking. A failed check is not
+    /// kept (the next task asks again). A namespace deleted meanwhile is named by the API
+    /// when the Job is created.
     pub async fn ensure_namespace(
         &self,
         namespace: &str,
         missing: preflight::MissingNamespace,
     ) -> Result<()> {
-        let known = |set: &Mutex<std::collections::HashSet<String>>| {
-            set.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(namespace)
-        };
-        if known(&self.ready_namespaces) {
-            return Ok(());
-        }
-        preflight::namespace_ready(&self.client, namespace, missing).await?;
         // `Allow` lets a missing namespace through: nothing is known then.
-        if missing != preflight::MissingNamespace::Allow {
-            self.ready_namespaces
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(namespace.to_string());
+        if missing == preflight::MissingNamespace::Allow {
+            return preflight::namespace_ready(&self.client, namespace, missing).await;
         }
-        Ok(())
+        let cell = self
+            .ready_namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(namespace.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| preflight::namespace_ready(&self.client, namespace, missing))
+            .await
+            .map(|_| ())
     }
 
     /// The one watcher of `run` in `namespace`, shared by all its tasks.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::AsyncBufReadExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStatus, Event as CoreEvent, Pod, Secret};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
@@ -220,7 +220,6 @@ pub async fn run_job(
     let mut unschedulable_since: Option<Instant> = None;
     let mut settling_since: Option<Instant> = None;
     let mut pod_name = None;
-    let job_events: Api<CoreEvent> = Api::namespaced(cluster.client.clone(), &namespace);
     let job_uid = created.metadata.uid.clone();
     let mut refusal_checked: Option<Instant> = None;
 
@@ -235,7 +234,10 @@ pub async fn run_job(
             && refusal_checked.is_none_or(|t| t.elapsed() >= REFUSAL_RECHECK)
         {
             refusal_checked = Some(Instant::now());
-            if let Some(why) = pod_refusal(&job_events, &name, job_uid.as_deref()).await {
+            let why = watcher
+                .pod_refusal(&name, job_uid.as_deref(), started, REFUSAL_RECHECK)
+                .await;
+            if let Some(why) = why {
                 break (
                     None,
                     Some(("pod_rejected", refused_message(&namespace, &name, &why))),
@@ -268,7 +270,10 @@ pub async fn run_job(
             Verdict::Done { exit_code, failure } => {
                 // Out of time without ever having a pod: why it had none is the cause.
                 if podless {
-                    if let Some(why) = pod_refusal(&job_events, &name, job_uid.as_deref()).await {
+                    let why = watcher
+                        .pod_refusal(&name, job_uid.as_deref(), started, REFUSAL_RECHECK)
+                        .await;
+                    if let Some(why) = why {
                         break (
                             None,
                             Some(("pod_rejected", refused_message(&namespace, &name, &why))),
@@ -562,21 +567,6 @@ fn adoptable(
 /// When a Job without a pod is first asked why, and how often again.
 const REFUSAL_FIRST_CHECK: Duration = Duration::from_secs(2);
 const REFUSAL_RECHECK: Duration = Duration::from_secs(5);
-
-/// Why the job controller could not create Job `job`'s pod, from its latest `FailedCreate`
-/// event (Pod Security, a quota, a webhook…). None when it has none, or when events cannot
-/// be read (RBAC: list on events), so the run goes on as before.
-async fn pod_refusal(events: &Api<CoreEvent>, job: &str, uid: Option<&str>) -> Option<String> {
-    let lp = ListParams::default().fields(&format!(
-        "involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
-    ));
-    let list = events.list(&lp).await.ok()?;
-    list.items
-        .into_iter()
-        .filter(|e| uid.is_none() || e.involved_object.uid.as_deref() == uid)
-        .filter_map(|e| e.message)
-        .next_back()
-}
 
 /// The one line for a pod the cluster refused, with the fix when it is Pod Security.
 fn refused_message(namespace: &str, job: &str, why: &str) -> String {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use kube::api::ListParams;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use tokio::task::JoinHandle;
@@ -33,6 +34,16 @@ pub struct RunWatcher {
     state: Arc<Mutex<State>>,
     changed: tokio::sync::watch::Sender<u64>,
     tasks: Vec<JoinHandle<()>>,
+    refusals: FailedCreates,
+}
+
+/// The job controller's `FailedCreate` events of the namespace (a pod it was refused:
+/// Pod Security, a quota, a webhook), listed for all the run's Jobs at once: when 200
+/// Jobs wait for their pods together, one list answers them all.
+struct FailedCreates {
+    events: Api<CoreEvent>,
+    /// The last list and when it was asked for; the lock makes concurrent askers share it.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Arc<Vec<CoreEvent>>)>>,
 }
 
 impl RunWatcher {
@@ -41,7 +52,11 @@ impl RunWatcher {
         let (changed, _) = tokio::sync::watch::channel(0u64);
         let selector = format!("{RUN_LABEL}={run}");
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let refusals = FailedCreates {
+            events: Api::namespaced(client, namespace),
+            last: Default::default(),
+        };
         let tasks = vec![
             spawn_watch(
                 jobs,
@@ -66,7 +81,41 @@ impl RunWatcher {
             state,
             changed,
             tasks,
+            refusals,
         }
+    }
+
+    /// Why the job controller could not create Job `job`'s pod, from its latest
+    /// `FailedCreate` event, in a list made after `since` (the task's own start, so that a
+    /// list older than its Job is never its answer) and at most `max_age` old. None when it
+    /// has none, or when events cannot be read (RBAC: list on events).
+    pub async fn pod_refusal(
+        &self,
+        job: &str,
+        uid: Option<&str>,
+        since: std::time::Instant,
+        max_age: std::time::Duration,
+    ) -> Option<String> {
+        let events = {
+            let mut last = self.refusals.last.lock().await;
+            match &*last {
+                Some((at, list)) if *at >= since && at.elapsed() < max_age => list.clone(),
+                _ => {
+                    let asked = std::time::Instant::now();
+                    let lp =
+                        ListParams::default().fields("involvedObject.kind=Job,reason=FailedCreate");
+                    let list = Arc::new(self.refusals.events.list(&lp).await.ok()?.items);
+                    *last = Some((asked, list.clone()));
+                    list
+                }
+            }
+        };
+        events
+            .iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some(job))
+            .filter(|e| uid.is_none() || e.involved_object.uid.as_deref() == uid)
+            .filter_map(|e| e.message.clone())
+            .next_back()
     }
 
     /// Wakes up after any change of the run's Jobs or pods.
