@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::watch::JobView;
+use super::watch::{self, JobView};
 use super::{objects, preflight, retry, Cluster};
 use crate::error::{Error, Result};
 use crate::manifest::{RUN_LABEL, TASK_CONTAINER};
@@ -175,7 +175,11 @@ pub async fn run_job(
 
     // Subscribe before creating, so no event of this Job is missed.
     let watcher = cluster.watcher(&namespace, &run);
-    let mut changes = watcher.subscribe();
+    let mut changes = watcher.subscribe(&name);
+    let _subscription = watch::Subscription {
+        watcher: watcher.clone(),
+        name: name.clone(),
+    };
     let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &namespace);

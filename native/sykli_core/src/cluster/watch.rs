@@ -3,7 +3,7 @@
 //! watch is the only request. kube-runtime's watcher resumes from the last resourceVersion,
 //! re-lists on 410 Gone, and backs off when the API server struggles.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -23,16 +23,36 @@ pub struct JobView {
     pub pods: Vec<Pod>,
 }
 
+/// What the watches hold, keyed so that a Job's view is a lookup and a range, never a
+/// scan of the run: a run of 1,000 tasks has 1,000 Jobs and as many pods.
 #[derive(Default)]
 struct State {
-    jobs: HashMap<String, Job>,
-    /// pod name → pod
-    pods: HashMap<String, Pod>,
+    /// Job name → Job
+    jobs: BTreeMap<String, Job>,
+    /// "JOB/POD" → pod (Job names have no '/')
+    pods: BTreeMap<String, Pod>,
+}
+
+/// Per Job, the channel that wakes its task when the Job or one of its pods changes: a
+/// change wakes the one task it concerns, not all of the run's.
+type Subscribers = Arc<Mutex<HashMap<String, tokio::sync::watch::Sender<u64>>>>;
+
+/// Wakes the task of `job` (all of them when None: a re-list may have changed anything).
+fn notify(subscribers: &Subscribers, job: Option<&str>) {
+    let map = subscribers.lock().unwrap_or_else(|p| p.into_inner());
+    match job {
+        Some(job) => {
+            if let Some(tx) = map.get(job) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+        None => map.values().for_each(|tx| tx.send_modify(|n| *n += 1)),
+    }
 }
 
 pub struct RunWatcher {
     state: Arc<Mutex<State>>,
-    changed: tokio::sync::watch::Sender<u64>,
+    subscribers: Subscribers,
     tasks: Vec<JoinHandle<()>>,
     refusals: FailedCreates,
 }
@@ -49,7 +69,7 @@ struct FailedCreates {
 impl RunWatcher {
     pub fn start(client: kube::Client, namespace: &str, run: &str) -> RunWatcher {
         let state = Arc::new(Mutex::new(State::default()));
-        let (changed, _) = tokio::sync::watch::channel(0u64);
+        let subscribers = Subscribers::default();
         let selector = format!("{RUN_LABEL}={run}");
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -62,8 +82,9 @@ impl RunWatcher {
                 jobs,
                 &selector,
                 state.clone(),
-                changed.clone(),
+                subscribers.clone(),
                 |s| &mut s.jobs,
+                |job| job.metadata.name.clone(),
                 |_| false,
             ),
             // A pod deleted by a disruption (eviction, preemption, its node lost) stays in
@@ -72,14 +93,15 @@ impl RunWatcher {
                 pods,
                 &selector,
                 state.clone(),
-                changed.clone(),
+                subscribers.clone(),
                 |s| &mut s.pods,
+                owner_job,
                 |p| super::run::disruption(p).is_some(),
             ),
         ];
         RunWatcher {
             state,
-            changed,
+            subscribers,
             tasks,
             refusals,
         }
@@ -118,19 +140,34 @@ impl RunWatcher {
             .next_back()
     }
 
-    /// Wakes up after any change of the run's Jobs or pods.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Wakes up after any change of Job `name` or of its pods.
+    pub fn subscribe(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// A task is done with Job `name` (its receiver still alive): the channel goes when no
+    /// other task of that name listens.
+    pub fn unsubscribe(&self, name: &str) {
+        let mut map = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(name).is_some_and(|tx| tx.receiver_count() <= 1) {
+            map.remove(name);
+        }
     }
 
     /// The latest view of Job `name`.
     pub fn view(&self, name: &str) -> JobView {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let prefix = format!("{name}/");
         let mut pods: Vec<Pod> = s
             .pods
-            .values()
-            .filter(|p| owner_job(p).as_deref() == Some(name))
-            .cloned()
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, p)| p.clone())
             .collect();
         pods.sort_by(|a, b| {
             a.metadata
@@ -141,6 +178,18 @@ impl RunWatcher {
             job: s.jobs.get(name).cloned(),
             pods,
         }
+    }
+}
+
+/// Unsubscribes its task from its Job when dropped, on every way out of the run.
+pub struct Subscription {
+    pub watcher: Arc<RunWatcher>,
+    pub name: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.watcher.unsubscribe(&self.name);
     }
 }
 
@@ -173,8 +222,10 @@ fn spawn_watch<K>(
     api: Api<K>,
     selector: &str,
     state: Arc<Mutex<State>>,
-    changed: tokio::sync::watch::Sender<u64>,
-    field: fn(&mut State) -> &mut HashMap<String, K>,
+    subscribers: Subscribers,
+    field: fn(&mut State) -> &mut BTreeMap<String, K>,
+    // The Job an object is of: a Job itself, a pod its owner.
+    job_of: fn(&K) -> Option<String>,
     keep_deleted: fn(&K) -> bool,
 ) -> JoinHandle<()>
 where
@@ -197,7 +248,17 @@ where
         let mut streaming = true;
         let mut listed = false;
         // Objects listed during a re-list, swapped in when it is complete.
-        let mut relist: Option<HashMap<String, K>> = None;
+        let mut relist: Option<BTreeMap<String, K>> = None;
+        // Its key in the state: "JOB/NAME" for a pod, the name for a Job.
+        let key = |obj: &K| -> (String, Option<String>) {
+            let name = obj.meta().name.clone().unwrap_or_default();
+            let job = job_of(obj);
+            let key = match &job {
+                Some(job) if job != &name => format!("{job}/{name}"),
+                _ => name,
+            };
+            (key, job)
+        };
         while let Some(event) = stream.next().await {
             let event = match event {
                 Ok(event) => event,
@@ -214,38 +275,49 @@ where
             listed |= matches!(event, watcher::Event::InitDone);
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             let map = field(&mut s);
+            // The Job whose task to wake; None: every task (a re-list was swapped in).
+            let mut changed: Option<Option<String>> = None;
             match event {
                 watcher::Event::Apply(obj) => {
-                    map.insert(obj.meta().name.clone().unwrap_or_default(), obj);
+                    let (k, job) = key(&obj);
+                    map.insert(k, obj);
+                    changed = Some(job);
                 }
                 watcher::Event::Delete(obj) => {
-                    let name = obj.meta().name.clone().unwrap_or_default();
+                    let (k, job) = key(&obj);
                     if keep_deleted(&obj) {
-                        map.insert(name, obj);
+                        map.insert(k, obj);
                     } else {
-                        map.remove(&name);
+                        map.remove(&k);
                     }
+                    changed = Some(job);
                 }
-                watcher::Event::Init => relist = Some(HashMap::new()),
+                watcher::Event::Init => relist = Some(BTreeMap::new()),
                 watcher::Event::InitApply(obj) => {
-                    let name = obj.meta().name.clone().unwrap_or_default();
+                    let (k, job) = key(&obj);
                     match &mut relist {
                         Some(r) => {
-                            r.insert(name, obj);
+                            r.insert(k, obj);
                         }
                         None => {
-                            map.insert(name, obj);
+                            map.insert(k, obj);
+                            changed = Some(job);
                         }
                     }
                 }
                 watcher::Event::InitDone => {
                     if let Some(r) = relist.take() {
                         *map = r;
+                        changed = Some(None);
                     }
                 }
             }
             drop(s);
-            changed.send_modify(|n| *n += 1);
+            match changed {
+                Some(Some(job)) => notify(&subscribers, Some(&job)),
+                Some(None) => notify(&subscribers, None),
+                None => {}
+            }
         }
     })
 }
@@ -259,4 +331,33 @@ fn refuses_streaming(e: &watcher::Error) -> bool {
             | watcher::Error::WatchFailed(kube::Error::Api(s))
             if s.code == 400 || s.code == 422
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change wakes the task of its Job only; a re-list wakes every task.
+    #[test]
+    fn a_change_wakes_only_the_task_of_its_job() {
+        let subscribers = Subscribers::default();
+        let subscribe = |name: &str| {
+            subscribers
+                .lock()
+                .unwrap()
+                .entry(name.to_string())
+                .or_insert_with(|| tokio::sync::watch::channel(0).0)
+                .subscribe()
+        };
+        let (mut a, mut b) = (subscribe("a"), subscribe("b"));
+        notify(&subscribers, Some("a"));
+        assert!(a.has_changed().unwrap());
+        assert!(!b.has_changed().unwrap());
+        a.mark_unchanged();
+        notify(&subscribers, Some("nobody"));
+        assert!(!a.has_changed().unwrap() && !b.has_changed().unwrap());
+        notify(&subscribers, None);
+        assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
+        b.mark_unchanged();
+    }
 }
