@@ -8,7 +8,8 @@ defmodule SykliK8s.CLI do
   usage: sykli <command> [options]
 
   commands:
-    info            show the git context and the Kubernetes settings a run would use
+    info            show the git context, the Kubernetes settings a run would use and
+                    what each Job of the pipeline fetches
     run             run a pipeline on Kubernetes (--target=k8s)
     help            show this help
 
@@ -19,7 +20,7 @@ defmodule SykliK8s.CLI do
     --check             also ask the cluster: reachable, and every namespace, Secret,
                         ConfigMap and key the pipeline's Jobs reference exists (and,
                         with the s3 strategy, that the bucket is there and listable)
-    --pipeline FILE     the pipeline --check checks (default .sykli/pipeline.json)
+    --pipeline FILE     the pipeline shown and checked (default .sykli/pipeline.json)
     -n, --namespace NS, --context NAME, --kubeconfig FILE   as for run
 
   options for run:
@@ -115,12 +116,17 @@ defmodule SykliK8s.CLI do
          :ok <- SykliK8s.Config.check_flags(flags),
          {:ok, settings} <- SykliK8s.Config.effective(ctx.root, flags),
          {:ok, check} <- if(opts[:check], do: check(ctx, flags, opts), else: {:ok, nil}) do
+      fetches = fetches(ctx, settings, flags, opts[:pipeline])
+
       if opts[:json] do
         data = info_map(ctx) |> Map.put(:k8s, settings_map(settings))
+        data = if fetches, do: Map.put(data, :fetch, fetches_map(fetches)), else: data
         print_json(if check, do: Map.put(data, :check, check), else: data)
       else
         IO.write(
-          render_info(ctx) <> render_settings(settings) <> if(check, do: render_check(check), else: "")
+          render_info(ctx) <>
+            render_settings(settings) <>
+            render_fetches(fetches) <> if(check, do: render_check(check), else: "")
         )
       end
 
@@ -129,6 +135,64 @@ defmodule SykliK8s.CLI do
     else
       {:error, %SykliK8s.Error{message: message}} -> fail(message)
     end
+  end
+
+  # What each Job of the pipeline fetches, as the Jobs a dry run builds say (git clone:
+  # their sykli.io/fetch annotation); nil without a pipeline to show.
+  defp fetches(ctx, settings, flags, pipeline) do
+    setting = fn key -> Enum.find_value(settings, fn {k, value, _} -> if k == key, do: value end) end
+
+    case {read_pipeline(pipeline, ctx.root), setting.(:source_strategy)} do
+      {{:error, _}, _} when pipeline == nil -> nil
+      {{:error, %SykliK8s.Error{message: message}}, _} -> {:error, message}
+      {{:ok, text}, :git_clone} -> job_fetches(text, ctx, flags, setting.(:artifact_pvc))
+      {{:ok, _}, strategy} -> {:strategy, strategy}
+    end
+  end
+
+  defp job_fetches(text, ctx, flags, artifact_pvc) do
+    with {:ok, state} <-
+           SykliK8s.Target.setup(
+             Map.to_list(flags) ++
+               [
+                 git_context: %{ctx | dirty: false},
+                 workdir: ctx.root,
+                 dry_run: true,
+                 namespace_from_flag: flags.namespace != nil,
+                 # As a run of this command: the artifact claim only when the config names one.
+                 artifact_pvc: artifact_pvc || false
+               ]
+           ),
+         {:ok, list} <- SykliK8s.Target.render_pipeline(text, state, :json),
+         {:ok, %{"items" => jobs}} <- SykliK8s.JSON.decode(list) do
+      {:ok,
+       Enum.map(jobs, fn %{"metadata" => meta} ->
+         %{
+           task: meta["annotations"]["sykli.io/task-name"],
+           job: meta["name"],
+           fetch: meta["annotations"]["sykli.io/fetch"] || "nothing (no source mounted)"
+         }
+       end)}
+    else
+      {:error, %SykliK8s.Error{message: message}} -> {:error, message}
+    end
+  end
+
+  defp fetches_map({:ok, jobs}), do: %{jobs: jobs}
+  defp fetches_map({:error, message}), do: %{error: message}
+  defp fetches_map({:strategy, strategy}), do: %{strategy: strategy}
+
+  defp render_fetches(nil), do: ""
+  defp render_fetches({:error, message}), do: row({"Fetch", "✗ " <> message})
+
+  defp render_fetches({:strategy, strategy}),
+    do: row({"Fetch", "every Job gets the whole source (source_strategy #{inspect(strategy)})"})
+
+  defp render_fetches({:ok, []}), do: row({"Fetch", "the pipeline has no task"})
+
+  defp render_fetches({:ok, jobs}) do
+    width = jobs |> Enum.map(&String.length(&1.task)) |> Enum.max()
+    row({"Fetch", Enum.map_join(jobs, "\n", &"#{String.pad_trailing(&1.task, width)}  #{&1.fetch}")})
   end
 
   # Connects and asks the cluster what the pipeline's Jobs would find missing.

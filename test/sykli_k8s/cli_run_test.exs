@@ -209,4 +209,45 @@ defmodule SykliK8s.CLIRunTest do
     assert env["SYKLI_GIT_TOKEN"] == "1"
     assert env["GIT_SSL_CAINFO"] == "/sykli/git/ca/ca.crt"
   end
+
+  test "each Job fetches what its task mounts, within the config's sparse directories", %{work: work} do
+    jobs = fn ->
+      {out, 0} = sykli(~w(run --target=k8s --dry-run -o json), work)
+
+      for job <- SykliK8s.JSON.decode!(out)["items"] do
+        [clone] = job["spec"]["template"]["spec"]["initContainers"]
+        env = Map.new(clone["env"], &{&1["name"], &1["value"]})
+        {job["metadata"]["annotations"]["sykli.io/fetch"], env["SYKLI_GIT_SPARSE"]}
+      end
+    end
+
+    # build mounts the repository, web only frontend.
+    assert jobs.() == [{"full", nil}, {"sparse: frontend", "frontend"}]
+    {yaml, 0} = sykli(~w(run --target=k8s --dry-run), work)
+    assert yaml =~ ~s(sykli.io/fetch: "sparse: frontend")
+
+    write!(
+      work,
+      ".sykli/config.exs",
+      ~s(import Config\nconfig :sykli, :k8s, sparse: ["frontend/src", "docs"]\n)
+    )
+
+    commit_all!(work, "sparse")
+    git!(work, ["update-ref", "refs/remotes/origin/main", "HEAD"])
+
+    assert jobs.() == [
+             {"sparse: docs, frontend/src", "docs\nfrontend/src"},
+             {"sparse: frontend/src", "frontend/src"}
+           ]
+
+    write!(work, ".sykli/config.exs", ~s(import Config\nconfig :sykli, :k8s, sparse: ["docs"]\n))
+    commit_all!(work, "sparse elsewhere")
+    git!(work, ["update-ref", "refs/remotes/origin/main", "HEAD"])
+    {out, 1} = sykli_err(~w(run --target=k8s --dry-run), work)
+
+    assert out =~
+             ~s|task "web": the mount at "/app" (fe = "frontend") is outside the directories the config's sparse key checks out (sparse: docs)|
+
+    refute out =~ "kind: "
+  end
 end

@@ -127,6 +127,56 @@ defmodule SykliK8s.CLITest do
     assert String.ends_with?(json["url"], "origin.git")
   end
 
+  @pipeline ~s({"version": "2",
+    "tasks": [
+      {"name": "build", "command": "make", "container": "gcc:14",
+       "mounts": [{"resource": "src:.", "path": "/app", "type": "directory"}]},
+      {"name": "api-tests", "command": "make test", "container": "gcc:14",
+       "mounts": [{"resource": "src:services/api", "path": "/app", "type": "directory"}]},
+      {"name": "lint", "command": "true", "container": "alpine"}],
+    "resources": {"src:.": {"type": "directory", "path": "."},
+                  "src:services/api": {"type": "directory", "path": "services/api"}}})
+
+  test "info shows what each Job of the pipeline fetches", %{tmp: tmp} do
+    {work, _} = with_origin!(tmp)
+    git!(work, ["remote", "set-url", "origin", "git@github.com:org/repo.git"])
+    {out, 0} = sykli(["info"], cd: work)
+    refute out =~ "Fetch", "no pipeline, nothing to show"
+
+    write!(work, ".sykli/pipeline.json", @pipeline)
+    {out, 0} = sykli(["info"], cd: work)
+
+    assert out =~
+             "\nFetch       build      full\n" <>
+               "            api-tests  sparse: services/api\n" <>
+               "            lint       nothing (no source mounted)\n"
+
+    {json, 0} = sykli(["info", "--json"], cd: work)
+
+    assert %{"jobs" => [%{"task" => "build", "fetch" => "full"}, %{"task" => "api-tests"} = api, _]} =
+             SykliK8s.JSON.decode!(json)["fetch"]
+
+    assert api["fetch"] == "sparse: services/api"
+    assert api["job"] =~ ~r/^sykli-api-tests-/
+
+    # The config's sparse directories combine with the mounts.
+    write!(work, ".sykli/config.exs", ~s(import Config\nconfig :sykli, :k8s, sparse: ["services", "libs"]\n))
+    {out, 0} = sykli(["info"], cd: work)
+
+    assert out =~
+             "\nFetch       build      sparse: libs, services\n            api-tests  sparse: services/api\n"
+
+    # A mount outside them would be empty: said, as a run would refuse it.
+    write!(work, ".sykli/config.exs", ~s(import Config\nconfig :sykli, :k8s, sparse: ["libs"]\n))
+    {out, 0} = sykli(["info"], cd: work)
+
+    assert out =~
+             ~s|\nFetch       ✗ task "api-tests": the mount at "/app" (src:services/api = "services/api") is outside the directories the config's sparse key checks out (sparse: libs)|
+
+    {out, 0} = sykli(["info", "--pipeline", Path.join(tmp, "missing.json")], cd: work)
+    assert out =~ "\nFetch       ✗ cannot read the pipeline #{tmp}/missing.json"
+  end
+
   test "-C points at another repository", %{tmp: tmp} do
     {work, _} = with_origin!(tmp)
     {out, 0} = sykli(["info", "-C", work], cd: tmp)

@@ -856,3 +856,194 @@ fn every_emptydir_sykli_adds_has_a_size_limit_and_workspace_size_limit_sets_it()
         assert_eq!(msg.matches("workspace_size_limit").count(), 1, "{msg}");
     }
 }
+
+/// The clone container's environment of a git-clone Job: name → value.
+fn clone_env(j: &Value) -> std::collections::BTreeMap<String, String> {
+    let init = &j["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "sykli-clone");
+    init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The Jobs of `tasks` over a monorepo's resources, with the config's `sparse` directories
+/// and `extra` build options.
+fn monorepo_jobs(tasks: Value, sparse: Value, extra: Value) -> Result<Vec<Value>, Error> {
+    let p = pipeline(json!({"version": "2", "tasks": tasks,
+        "resources": {"src:.": {"type": "directory", "path": "."},
+                      "src:services/api": {"type": "directory", "path": "./services/api/"},
+                      "src:services/api/proto": {"type": "directory", "path": "services/api/proto"},
+                      "src:libs/common": {"type": "directory", "path": "libs/common"},
+                      "src:docs": {"type": "directory", "path": "docs"},
+                      "cargo": {"type": "cache", "name": "cargo"}}}));
+    let mut o = json!({
+        "namespace": "ci", "run_id": "r1x2",
+        "source": {"url": "https://git.example.com/org/repo.git", "sha": SHA, "branch": "main",
+                   "clone": {"access": {"sparse": sparse}}}
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        o[k] = v.clone();
+    }
+    let o: BuildOptions = serde_json::from_value(o).unwrap();
+    let jobs: Vec<Value> = build_pipeline(&p, &o)?
+        .iter()
+        .map(|j| serde_json::to_value(j).unwrap())
+        .collect();
+    kube_validate(&jobs);
+    Ok(jobs)
+}
+
+fn task(name: &str, mounts: &[(&str, &str)]) -> Value {
+    let mounts: Vec<Value> = mounts
+        .iter()
+        .map(|(r, p)| json!({"resource": r, "path": p, "type": if r == &"cargo" { "cache" } else { "directory" }}))
+        .collect();
+    json!({"name": name, "command": "make", "container": "gcc:14", "mounts": mounts})
+}
+
+#[test]
+fn a_task_that_mounts_only_sub_directories_fetches_only_them() {
+    let jobs = monorepo_jobs(
+        json!([
+            task(
+                "api",
+                &[
+                    ("src:services/api", "/app"),
+                    ("src:libs/common", "/libs"),
+                    ("cargo", "/cache")
+                ]
+            ),
+            task(
+                "proto",
+                &[
+                    ("src:services/api/proto", "/proto"),
+                    ("src:services/api", "/app")
+                ]
+            ),
+            task("all", &[("src:services/api", "/app"), ("src:.", "/repo")]),
+            task("none", &[("cargo", "/cache")]),
+        ]),
+        json!([]),
+        json!({}),
+    )
+    .unwrap();
+    let fetch = |j: &Value| j["metadata"]["annotations"]["sykli.io/fetch"].clone();
+
+    let env = clone_env(&jobs[0]);
+    assert_eq!(env["SYKLI_GIT_SPARSE"], "libs/common\nservices/api");
+    assert_eq!(env["SYKLI_GIT_SPARSE_WIDE"], ".");
+    assert_eq!(fetch(&jobs[0]), "sparse: libs/common, services/api");
+    // The mounts themselves are as before: the sub-directory of the one workspace.
+    assert_eq!(
+        jobs[0]["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0],
+        json!({"name": "sykli-workspace", "mountPath": "/app", "subPath": "services/api"})
+    );
+
+    // A directory inside another mounted one adds nothing.
+    assert_eq!(clone_env(&jobs[1])["SYKLI_GIT_SPARSE"], "services/api");
+    assert_eq!(fetch(&jobs[1]), "sparse: services/api");
+
+    // The whole repository mounted: the whole commit, no partial clone.
+    let env = clone_env(&jobs[2]);
+    assert!(!env.contains_key("SYKLI_GIT_SPARSE"), "{env:?}");
+    assert!(!env.contains_key("SYKLI_GIT_SPARSE_WIDE"), "{env:?}");
+    assert_eq!(fetch(&jobs[2]), "full");
+
+    // No source mounted: no clone, nothing to say.
+    assert!(jobs[3]["spec"]["template"]["spec"]
+        .get("initContainers")
+        .is_none());
+    assert!(jobs[3]["metadata"]["annotations"]
+        .get("sykli.io/fetch")
+        .is_none());
+}
+
+#[test]
+fn the_configs_sparse_directories_combine_with_the_mounts() {
+    let jobs = monorepo_jobs(
+        json!([
+            task("api", &[("src:services/api", "/app")]),
+            task("all", &[("src:.", "/repo")]),
+            task("libs", &[("src:libs/common", "/libs")]),
+        ]),
+        json!(["services", "libs/common/"]),
+        json!({}),
+    )
+    .unwrap();
+    let env = clone_env(&jobs[0]);
+    assert_eq!(env["SYKLI_GIT_SPARSE"], "services/api");
+    // Through a symbolic link, the checkout the config asks for.
+    assert_eq!(env["SYKLI_GIT_SPARSE_WIDE"], "libs/common\nservices");
+    assert_eq!(
+        jobs[0]["metadata"]["annotations"]["sykli.io/fetch"],
+        "sparse: services/api"
+    );
+    // The whole repository mounted: the config's cone, as always.
+    let env = clone_env(&jobs[1]);
+    assert_eq!(env["SYKLI_GIT_SPARSE"], "libs/common\nservices");
+    assert!(!env.contains_key("SYKLI_GIT_SPARSE_WIDE"), "{env:?}");
+    assert_eq!(
+        jobs[1]["metadata"]["annotations"]["sykli.io/fetch"],
+        "sparse: libs/common, services"
+    );
+    assert_eq!(clone_env(&jobs[2])["SYKLI_GIT_SPARSE"], "libs/common");
+
+    // A mount outside the config's directories would be empty: an error naming it.
+    let e = monorepo_jobs(
+        json!([task(
+            "docs",
+            &[("src:docs", "/docs"), ("src:services/api", "/app")]
+        )]),
+        json!(["services"]),
+        json!({}),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), "invalid_pipeline");
+    let e = e.to_string();
+    assert!(
+        e.contains("the mount at \"/docs\" (src:docs = \"docs\") is outside the directories the config's sparse key checks out (sparse: services)"),
+        "{e}"
+    );
+    assert!(!e.contains("/app"), "{e}");
+}
+
+#[test]
+fn collected_outputs_outside_the_mounts_are_fetched_too() {
+    let mut t = task("api", &[("src:services/api", "/app")]);
+    t["outputs"] = json!(["services/api/target/app", "dist/report.txt"]);
+    let jobs = monorepo_jobs(
+        json!([t]),
+        json!([]),
+        json!({"artifact_pvc": "sykli-artifacts", "collect_outputs": true, "sync_image": "sync:1"}),
+    )
+    .unwrap();
+    assert_eq!(
+        clone_env(&jobs[0])["SYKLI_GIT_SPARSE"],
+        "dist/report.txt\nservices/api"
+    );
+}
+
+#[test]
+fn other_strategies_ignore_the_cone() {
+    let p = pipeline(json!({"version": "2",
+        "tasks": [task("api", &[("src:services/api", "/app")])],
+        "resources": {"src:services/api": {"type": "directory", "path": "services/api"}}}));
+    let o: BuildOptions = serde_json::from_value(json!({
+        "namespace": "ci", "run_id": "r1x2",
+        "source": {"strategy": "pvc", "pvc": {"claim": "sykli-source", "tree": TREE},
+                   "clone": {"access": {"sparse": ["docs"]}}}
+    }))
+    .unwrap();
+    let j = serde_json::to_value(&build_pipeline(&p, &o).unwrap()[0]).unwrap();
+    assert!(j["metadata"]["annotations"].get("sykli.io/fetch").is_none());
+    let text = j.to_string();
+    assert!(!text.contains("SYKLI_GIT_SPARSE"), "{text}");
+}

@@ -53,6 +53,8 @@ pub const RUN_LABEL: &str = "sykli.io/run";
 /// holds a lossy form of the task's name that look-alike names share; this one selects
 /// exactly the Jobs a run's cleanup deletes in one request (`cluster::cleanup`).
 pub const JOB_LABEL: &str = "sykli.io/job";
+/// What the Job's clone checks out: `full`, or `sparse: DIR, DIR` (git clone only).
+pub const FETCH_ANNOTATION: &str = "sykli.io/fetch";
 
 /// What the target knows beyond the task: namespace, run, source, defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -169,7 +171,11 @@ pub fn build_job(
         ));
     }
 
-    let (labels, annotations) = metadata(task, plan, opts, &k8s, &mut p);
+    let checkout = checkout(task, resources, plan, opts, &mut p);
+    let fetch = checkout
+        .iter()
+        .map(|c| (FETCH_ANNOTATION.to_string(), c.describe()));
+    let (labels, annotations) = metadata(task, plan, fetch, opts, &k8s, &mut p);
     let image = task
         .container
         .clone()
@@ -374,9 +380,11 @@ pub fn build_job(
     let mut grace = None;
     if source_mounted {
         match plan {
-            SourcePlan::GitClone(g) => {
-                init_containers.push(g.init_container(WORKSPACE_VOLUME, TMP_VOLUME))
-            }
+            SourcePlan::GitClone(g) => init_containers.push(g.init_container(
+                WORKSPACE_VOLUME,
+                TMP_VOLUME,
+                checkout.as_ref().unwrap_or(&git_clone::Checkout::Full),
+            )),
             SourcePlan::Pvc(pvc) => {
                 init_containers.extend(pvc.init_containers(
                     WORKSPACE_VOLUME,
@@ -613,6 +621,7 @@ impl Problems {
 fn metadata(
     task: &Task,
     plan: &SourcePlan,
+    fetch: impl Iterator<Item = (String, String)>,
     opts: &BuildOptions,
     k8s: &K8sOptions,
     p: &mut Problems,
@@ -644,6 +653,7 @@ fn metadata(
     annotations.extend(k8s.annotations.clone());
     annotations.insert("sykli.io/task-name".into(), task.name.clone());
     annotations.extend(plan.annotations());
+    annotations.extend(fetch);
     let size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > 256 * 1024 {
         p.push(format!(
@@ -662,6 +672,59 @@ fn check_labels(what: &str, labels: &BTreeMap<String, String>, p: &mut Problems)
             p.push(format!(
                 "{what}: the value {v:?} of {k:?} is not a valid label value (≤ 63 of a-z, 0-9, '-', '_', '.', alphanumeric at both ends)"
             ));
+        }
+    }
+}
+
+/// What the Job's clone checks out, when the task mounts its source and the source is
+/// cloned: no more than the task's mounts can show ([`git_clone::job_checkout`]). A mount
+/// outside the config's `sparse` directories is a problem: it would be empty.
+fn checkout(
+    task: &Task,
+    resources: &BTreeMap<String, Resource>,
+    plan: &SourcePlan,
+    opts: &BuildOptions,
+    p: &mut Problems,
+) -> Option<git_clone::Checkout> {
+    let SourcePlan::GitClone(g) = plan else {
+        return None;
+    };
+    let mounts: Vec<(String, &pipeline::Mount)> = task
+        .mounts
+        .iter()
+        .filter_map(|m| match (m.kind, resources.get(&m.resource)) {
+            (MountKind::Directory, Some(Resource::Directory { path, .. })) => Some((
+                pipeline::normalize_resource_path(path).unwrap_or_default(),
+                m,
+            )),
+            _ => None,
+        })
+        .collect();
+    if mounts.is_empty() {
+        return None;
+    }
+    // The outputs collector reads the workspace too, wherever the outputs are.
+    let collects = opts.collect_outputs && opts.artifact_pvc.is_some() && task.uses_artifacts();
+    let reads: Vec<String> = if collects {
+        task.output_paths()
+            .iter()
+            .filter_map(|o| pipeline::normalize_resource_path(o).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let dirs: Vec<String> = mounts.iter().map(|(d, _)| d.clone()).collect();
+    match git_clone::job_checkout(&dirs, &reads, &g.access.sparse) {
+        Ok(c) => Some(c),
+        Err(outside) => {
+            let sparse = g.checkout().describe();
+            for (dir, m) in mounts.iter().filter(|(d, _)| outside.contains(d)) {
+                p.push(format!(
+                    "the mount at {:?} ({} = {dir:?}) is outside the directories the config's sparse key checks out ({sparse}): the task would see nothing of it (add {dir:?} to sparse in .sykli/config.exs, or mount a directory inside them)",
+                    m.path, m.resource
+                ));
+            }
+            Some(g.checkout())
         }
     }
 }

@@ -23,6 +23,9 @@
 #                               pointer (submodules included), else the clone fails naming it
 #   SYKLI_GIT_SPARSE            directories, one per line: cone sparse checkout over a
 #                               blob-filtered partial clone
+#   SYKLI_GIT_SPARSE_WIDE       set when SYKLI_GIT_SPARSE was narrowed to the task's mounts:
+#                               the directories to check out instead ("." for every file)
+#                               when one of them is reached through a symbolic link
 set -eu
 umask 0000 # the task container may run as any uid: it must be able to write the tree
 
@@ -63,10 +66,10 @@ depth_args() {
 fetch_once() {
   # shellcheck disable=SC2046
   if git fetch --no-tags --progress $(filter_args) "$@" >"$out" 2>&1; then
-    cat "$out" >&2
+    show_fetch
     return 0
   fi
-  cat "$out" >&2
+  show_fetch
   if grep -q -e 'not our ref' -e 'unadvertised object' -e "couldn't find remote ref" -e 'no such remote ref' "$out"; then
     return 2
   fi
@@ -82,6 +85,18 @@ fetch_once() {
     return 3
   fi
   return 1
+}
+
+# Shows a fetch's output. A server that does not allow filters (uploadpack.allowFilter)
+# sends every blob, as a full clone: said once, and later fetches no longer ask for it.
+show_fetch() {
+  if [ -n "$filter" ] && grep -q 'filtering not recognized by server' "$out"; then
+    grep -v 'filtering not recognized by server' "$out" >&2 || true
+    filter=""
+    log "the server does not allow filters (uploadpack.allowFilter): fetching every file of the commit, as a full clone; the checkout is the same"
+  else
+    cat "$out" >&2
+  fi
 }
 
 # fetch_once with exponential backoff and jitter on transient failures.
@@ -269,9 +284,39 @@ lfs_verify() {
     fail "the checkout left a Git LFS pointer instead of the content of $2$left (is the pointer valid, and its object on the LFS server?)"
 }
 
-# Prints the option of a partial clone when checking out sparsely.
+# The directories checked out (one per line; none: every file). With them, the fetch is a
+# partial clone: no blob is downloaded but those the checkout writes.
+sparse=${SYKLI_GIT_SPARSE:-}
+filter=""
+[ -z "$sparse" ] || filter=--filter=blob:none
+
+# Prints the option of a partial clone, while the server may allow it.
 filter_args() {
-  [ -z "${SYKLI_GIT_SPARSE:-}" ] || printf '%s\n' "--filter=blob:none"
+  [ -z "$filter" ] || printf '%s\n' "$filter"
+}
+
+# The directories of $1 (one per line) as one line: "a, b/c".
+dirs_line() {
+  printf '%s\n' "$1" | awk 'NR > 1 { printf ", " } { printf "%s", $0 }'
+}
+
+# Whether a directory of the cone, or one above it, is a symbolic link of the commit: a
+# mount follows it, to a target the cone may not hold. Trees are all there, blobs or not.
+cone_has_symlink() {
+  printf '%s\n' "$sparse" >"$private/cone"
+  while IFS= read -r dir; do
+    prefix=""
+    rest=$dir
+    while [ -n "$rest" ]; do
+      part=${rest%%/*}
+      prefix=${prefix:+$prefix/}$part
+      mode=$(git --literal-pathspecs ls-tree "$sha" -- "$prefix" | cut -c 1-6)
+      [ "$mode" != 120000 ] || return 0
+      [ "$rest" != "$part" ] || break
+      rest=${rest#*/}
+    done
+  done <"$private/cone"
+  return 1
 }
 
 mkdir -p "$ws"
@@ -282,6 +327,7 @@ git init -q .
 git config remote.origin.url "$SYKLI_GIT_URL"
 
 log "fetching $sha from $SYKLI_GIT_URL (depth $SYKLI_GIT_DEPTH)"
+[ -z "$sparse" ] || log "checking out only $(dirs_line "$sparse") (and the files at the top)"
 rc=0
 # shellcheck disable=SC2046
 fetch $(depth_args) origin "$sha" || rc=$?
@@ -318,10 +364,21 @@ case $rc in
 esac
 has_commit || fail "commit $sha is not on $SYKLI_GIT_URL: was it pushed?"
 
-if [ -n "${SYKLI_GIT_SPARSE:-}" ]; then
+if [ -n "$sparse" ] && [ -n "${SYKLI_GIT_SPARSE_WIDE:-}" ] && cone_has_symlink; then
+  # The blobs the wider checkout writes come in one batch, as the others.
+  sparse=$SYKLI_GIT_SPARSE_WIDE
+  wide="every file"
+  if [ "$sparse" = . ]; then
+    sparse=""
+  else
+    wide=$(dirs_line "$sparse")
+  fi
+  log "a mounted directory is reached through a symbolic link: checking out $wide instead"
+fi
+if [ -n "$sparse" ]; then
   # Only these directories (and the files at the top) are checked out; with the blob
   # filter, nothing outside them is ever downloaded.
-  printf '%s\n' "$SYKLI_GIT_SPARSE" | git sparse-checkout set --cone --stdin
+  printf '%s\n' "$sparse" | git sparse-checkout set --cone --stdin
 fi
 # With LFS, the smudge filter fetches the content of exactly the files checked out (in one
 # batch): in a partial clone git-lfs' own scan of the tree (git lfs pull) would need every
@@ -351,10 +408,10 @@ if [ "$submodules" != off ] && [ -f .gitmodules ]; then
   # Sparse: only the submodules inside the cone (git would check out the others too), as
   # submodule.active pathspecs of this repository alone: each directory, and what is
   # directly in the top and in its parents.
-  if [ -n "${SYKLI_GIT_SPARSE:-}" ]; then
+  if [ -n "$sparse" ]; then
     git config --unset-all submodule.active || true
     git config --add submodule.active ":(glob)*"
-    printf '%s\n' "$SYKLI_GIT_SPARSE" >"$private/sparse"
+    printf '%s\n' "$sparse" >"$private/sparse"
     while IFS= read -r dir; do
       [ -n "$dir" ] || continue
       git config --add submodule.active ":(literal)$dir"

@@ -358,7 +358,8 @@ impl Access {
         self.projected().iter().any(|p| p.secret)
     }
 
-    /// What the clone script is told: flags and values, never a secret.
+    /// What the clone script is told: flags and values, never a secret. The sparse
+    /// directories are each Job's own (`GitClonePlan::init_container`).
     pub fn env(&self) -> Vec<EnvVar> {
         let mut env = BTreeMap::new();
         let mut set = |k: &str, v: &str| {
@@ -413,9 +414,6 @@ impl Access {
         }
         if self.lfs {
             set("SYKLI_GIT_LFS", "1");
-        }
-        if !self.sparse.is_empty() {
-            set("SYKLI_GIT_SPARSE", &self.sparse.join("\n"));
         }
         env.into_iter()
             .map(|(name, value)| EnvVar {

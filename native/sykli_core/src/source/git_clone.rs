@@ -205,8 +205,14 @@ impl GitClonePlan {
         })
     }
 
-    /// The init container that fills the workspace volume `volume` (with `/tmp` on `tmp`).
-    pub fn init_container(&self, volume: &str, tmp: &str) -> Container {
+    /// The checkout of a Job whose task mounts nothing narrower: the config's.
+    pub fn checkout(&self) -> Checkout {
+        Checkout::from_config(&self.access.sparse)
+    }
+
+    /// The init container that fills the workspace volume `volume` (with `/tmp` on `tmp`)
+    /// with `checkout` of the commit.
+    pub fn init_container(&self, volume: &str, tmp: &str, checkout: &Checkout) -> Container {
         let env = |name: &str, value: &str| EnvVar {
             name: name.to_string(),
             value: Some(value.to_string()),
@@ -250,6 +256,7 @@ impl GitClonePlan {
                 ]
                 .into_iter()
                 .chain(self.access.env())
+                .chain(self.checkout_env(checkout))
                 .collect(),
             ),
             volume_mounts: Some(mounts),
@@ -258,6 +265,155 @@ impl GitClonePlan {
             ..Default::default()
         }
     }
+
+    /// `SYKLI_GIT_SPARSE`, and when the task's mounts narrowed it, `SYKLI_GIT_SPARSE_WIDE`:
+    /// what to check out instead when a mount is reached through a symbolic link of the
+    /// commit (the config's directories, or `.` for every file), as without the narrowing.
+    fn checkout_env(&self, checkout: &Checkout) -> Vec<EnvVar> {
+        let env = |name: &str, value: String| EnvVar {
+            name: name.to_string(),
+            value: Some(value),
+            value_from: None,
+        };
+        let mut out = Vec::new();
+        if let Some(dirs) = checkout.env_value() {
+            out.push(env("SYKLI_GIT_SPARSE", dirs));
+            let wide = self.checkout();
+            if *checkout != wide {
+                out.push(env(
+                    "SYKLI_GIT_SPARSE_WIDE",
+                    wide.env_value().unwrap_or_else(|| ".".into()),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// What a Job's clone checks out of the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkout {
+    /// Every file.
+    Full,
+    /// A cone-mode sparse checkout of these directories (with every file at the top and
+    /// directly in their parents), over a blob-filtered partial clone.
+    Sparse(Vec<String>),
+}
+
+impl Checkout {
+    /// What the config's `sparse` directories alone ask for.
+    pub fn from_config(sparse: &[String]) -> Checkout {
+        let dirs: Vec<String> = sparse
+            .iter()
+            .map(|d| d.trim_matches('/').to_string())
+            .collect();
+        if dirs.is_empty() {
+            Checkout::Full
+        } else {
+            Checkout::Sparse(outermost(dirs))
+        }
+    }
+
+    /// The `sykli.io/fetch` annotation: `full`, or `sparse: DIR, DIR`.
+    pub fn describe(&self) -> String {
+        match self {
+            Checkout::Full => "full".into(),
+            Checkout::Sparse(dirs) => format!("sparse: {}", dirs.join(", ")),
+        }
+    }
+
+    /// The clone script's value: the directories, one per line (none for a full checkout).
+    fn env_value(&self) -> Option<String> {
+        match self {
+            Checkout::Full => None,
+            Checkout::Sparse(dirs) => Some(dirs.join("\n")),
+        }
+    }
+}
+
+/// The checkout a Job needs: the directories its task mounts (`mounts`: normalized
+/// resource paths, `""` for the whole repository) and the other paths of the workspace the
+/// Job reads (`reads`: the outputs it collects), within the config's `sparse` directories
+/// when there are any. A task never sees more than its mounts, so nothing else is fetched.
+///
+/// A path may name a file: as a cone directory it brings the files directly in its parent,
+/// that file among them. A name the clone could not pass to git's cone unchanged (see
+/// [`cone_safe`]) counts as the whole repository. The error lists the mounts outside the
+/// config's directories: their tasks would see nothing of them.
+pub fn job_checkout(
+    mounts: &[String],
+    reads: &[String],
+    sparse: &[String],
+) -> std::result::Result<Checkout, Vec<String>> {
+    let config = Checkout::from_config(sparse);
+    let within = |a: &str, b: &str| {
+        b.is_empty() || a == b || (a.starts_with(b) && a.as_bytes().get(b.len()) == Some(&b'/'))
+    };
+    let reads: Vec<&String> = reads
+        .iter()
+        .filter(|r| !mounts.iter().any(|m| within(r, m)))
+        .collect();
+    let wanted = mounts.iter().chain(reads.iter().copied());
+    let Checkout::Sparse(config) = config else {
+        if wanted.clone().any(|d| !cone_safe(d)) {
+            return Ok(Checkout::Full);
+        }
+        return Ok(Checkout::Sparse(outermost(wanted.cloned().collect())));
+    };
+    let mut outside = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, d) in wanted.enumerate() {
+        let mut met = false;
+        for c in &config {
+            if within(d, c) {
+                met = true;
+                // A name the cone cannot take is replaced by the config's directory.
+                dirs.push(if cone_safe(d) { d.clone() } else { c.clone() });
+            } else if within(c, d) {
+                met = true;
+                dirs.push(c.clone());
+            }
+        }
+        if !met && i < mounts.len() {
+            outside.push(d.clone());
+        }
+    }
+    if !outside.is_empty() {
+        return Err(outside);
+    }
+    if dirs.is_empty() {
+        // Only reads outside the config's directories, which a checkout of them lacks too.
+        return Ok(Checkout::Sparse(config));
+    }
+    Ok(Checkout::Sparse(outermost(dirs)))
+}
+
+/// Whether `dir` reaches git's cone as itself: `git sparse-checkout set --stdin` trims
+/// whitespace at the ends of a line and unquotes one that starts with `"`, and a backslash
+/// would escape what follows it in the cone's patterns.
+pub fn cone_safe(dir: &str) -> bool {
+    !dir.is_empty()
+        && !dir.starts_with('"')
+        && !dir.contains('\\')
+        && dir
+            .split('/')
+            .all(|c| !c.is_empty() && c.trim() == c && !c.chars().any(char::is_control))
+}
+
+/// The directories not inside another of them, sorted, each once.
+fn outermost(mut dirs: Vec<String>) -> Vec<String> {
+    dirs.sort();
+    dirs.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for d in dirs {
+        if !out
+            .iter()
+            .any(|p| d.starts_with(p.as_str()) && d.as_bytes().get(p.len()) == Some(&b'/'))
+        {
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// Pod Security Standards "restricted", for the containers sykli itself adds.
@@ -326,6 +482,8 @@ pub(crate) fn check_image(image: &str) -> std::result::Result<(), &'static str> 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn plan(url: &str, sha: &str, branch: Option<&str>) -> Result<GitClonePlan> {
@@ -385,7 +543,7 @@ mod tests {
     #[test]
     fn the_init_container_is_restricted_and_carries_values_only_in_env() {
         let p = plan("https://h/r.git", SHA, Some("feature/x")).unwrap();
-        let c = p.init_container("workspace", "tmp");
+        let c = p.init_container("workspace", "tmp", &Checkout::Full);
         assert_eq!(c.command.as_ref().unwrap()[2], CLONE_SCRIPT);
         assert!(!CLONE_SCRIPT.contains(SHA) && !CLONE_SCRIPT.contains("feature/x"));
         let sc = c.security_context.unwrap();
@@ -395,5 +553,151 @@ mod tests {
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
         assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
         assert!(!c.image.unwrap().ends_with(":latest"));
+    }
+
+    fn v(dirs: &[&str]) -> Vec<String> {
+        dirs.iter().map(|d| d.to_string()).collect()
+    }
+
+    fn sparse(dirs: &[&str]) -> Checkout {
+        Checkout::Sparse(v(dirs))
+    }
+
+    #[test]
+    fn a_mount_of_the_whole_repository_checks_out_every_file_or_the_configs_cone() {
+        let root = v(&["", "services/api"]);
+        assert_eq!(job_checkout(&root, &[], &[]), Ok(Checkout::Full));
+        assert_eq!(
+            job_checkout(&root, &[], &v(&["libs/", "services/api"])),
+            Ok(sparse(&["libs", "services/api"]))
+        );
+        // A name git's cone would change counts as the whole repository.
+        for odd in [" api", "api ", "a/ b/c", "\"q\"", "back\\slash"] {
+            assert_eq!(
+                job_checkout(&v(&["services/web", odd]), &[], &[]),
+                Ok(Checkout::Full),
+                "{odd:?}"
+            );
+        }
+        assert_eq!(
+            job_checkout(&v(&["libs/ x"]), &[], &v(&["libs"])),
+            Ok(sparse(&["libs"]))
+        );
+        // Wildcard characters are only characters to the cone (git escapes them).
+        assert_eq!(
+            job_checkout(&v(&["w*x/[y]", "#h", "!b"]), &[], &[]),
+            Ok(sparse(&["!b", "#h", "w*x/[y]"]))
+        );
+    }
+
+    #[test]
+    fn sub_directory_mounts_are_the_cone_nested_ones_collapse() {
+        assert_eq!(
+            job_checkout(&v(&["services/api"]), &[], &[]),
+            Ok(sparse(&["services/api"]))
+        );
+        assert_eq!(
+            job_checkout(
+                &v(&[
+                    "services/api/src",
+                    "libs/common",
+                    "services/api",
+                    "services/api-v2",
+                    "services/api",
+                    "libs/common/x/y",
+                ]),
+                &[],
+                &[]
+            ),
+            Ok(sparse(&["libs/common", "services/api", "services/api-v2"]))
+        );
+        // A path that names a file: a cone directory all the same (its parent's files come).
+        assert_eq!(
+            job_checkout(&v(&["config/app.toml"]), &[], &[]),
+            Ok(sparse(&["config/app.toml"]))
+        );
+    }
+
+    #[test]
+    fn collected_outputs_outside_the_mounts_join_the_cone() {
+        let reads = v(&["services/api/target/app", "dist", "VERSION"]);
+        assert_eq!(
+            job_checkout(&v(&["services/api"]), &reads, &[]),
+            Ok(sparse(&["VERSION", "dist", "services/api"]))
+        );
+        assert_eq!(
+            job_checkout(&v(&["services/api"]), &v(&[""]), &[]),
+            Ok(Checkout::Full)
+        );
+        // Outside the config's directories they are not there either way: no error.
+        assert_eq!(
+            job_checkout(&v(&["services/api"]), &reads, &v(&["services"])),
+            Ok(sparse(&["services/api"]))
+        );
+    }
+
+    #[test]
+    fn the_configs_sparse_directories_and_the_mounts_intersect() {
+        let config = v(&["services", "libs/common/", "tools/lint"]);
+        // A mount inside a config directory stays; a config directory inside a mount stays.
+        assert_eq!(
+            job_checkout(&v(&["services/api", "libs", "tools/lint"]), &[], &config),
+            Ok(sparse(&["libs/common", "services/api", "tools/lint"]))
+        );
+        // Disjoint config directories drop; a prefix that is not a parent is disjoint.
+        assert_eq!(
+            job_checkout(&v(&["services-old", "services"]), &[], &config),
+            Err(v(&["services-old"]))
+        );
+        assert_eq!(
+            job_checkout(&v(&["libs/common/x"]), &[], &config),
+            Ok(sparse(&["libs/common/x"]))
+        );
+    }
+
+    #[test]
+    fn a_mount_outside_the_configs_sparse_directories_is_an_error_naming_it() {
+        let config = v(&["services/api"]);
+        assert_eq!(
+            job_checkout(&v(&["services/web", "docs", "services/api"]), &[], &config),
+            Err(v(&["services/web", "docs"]))
+        );
+        assert_eq!(
+            job_checkout(&v(&["services/apix"]), &[], &config),
+            Err(v(&["services/apix"]))
+        );
+    }
+
+    #[test]
+    fn the_clone_is_told_the_jobs_cone_and_what_widens_it() {
+        let env_of = |p: &GitClonePlan, c: &Checkout| -> BTreeMap<String, String> {
+            p.init_container("workspace", "tmp", c)
+                .env
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect()
+        };
+        let mut opts = CloneOptions::default();
+        let p = GitClonePlan::new("https://h/r.git", SHA, None, &opts).unwrap();
+        let env = env_of(&p, &Checkout::Full);
+        assert!(
+            !env.contains_key("SYKLI_GIT_SPARSE") && !env.contains_key("SYKLI_GIT_SPARSE_WIDE")
+        );
+        let env = env_of(&p, &sparse(&["a", "b/c"]));
+        assert_eq!(env["SYKLI_GIT_SPARSE"], "a\nb/c");
+        assert_eq!(env["SYKLI_GIT_SPARSE_WIDE"], ".");
+
+        opts.access.sparse = v(&["b/", "a"]);
+        let p = GitClonePlan::new("https://h/r.git", SHA, None, &opts).unwrap();
+        assert_eq!(p.checkout(), sparse(&["a", "b"]));
+        let env = env_of(&p, &p.checkout());
+        assert_eq!(env["SYKLI_GIT_SPARSE"], "a\nb");
+        assert!(!env.contains_key("SYKLI_GIT_SPARSE_WIDE"));
+        let env = env_of(&p, &sparse(&["b/c"]));
+        assert_eq!(env["SYKLI_GIT_SPARSE"], "b/c");
+        assert_eq!(env["SYKLI_GIT_SPARSE_WIDE"], "a\nb");
+        assert_eq!(sparse(&["a", "b/c"]).describe(), "sparse: a, b/c");
+        assert_eq!(Checkout::Full.describe(), "full");
     }
 }

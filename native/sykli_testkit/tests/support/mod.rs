@@ -156,6 +156,38 @@ pub fn git_in(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The raw stdout of `git <args>` in `dir` (hermetic, as `git_in`); it must succeed.
+pub fn git_raw(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(["-c", "safe.directory=*"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Writes `content` to `path` under `dir`, making the directories above it.
+pub fn write(dir: &Path, path: &str, content: &[u8]) {
+    let f = dir.join(path);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, content).unwrap();
+}
+
+/// `n` bytes of content, different for each `seed`.
+pub fn bytes(seed: u32, n: usize) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 11) as u8)
+        .collect()
+}
+
 /// The Job sykli builds for `task` with `opts`, validated strictly.
 pub fn build_validated_job(
     task: &Task,
