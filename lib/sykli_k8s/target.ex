@@ -717,6 +717,8 @@ defmodule SykliK8s.Target do
           :auto -> ctx.lfs == true
           other -> other == true
         end,
+      # Detection sees only what is checked out here: the clone still fails on a pointer.
+      lfs_check: Map.get(state, :lfs, :auto) == :auto,
       sparse: state[:sparse] || []
     }
   end

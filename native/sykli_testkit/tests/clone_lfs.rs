@@ -799,3 +799,27 @@ fn a_pointer_git_lfs_leaves_in_place_fails_the_clone_naming_it_in_one_line() {
     );
     assert!(r.succeeded(), "{}", logs(&r));
 }
+
+/// `lfs: :auto` decides on the laptop, which cannot see a submodule it has not checked out:
+/// LFS then stays off, and the clone still checks the checkout (`lfs_check`), failing on a
+/// pointer in one line that asks for `lfs: true`. `lfs: false`, said by the user, gets the
+/// pointers it asked for.
+#[test]
+fn with_lfs_undetected_a_pointer_left_fails_the_clone_asking_for_lfs() {
+    let (fx, sha) = monorepo();
+    let server = serve(&fx, true);
+    let url = Fixture::url(&server, "mono");
+    let auto = json!({"lfs": false, "lfs_check": true, "submodules": "recursive"});
+    let r = run(&fx, &job(&url, &sha, json!(1), auto, &[]), Shell::Busybox);
+    let message = assert_clone_failed(&r, "");
+    assert!(
+        message.contains(" is a Git LFS pointer, not its content: ")
+            && message.trim_end().ends_with("; set lfs: true"),
+        "{message}"
+    );
+    assert!(fx.lfs.downloads().is_empty(), "no LFS object was fetched");
+    let off = json!({"lfs": false, "submodules": "recursive"});
+    let r = run(&fx, &job(&url, &sha, json!(1), off, &[]), Shell::Host);
+    assert!(r.succeeded(), "{}", logs(&r));
+    assert!(!clone_log(&r).contains("checking that no Git LFS pointer is left"));
+}

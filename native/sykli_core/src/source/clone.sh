@@ -21,6 +21,9 @@
 #   SYKLI_GIT_LFS=1             real LFS content: the checkout fetches what it writes, and then
 #                               no checked-out file the attributes route through LFS may be a
 #                               pointer (submodules included), else the clone fails naming it
+#   SYKLI_GIT_LFS_CHECK=1       (lfs: :auto, LFS not seen) the same check without LFS: a
+#                               pointer left (in a submodule the laptop had not checked
+#                               out) fails the clone, asking for lfs: true
 #   SYKLI_GIT_SPARSE            directories, one per line: cone sparse checkout over a
 #                               blob-filtered partial clone
 #   SYKLI_GIT_SPARSE_WIDE       set when SYKLI_GIT_SPARSE was narrowed to the task's mounts:
@@ -280,8 +283,10 @@ lfs_pointer_left() (
 # to name its files from the workspace).
 lfs_verify() {
   left=$(lfs_pointer_left "$1") || fail "could not check the Git LFS files of ${2:-$SYKLI_GIT_URL}"
-  [ -z "$left" ] ||
+  [ -z "$left" ] || [ -z "${SYKLI_GIT_LFS:-}" ] ||
     fail "the checkout left a Git LFS pointer instead of the content of $2$left (is the pointer valid, and its object on the LFS server?)"
+  [ -z "$left" ] ||
+    fail "$2$left is a Git LFS pointer, not its content: ${2:-the repository }uses Git LFS where the machine that started the run could not see it (a submodule not checked out there); set lfs: true"
 }
 
 # The directories checked out (one per line; none: every file). With them, the fetch is a
@@ -431,7 +436,7 @@ if [ "$submodules" != off ] && [ -f .gitmodules ]; then
   cat "$out" >&2
 fi
 
-if [ -n "${SYKLI_GIT_LFS:-}" ]; then
+if [ -n "${SYKLI_GIT_LFS:-}" ] || [ -n "${SYKLI_GIT_LFS_CHECK:-}" ]; then
   log "checking that no Git LFS pointer is left"
   lfs_verify . ""
   if [ "$submodules" != off ] && [ -f .gitmodules ]; then

@@ -138,6 +138,11 @@ pub struct Access {
     pub submodule_depth: Option<Depth>,
     #[serde(default)]
     pub lfs: bool,
+    /// Without `lfs`, still fail the clone on an LFS pointer left in the checkout: LFS was
+    /// decided by detection (`lfs: :auto`), which cannot see a submodule the laptop has not
+    /// checked out.
+    #[serde(default)]
+    pub lfs_check: bool,
     /// Cone-mode sparse checkout of these directories, with a blob-filtered partial clone.
     #[serde(default)]
     pub sparse: Vec<String>,
@@ -414,6 +419,8 @@ impl Access {
         }
         if self.lfs {
             set("SYKLI_GIT_LFS", "1");
+        } else if self.lfs_check {
+            set("SYKLI_GIT_LFS_CHECK", "1");
         }
         env.into_iter()
             .map(|(name, value)| EnvVar {
