@@ -83,15 +83,17 @@ impl RunWatcher {
                 &selector,
                 state.clone(),
                 subscribers.clone(),
-                |s| &mut s.jobs,
-                |job| job.metadata.name.clone(),
-                |_| false,
-                |job| {
-                    // The verdicts read the Job's status and deadline, never its template.
-                    job.metadata.managed_fields = None;
-                    if let Some(spec) = job.spec.as_mut() {
-                        spec.template = Default::default();
-                    }
+                Filing {
+                    field: |s| &mut s.jobs,
+                    job_of: |job| job.metadata.name.clone(),
+                    keep_deleted: |_| false,
+                    trim: |job| {
+                        // The verdicts read the Job's status and deadline, never its template.
+                        job.metadata.managed_fields = None;
+                        if let Some(spec) = job.spec.as_mut() {
+                            spec.template = Default::default();
+                        }
+                    },
                 },
             ),
             // A pod deleted by a disruption (eviction, preemption, its node lost) stays in
@@ -101,10 +103,12 @@ impl RunWatcher {
                 &selector,
                 state.clone(),
                 subscribers.clone(),
-                |s| &mut s.pods,
-                owner_job,
-                |p| super::run::disruption(p).is_some(),
-                |pod| pod.metadata.managed_fields = None,
+                Filing {
+                    field: |s| &mut s.pods,
+                    job_of: owner_job,
+                    keep_deleted: |p| super::run::disruption(p).is_some(),
+                    trim: |pod| pod.metadata.managed_fields = None,
+                },
             ),
         ];
         RunWatcher {
@@ -226,18 +230,25 @@ pub fn owner_job(pod: &Pod) -> Option<String> {
         })
 }
 
+/// How one resource's watch keeps its objects.
+struct Filing<K> {
+    /// Where in the state.
+    field: fn(&mut State) -> &mut BTreeMap<String, K>,
+    /// The Job an object is of: a Job itself, a pod its owner.
+    job_of: fn(&K) -> Option<String>,
+    /// Whether a deleted object stays in view.
+    keep_deleted: fn(&K) -> bool,
+    /// Drops what no verdict reads before an object is kept: a run of 1,000 tasks keeps
+    /// 2,000 objects, and their managedFields alone are most of their size.
+    trim: fn(&mut K),
+}
+
 fn spawn_watch<K>(
     api: Api<K>,
     selector: &str,
     state: Arc<Mutex<State>>,
     subscribers: Subscribers,
-    field: fn(&mut State) -> &mut BTreeMap<String, K>,
-    // The Job an object is of: a Job itself, a pod its owner.
-    job_of: fn(&K) -> Option<String>,
-    keep_deleted: fn(&K) -> bool,
-    // Drops what no verdict reads before an object is kept: a run of 1,000 tasks keeps
-    // 2,000 objects, and their managedFields alone are most of their size.
-    trim: fn(&mut K),
+    filing: Filing<K>,
 ) -> JoinHandle<()>
 where
     K: kube::Resource
@@ -263,7 +274,7 @@ where
         // Its key in the state: "JOB/NAME" for a pod, the name for a Job.
         let key = |obj: &K| -> (String, Option<String>) {
             let name = obj.meta().name.clone().unwrap_or_default();
-            let job = job_of(obj);
+            let job = (filing.job_of)(obj);
             let key = match &job {
                 Some(job) if job != &name => format!("{job}/{name}"),
                 _ => name,
@@ -284,9 +295,9 @@ where
                 Err(_) => continue, // the backoff retries; nothing is lost
             };
             listed |= matches!(event, watcher::Event::InitDone);
-            let event = event.modify(trim);
+            let event = event.modify(filing.trim);
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-            let map = field(&mut s);
+            let map = (filing.field)(&mut s);
             // The Job whose task to wake; None: every task (a re-list was swapped in).
             let mut changed: Option<Option<String>> = None;
             match event {
@@ -297,7 +308,7 @@ where
                 }
                 watcher::Event::Delete(obj) => {
                     let (k, job) = key(&obj);
-                    if keep_deleted(&obj) {
+                    if (filing.keep_deleted)(&obj) {
                         map.insert(k, obj);
                     } else {
                         map.remove(&k);
