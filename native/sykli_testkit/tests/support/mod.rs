@@ -127,15 +127,32 @@ impl Drop for Running {
 // ---------------------------------------------------------------------------------------
 // The Jobs sykli builds, run in the pod runner
 
+/// A git command in `dir` isolated from the machine's own configuration.
+fn isolated_git(dir: &Path) -> Command {
+    let mut git = Command::new("git");
+    git.current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    git
+}
+
+/// Runs `git` with `args`; it must succeed. Its stdout.
+fn succeed(mut git: Command, args: &[&str]) -> Vec<u8> {
+    let out = git.args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `git -c init.defaultBranch=main -c protocol.file.allow=always <args>` in `dir`, with a
 /// fixed identity and no system or global config, for making fixture repositories (local
 /// submodules included); it must succeed. Its stdout, trimmed.
 pub fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_AUTHOR_NAME", "T")
+    let mut git = isolated_git(dir);
+    git.env("GIT_AUTHOR_NAME", "T")
         .env("GIT_AUTHOR_EMAIL", "t@example.com")
         .env("GIT_COMMITTER_NAME", "T")
         .env("GIT_COMMITTER_EMAIL", "t@example.com")
@@ -144,34 +161,17 @@ pub fn git_in(dir: &Path, args: &[&str]) -> String {
             "init.defaultBranch=main",
             "-c",
             "protocol.file.allow=always",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        ]);
+    String::from_utf8_lossy(&succeed(git, args))
+        .trim()
+        .to_string()
 }
 
-/// The raw stdout of `git <args>` in `dir` (hermetic, as `git_in`); it must succeed.
+/// The raw stdout of `git <args>` in `dir` (isolated, as `git_in`); it must succeed.
 pub fn git_raw(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args(["-c", "safe.directory=*"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut git = isolated_git(dir);
+    git.args(["-c", "safe.directory=*"]);
+    succeed(git, args)
 }
 
 /// Writes `content` to `path` under `dir`, making the directories above it.
