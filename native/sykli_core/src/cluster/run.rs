@@ -225,6 +225,10 @@ pub async fn run_job(
     let mut settling_since: Option<Instant> = None;
     let mut pod_name = None;
     let job_uid = created.metadata.uid.clone();
+    // Neither Job is read again: a run of 1,000 tasks would hold 2,000 of them to its end.
+    let timeout_message = client_timed_out(&opts, &job);
+    drop(created);
+    drop(job);
     let mut refusal_checked: Option<Instant> = None;
 
     let (exit_code, failure) = loop {
@@ -309,7 +313,7 @@ pub async fn run_job(
         }
         let until_deadline = deadline.map(|d| d.saturating_sub(started.elapsed()));
         if until_deadline == Some(Duration::ZERO) {
-            break (None, Some(("timeout", client_timed_out(&opts, &job))));
+            break (None, Some(("timeout", timeout_message)));
         }
         // Re-check at least every few seconds (grace periods) even when nothing changes.
         let max_tick = if settling_since.is_some() {
