@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::watch::{self, JobView};
+use super::watch::JobView;
 use super::{objects, preflight, retry, Cluster};
 use crate::error::{Error, Result};
 use crate::manifest::{RUN_LABEL, TASK_CONTAINER};
@@ -175,11 +175,7 @@ pub async fn run_job(
 
     // Subscribe before creating, so no event of this Job is missed.
     let watcher = cluster.watcher(&namespace, &run);
-    let mut changes = watcher.subscribe(&name);
-    let _subscription = watch::Subscription {
-        watcher: watcher.clone(),
-        name: name.clone(),
-    };
+    let mut subscription = watcher.subscribe(&name);
     let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &namespace);
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &namespace);
@@ -278,8 +274,9 @@ pub async fn run_job(
             Verdict::Done { exit_code, failure } => {
                 // Out of time without ever having a pod: why it had none is the cause.
                 if podless {
+                    // The last word: a list made now.
                     let why = watcher
-                        .pod_refusal(&name, job_uid.as_deref(), started, REFUSAL_RECHECK)
+                        .pod_refusal(&name, job_uid.as_deref(), started, Duration::ZERO)
                         .await;
                     if let Some(why) = why {
                         break (
@@ -323,7 +320,7 @@ pub async fn run_job(
         };
         let tick = until_deadline.unwrap_or(max_tick).min(max_tick);
         tokio::select! {
-            _ = changes.changed() => {}
+            _ = subscription.changes.changed() => {}
             r = cancel.changed() => {
                 if r.is_err() || *cancel.borrow() {
                     break (None, Some(("cancelled", "cancelled: the Job was deleted".to_string())));
@@ -852,7 +849,7 @@ fn diagnose(view: &JobView) -> Verdict {
                 // The clone's termination message is the commit it checked out when it
                 // succeeds: never a reason.
                 let detail = detail
-                    .filter(|d| !is_commit_id(d))
+                    .filter(|d| !crate::git::remote::is_full_sha(d))
                     .or_else(|| (!reason.is_empty()).then(|| reason.clone()));
                 return Verdict::Done {
                     exit_code: Some(t.exit_code),
@@ -988,16 +985,16 @@ fn timed_out(view: &JobView) -> String {
         .and_then(|j| j.spec.as_ref()?.active_deadline_seconds)
         .map(|s| format!(" after {s} s"))
         .unwrap_or_default();
+    // The pod has a clone that has not succeeded (yet).
     let cloning = view.pods.last().is_some_and(|p| {
-        let has_clone = statuses(p, true).any(|s| s.name == CLONE_CONTAINER);
-        let cloned = statuses(p, true).any(|s| {
-            s.name == CLONE_CONTAINER
-                && s.state
+        statuses(p, true)
+            .find(|s| s.name == CLONE_CONTAINER)
+            .is_some_and(|s| {
+                s.state
                     .as_ref()
                     .and_then(|st| st.terminated.as_ref())
-                    .is_some_and(|t| t.exit_code == 0)
-        });
-        has_clone && !cloned
+                    .is_none_or(|t| t.exit_code != 0)
+            })
     });
     let during = if cloning {
         ", while the source was being cloned"
@@ -1068,11 +1065,6 @@ fn memory_limit(pod: &Pod) -> Option<String> {
         .as_ref()?
         .get("memory")
         .map(|q| q.0.clone())
-}
-
-/// A full commit id (what the clone's termination message holds).
-fn is_commit_id(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Whether the pod has an outputs sidecar (the PVC strategy's sync back) still at work.

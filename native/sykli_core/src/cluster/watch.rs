@@ -152,22 +152,19 @@ impl RunWatcher {
             .next_back()
     }
 
-    /// Wakes up after any change of Job `name` or of its pods.
-    pub fn subscribe(&self, name: &str) -> tokio::sync::watch::Receiver<u64> {
-        self.subscribers
+    /// Wakes its task after any change of Job `name` or of its pods, until dropped.
+    pub fn subscribe(self: &Arc<Self>, name: &str) -> Subscription {
+        let changes = self
+            .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
             .or_insert_with(|| tokio::sync::watch::channel(0).0)
-            .subscribe()
-    }
-
-    /// A task is done with Job `name` (its receiver still alive): the channel goes when no
-    /// other task of that name listens.
-    pub fn unsubscribe(&self, name: &str) {
-        let mut map = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(name).is_some_and(|tx| tx.receiver_count() <= 1) {
-            map.remove(name);
+            .subscribe();
+        Subscription {
+            watcher: self.clone(),
+            name: name.to_string(),
+            changes,
         }
     }
 
@@ -193,15 +190,28 @@ impl RunWatcher {
     }
 }
 
-/// Unsubscribes its task from its Job when dropped, on every way out of the run.
+/// A task's wake-ups for its Job; dropped on every way out of the run, it takes the Job's
+/// channel with it when no other task of that name listens.
 pub struct Subscription {
-    pub watcher: Arc<RunWatcher>,
-    pub name: String,
+    watcher: Arc<RunWatcher>,
+    name: String,
+    pub changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.watcher.unsubscribe(&self.name);
+        // `changes` is still alive here: it is the one receiver left when no other listens.
+        let mut map = self
+            .watcher
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&self.name)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            map.remove(&self.name);
+        }
     }
 }
 

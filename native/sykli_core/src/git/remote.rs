@@ -63,7 +63,8 @@ fn parse_ls_remote(text: &str) -> Vec<RemoteRef> {
         .collect()
 }
 
-fn is_full_sha(s: &str) -> bool {
+/// A full commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
+pub(crate) fn is_full_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
