@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use sykli_core::error::Error;
@@ -34,19 +34,10 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     e
 }
 
-/// A small git repository with a committed and an uncommitted file.
-fn repo(dir: &Path) -> PathBuf {
-    let repo = support::Repo::init(&dir.join("work"));
-    repo.write("committed.txt", "committed\n");
-    repo.commit_all("first");
-    repo.write("src/dirty.rs", "fn dirty() {}\n");
-    repo.dir
-}
-
 /// Publishes twice: the first uploads the archive (its signatures checked by the server),
 /// the second finds it and sends nothing.
 fn publish_twice(bucket: &Bucket, dir: &Path) -> s3::Published {
-    let root = repo(dir);
+    let root = support::committed_and_dirty(dir);
     let scratch = dir.join("scratch");
     let first = s3::publish(bucket, &upload::local_tree(&root, &[]).unwrap(), &scratch).unwrap();
     assert!(

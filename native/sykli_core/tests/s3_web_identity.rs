@@ -74,15 +74,6 @@ fn options(server: &MotoServer) -> S3Options {
     }
 }
 
-/// A small git repository with a committed and an uncommitted file.
-fn repo(dir: &Path) -> PathBuf {
-    let repo = support::Repo::init(&dir.join("work"));
-    repo.write("committed.txt", "committed\n");
-    repo.commit_all("first");
-    repo.write("src/dirty.rs", "fn dirty() {}\n");
-    repo.dir
-}
-
 fn s3_auth_error(result: sykli_core::error::Result<s3::Published>) -> String {
     match result {
         Err(
@@ -139,7 +130,7 @@ fn a_web_identity_from_the_environment_is_exchanged_with_sts_and_its_credentials
     // One call to STS, nothing to S3 yet.
     assert_eq!(server.requests(), ["POST / 200"]);
 
-    let root = repo(tmp.path());
+    let root = support::committed_and_dirty(tmp.path());
     let p = publish_twice(&bucket, &root, &tmp.path().join("scratch"));
     // The SDK names the operation in the query (`?x-id=PutObject`).
     let put = format!("PUT /{BUCKET}/{}?x-id=PutObject 200", p.key);
@@ -212,7 +203,11 @@ fn a_web_identity_profile_is_exchanged_too() {
         "{creds:?}"
     );
     assert!(creds.session_token.is_some(), "{creds:?}");
-    publish_twice(&bucket, &repo(tmp.path()), &tmp.path().join("scratch"));
+    publish_twice(
+        &bucket,
+        &support::committed_and_dirty(tmp.path()),
+        &tmp.path().join("scratch"),
+    );
 }
 
 #[test]
@@ -223,7 +218,7 @@ fn a_role_without_the_permissions_is_refused_naming_what_sykli_needs() {
     let env = web_identity_env(&server, &token, &server.role_arn(POWERLESS));
     // STS gives the role's credentials; S3 refuses them every action.
     let bucket = Bucket::new(&options(&server), &env).unwrap();
-    let local = upload::local_tree(&repo(tmp.path()), &[]).unwrap();
+    let local = upload::local_tree(&support::committed_and_dirty(tmp.path()), &[]).unwrap();
     let msg = s3_auth_error(s3::publish(&bucket, &local, &tmp.path().join("scratch")));
     assert!(
         msg.contains("AccessDenied")

@@ -478,3 +478,12 @@ pub async fn account_with(
         .unwrap(),
     )
 }
+
+/// A small git repository (at `dir/work`) with a committed and an uncommitted file.
+pub fn committed_and_dirty(dir: &Path) -> PathBuf {
+    let repo = Repo::init(&dir.join("work"));
+    repo.write("committed.txt", "committed\n");
+    repo.commit_all("first");
+    repo.write("src/dirty.rs", "fn dirty() {}\n");
+    repo.dir
+}
